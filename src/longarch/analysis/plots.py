@@ -1,0 +1,140 @@
+"""Figures of a study: accuracy against context length, and depth x length heatmaps.
+
+The functions take plain aggregated numbers (fractions in [0, 1]) and write each figure as
+PNG (embedded in the HTML report) and SVG (for papers). They compute no statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display is needed or assumed: figures only go to files
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
+
+from .stats import LengthPoint  # noqa: E402
+
+FORMATS = ("png", "svg")
+
+
+def format_length(length: int) -> str:
+    """A context length as people write it: 64, 512, 1K, 2K, 1.5K, 1M."""
+    for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
+        if length >= size:
+            value = length / size
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+    return str(length)
+
+
+def _save(fig: plt.Figure, stem: Path) -> list[Path]:
+    """Write `stem`.png and `stem`.svg, close the figure and return the two paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in FORMATS:
+        path = stem.with_suffix(f".{fmt}")
+        # fixed metadata so that rebuilding a report from the same store gives the same SVG
+        metadata = {"Date": None} if fmt == "svg" else None
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def plot_accuracy_vs_length(curves: Mapping[str, Sequence[LengthPoint]], train_lengths: Mapping[str, int],
+                            stem: Path, title: str, unsolved: Sequence[str] = ()) -> list[Path]:
+    """Accuracy (%) against context length on a log2 axis: one line per model with its shaded
+    95% interval, and a dashed vertical line at each distinct training length.
+
+    `curves` maps a model name to its points; `train_lengths` maps it to its training length;
+    models in `unsolved` (did not learn the task) are drawn dotted and marked in the legend.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    lengths = sorted({p.length for points in curves.values() for p in points})
+    colours = plt.get_cmap("tab10")
+    for i, (name, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        x = np.array([p.length for p in points])
+        y = 100 * np.array([p.accuracy for p in points])
+        low = 100 * np.array([p.low for p in points])
+        high = 100 * np.array([p.high for p in points])
+        colour = colours(i % 10)
+        did_not_learn = name in unsolved
+        label = f"{name} (did not learn the task)" if did_not_learn else name
+        ax.plot(x, y, marker="o", color=colour, label=label, linestyle=":" if did_not_learn else "-")
+        ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
+
+    # one marker line per distinct training length, naming the models when they differ
+    by_length: dict[int, list[str]] = {}
+    for name, length in train_lengths.items():
+        by_length.setdefault(int(length), []).append(name)
+    for length, names in sorted(by_length.items()):
+        text = "train length" if len(by_length) == 1 else f"train length ({', '.join(names)})"
+        ax.axvline(length, color="dimgray", linestyle="--", linewidth=1.2)
+        # left of the line, where (with T the shortest evaluated length) no curve runs
+        ax.text(length / 1.03, 50, text, rotation=90, va="center", ha="right", fontsize=9, color="dimgray")
+
+    ticks = sorted(set(lengths) | set(by_length))
+    ax.set_xscale("log", base=2)
+    if ticks:
+        ax.set_xlim(min(ticks) / 1.3, max(ticks) * 1.3)
+        ax.set_xticks(ticks, [format_length(t) for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+    if not lengths:
+        ax.text(0.5, 0.5, "no results stored yet", transform=ax.transAxes, ha="center", va="center")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("context length (tokens, log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if any(curves.values()):
+        # outside the axes: curves that collapse to 0% would otherwise run under it
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    return _save(fig, stem)
+
+
+def plot_heatmap(accuracy: Mapping[tuple[int, float], float], lengths: Sequence[int], depths: Sequence[float],
+                 train_length: int | None, stem: Path, title: str) -> list[Path]:
+    """The needle-in-a-haystack map of one model: context length across (categorical), needle
+    depth down (0% = start of the context at the top), cell colour and label = accuracy (%).
+
+    `accuracy` maps (length, depth) to a fraction in [0, 1]; cells not in it are drawn grey
+    with a dash. The training-length column is outlined and labelled.
+    """
+    lengths, depths = sorted(lengths), sorted(depths)
+    grid = np.full((len(depths), len(lengths)), np.nan)
+    for (length, depth), value in accuracy.items():
+        if length in lengths and depth in depths:
+            grid[depths.index(depth), lengths.index(length)] = 100 * value
+
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 0.75 * len(lengths)), max(3.2, 1.4 + 0.42 * len(depths))))
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#d9d9d9")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto",
+                      interpolation="nearest", origin="upper")
+    for row in range(len(depths)):
+        for col in range(len(lengths)):
+            value = grid[row, col]
+            if np.isnan(value):
+                ax.text(col, row, "—", ha="center", va="center", fontsize=8, color="dimgray")
+            else:
+                # the colormap's ends are dark: white text there, black in the light middle
+                colour = "white" if value < 20 or value > 85 else "black"
+                ax.text(col, row, f"{value:.0f}", ha="center", va="center", fontsize=8, color=colour)
+
+    labels = [format_length(x) + ("\n(train)" if x == train_length else "") for x in lengths]
+    ax.set_xticks(range(len(lengths)), labels)
+    ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+    if train_length in lengths:
+        col = lengths.index(train_length)
+        ax.add_patch(Rectangle((col - 0.5, -0.5), 1, len(depths), fill=False, edgecolor="black", linewidth=2.2))
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth (% of context)")
+    ax.set_title(title)
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    colorbar.set_label("accuracy (%)")
+    return _save(fig, stem)

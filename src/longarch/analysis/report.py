@@ -1,0 +1,387 @@
+"""The study report: summary.json, figures, report.md and a self-contained report.html.
+
+Everything is rebuilt from `<out>/results.sqlite` alone, so a report can be regenerated (or
+re-rendered after a change here) without rerunning anything. The report is assembled once as
+a list of blocks (headings, paragraphs, tables, figures, code) and rendered twice, to Markdown
+and to HTML, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from rich.table import Table
+
+from ..store import Store
+from . import plots
+from .stats import (DEFAULT_MIN_TRAIN_ACCURACY, Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells,
+                    mean_ci, summarise_models)
+
+MISSING = "—"
+
+
+@dataclass
+class StudyData:
+    """What the report needs, read from the store and aggregated over seeds."""
+
+    meta: dict
+    models: list[ModelSummary]
+    cells: dict[tuple[str, str, int, float], Cell]
+    stored_cells: int                  # result rows in the store (model x seed x length x depth)
+    threshold: float                   # minimum training accuracy to count as having learned the task
+    lengths: list[int]                 # evaluated or planned lengths
+    depths: list[float]
+    curves: dict[str, list[LengthPoint]]
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", "study"))
+
+    @property
+    def config(self) -> dict:
+        config = self.meta.get("config")
+        return config if isinstance(config, dict) else {}
+
+    @property
+    def train_lengths(self) -> set[int]:
+        return {m.train_length for m in self.models}
+
+    def unsolved(self) -> list[ModelSummary]:
+        """Models whose mean training accuracy is below the threshold (unknown counts as fine)."""
+        return [m for m in self.models if not math.isnan(m.train_accuracy) and not m.solved(self.threshold)]
+
+    def missing_cells(self) -> int:
+        planned = self.meta.get("planned_cells")
+        if isinstance(planned, int) and not isinstance(planned, bool) and planned > self.stored_cells:
+            return planned - self.stored_cells
+        return 0
+
+
+def load(out_dir: Path) -> StudyData:
+    """Read a study's store and aggregate it; the store is only read."""
+    path = Path(out_dir) / "results.sqlite"
+    if not path.exists():
+        raise FileNotFoundError(f"no results database at {path}")
+    with Store(path) as store:
+        meta, model_rows, results = store.meta(), store.models(), store.results()
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    threshold = config.get("min_train_accuracy")
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+        threshold = DEFAULT_MIN_TRAIN_ACCURACY
+    models = summarise_models(model_rows, results)
+    cells = collect_cells(results)
+    # The runner records the planned grid, so cells not yet evaluated still show as missing.
+    lengths = sorted({c.length for c in cells.values()} | {int(x) for x in meta.get("planned_lengths") or []})
+    depths = sorted({c.depth for c in cells.values()} | {float(d) for d in meta.get("planned_depths") or []})
+    curves = {m.name: accuracy_by_length(cells.values(), m.name) for m in models}
+    return StudyData(meta, models, cells, len(results), float(threshold), lengths, depths, curves)
+
+
+# --------------------------------------------------------------------------------------------
+# summary.json
+# --------------------------------------------------------------------------------------------
+def build_summary(data: StudyData) -> dict:
+    """The machine-readable summary: per model name, its setup and every (task, length, depth)
+    cell pooled over seeds. Accuracies are fractions rounded to 6 decimals."""
+    def rounded(x: float) -> float | None:
+        return None if math.isnan(x) else round(float(x), 6)
+
+    models = []
+    for model in data.models:
+        cells = sorted((c for c in data.cells.values() if c.model == model.name),
+                       key=lambda c: (c.task, c.length, c.depth))
+        scores = []
+        for cell in cells:
+            _, low, high = mean_ci(cell.scores)
+            scores.append({"task": cell.task, "length": cell.length, "depth": cell.depth,
+                           "accuracy": rounded(cell.accuracy), "n": cell.n, "ci95": [rounded(low), rounded(high)]})
+        models.append({
+            "name": model.name, "family": model.family, "params": model.params, "train_length": model.train_length,
+            "train_accuracy": rounded(model.train_accuracy),
+            "solved_at_train_length": model.solved(data.threshold),
+            "seeds": model.seeds, "state_floats": model.state_floats, "state_growth": model.state_growth,
+            "by_length": [{"length": p.length, "accuracy": rounded(p.accuracy), "ci95": [rounded(p.low), rounded(p.high)],
+                           "n": p.n} for p in data.curves[model.name]],
+            "scores": scores})
+    return {"study": data.name, "min_train_accuracy": data.threshold, "planned_cells": data.meta.get("planned_cells"),
+            "stored_cells": data.stored_cells, "missing_cells": data.missing_cells(), "models": models}
+
+
+# --------------------------------------------------------------------------------------------
+# formatting helpers
+# --------------------------------------------------------------------------------------------
+def _percent(x: float, digits: int = 1) -> str:
+    return MISSING if x is None or math.isnan(x) else f"{100 * x:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def _length_header(length: int, train_lengths: set[int]) -> str:
+    return f"{plots.format_length(length)} (T)" if length in train_lengths else plots.format_length(length)
+
+
+def _warning(model: ModelSummary, threshold: float) -> str:
+    seeds = f" (mean over {len(model.seeds)} seeds)" if len(model.seeds) > 1 else ""
+    return (f"**{model.name} did not learn the task**: {100 * model.train_accuracy:.1f}% at its training length "
+            f"{model.train_length}{seeds} (threshold {100 * threshold:g}%). Its accuracy past the training length "
+            f"says nothing about extrapolation and is not interpreted.")
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe form of a model name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+# --------------------------------------------------------------------------------------------
+# the report as blocks
+# --------------------------------------------------------------------------------------------
+# A block is a tuple: ("h1"|"h2"|"p"|"warn", text), ("table", headers, rows),
+# ("figure", relative path, caption) or ("code", text, language).
+Block = tuple
+
+
+def _blocks(data: StudyData, figures: dict[str, str]) -> list[Block]:
+    config, unsolved = data.config, {m.name for m in data.unsolved()}
+    task = (config.get("task") or {}).get("name") or ", ".join(sorted({c.task for c in data.cells.values()})) or "?"
+    train_lengths = data.train_lengths
+    t_text = ", ".join(str(t) for t in sorted(train_lengths)) or "?"
+    longest = plots.format_length(max(data.lengths)) if data.lengths else "?"
+    blocks: list[Block] = [("h1", f"longarch report: {data.name}")]
+    if config.get("description"):
+        blocks.append(("p", str(config["description"])))
+
+    blocks += [("h2", "What this measures"), ("p",
+        f"Each model was trained from scratch on the `{task}` task at the training length T = {t_text} tokens, "
+        f"then evaluated at T and at longer contexts (up to {longest} tokens), with the needle placed at several "
+        "depths. Accuracy is the exact match of the answer. The 95% intervals are percentile bootstrap "
+        "intervals over the evaluated samples.")]
+
+    blocks.append(("h2", "Setup"))
+    rows = [[m.name, m.family, f"{m.params:,}", f"{m.state_floats:,}",
+             {"linear": "grows linearly"}.get(m.state_growth, m.state_growth), str(m.train_length),
+             _percent(m.train_accuracy), ", ".join(map(str, m.seeds)), _duration(m.train_seconds)]
+            for m in data.models]
+    blocks.append(("table", ["model", "family", "parameters", "state_floats (at T)", "state_growth",
+                             "training length", "training accuracy (%)", "seeds", "training time (per seed)"], rows))
+    for model in data.unsolved():
+        blocks.append(("warn", _warning(model, data.threshold)))
+
+    blocks.append(("h2", "Accuracy by length"))
+    headers = ["model"] + [_length_header(x, train_lengths) for x in data.lengths]
+    rows = []
+    for model in data.models:
+        points = {p.length: p for p in data.curves[model.name]}
+        cells = [f"{_percent(p.accuracy)} [{_percent(p.low)}, {_percent(p.high)}]" if (p := points.get(x)) else MISSING
+                 for x in data.lengths]
+        rows.append([model.name + (" (did not learn)" if model.name in unsolved else "")] + cells)
+    blocks.append(("table", headers, rows))
+    blocks.append(("p", "Accuracy (%) averaged over needle depths and seeds, with its 95% bootstrap interval; "
+                        "(T) marks the training length."))
+    if data.missing_cells():
+        blocks.append(("p", f"**{data.missing_cells()} of {data.meta['planned_cells']} planned evaluation cells "
+                            "are missing from the store** (the run was interrupted or is still going). Averages "
+                            f"cover the stored cells only; entries with nothing stored show {MISSING}."))
+    tasks = sorted({c.task for c in data.cells.values()})
+    if len(tasks) > 1:
+        blocks.append(("p", f"The results span several tasks ({', '.join(tasks)}); tables and figures pool them, "
+                            "summary.json keeps them apart."))
+    blocks.append(("figure", figures["accuracy_vs_length"], "Accuracy against context length"))
+
+    blocks.append(("h2", "Accuracy by length and needle depth"))
+    for model in data.models:
+        blocks.append(("figure", figures[f"heatmap_{model.name}"], f"{model.name}: accuracy by length and depth"))
+
+    blocks += [("h2", "How to read this report"), ("p",
+        "At the training length (the column marked T) a model that learned the task scores near 100%; the "
+        "columns to the right show how much of that survives on longer contexts than it ever saw. Where two "
+        "models' intervals do not overlap, the difference is unlikely to be sampling noise. In the heatmaps a "
+        "needle depth of 0% is the start of the context and 100% is just before the question: a model that "
+        "forgets old context fades towards the top, one that cannot reach past its training length fades to the "
+        "right. Models flagged as not having learned the task are drawn dotted and should not be compared.")]
+
+    blocks.append(("h2", "Reproducibility"))
+    seeds = config.get("seeds") or sorted({s for m in data.models for s in m.seeds})
+    commit = data.meta.get("git_commit")
+    blocks.append(("p", f"Seeds: {', '.join(map(str, seeds)) or MISSING}. Git commit: "
+                        f"{f'`{commit}`' if commit else 'not recorded'}."))
+    blocks.append(("p", "Command:"))
+    blocks.append(("code", str(data.meta.get("command") or "not recorded"), "sh"))
+    versions = data.meta.get("versions")
+    if isinstance(versions, dict) and versions:
+        blocks.append(("table", ["package", "version"], [[str(k), str(v)] for k, v in versions.items()]))
+    if config:
+        blocks.append(("p", "Configuration:"))
+        blocks.append(("code", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip(), "yaml"))
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------------------------
+def _numeric_columns(headers: list[str], rows: list[list[str]]) -> list[bool]:
+    """Which columns hold numbers (right-aligned); the first column is always a label."""
+    return [i > 0 and all(str(row[i])[:1].isdigit() or str(row[i]) == MISSING for row in rows)
+            for i in range(len(headers))]
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    """The blocks as GitHub-flavoured Markdown; figures are linked by relative path."""
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|")
+
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            out.append(f"# {block[1]}")
+        elif kind == "h2":
+            out.append(f"## {block[1]}")
+        elif kind == "p":
+            out.append(block[1])
+        elif kind == "warn":
+            out.append(f"> ⚠ {block[1]}")
+        elif kind == "table":
+            headers, rows = block[1], block[2]
+            align = ["--:" if numeric else "---" for numeric in _numeric_columns(headers, rows)]
+            lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "|".join(align) + "|"]
+            lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "figure":
+            out.append(f"![{block[2]}]({block[1]})")
+        elif kind == "code":
+            out.append(f"```{block[2]}\n{block[1]}\n```")
+    return "\n\n".join(out) + "\n"
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; } h2 { margin-top: 1.8em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; } th { background: #f3f3f3; }
+.num { text-align: right; } .text { text-align: left; }
+.warn { background: #fff3cd; border-left: 5px solid #d39e00; padding: .6em 1em; margin: 1em 0; }
+pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .88em; }
+code { background: #f1f1f1; padding: 0 .2em; } pre code { background: none; padding: 0; }
+figure { margin: 1.2em 0; } img { max-width: 100%; } figcaption { color: #555; font-size: .9em; }
+"""
+
+
+def _inline_html(text: str) -> str:
+    """Escape text, then turn Markdown's **bold** and `code` into tags."""
+    escaped = html.escape(str(text))
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+
+
+def render_html(blocks: list[Block], title: str, base_dir: Path) -> str:
+    """The blocks as one HTML page that needs nothing else: CSS inline, figures as data URIs."""
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2"):
+            out.append(f"<{kind}>{_inline_html(block[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline_html(block[1])}</p>")
+        elif kind == "warn":
+            out.append(f'<div class="warn">⚠ {_inline_html(block[1])}</div>')
+        elif kind == "table":
+            numeric = _numeric_columns(block[1], block[2])
+            head = "".join(f'<th class="{"num" if n else "text"}">{_inline_html(h)}</th>' for h, n in zip(block[1], numeric))
+            body = "".join("<tr>" + "".join(f'<td class="{"num" if n else "text"}">{_inline_html(c)}</td>'
+                                            for c, n in zip(row, numeric)) + "</tr>" for row in block[2])
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "figure":
+            data = base64.b64encode((base_dir / block[1]).read_bytes()).decode("ascii")
+            out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block[2])}">'
+                       f"<figcaption>{_inline_html(block[2])}</figcaption></figure>")
+        elif kind == "code":
+            out.append(f"<pre><code>{html.escape(block[1])}</code></pre>")
+    body = "\n".join(out)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+# --------------------------------------------------------------------------------------------
+def build_report(out_dir: Path) -> dict[str, Path]:
+    """Write summary.json, figures/, report.md and report.html for the study in `out_dir`.
+
+    Returns the written paths: "summary", "md", "html", and each figure under its path relative
+    to `out_dir` (e.g. "figures/accuracy_vs_length.png").
+    """
+    out_dir = Path(out_dir)
+    data = load(out_dir)
+    figure_dir = out_dir / "figures"
+    paths: dict[str, Path] = {}
+    figures: dict[str, str] = {}  # figure key -> PNG path relative to out_dir
+
+    def record(key: str, written: list[Path]) -> None:
+        for path in written:
+            paths[path.relative_to(out_dir).as_posix()] = path
+        figures[key] = written[0].relative_to(out_dir).as_posix()
+
+    unsolved = [m.name for m in data.unsolved()]
+    record("accuracy_vs_length", plots.plot_accuracy_vs_length(
+        data.curves, {m.name: m.train_length for m in data.models}, figure_dir / "accuracy_vs_length",
+        title=f"{data.name}: accuracy vs context length (mean over depths, 95% CI)", unsolved=unsolved))
+    for model in data.models:
+        record(f"heatmap_{model.name}", plots.plot_heatmap(
+            _depth_grid(data, model.name), data.lengths, data.depths, model.train_length, figure_dir / f"heatmap_{_slug(model.name)}",
+            title=f"{model.name}: accuracy (%) by length and needle depth"))
+
+    paths["summary"] = out_dir / "summary.json"
+    paths["summary"].write_text(json.dumps(build_summary(data), indent=2) + "\n")
+    blocks = _blocks(data, figures)
+    paths["md"] = out_dir / "report.md"
+    paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
+    paths["html"] = out_dir / "report.html"
+    paths["html"].write_text(render_html(blocks, f"longarch report: {data.name}", out_dir), encoding="utf-8")
+    return paths
+
+
+def _depth_grid(data: StudyData, model: str) -> dict[tuple[int, float], float]:
+    """A model's accuracy at each (length, depth), pooling seeds and tasks (a study normally has one)."""
+    pooled: dict[tuple[int, float], list[np.ndarray]] = {}
+    for cell in data.cells.values():
+        if cell.model == model:
+            pooled.setdefault((cell.length, cell.depth), []).append(cell.scores)
+    return {key: float(np.concatenate(parts).mean()) for key, parts in pooled.items() if sum(p.size for p in parts)}
+
+
+def summary_table(out_dir: Path) -> Table:
+    """Accuracy (%) by model (rows) and length (columns) for the terminal; (T) marks the
+    training length and models that did not learn the task are flagged."""
+    data = load(Path(out_dir))
+    unsolved = {m.name for m in data.unsolved()}
+    table = Table(title=f"{data.name}: accuracy (%) by context length, mean over depths and seeds")
+    table.add_column("model")
+    for length in data.lengths:
+        table.add_column(_length_header(length, data.train_lengths), justify="right")
+    for model in data.models:
+        points = {p.length: p.accuracy for p in data.curves[model.name]}
+        cells = []
+        for length in data.lengths:
+            value = points.get(length, float("nan"))
+            style = "dim" if np.isnan(value) else "green" if value >= 0.9 else "yellow" if value >= 0.5 else "red"
+            cells.append(f"[{style}]{_percent(value)}[/{style}]")
+        label = f"{model.name} [red](did not learn)[/red]" if model.name in unsolved else model.name
+        table.add_row(label, *cells)
+    return table

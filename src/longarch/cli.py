@@ -1,0 +1,140 @@
+"""The `longarch` command: parse, validate, call. Bad input is one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="How well does each sequence-model architecture use long context?",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+errors = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def clean_errors(command):
+    """Turn the errors of bad input into one line and exit status 2."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, TypeError, FileNotFoundError) as error:
+            fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    return wrapper
+
+
+def parse_knobs(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs; values are read as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    knobs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--knob expects KEY=VALUE, got {pair!r}")
+        knobs[key] = yaml.safe_load(value)
+    return knobs
+
+
+@app.command()
+@clean_errors
+def run(study: Annotated[str, typer.Argument(help="a preset name (quick, smoke) or a study YAML file")] = "quick",
+        out: Annotated[Optional[Path], typer.Option(help="output directory [default: runs/<study>]")] = None):
+    """Train and evaluate a study; rerunning it continues where it stopped."""
+    from .config import load_study
+    from .runner import run_study
+
+    loaded = load_study(study)
+    target = out or Path("runs") / loaded.name
+    try:
+        run_study(loaded, target, console, command="longarch " + " ".join(sys.argv[1:]))
+    except KeyboardInterrupt:
+        errors.print(f"interrupted; stored cells are kept. Run the same command again to continue ({target}).")
+        raise typer.Exit(130)
+
+
+@app.command()
+@clean_errors
+def report(directory: Annotated[Path, typer.Argument(help="a study's output directory")]):
+    """Rebuild report.md, report.html and summary.json from a study's results database."""
+    if not (directory / "results.sqlite").is_file():
+        fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
+    from .analysis.report import build_report, summary_table
+
+    paths = build_report(directory)
+    console.print(summary_table(directory))
+    console.print(f"report: {paths['md']}  and  {paths['html']}")
+
+
+@app.command("models")
+def list_models(length: Annotated[int, typer.Option(help="sequence length for the state size column")] = 4096):
+    """List the registered architectures."""
+    from . import models
+
+    table = Table(title="architectures (parameters at d_model 64, vocabulary 64)")
+    for column in ("name", "family", "layers", "params", f"state floats @ {length}", "state"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("description")
+    for name in models.names():
+        spec = models.spec(name)
+        with __import__("torch").device("meta"):
+            model = models.build(name, vocab_size=64)
+        growth = "grows" if model.state_floats(2 * length) > model.state_floats(length) else "constant"
+        table.add_row(name, spec.family, model.config.layers, f"{model.num_params():,}",
+                      f"{model.state_floats(length):,}", growth, spec.description)
+    console.print(table)
+
+
+@app.command("tasks")
+def list_tasks():
+    """List the registered tasks and their knobs."""
+    import dataclasses
+
+    from . import tasks
+
+    table = Table(title="tasks")
+    table.add_column("name", no_wrap=True)
+    for column in ("minimum length", "knobs (defaults)", "description"):
+        table.add_column(column)
+    for name in tasks.names():
+        task = tasks.get(name)
+        knobs = ", ".join(f"{f.name}={getattr(task, f.name)}" for f in dataclasses.fields(task))
+        table.add_row(name, str(task.min_length), knobs, tasks.describe(name))
+    console.print(table)
+
+
+@app.command()
+@clean_errors
+def sample(task: Annotated[str, typer.Argument(help="task name (see `longarch tasks`)")],
+           length: Annotated[int, typer.Option(help="total length in symbols")],
+           depth: Annotated[Optional[float], typer.Option(help="needle depth in percent [default: random]")] = None,
+           seed: Annotated[int, typer.Option()] = 0,
+           knob: Annotated[Optional[list[str]], typer.Option(help="task knob KEY=VALUE, repeatable")] = None):
+    """Print one generated sample readably."""
+    from . import tasks
+
+    chosen = tasks.get(task, **parse_knobs(knob or []))
+    samples = chosen.generate(length=length, n=1, seed=seed, depth=depth)
+    symbols = [chosen.symbol(int(t)) for t in samples.tokens[0]]
+    position = int(samples.meta["needle_position"][0]) if "needle_position" in samples.meta else None
+    shown = [f"[bold reverse]{s}[/]" if position is not None and i in (position, position + 1) else s
+             for i, s in enumerate(symbols)]
+    console.print(f"[bold]{task}[/bold] length={samples.length} seed={seed} knobs={chosen.knobs}")
+    for key, values in samples.meta.items():
+        console.print(f"  {key}: {values[0]:g}" if isinstance(values[0], float) else f"  {key}: {values[0]}")
+    console.print(" ".join(shown))
+    console.print("answer: " + " ".join(chosen.symbol(int(t)) for t in samples.answers[0]))
+
+
+if __name__ == "__main__":
+    app()

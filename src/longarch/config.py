@@ -1,0 +1,190 @@
+"""Study configuration: YAML in, validated objects out.
+
+A study is data: which architectures, which task, one training recipe, one evaluation grid.
+Every key is checked against the schema (a typo is an error naming the key, never a silent
+default), and values are checked against what the task and the registry accept before any
+work starts.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import models, tasks
+
+
+class ConfigError(ValueError):
+    """A study that cannot run; the message is one line naming the problem."""
+
+
+class Strict(BaseModel):
+    # strict: no silent coercion (a `true` is not a step count, a "5" is not a number)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TaskConfig(Strict):
+    name: str = "needle"
+    knobs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelEntry(Strict):
+    arch: str
+    name: str | None = None  # label in tables and plots; defaults to arch
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.arch
+
+
+class TrainConfig(Strict):
+    length: int = Field(ge=1, description="training length T")
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup: int = Field(50, ge=0)
+    eval_samples: int = Field(200, ge=1)
+
+
+class EvalConfig(Strict):
+    max_factor: int = Field(32, ge=1, description="evaluate at T, 2T, 4T, ... up to max_factor * T")
+    lengths: list[int] | None = Field(None, description="explicit lengths instead of the doubling ladder")
+    depths: list[float] = Field(default_factory=lambda: [float(d) for d in range(0, 101, 10)])
+    samples: int = Field(100, ge=1, description="samples per (length, depth) cell")
+    chunk: int = Field(1024, ge=1, description="tokens fed per forward call at evaluation")
+    seed: int = 1234
+
+    @field_validator("depths")
+    @classmethod
+    def _depths_in_range(cls, depths: list[float]) -> list[float]:
+        bad = [d for d in depths if not 0 <= d <= 100]
+        if bad:
+            raise ValueError(f"depth {bad[0]} is outside 0-100")
+        if not depths:
+            raise ValueError("at least one depth is needed")
+        return depths
+
+
+class Study(Strict):
+    name: str
+    description: str = ""
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    models: list[ModelEntry] = Field(min_length=1)
+    params: int | None = Field(None, ge=1, description="parameter budget every model is sized to (within 5%)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    train: TrainConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    min_train_accuracy: float = Field(0.95, ge=0, le=1)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_are_entries(cls, entries):
+        """`models: [mamba2, ...]` is short for `models: [{arch: mamba2}, ...]`."""
+        if isinstance(entries, list):
+            return [{"arch": e} if isinstance(e, str) else e for e in entries]
+        return entries
+
+    @field_validator("models")
+    @classmethod
+    def _distinct_names(cls, entries: list[ModelEntry]) -> list[ModelEntry]:
+        labels = [e.label for e in entries]
+        duplicated = sorted({x for x in labels if labels.count(x) > 1})
+        if duplicated:
+            raise ValueError(f"model name {duplicated[0]!r} appears twice; give entries distinct names")
+        return entries
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "Study":
+        if self.eval.lengths is not None and not self.eval.lengths:
+            raise ValueError("eval.lengths is empty")
+        return self
+
+    def eval_lengths(self) -> list[int]:
+        if self.eval.lengths is not None:
+            return sorted(set(self.eval.lengths))
+        lengths, length = [], self.train.length
+        while length <= self.eval.max_factor * self.train.length:
+            lengths.append(length)
+            length *= 2
+        return lengths
+
+    def make_task(self):
+        return tasks.get(self.task.name, **self.task.knobs)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("longarch.presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str) -> tuple[dict, str]:
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"study file {source} does not exist")
+        text, origin = path.read_text(encoding="utf-8"), str(path)
+    elif source in preset_names():
+        text, origin = resources.files("longarch.presets").joinpath(f"{source}.yaml").read_text(), f"preset {source}"
+    else:
+        raise ConfigError(f"{source!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{origin}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: a study is a YAML mapping of keys to values")
+    return data, origin
+
+
+def _one_line(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{origin}: unknown key '{where}'"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{origin}: {where}: {message}" if where else f"{origin}: {message}"
+
+
+def load_study(source: str, overrides: dict | None = None) -> Study:
+    """Load a preset name or a YAML path, validate it fully, and return the Study."""
+    data, origin = _read_yaml(source)
+    data.update(overrides or {})
+    try:
+        study = Study.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, origin)) from None
+    check(study, origin)
+    return study
+
+
+def check(study: Study, origin: str) -> None:
+    """Reject what the schema cannot see: unknown names, impossible lengths and budgets."""
+    try:
+        task = study.make_task()
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{origin}: task: {error}") from None
+    too_short = [n for n in [study.train.length, *study.eval_lengths()] if n < task.min_length]
+    if too_short:
+        raise ConfigError(f"{origin}: length {too_short[0]} is below the {task.name} task's minimum {task.min_length}")
+    for entry in study.models:
+        try:
+            resolve_overrides(study, entry, task.vocab_size)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{origin}: model {entry.label!r}: {error}") from None
+
+
+def resolve_overrides(study: Study, entry: ModelEntry, vocab_size: int) -> dict:
+    """The build overrides of one entry: its own, plus the d_model that meets the budget."""
+    overrides = dict(entry.overrides)
+    if study.params is not None and "d_model" not in overrides:
+        overrides = models.size_to_budget(entry.arch, study.params, vocab_size=vocab_size, **overrides)
+    models.config(entry.arch, vocab_size=vocab_size, **overrides)  # raises on unknown options
+    return overrides

@@ -1,0 +1,40 @@
+"""Sequence mixers: one file per architecture family.
+
+Every mixer maps (B, L, D) -> (B, L, D) and carries a `state` that continues the sequence:
+`mixer(x, state) -> (y, new_state)`. A layer pattern names mixers by one letter each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from .attention import AttentionConfig, CausalSelfAttention
+from .mamba2 import Mamba2Config, Mamba2Mixer
+
+# letter -> (config dataclass, module class, family)
+MIXERS: dict[str, tuple[type, type[nn.Module], str]] = {
+    "A": (AttentionConfig, CausalSelfAttention, "attention"),
+    "M": (Mamba2Config, Mamba2Mixer, "state-space"),
+}
+
+
+def option_names(letter: str) -> set[str]:
+    """The options a mixer accepts besides d_model."""
+    config_cls = MIXERS[letter][0]
+    return {f.name for f in dataclasses.fields(config_cls)} - {"d_model"}
+
+
+def mixer_config(letter: str, d_model: int, options: dict):
+    """The config of mixer `letter`, taking from `options` only the fields it has."""
+    config_cls = MIXERS[letter][0]
+    return config_cls(d_model=d_model, **{k: v for k, v in options.items() if k in option_names(letter)})
+
+
+def make_mixer(letter: str, d_model: int, options: dict) -> nn.Module:
+    return MIXERS[letter][1](mixer_config(letter, d_model, options))
+
+
+def state_floats(letter: str, d_model: int, options: dict, length: int) -> int:
+    return MIXERS[letter][1].state_floats(mixer_config(letter, d_model, options), length)

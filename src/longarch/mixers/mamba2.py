@@ -1,0 +1,176 @@
+"""Mamba-2 mixer: the state-space duality (SSD) layer of Dao & Gu (2024).
+
+Per head h with scalar decay a_t = exp(dt_t * A_h) (A_h < 0), the layer computes the recurrence
+
+    S_t = a_t * S_{t-1} + (dt_t * x_t) B_t^T      S: (head_dim, d_state)
+    y_t = S_t C_t + D_h * x_t
+
+after a short causal depthwise convolution over (x, B, C), and gates the result with silu(z)
+before a normalisation and the output projection.
+
+`ssd_chunked` evaluates the recurrence chunk by chunk: quadratic attention-like work inside a
+chunk, a linear recurrence across chunk boundaries. `ssd_reference` is the same recurrence one
+step at a time, written for clarity; the tests hold the two equal.
+
+State is (conv_tail, ssm_state): the last d_conv - 1 inputs of the convolution and S_t.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class Mamba2Config:
+    d_model: int
+    d_state: int = 16
+    expand: float = 2.0
+    head_dim: int = 16
+    d_conv: int = 4
+    chunk_size: int = 64
+
+    @property
+    def n_heads(self) -> int:
+        return max(1, round(self.expand * self.d_model / self.head_dim))
+
+    @property
+    def d_inner(self) -> int:
+        return self.n_heads * self.head_dim
+
+
+@dataclass
+class Mamba2State:
+    conv_tail: Tensor  # (B, d_conv - 1, conv_dim): the last inputs of the causal convolution
+    ssm: Tensor        # (B, H, P, N)
+
+
+def segment_sum(a: Tensor) -> Tensor:
+    """out[..., i, j] = a[..., j+1] + ... + a[..., i] for i >= j, and -inf above the diagonal.
+
+    Summing the masked increments (rather than differencing a cumulative sum) keeps precision
+    when the cumulative sum is large. a: (..., T) -> (..., T, T)."""
+    T = a.shape[-1]
+    x = a[..., None, :].expand(*a.shape, T).transpose(-1, -2)  # x[..., i, j] = a[..., i]
+    strictly_lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), diagonal=-1)
+    x = x.masked_fill(~strictly_lower, 0.0)
+    out = torch.cumsum(x, dim=-2)  # sum over k <= i of a_k for k > j
+    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device))
+    return out.masked_fill(~lower, float("-inf"))
+
+
+def ssd_chunked(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
+                initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Chunked SSD scan.
+
+    x: (b, L, H, P) inputs already scaled by dt; log_a: (b, L, H) = dt * A (<= 0);
+    B, C: (b, L, N) shared by all heads; initial_state: (b, H, P, N) or None.
+    Returns y (b, L, H, P) and the final state (b, H, P, N).
+    """
+    b, L, H, P = x.shape
+    N = B.shape[-1]
+    pad = (-L) % chunk_size
+    if pad:
+        # Zero input and zero log-decay leave the state untouched, so padding is exact.
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        log_a = F.pad(log_a, (0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, pad))
+    c, Q = (L + pad) // chunk_size, chunk_size
+    x = x.reshape(b, c, Q, H, P)
+    B = B.reshape(b, c, Q, N)
+    C = C.reshape(b, c, Q, N)
+    log_a = log_a.reshape(b, c, Q, H).permute(0, 3, 1, 2)  # (b, H, c, Q)
+    a_cum = torch.cumsum(log_a, dim=-1)  # (b, H, c, Q)
+
+    # 1. Within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(a_{j+1..i}) x_j. Differences of
+    # the cumulative sum are cheaper than `segment_sum` and precise enough within one chunk.
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    exponent = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, float("-inf"))
+    decay = torch.exp(exponent)  # (b, H, c, Q, Q)
+    scores = torch.einsum("bcin,bcjn->bcij", C, B)  # (b, c, Q, Q)
+    y_diag = torch.einsum("bcij,bhcij,bcjhp->bcihp", scores, decay, x)  # (b, c, Q, H, P)
+
+    # 2. The state each chunk would leave behind if it started from zero.
+    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, H, c, Q)
+    chunk_states = torch.einsum("bcjn,bhcj,bcjhp->bchpn", B, decay_to_end, x)  # (b, c, H, P, N)
+
+    # 3. Carry states across chunk boundaries (a recurrence over c chunks, done as one product).
+    if initial_state is None:
+        initial_state = x.new_zeros(b, H, P, N)
+    states = torch.cat([initial_state[:, None], chunk_states], dim=1)  # (b, c+1, H, P, N)
+    chunk_decay = torch.exp(segment_sum(F.pad(a_cum[..., -1], (1, 0))))  # (b, H, c+1, c+1)
+    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)  # (b, c+1, H, P, N)
+    entering, final_state = states[:, :-1], states[:, -1]  # (b, c, H, P, N), (b, H, P, N)
+
+    # 4. What the state entering each chunk contributes to its outputs.
+    y_off = torch.einsum("bcin,bchpn,bhci->bcihp", C, entering, torch.exp(a_cum))  # (b, c, Q, H, P)
+
+    y = (y_diag + y_off).reshape(b, c * Q, H, P)[:, :L]
+    return y, final_state
+
+
+def ssd_reference(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor,
+                  initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The same recurrence as `ssd_chunked`, one time step at a time."""
+    b, L, H, P = x.shape
+    N = B.shape[-1]
+    S = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
+    ys = []
+    for t in range(L):
+        a = torch.exp(log_a[:, t])[:, :, None, None]  # (b, H, 1, 1)
+        S = a * S + x[:, t, :, :, None] * B[:, t, None, None, :]  # (b, H, P, N)
+        ys.append(torch.einsum("bhpn,bn->bhp", S, C[:, t]))  # (b, H, P)
+    return torch.stack(ys, dim=1), S
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, config: Mamba2Config):
+        super().__init__()
+        self.config = config
+        H, N, d_inner = config.n_heads, config.d_state, config.d_inner
+        self.conv_dim = d_inner + 2 * N
+        self.in_proj = nn.Linear(config.d_model, 2 * d_inner + 2 * N + H, bias=False)  # z, x, B, C, dt
+        self.conv = nn.Conv1d(self.conv_dim, self.conv_dim, config.d_conv, groups=self.conv_dim)
+        # dt starts in [1e-3, 1e-1] (log-uniform), as in Mamba: a spread of memory horizons.
+        dt = torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1)).exp()
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm = nn.RMSNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, config.d_model, bias=False)
+
+    def forward(self, u: Tensor, state: Mamba2State | None = None, reference: bool = False
+                ) -> tuple[Tensor, Mamba2State]:
+        b, L, _ = u.shape
+        H, P, N, d_inner, K = (self.config.n_heads, self.config.head_dim, self.config.d_state,
+                               self.config.d_inner, self.config.d_conv)
+        z, xBC, dt = self.in_proj(u).split([d_inner, self.conv_dim, H], dim=-1)  # (b, L, .)
+
+        tail = u.new_zeros(b, K - 1, self.conv_dim) if state is None else state.conv_tail
+        padded = torch.cat([tail, xBC], dim=1)  # (b, K-1+L, conv_dim)
+        xBC = F.silu(self.conv(padded.transpose(1, 2)).transpose(1, 2))  # (b, L, conv_dim)
+        new_tail = padded[:, padded.shape[1] - (K - 1):]  # (b, K-1, conv_dim)
+
+        x, B, C = xBC.split([d_inner, N, N], dim=-1)
+        x = x.reshape(b, L, H, P)  # (b, L, H, P)
+        dt = F.softplus(dt + self.dt_bias)  # (b, L, H)
+        log_a = -torch.exp(self.A_log) * dt  # (b, L, H)
+        x_dt = x * dt[..., None]  # (b, L, H, P)
+        ssm0 = None if state is None else state.ssm
+        if reference:
+            y, ssm = ssd_reference(x_dt, log_a, B, C, ssm0)
+        else:
+            y, ssm = ssd_chunked(x_dt, log_a, B, C, self.config.chunk_size, ssm0)
+        y = y + x * self.D[:, None]  # (b, L, H, P)
+        y = self.norm(y.reshape(b, L, d_inner) * F.silu(z))  # (b, L, d_inner)
+        return self.out_proj(y), Mamba2State(new_tail, ssm)
+
+    @staticmethod
+    def state_floats(config: Mamba2Config, length: int) -> int:
+        """Floats of state per sequence: constant in the length."""
+        return config.n_heads * config.head_dim * config.d_state + (config.d_conv - 1) * (config.d_inner + 2 * config.d_state)

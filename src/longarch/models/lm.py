@@ -1,0 +1,132 @@
+"""LanguageModel: token embedding -> a stack of blocks from a layer pattern -> tied output head.
+
+The pattern names one mixer per layer by letter ("A" attention, "M" Mamba-2, ...), repeated
+to `n_layers`: pattern "MA" with 4 layers is M, A, M, A. Hybrids need nothing more.
+
+`model(tokens, state) -> (logits, state)`; the state is one mixer state per layer, so a
+sequence fed in pieces gives the same logits as the same sequence fed whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..mixers import MIXERS, make_mixer, option_names, state_floats
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    d_model: int = 64
+    pattern: str = "A"
+    n_layers: int = 2
+    mlp_ratio: float = 0.0  # hidden width of the SwiGLU MLP after each mixer, as a multiple of d_model; 0 = none
+    mixer: dict = field(default_factory=dict)  # options passed to the mixers that have them (n_heads, d_state, ...)
+
+    def __post_init__(self):
+        unknown_letters = set(self.pattern) - set(MIXERS)
+        if not self.pattern or unknown_letters:
+            raise ValueError(f"layer pattern {self.pattern!r}: unknown mixer letters {sorted(unknown_letters)}; "
+                             f"known: {sorted(MIXERS)}")
+        known = set().union(*(option_names(letter) for letter in set(self.pattern)))
+        unknown = set(self.mixer) - known
+        if unknown:
+            raise ValueError(f"mixer options {sorted(unknown)} are not used by pattern {self.pattern!r}; "
+                             f"its options are {sorted(known)}")
+        if self.n_layers < 1 or self.d_model < 1 or self.vocab_size < 2:
+            raise ValueError("n_layers, d_model must be >= 1 and vocab_size >= 2")
+
+    @property
+    def layers(self) -> str:
+        """The pattern repeated (and cut) to n_layers letters."""
+        reps = -(-self.n_layers // len(self.pattern))
+        return (self.pattern * reps)[: self.n_layers]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = self.up(x).chunk(2, dim=-1)  # (B, L, hidden) each
+        return self.down(F.silu(gate) * value)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)) when it has an MLP."""
+
+    def __init__(self, letter: str, config: ModelConfig):
+        super().__init__()
+        self.letter = letter
+        self.mixer_norm = nn.RMSNorm(config.d_model)
+        self.mixer = make_mixer(letter, config.d_model, config.mixer)
+        hidden = round(config.mlp_ratio * config.d_model)
+        self.mlp_norm = nn.RMSNorm(config.d_model) if hidden else None
+        self.mlp = SwiGLU(config.d_model, hidden) if hidden else None
+
+    def forward(self, x: Tensor, state=None):
+        h, state = self.mixer(self.mixer_norm(x), state)  # (B, L, D)
+        x = x + h
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, state
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(letter, config) for letter in config.layers)
+        self.final_norm = nn.RMSNorm(config.d_model)
+        self.apply(_init_weights)
+
+    def forward(self, tokens: Tensor, state: list | None = None, last_only: bool = False
+                ) -> tuple[Tensor, list]:
+        """tokens (B, L) -> logits (B, L, V), or (B, 1, V) with last_only; and the new state."""
+        x = self.embedding(tokens)  # (B, L, D)
+        states = state if state is not None else [None] * len(self.blocks)
+        new_states = []
+        for block, layer_state in zip(self.blocks, states):
+            x, layer_state = block(x, layer_state)
+            new_states.append(layer_state)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.final_norm(x) @ self.embedding.weight.T  # (B, L, V): head tied to the embedding
+        return logits, new_states
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def state_floats(self, length: int) -> int:
+        """Floats of state per sequence after `length` tokens, summed over layers."""
+        return sum(state_floats(letter, self.config.d_model, self.config.mixer, length)
+                   for letter in self.config.layers)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+
+
+@torch.no_grad()
+def forward_in_chunks(model: LanguageModel, tokens: Tensor, chunk: int, state: list | None = None
+                      ) -> tuple[Tensor, list]:
+    """Feed tokens (B, L) through the model `chunk` tokens at a time; logits of the last position."""
+    logits = None
+    for start in range(0, tokens.shape[1], chunk):
+        logits, state = model(tokens[:, start:start + chunk], state, last_only=True)
+    return logits[:, -1], state  # (B, V)

@@ -1,0 +1,128 @@
+"""The architecture registry: name -> family, layer pattern, defaults and a one-line description.
+
+Adding an architecture is one mixer file plus one entry here; the registry-driven tests
+cover every entry automatically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from .lm import LanguageModel, ModelConfig
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    family: str
+    description: str
+    pattern: str
+    n_layers: int
+    mlp_ratio: float = 0.0
+    mixer: dict = field(default_factory=dict)
+    # Alternative values of width options that `size_to_budget` may use besides d_model, for
+    # mixers whose parameter count moves in steps (Mamba-2 adds a whole head at a time).
+    size_knobs: dict = field(default_factory=dict)
+
+
+_SPECS = [
+    ArchSpec("transformer", "attention",
+             "Transformer++: causal multi-head attention with RoPE, SwiGLU MLP",
+             pattern="A", n_layers=2, mlp_ratio=4.0, mixer={"n_heads": 4},
+             size_knobs={"mlp_ratio": (3.5, 4.5, 3.0, 5.0)}),
+    ArchSpec("mamba2", "state-space",
+             "Mamba-2: selective state-space (SSD) blocks, chunked scan, no MLP",
+             pattern="M", n_layers=4, mixer={"d_state": 16, "head_dim": 16},
+             size_knobs={"expand": (1.75, 2.25, 1.5, 2.5)}),
+    ArchSpec("mamba2-attn", "hybrid",
+             "Mamba-2 blocks with one attention block in four, as in the Mamba2-Attention model",
+             pattern="MMAM", n_layers=4, mixer={"n_heads": 4, "d_state": 16, "head_dim": 16},
+             size_knobs={"expand": (1.75, 2.25, 1.5, 2.5)}),
+]
+REGISTRY: dict[str, ArchSpec] = {spec.name: spec for spec in _SPECS}
+
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"mixer"}
+
+
+class UnknownArchitecture(ValueError):
+    pass
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def spec(name: str) -> ArchSpec:
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownArchitecture(f"unknown architecture {name!r}{hint} (known: {', '.join(REGISTRY)})")
+    return REGISTRY[name]
+
+
+def config(name: str, vocab_size: int = 64, **overrides) -> ModelConfig:
+    """The ModelConfig of a registered architecture. Overrides are ModelConfig fields
+    (d_model, n_layers, pattern, mlp_ratio) or mixer options (n_heads, d_state, ...)."""
+    arch = spec(name)
+    top = {"d_model": 64, "pattern": arch.pattern, "n_layers": arch.n_layers, "mlp_ratio": arch.mlp_ratio}
+    mixer = dict(arch.mixer)
+    for key, value in overrides.items():
+        (top if key in _CONFIG_FIELDS else mixer)[key] = value
+    return ModelConfig(vocab_size=vocab_size, mixer=mixer, **top)
+
+
+def build(name: str, **overrides) -> LanguageModel:
+    """Build a registered architecture: `build("mamba2", d_model=96, vocab_size=64)`."""
+    return LanguageModel(config(name, **overrides))
+
+
+def count_params(model_config: ModelConfig) -> int:
+    return _count_params(json.dumps(model_config.to_dict(), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _count_params(config_json: str) -> int:
+    with torch.device("meta"):  # shapes only, no memory
+        return LanguageModel(ModelConfig(**json.loads(config_json))).num_params()
+
+
+def size_to_budget(name: str, params: int, vocab_size: int = 64, tolerance: float = 0.02, **overrides) -> dict:
+    """The overrides that bring `name` closest to `params` parameters: d_model, and when that
+    alone cannot get within `tolerance`, the architecture's `size_knobs` too.
+
+    Each model within 2% of one budget puts any two within about 4% of each other.
+    Raises ValueError when nothing gets within `tolerance` (relative)."""
+    overrides = {k: v for k, v in overrides.items() if k != "d_model"}
+    arch = spec(name)
+    alternatives = [{}] + [{knob: value} for knob, values in arch.size_knobs.items() if knob not in overrides
+                           for value in values]
+    best = None
+    for extra in alternatives:
+        candidate = _best_d_model(name, params, vocab_size, {**overrides, **extra})
+        if best is None or abs(candidate[1] - params) < abs(best[1] - params):
+            best = candidate
+        if abs(best[1] - params) <= tolerance / 4 * params:  # close enough: keep the default shape
+            break
+    chosen, achieved = best
+    if abs(achieved - params) > tolerance * params:
+        raise ValueError(f"no size of {name} has {params:,} parameters within {tolerance:.0%} "
+                         f"(closest: d_model={chosen['d_model']} with {achieved:,})")
+    return chosen
+
+
+def _best_d_model(name: str, params: int, vocab_size: int, overrides: dict) -> tuple[dict, int]:
+    def count(d_model: int) -> int:
+        return count_params(config(name, vocab_size=vocab_size, d_model=d_model, **overrides))
+
+    lo, hi = 4, 8192
+    while hi - lo > 1:  # parameter counts grow with d_model, up to small steps
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) <= params else (lo, mid)
+    d_model = min(range(max(4, lo - 3), hi + 4), key=lambda d: abs(count(d) - params))
+    return {**overrides, "d_model": d_model}, count(d_model)

@@ -1,0 +1,153 @@
+"""The results store: one SQLite database per study (<out>/results.sqlite).
+
+Tables
+- study:   key -> JSON value (the validated config, the command, versions, git commit)
+- models:  one row per trained model (architecture x seed): family, parameters, state size,
+           training length and accuracy, checkpoint path
+- results: one row per evaluated cell (model x task x length x depth): n, accuracy and the
+           per-sample scores (so intervals can be recomputed from the store alone)
+
+Every write is one transaction, so a crash leaves either the whole row or none of it; rows
+are keyed by content-addressed ids, so a rerun recognises what is already stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS study (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    model_id       TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    arch           TEXT NOT NULL,
+    family         TEXT NOT NULL,
+    seed           INTEGER NOT NULL,
+    params         INTEGER NOT NULL,
+    state_floats   INTEGER NOT NULL,   -- floats of state per sequence at the training length
+    state_growth   TEXT NOT NULL,      -- 'constant' or 'linear' in the sequence length
+    train_length   INTEGER NOT NULL,
+    train_accuracy REAL NOT NULL,
+    train_seconds  REAL NOT NULL,
+    final_loss     REAL NOT NULL,
+    config         TEXT NOT NULL,      -- JSON: model config and training spec
+    checkpoint     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    cell_id   TEXT PRIMARY KEY,
+    model_id  TEXT NOT NULL REFERENCES models(model_id),
+    model     TEXT NOT NULL,
+    task      TEXT NOT NULL,
+    knobs     TEXT NOT NULL,           -- JSON
+    length    INTEGER NOT NULL,
+    depth     REAL NOT NULL,
+    seed      INTEGER NOT NULL,
+    n         INTEGER NOT NULL,
+    accuracy  REAL NOT NULL,           -- mean per-sample score, in [0, 1]
+    scores    TEXT NOT NULL,           -- JSON list of the n per-sample scores
+    seconds   REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class ModelRow:
+    model_id: str
+    name: str
+    arch: str
+    family: str
+    seed: int
+    params: int
+    state_floats: int
+    state_growth: str
+    train_length: int
+    train_accuracy: float
+    train_seconds: float
+    final_loss: float
+    config: dict
+    checkpoint: str
+
+
+@dataclass
+class ResultRow:
+    cell_id: str
+    model_id: str
+    model: str
+    task: str
+    knobs: dict
+    length: int
+    depth: float
+    seed: int
+    n: int
+    accuracy: float
+    scores: list[float]
+    seconds: float
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # study metadata -------------------------------------------------------------------------
+    def set_meta(self, key: str, value) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO study VALUES (?, ?)", (key, json.dumps(value)))
+
+    def meta(self) -> dict:
+        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM study")}
+
+    # models ---------------------------------------------------------------------------------
+    def put_model(self, row: ModelRow) -> None:
+        values = {**row.__dict__, "config": json.dumps(row.config)}
+        updates = ", ".join(f"{column} = excluded.{column}" for column in values if column != "model_id")
+        with self.db:  # an upsert keeps the row's place, so models stay in the order first trained
+            self.db.execute(f"INSERT INTO models ({', '.join(values)}) VALUES ({', '.join('?' * len(values))}) "
+                            f"ON CONFLICT(model_id) DO UPDATE SET {updates}", list(values.values()))
+
+    def model(self, model_id: str) -> ModelRow | None:
+        rows = self._models("WHERE model_id = ?", (model_id,))
+        return rows[0] if rows else None
+
+    def models(self) -> list[ModelRow]:
+        return self._models("ORDER BY rowid", ())
+
+    def _models(self, where: str, args: tuple) -> list[ModelRow]:
+        cursor = self.db.execute(f"SELECT * FROM models {where}", args)
+        columns = [c[0] for c in cursor.description]
+        rows = [dict(zip(columns, r)) for r in cursor]
+        return [ModelRow(**{**r, "config": json.loads(r["config"])}) for r in rows]
+
+    # results --------------------------------------------------------------------------------
+    def put_result(self, row: ResultRow) -> None:
+        values = {**row.__dict__, "knobs": json.dumps(row.knobs, sort_keys=True), "scores": json.dumps(row.scores)}
+        with self.db:
+            self.db.execute(f"INSERT OR REPLACE INTO results ({', '.join(values)}) "
+                            f"VALUES ({', '.join('?' * len(values))})", list(values.values()))
+
+    def cell_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT cell_id FROM results")}
+
+    def results(self) -> list[ResultRow]:
+        cursor = self.db.execute("SELECT * FROM results ORDER BY model, length, depth")
+        columns = [c[0] for c in cursor.description]
+        rows = [dict(zip(columns, r)) for r in cursor]
+        return [ResultRow(**{**r, "knobs": json.loads(r["knobs"]), "scores": json.loads(r["scores"])}) for r in rows]

@@ -1,0 +1,1 @@
+"""Symbol-level tasks over integer vocabularies, for models trained from scratch."""

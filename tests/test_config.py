@@ -1,0 +1,196 @@
+"""Study configuration: the presets validate, and every malformed study is a ConfigError whose
+one-line message names the problem."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import yaml
+
+from longarch import config, models
+from longarch.config import ConfigError, Study, load_study
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PRESETS = config.preset_names()
+
+VALID = {
+    "name": "tiny",
+    "task": {"name": "needle", "knobs": {"haystack": "random"}},
+    "models": ["transformer", "mamba2"],
+    "params": 20000,
+    "train": {"length": 16, "steps": 5, "batch_size": 4},
+    "eval": {"max_factor": 4, "depths": [0, 50, 100], "samples": 2},
+}
+
+
+def _write(tmp_path, data=None, text=None):
+    path = tmp_path / "study.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _changed(change):
+    data = copy.deepcopy(VALID)
+    change(data)
+    return data
+
+
+def _sized(study: Study) -> dict[str, int]:
+    task = study.make_task()
+    out = {}
+    for entry in study.models:
+        overrides = config.resolve_overrides(study, entry, task.vocab_size)
+        out[entry.label] = models.build(entry.arch, vocab_size=task.vocab_size, **overrides).num_params()
+    return out
+
+
+# ---------------------------------------------------------------- presets
+
+
+def test_the_documented_presets_exist():
+    assert {"quick", "smoke"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_validates(preset):
+    study = load_study(preset)
+    assert isinstance(study, Study) and study.name == preset
+    assert study.models and all(entry.arch in models.names() for entry in study.models)
+    task = study.make_task()
+    assert task.name == study.task.name and study.train.length >= task.min_length
+    lengths = study.eval_lengths()
+    assert lengths[0] == study.train.length and lengths == sorted(set(lengths))
+    assert all(0 <= d <= 100 for d in study.eval.depths)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_models_are_within_five_percent_of_the_budget(preset):
+    study = load_study(preset)
+    if study.params is None:
+        pytest.skip("no parameter budget")
+    for label, params in _sized(study).items():
+        assert abs(params - study.params) <= 0.05 * study.params, (label, params)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_models_are_parameter_matched_to_each_other(preset):
+    study = load_study(preset)
+    sized = _sized(study)
+    for (a, pa), (b, pb) in itertools.combinations(sized.items(), 2):
+        assert abs(pa - pb) <= 0.05 * max(pa, pb), f"{a}: {pa:,} vs {b}: {pb:,}"
+
+
+def test_quick_evaluates_to_at_least_32_times_the_training_length():
+    study = load_study("quick")
+    lengths = study.eval_lengths()
+    assert max(lengths) >= 32 * study.train.length
+    assert all(b == 2 * a for a, b in zip(lengths, lengths[1:]))  # a doubling ladder
+
+
+def test_overrides_replace_top_level_keys():
+    study = load_study("smoke", {"seeds": [3, 4]})
+    assert study.seeds == [3, 4]
+
+
+# ---------------------------------------------------------------- malformed studies
+
+
+def test_the_base_study_is_valid(tmp_path):
+    study = load_study(str(_write(tmp_path, VALID)))
+    assert [entry.label for entry in study.models] == ["transformer", "mamba2"]
+
+
+def _set(path: str, value):
+    def change(data):
+        *parents, last = path.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return change
+
+
+def _drop(path: str):
+    def change(data):
+        *parents, last = path.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        del node[last]
+    return change
+
+
+# (id, change to VALID or raw YAML text, substrings the message must contain)
+MALFORMED = [
+    ("unknown-top-level-key", _set("colour", "blue"), ["unknown key", "colour"]),
+    ("unknown-top-level-key-starting-str", _set("strategy", "grid"), ["unknown key", "strategy"]),
+    ("unknown-nested-key", _set("train.stepz", 10), ["unknown key", "train.stepz"]),
+    ("unknown-eval-key", _set("eval.depht", [0]), ["eval.depht"]),
+    ("unknown-task-section-key", _set("task.knob", {}), ["task.knob"]),
+    ("unknown-model-entry-key", _set("models", [{"arch": "mamba2", "nmae": "m2"}]), ["nmae"]),
+    ("wrong-type", _set("train.steps", "many"), ["train.steps", "integer"]),
+    ("wrong-type-fraction", _set("train.batch_size", 2.5), ["train.batch_size"]),
+    ("negative-steps", _set("train.steps", 0), ["train.steps"]),
+    ("missing-required", _drop("train.length"), ["train.length", "required"]),
+    ("missing-name", _drop("name"), ["name", "required"]),
+    ("depth-150", _set("eval.depths", [0, 150]), ["eval.depths", "150"]),
+    ("no-depths", _set("eval.depths", []), ["depth"]),
+    ("no-models", _set("models", []), ["models"]),
+    ("unknown-architecture", _set("models", ["transformer", "mamba3"]),
+     ["mamba3", "did you mean 'mamba2'"]),
+    ("unknown-architecture-no-budget", lambda d: (d.pop("params"), d.update(models=["transformr"])),
+     ["transformr", "did you mean 'transformer'"]),
+    ("unknown-task", _set("task.name", "neddle"), ["neddle", "did you mean 'needle'"]),
+    ("unknown-task-knob", _set("task.knobs", {"n_kyes": 4}), ["n_kyes"]),
+    ("bad-task-knob-value", _set("task.knobs", {"haystack": "zeros"}), ["haystack", "zeros"]),
+    ("train-length-below-minimum", _set("train.length", 3), ["length 3", "minimum 5"]),
+    ("eval-length-below-minimum", _set("eval.lengths", [4, 16]), ["length 4", "minimum 5"]),
+    ("impossible-budget", _set("params", 10), ["transformer", "10 parameters"]),
+    ("unknown-model-override", _set("models", [{"arch": "mamba2", "overrides": {"d_stat": 8}}]),
+     ["mamba2", "d_stat"]),
+    ("duplicate-model-names", _set("models", ["transformer", "mamba2", "transformer"]),
+     ["transformer", "twice"]),
+    ("duplicate-explicit-names", _set("models", ["mamba2", {"arch": "transformer", "name": "mamba2"}]),
+     ["mamba2", "twice"]),
+    ("invalid-yaml", "name: [tiny\ntrain: {length: 16}\n", ["not valid YAML"]),
+    ("invalid-yaml-indent", "name: tiny\n  train: 3\n", ["not valid YAML", "line 2"]),
+    ("yaml-list", "- transformer\n- mamba2\n", ["mapping"]),
+    ("empty-file", "", ["mapping"]),
+]
+
+
+@pytest.mark.parametrize("case_id,change,expected", MALFORMED, ids=[c[0] for c in MALFORMED])
+def test_malformed_study_is_a_one_line_config_error(tmp_path, case_id, change, expected):
+    path = _write(tmp_path, text=change) if isinstance(change, str) else _write(tmp_path, _changed(change))
+    with pytest.raises(ConfigError) as info:
+        load_study(str(path))
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in message and message.strip() == message
+    assert str(path) in message  # says which file
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_study(str(path))
+    assert "does not exist" in str(info.value) and str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_preset_is_a_config_error():
+    with pytest.raises(ConfigError) as info:
+        load_study("quik")
+    message = str(info.value)
+    assert "'quik'" in message and "\n" not in message
+    assert all(preset in message for preset in PRESETS)
+
+
+def test_bad_override_is_a_config_error():
+    with pytest.raises(ConfigError, match="params"):
+        load_study("smoke", {"params": -5})

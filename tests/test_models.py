@@ -1,0 +1,278 @@
+"""Models: every registered architecture builds, continues a sequence through its state exactly,
+is causal, reports its state size truthfully, and sizes to a parameter budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+
+import pytest
+import torch
+
+from longarch import models
+from longarch.mixers import MIXERS, option_names
+from longarch.models import LanguageModel, ModelConfig, UnknownArchitecture, forward_in_chunks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NAMES = models.names()
+VOCAB = 37
+
+
+def _options(name: str, **wanted) -> dict:
+    """The subset of `wanted` mixer options that architecture `name` accepts."""
+    layers = models.config(name).layers
+    accepted = set().union(*(option_names(letter) for letter in set(layers)))
+    return {k: v for k, v in wanted.items() if k in accepted}
+
+
+def _small(name: str, dtype=torch.float32, **wanted) -> LanguageModel:
+    torch.manual_seed(0)
+    model = models.build(name, vocab_size=VOCAB, d_model=24, **_options(name, **wanted))
+    return model.to(dtype).eval()
+
+
+def _tokens(B: int, L: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (B, L), generator=torch.Generator().manual_seed(seed))
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    """Every tensor inside a (nested) state: dataclasses, tuples, lists."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if dataclasses.is_dataclass(obj):
+        return [t for f in dataclasses.fields(obj) for t in _tensors(getattr(obj, f.name))]
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _tensors(item)]
+    return []
+
+
+def _feed(model, tokens, sizes):
+    """Logits of `tokens` fed in pieces of `sizes` (the last piece takes the rest)."""
+    outputs, state, start = [], None, 0
+    for size in sizes:
+        logits, state = model(tokens[:, start:start + size], state)
+        outputs.append(logits)
+        start += size
+    if start < tokens.shape[1]:
+        logits, state = model(tokens[:, start:], state)
+        outputs.append(logits)
+    return torch.cat(outputs, dim=1), state
+
+
+def test_registry_is_consistent():
+    assert NAMES and len(set(NAMES)) == len(NAMES)
+    for name in NAMES:
+        spec = models.spec(name)
+        assert spec.name == name and spec.description
+        assert set(spec.pattern) <= set(MIXERS)
+
+
+# ---------------------------------------------------------------- building and running
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_build_gives_logits_over_the_vocabulary(name):
+    model = models.build(name, vocab_size=VOCAB)
+    assert isinstance(model, LanguageModel)
+    config = models.config(name, vocab_size=VOCAB)
+    assert model.config == config and len(model.blocks) == config.n_layers
+    for block, letter in zip(model.blocks, config.layers):
+        assert isinstance(block.mixer, MIXERS[letter][1])
+    tokens = _tokens(3, 11)
+    with torch.no_grad():
+        logits, state = model(tokens)
+        last, _ = model(tokens, last_only=True)
+    assert logits.shape == (3, 11, VOCAB) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    assert len(state) == config.n_layers
+    assert last.shape == (3, 1, VOCAB)
+    torch.testing.assert_close(last, logits[:, -1:], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("small_chunk", [False, True], ids=["default-chunk", "chunk-8"])
+@pytest.mark.parametrize("name", NAMES)
+def test_pieces_equal_whole_float32(name, small_chunk):
+    model = _small(name, **({"chunk_size": 8} if small_chunk else {}))
+    tokens = _tokens(2, 100)
+    with torch.no_grad():
+        whole, _ = model(tokens)
+        pieces, _ = _feed(model, tokens, [1, 7, 30])
+        assert pieces.shape == whole.shape
+        assert (pieces - whole).abs().max() <= 1e-4
+        # The comparison can fail: the tail fed without the state differs.
+        tail, _ = model(tokens[:, 38:])
+        assert (tail - whole[:, 38:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pieces_equal_whole_float64(name):
+    model = _small(name, torch.float64, chunk_size=8)
+    tokens = _tokens(2, 70, seed=1)
+    with torch.no_grad():
+        whole, _ = model(tokens)
+        pieces, _ = _feed(model, tokens, [1, 7, 30])
+        one_by_one, _ = _feed(model, tokens[:, :12], [1] * 12)
+    assert whole.dtype == torch.float64
+    assert (pieces - whole).abs().max() <= 1e-10
+    assert (one_by_one - whole[:, :12]).abs().max() <= 1e-10
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_is_causal(name):
+    model = _small(name, torch.float64, chunk_size=8)
+    tokens = _tokens(2, 40, seed=2)
+    changed = tokens.clone()
+    changed[:, 23:] = (tokens[:, 23:] + 1 + torch.arange(17)) % VOCAB  # every later token differs
+    with torch.no_grad():
+        logits, _ = model(tokens)
+        logits_changed, _ = model(changed)
+    assert (logits_changed[:, :23] - logits[:, :23]).abs().max() <= 1e-12
+    assert (logits_changed[:, 23] - logits[:, 23]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 64, 500])
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_in_chunks_gives_the_last_logits(name, chunk):
+    model = _small(name, chunk_size=8)
+    tokens = _tokens(3, 45, seed=3)
+    with torch.no_grad():
+        whole, _ = model(tokens)
+    last, state = forward_in_chunks(model, tokens, chunk)
+    assert last.shape == (3, VOCAB)
+    assert (last - whole[:, -1]).abs().max() <= 1e-4
+    assert len(state) == model.config.n_layers
+
+
+# ---------------------------------------------------------------- state size
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_floats_measures_the_state(name):
+    model = _small(name, chunk_size=8)
+    families = {MIXERS[letter][2] for letter in model.config.layers}
+    attention_layers = sum(MIXERS[letter][2] == "attention" for letter in model.config.layers)
+    sizes = {}
+    for length in (5, 17, 40):
+        with torch.no_grad():
+            _, state = model(_tokens(1, length))
+        sizes[length] = sum(t.numel() for t in _tensors(state))
+        assert model.state_floats(length) == sizes[length]
+    # Affine in the length: a fixed recurrent part plus a per-token cache.
+    per_token = (model.state_floats(40) - model.state_floats(17)) / 23
+    assert per_token == (model.state_floats(17) - model.state_floats(5)) / 12
+    assert model.state_floats(1000) == model.state_floats(40) + per_token * 960
+    if attention_layers == 0:
+        assert per_token == 0  # constant in the length (pure Mamba-2 and other recurrent mixers)
+    else:
+        assert per_token > 0
+    if families == {"attention"}:
+        assert model.state_floats(0) == 0 and model.state_floats(2000) == 2 * model.state_floats(1000)
+
+
+def test_pure_mamba2_state_is_constant_and_attention_state_grows():
+    mamba = models.build("mamba2", vocab_size=VOCAB)
+    transformer = models.build("transformer", vocab_size=VOCAB)
+    assert mamba.state_floats(64) == mamba.state_floats(65536) > 0
+    assert transformer.state_floats(65536) == 1024 * transformer.state_floats(64) > 0
+
+
+# ---------------------------------------------------------------- overrides and errors
+
+
+def test_layer_pattern_repeats_to_n_layers():
+    config = ModelConfig(vocab_size=8, pattern="MMA", n_layers=5)
+    assert config.layers == "MMAMM"
+    model = LanguageModel(config)
+    assert [type(block.mixer) for block in model.blocks] == [MIXERS[letter][1] for letter in "MMAMM"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_overrides_reach_the_config(name):
+    model = models.build(name, vocab_size=VOCAB, d_model=40, n_layers=3)
+    assert model.config.d_model == 40 and model.config.n_layers == 3 and len(model.blocks) == 3
+    assert model.embedding.weight.shape == (VOCAB, 40)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_architecture_suggests_the_close_name(name):
+    typo = name[:-1] + ("x" if name[-1] != "x" else "y")
+    with pytest.raises(UnknownArchitecture) as info:
+        models.build(typo)
+    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert repr(typo) in message and f"did you mean {name!r}" in message
+
+
+def test_unknown_architecture_without_a_close_name_lists_the_known():
+    with pytest.raises(ValueError, match="unknown architecture") as info:
+        models.build("zzzzzz")
+    assert "did you mean" not in str(info.value)
+    assert all(name in str(info.value) for name in NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_override_is_an_error_naming_it(name):
+    with pytest.raises(ValueError, match="bogus_option"):
+        models.build(name, bogus_option=3)
+
+
+def test_misspelt_mixer_option_is_an_error():
+    with pytest.raises(ValueError, match="d_stat"):
+        models.build("mamba2", d_stat=8)
+    with pytest.raises(ValueError, match="d_state"):  # attention has no state size
+        models.build("transformer", d_state=8)
+
+
+def test_unknown_mixer_letter_is_an_error():
+    with pytest.raises(ValueError, match="Z"):
+        models.build("transformer", pattern="AZ")
+
+
+# ---------------------------------------------------------------- parameter budgets
+
+
+@functools.lru_cache(maxsize=None)
+def _sized_params(name: str, budget: int) -> int:
+    overrides = models.size_to_budget(name, budget, vocab_size=64)
+    return models.build(name, vocab_size=64, **overrides).num_params()
+
+
+@pytest.mark.parametrize("budget", [20_000, 100_000, 400_000])
+@pytest.mark.parametrize("name", NAMES)
+def test_size_to_budget_lands_within_five_percent(name, budget):
+    assert abs(_sized_params(name, budget) - budget) <= 0.05 * budget
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_size_to_budget_keeps_other_overrides(name):
+    overrides = models.size_to_budget(name, 50_000, vocab_size=64, n_layers=3)
+    assert overrides["n_layers"] == 3 and "d_model" in overrides
+    model = models.build(name, vocab_size=64, **overrides)
+    assert len(model.blocks) == 3 and abs(model.num_params() - 50_000) <= 0.05 * 50_000
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_impossible_budget_raises(name):
+    with pytest.raises(ValueError, match=name):
+        models.size_to_budget(name, 10)
+
+
+def _pair_cases():
+    for (a, b), budget in itertools.product(itertools.combinations(NAMES, 2), [20_000, 100_000, 400_000]):
+        yield pytest.param(a, b, budget, id=f"{a}-vs-{b}-{budget}")
+
+
+@pytest.mark.parametrize("a,b,budget", list(_pair_cases()))
+def test_architectures_sized_to_one_budget_match_each_other(a, b, budget):
+    pa, pb = _sized_params(a, budget), _sized_params(b, budget)
+    assert abs(pa - pb) <= 0.05 * max(pa, pb), (pa, pb)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_count_params_equals_the_built_model(name):
+    for overrides in ({}, {"d_model": 33}, models.size_to_budget(name, 30_000, vocab_size=50)):
+        config = models.config(name, vocab_size=50, **overrides)
+        built = models.build(name, vocab_size=50, **overrides)
+        assert models.count_params(config) == built.num_params() == sum(p.numel() for p in built.parameters())

@@ -1,0 +1,258 @@
+"""The report is rebuilt from the store alone: aggregation over seeds, warnings, files, intervals."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from longarch.analysis.report import build_report, summary_table
+from longarch.analysis.stats import bootstrap_ci
+from longarch.store import ModelRow, ResultRow, Store
+
+LENGTHS = [16, 32, 64]
+DEPTHS = [0.0, 50.0, 100.0]
+TRAIN_LENGTH = 16
+
+
+def written_scores(name: str, seed: int, length: int, depth: float) -> list[float]:
+    """The per-sample scores written for each cell: known, uneven, and different per seed.
+
+    alpha seed 0 has 4 samples per cell and seed 1 has 6, so pooling by sample differs from
+    averaging the two seeds' accuracies; beta has 3 samples, so some accuracies are thirds.
+    """
+    level = LENGTHS.index(length) + DEPTHS.index(depth)  # 0..4
+    if name == "alpha" and seed == 0:
+        return [1.0] * (4 - min(level, 4)) + [0.0] * min(level, 4)
+    if name == "alpha" and seed == 1:
+        return [1.0] * (6 - level) + [0.0] * level
+    return [1.0] * (level % 3 == 0) + [0.0] * (2 + (level % 3 != 0))  # beta: 1/3 or 0/3
+
+
+SEEDS = {"alpha": [0, 1], "beta": [0]}
+TRAIN_ACCURACY = {("alpha", 0): 1.0, ("alpha", 1): 0.96, ("beta", 0): 0.81}
+
+
+def write_study(out: Path, planned_cells: int | None = None, min_train_accuracy: float = 0.95,
+                max_factor: int = 4, meta: bool = True) -> int:
+    """A store written row by row, as the runner would; returns the number of result rows."""
+    stored = 0
+    with Store(out / "results.sqlite") as store:
+        if meta:
+            store.set_meta("name", "unit-study")
+            store.set_meta("config", {"name": "unit-study", "seeds": [0, 1], "min_train_accuracy": min_train_accuracy,
+                                      "task": {"name": "needle", "knobs": {}},
+                                      "train": {"length": TRAIN_LENGTH, "steps": 10},
+                                      "eval": {"max_factor": max_factor, "lengths": None, "depths": DEPTHS}})
+            store.set_meta("command", "longarch run unit.yaml")
+            store.set_meta("versions", {"torch": "2.13.0", "numpy": "2.4.6"})
+            store.set_meta("git_commit", "0123abcd")
+            store.set_meta("planned_lengths", [TRAIN_LENGTH * 2 ** k for k in range(max_factor.bit_length())])
+            store.set_meta("planned_depths", DEPTHS)
+            if planned_cells is not None:
+                store.set_meta("planned_cells", planned_cells)
+        for name, seeds in SEEDS.items():
+            for seed in seeds:
+                model_id = f"{name}-{seed}"
+                store.put_model(ModelRow(
+                    model_id=model_id, name=name, arch=name, family="ssm" if name == "alpha" else "attention",
+                    seed=seed, params=1000 + 2 * seed, state_floats=256, state_growth="constant",
+                    train_length=TRAIN_LENGTH, train_accuracy=TRAIN_ACCURACY[name, seed], train_seconds=12.0,
+                    final_loss=0.1, config={}, checkpoint="none"))
+                for length in LENGTHS:
+                    for depth in DEPTHS:
+                        scores = written_scores(name, seed, length, depth)
+                        store.put_result(ResultRow(
+                            cell_id=f"{model_id}-{length}-{depth}", model_id=model_id, model=name, task="needle",
+                            knobs={}, length=length, depth=depth, seed=seed, n=len(scores),
+                            accuracy=float(np.mean(scores)), scores=scores, seconds=0.01))
+                        stored += 1
+    return stored
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    stored = write_study(tmp_path)
+    assert stored == 27
+    return tmp_path, build_report(tmp_path)
+
+
+def test_summary_pools_seeds_by_sample(study):
+    out, paths = study
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["study"] == "unit-study"
+    models = {m["name"]: m for m in summary["models"]}
+    assert [m["name"] for m in summary["models"]] == ["alpha", "beta"]
+    alpha, beta = models["alpha"], models["beta"]
+    assert alpha["seeds"] == [0, 1] and beta["seeds"] == [0]
+    assert alpha["params"] == 1000  # the first seed's
+    assert alpha["family"] == "ssm" and alpha["train_length"] == TRAIN_LENGTH
+    assert alpha["train_accuracy"] == pytest.approx(0.98)  # mean of 1.0 and 0.96
+    assert alpha["solved_at_train_length"] is True and beta["solved_at_train_length"] is False
+
+    by_cell = {(s["length"], s["depth"]): s for s in alpha["scores"]}
+    # (16, 0): seed 0 scores 4/4, seed 1 scores 6/6
+    assert by_cell[16, 0.0]["accuracy"] == 1.0 and by_cell[16, 0.0]["n"] == 10
+    # (32, 50): level 2 -> seed 0 has 2 of 4, seed 1 has 4 of 6: 6/10 (the mean of seed means would be 0.5833)
+    assert by_cell[32, 50.0]["accuracy"] == 0.6 and by_cell[32, 50.0]["n"] == 10
+    # (64, 100): level 4 -> seed 0 has 0 of 4, seed 1 has 2 of 6: 2/10
+    assert by_cell[64, 100.0]["accuracy"] == 0.2
+    beta_cells = {(s["length"], s["depth"]): s for s in beta["scores"]}
+    assert beta_cells[16, 0.0]["accuracy"] == 0.333333 and beta_cells[16, 0.0]["n"] == 3
+    assert beta_cells[16, 50.0]["accuracy"] == 0.0
+
+    for model in summary["models"]:
+        keys = [(s["task"], s["length"], s["depth"]) for s in model["scores"]]
+        assert keys == sorted(keys) and len(keys) == len(LENGTHS) * len(DEPTHS)
+        for cell in model["scores"]:
+            pooled = sum((written_scores(model["name"], seed, cell["length"], cell["depth"])
+                          for seed in SEEDS[model["name"]]), [])
+            assert cell["n"] == len(pooled)
+            assert cell["accuracy"] == round(sum(pooled) / len(pooled), 6)
+            assert 0 <= cell["accuracy"] <= 1
+
+
+def test_warning_names_only_the_unsolved_model(study):
+    out, paths = study
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    assert ("**beta did not learn the task**: 81.0% at its training length 16 (threshold 95%). Its accuracy "
+            "past the training length says nothing about extrapolation and is not interpreted.") in md
+    assert "<strong>beta did not learn the task</strong>: 81.0% at its training length 16 (threshold 95%)" in page
+    assert "alpha did not learn" not in md and "alpha did not learn" not in page
+
+
+def test_threshold_comes_from_the_config(tmp_path):
+    write_study(tmp_path, min_train_accuracy=0.8)
+    paths = build_report(tmp_path)
+    assert "did not learn the task" not in paths["md"].read_text()
+    assert all(m["solved_at_train_length"] for m in json.loads(paths["summary"].read_text())["models"])
+
+
+def test_report_tables(study):
+    out, paths = study
+    md = paths["md"].read_text()
+    assert "| alpha | ssm | 1,000 | 256 | constant | 16 |" in md  # setup row, thousands separator
+    assert "| model | 16 (T) | 32 | 64 |" in md                     # training length column marked
+    # alpha at length 16 pooled over depths: levels 0, 1, 2 -> (4+3+2) + (6+5+4) of 30 samples = 80%
+    assert "| alpha | 80.0 [" in md
+    assert "longarch run unit.yaml" in md and "0123abcd" in md and "torch" in md
+    assert "min_train_accuracy: 0.95" in md  # the config as YAML
+
+
+def test_files_and_figures_exist(study):
+    out, paths = study
+    for key in ("md", "html", "summary"):
+        assert paths[key].exists() and paths[key].stat().st_size > 0
+    for stem in ("accuracy_vs_length", "heatmap_alpha", "heatmap_beta"):
+        png, svg = out / "figures" / f"{stem}.png", out / "figures" / f"{stem}.svg"
+        assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert "<svg" in svg.read_text()
+        assert paths[f"figures/{stem}.png"] == png
+    assert "](figures/accuracy_vs_length.png)" in paths["md"].read_text()
+
+
+def test_html_needs_nothing_external(study):
+    out, paths = study
+    page = paths["html"].read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, flags=re.I)
+    sources = re.findall(r"""src="([^"]*)\"""", page)
+    assert len(sources) == 3  # the line plot and one heatmap per model
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1]).startswith(b"\x89PNG")
+
+
+def test_missing_cells_are_noted_and_dashed(tmp_path):
+    stored = write_study(tmp_path, planned_cells=40, max_factor=8)  # plans lengths 16..128; 128 never ran
+    md = build_report(tmp_path)["md"].read_text()
+    assert f"{40 - stored} of 40 planned evaluation cells are missing" in md
+    assert "| model | 16 (T) | 32 | 64 | 128 |" in md
+    alpha_row = next(line for line in md.splitlines() if line.startswith("| alpha | 80.0"))
+    assert alpha_row.endswith("| — |")
+
+
+def test_no_missing_note_when_everything_is_stored(tmp_path):
+    stored = write_study(tmp_path, planned_cells=27)
+    assert stored == 27
+    md = build_report(tmp_path)["md"].read_text()
+    assert "missing" not in md and "—" not in md.split("## Accuracy by length")[1].split("![")[0]
+
+
+def test_report_without_metadata(tmp_path):
+    write_study(tmp_path, meta=False)
+    paths = build_report(tmp_path)
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["study"] == "study"
+    assert "beta did not learn the task" in paths["md"].read_text()  # default threshold 0.95
+    assert "not recorded" in paths["md"].read_text()
+
+
+def test_summary_table_for_the_terminal(study):
+    out, _ = study
+    console = Console(record=True, width=200)
+    console.print(summary_table(out))
+    text = console.export_text()
+    assert "16 (T)" in text and "80.0" in text and "did not learn" in text
+
+
+def test_missing_store_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        build_report(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# bootstrap
+# ---------------------------------------------------------------------------------------------
+def test_bootstrap_contains_mean_and_is_deterministic():
+    scores = (np.random.default_rng(3).random(200) < 0.7).astype(float)
+    low, high = bootstrap_ci(scores)
+    assert low < scores.mean() < high
+    assert bootstrap_ci(scores, seed=5) == bootstrap_ci(scores, seed=5)
+    assert bootstrap_ci(scores, seed=5) != bootstrap_ci(np.random.default_rng(0).random(200), seed=5)
+    assert bootstrap_ci(list(scores)) == (low, high)  # a flat list is one group
+
+
+def test_bootstrap_seed_changes_the_draw():
+    scores = np.random.default_rng(4).random(50)
+    assert bootstrap_ci(scores, seed=0) != bootstrap_ci(scores, seed=1)
+
+
+def test_bootstrap_narrows_with_more_samples():
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (20, 200, 2000):
+        low, high = bootstrap_ci((rng.random(n) < 0.5).astype(float))
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2] > 0
+
+
+def test_bootstrap_matches_resampling_indices():
+    """The multinomial shortcut gives the same interval as drawing sample indices."""
+    scores = (np.random.default_rng(2).random(300) < 0.8).astype(float)
+    rng = np.random.default_rng(9)
+    means = scores[rng.integers(0, scores.size, size=(20000, scores.size))].mean(axis=1)
+    expected = np.quantile(means, [0.025, 0.975])
+    assert np.allclose(bootstrap_ci(scores, resamples=20000), expected, atol=0.01)
+
+
+def test_bootstrap_edge_cases():
+    assert bootstrap_ci(np.ones(7)) == (1.0, 1.0)
+    assert bootstrap_ci(np.full(3, 0.1)) == (0.1, 0.1)
+    assert all(np.isnan(bootstrap_ci(np.array([]))))
+    with pytest.raises(ValueError):
+        bootstrap_ci(np.ones(3), level=1.5)
+
+
+def test_bootstrap_over_seeds_shows_seed_spread():
+    """Two seeds that disagree completely: pooled samples look precise, resampling seeds does not."""
+    seeds = [np.zeros(100), np.ones(100)]
+    pooled_low, pooled_high = bootstrap_ci(np.concatenate(seeds))
+    grouped_low, grouped_high = bootstrap_ci(seeds)
+    assert pooled_high - pooled_low < 0.25
+    assert grouped_low < pooled_low and grouped_high > pooled_high
+    assert bootstrap_ci([np.ones(4), np.ones(6)]) == (1.0, 1.0)

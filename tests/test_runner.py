@@ -1,0 +1,155 @@
+"""The runner: a study resumes after an interruption without recomputing or losing cells, and
+ends with the same summary as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from longarch import runner
+from longarch.config import load_study
+from longarch.store import Store
+
+TINY = {
+    "name": "tiny",
+    "task": {"name": "needle", "knobs": {"haystack": "random"}},
+    "models": ["transformer", "mamba2"],
+    "params": 20000,
+    "seeds": [0],
+    "train": {"length": 16, "steps": 15, "batch_size": 8, "warmup": 2, "eval_samples": 8},
+    "eval": {"max_factor": 4, "depths": [0, 50, 100], "samples": 6, "chunk": 8},
+}
+N_CELLS = 2 * 3 * 3  # models x lengths x depths
+
+
+def write_study(directory: Path, **changes) -> Path:
+    path = directory / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+def quiet() -> Console:
+    return Console(file=open(os.devnull, "w"))
+
+
+def summary_models(out: Path) -> list[dict]:
+    return json.loads((out / "summary.json").read_text())["models"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("full")
+    study = load_study(str(write_study(directory)))
+    runner.run_study(study, directory / "out", quiet())
+    return directory / "out"
+
+
+def test_plan_ids_are_stable_and_distinct():
+    study = load_study("smoke")
+    models_a, cells_a = runner.plan(study)
+    models_b, cells_b = runner.plan(study)
+    assert [c.cell_id for c in cells_a] == [c.cell_id for c in cells_b]
+    assert len({c.cell_id for c in cells_a}) == len(cells_a)
+    changed = study.model_copy(update={"seeds": [1]})
+    _, cells_c = runner.plan(changed)
+    assert not {c.cell_id for c in cells_c} & {c.cell_id for c in cells_a}
+
+
+def test_uninterrupted_run_stores_every_cell(uninterrupted):
+    with Store(uninterrupted / "results.sqlite") as store:
+        results = store.results()
+        assert len(results) == N_CELLS
+        assert {r.length for r in results} == {16, 32, 64}
+        assert all(r.n == 6 and len(r.scores) == 6 for r in results)
+        assert {m.name for m in store.models()} == {"transformer", "mamba2"}
+    for name in ("report.md", "report.html", "summary.json"):
+        assert (uninterrupted / name).stat().st_size > 0
+
+
+def test_interrupted_run_resumes_without_recomputing(tmp_path, uninterrupted, monkeypatch):
+    study = load_study(str(write_study(tmp_path)))
+    out = tmp_path / "out"
+    real = runner.evaluate_samples
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate_samples", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(study, out, quiet())
+    with Store(out / "results.sqlite") as store:
+        assert len(store.results()) == 5
+
+    counted = {"n": 0}
+
+    def counting(*args, **kwargs):
+        counted["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate_samples", counting)
+    runner.run_study(study, out, quiet())
+    assert counted["n"] == N_CELLS - 5  # only the missing cells were evaluated
+    assert summary_models(out) == summary_models(uninterrupted)
+
+    counted["n"] = 0
+    runner.run_study(study, out, quiet())  # a finished study computes nothing
+    assert counted["n"] == 0
+
+
+def test_damaged_checkpoint_is_retrained(tmp_path, uninterrupted):
+    study = load_study(str(write_study(tmp_path)))
+    out = tmp_path / "out"
+    runner.run_study(study, out, quiet())
+    with Store(out / "results.sqlite") as store:
+        checkpoint = Path(store.models()[0].checkpoint)
+        with store.db:
+            store.db.execute("DELETE FROM results WHERE length = 64")
+    checkpoint.write_bytes(b"not a safetensors file")
+    runner.run_study(study, out, quiet())
+    assert summary_models(out) == summary_models(uninterrupted)
+
+
+def test_kill_9_midway_then_resume(tmp_path):
+    """A real `kill -9` of the command while it evaluates, then the same command again."""
+    slower = {**TINY["eval"], "samples": 40}  # cells slow enough to be caught part-way
+    study_file = write_study(tmp_path, eval=slower)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "longarch.cli", "run", str(study_file), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    database = out / "results.sqlite"
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline and process.poll() is None and stored < 3:
+        if database.exists():
+            try:
+                with sqlite3.connect(database, timeout=1) as db:
+                    stored = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            except sqlite3.OperationalError:  # tables not created yet
+                stored = 0
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 3 <= stored < N_CELLS
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    with Store(database) as store:
+        assert len(store.results()) == N_CELLS
+
+    reference = tmp_path / "reference"
+    runner.run_study(load_study(str(study_file)), reference, quiet())
+    assert summary_models(out) == summary_models(reference)

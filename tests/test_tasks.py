@@ -1,0 +1,228 @@
+"""Tasks: every registered task generates exactly the shape it is asked for, reproducibly, inside
+its vocabulary, and scores predictions; the needle task places its needle where it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from longarch import tasks
+from longarch.tasks import Samples, UnknownTask
+from longarch.tasks.tokens.needle import NEEDLE_AND_QUERY, QUERY
+
+NAMES = tasks.names()
+HAYSTACKS = ["noise", "random"]
+
+
+def _lengths(task) -> list[int]:
+    m = task.min_length
+    return sorted({m, m + 1, m + 3, 16, 63, 257})
+
+
+# ---------------------------------------------------------------- every task
+
+
+def test_registry_is_consistent():
+    assert NAMES and len(set(NAMES)) == len(NAMES)
+    for name in NAMES:
+        task = tasks.get(name)
+        assert task.name == name and tasks.describe(name)
+        assert task.min_length >= 1 and task.vocab_size >= 2 and task.answer_length >= 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generate_has_the_exact_shape_dtype_and_vocabulary(name):
+    task = tasks.get(name)
+    for length in _lengths(task):
+        samples = task.generate(length, 9, seed=length)
+        assert isinstance(samples, Samples) and samples.task == name
+        assert samples.tokens.shape == (9, length) and samples.length == length and len(samples) == 9
+        assert samples.tokens.dtype == np.int64
+        assert samples.tokens.min() >= 0 and samples.tokens.max() < task.vocab_size
+        assert samples.answers.shape == (9, task.answer_length) and samples.answers.dtype == np.int64
+        assert samples.answers.min() >= 0 and samples.answers.max() < task.vocab_size
+        for key, values in samples.meta.items():
+            assert len(values) == 9, key
+        assert samples.knobs == task.knobs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generate_is_deterministic_in_the_seed(name):
+    task = tasks.get(name)
+    a, b, c = (task.generate(50, 32, seed=s) for s in (7, 7, 8))
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.answers, b.answers)
+    for key in a.meta:
+        np.testing.assert_array_equal(a.meta[key], b.meta[key])
+    assert not np.array_equal(a.tokens, c.tokens)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_length_below_minimum_is_an_error(name):
+    task = tasks.get(name)
+    for length in (task.min_length - 1, 0):
+        with pytest.raises(ValueError, match="minimum"):
+            task.generate(length, 2, seed=0)
+    assert task.generate(task.min_length, 2, seed=0).length == task.min_length
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_score_is_one_when_right_and_zero_when_wrong(name):
+    task = tasks.get(name)
+    samples = task.generate(30, 10, seed=0)
+    np.testing.assert_array_equal(task.score(samples, samples.answers.copy()), np.ones(10))
+    wrong = (samples.answers + 1) % task.vocab_size
+    np.testing.assert_array_equal(task.score(samples, wrong), np.zeros(10))
+    mixed = np.where(np.arange(10)[:, None] % 2 == 0, samples.answers, wrong)
+    np.testing.assert_array_equal(task.score(samples, mixed), np.arange(10) % 2 == 0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_score_rejects_a_shape_mismatch(name):
+    task = tasks.get(name)
+    samples = task.generate(30, 10, seed=0)
+    for predictions in (samples.answers[:, 0] if task.answer_length == 1 else samples.answers[:, :1],
+                        samples.answers[:5], np.concatenate([samples.answers, samples.answers], axis=1)):
+        with pytest.raises(ValueError, match="shape"):
+            task.score(samples, predictions)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_large_batches_generate(name):
+    samples = tasks.get(name).generate(4096, 1000, seed=0)
+    assert samples.tokens.shape == (1000, 4096)
+
+
+def test_unknown_task_suggests_the_close_name():
+    with pytest.raises(UnknownTask) as info:
+        tasks.get("neddle")
+    assert isinstance(info.value, ValueError)
+    assert "'neddle'" in str(info.value) and "did you mean 'needle'" in str(info.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_knob_is_an_error_naming_it(name):
+    with pytest.raises(ValueError, match="no_such_knob"):
+        tasks.get(name, no_such_knob=3)
+
+
+# ---------------------------------------------------------------- needle
+
+
+def _needle(haystack="noise", **knobs):
+    return tasks.get("needle", haystack=haystack, **knobs)
+
+
+def _where(tokens: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return (tokens >= lo) & (tokens < hi)
+
+
+@pytest.mark.parametrize("haystack", HAYSTACKS)
+def test_needle_depth_zero_puts_the_key_first(haystack):
+    samples = _needle(haystack).generate(40, 16, seed=1, depth=0)
+    assert (samples.tokens[:, 0] == samples.tokens[:, -1]).all()
+    assert (samples.tokens[:, 1] == samples.answers[:, 0]).all()
+    assert (samples.meta["needle_position"] == 0).all() and (samples.meta["needle_depth"] == 0).all()
+
+
+@pytest.mark.parametrize("haystack", HAYSTACKS)
+@pytest.mark.parametrize("length", [5, 6, 40])
+def test_needle_depth_hundred_ends_right_before_the_query(haystack, length):
+    samples = _needle(haystack).generate(length, 16, seed=2, depth=100)
+    tokens = samples.tokens
+    assert (tokens[:, -4] == tokens[:, -1]).all()  # KEY
+    assert (tokens[:, -3] == samples.answers[:, 0]).all()  # VALUE
+    assert (tokens[:, -2] == QUERY).all()
+    assert (samples.meta["needle_depth"] == 100).all()
+
+
+@pytest.mark.parametrize("length", [5, 6, 7, 40, 41, 1001])
+def test_needle_depth_fifty_is_the_middle(length):
+    samples = _needle().generate(length, 4, seed=3, depth=50)
+    assert (samples.meta["needle_position"] == round(0.5 * (length - 4))).all()
+
+
+@pytest.mark.parametrize("haystack", HAYSTACKS)
+@pytest.mark.parametrize("depth", [0, 10, 25, 33.3, 50, 66.7, 90, 100])
+@pytest.mark.parametrize("length", [5, 9, 64, 300])
+def test_needle_sits_where_meta_says(haystack, depth, length):
+    task = _needle(haystack)
+    samples = task.generate(length, 12, seed=4, depth=depth)
+    tokens, n = samples.tokens, len(samples)
+    H = length - NEEDLE_AND_QUERY
+    position = samples.meta["needle_position"]
+    rows = np.arange(n)
+    assert ((0 <= position) & (position <= H)).all()
+    assert (tokens[rows, position] == tokens[:, -1]).all()  # the query key is the needle key
+    assert (tokens[rows, position + 1] == samples.answers[:, 0]).all()  # the answer follows it
+    np.testing.assert_allclose(samples.meta["needle_depth"], 100 * position / H)
+    assert (np.abs(samples.meta["needle_depth"] - depth) <= 50 / H + 1e-9).all()  # half a symbol
+    assert (samples.meta["length"] == length).all()
+
+
+@pytest.mark.parametrize("haystack", HAYSTACKS)
+def test_needle_alphabets_are_disjoint(haystack):
+    task = _needle(haystack, n_keys=5, n_values=7, n_filler=3)
+    samples = task.generate(120, 50, seed=5)
+    tokens = samples.tokens
+    key0, value0, filler0 = 2, 2 + task.n_keys, 2 + task.n_keys + task.n_values
+    assert task.vocab_size == filler0 + task.n_filler
+    keys, values = _where(tokens, key0, value0), _where(tokens, value0, filler0)
+    fillers, queries = _where(tokens, filler0, task.vocab_size), tokens == QUERY
+    assert (keys | values | fillers | queries).all()  # nothing else, no padding 0
+    assert (keys.sum(1) == 2).all() and keys[:, -1].all()  # the needle key and the query key only
+    assert (values.sum(1) == 1).all()
+    assert (queries.sum(1) == 1).all() and queries[:, -2].all()
+    assert _where(samples.answers, value0, filler0).all()
+    assert {task.symbol(t)[0] for t in np.unique(tokens)} <= {"k", "v", "f", "Q"}
+
+
+def _haystacks(samples) -> np.ndarray:
+    """Each sample with its needle and the final QUERY KEY removed."""
+    tokens, position = samples.tokens, samples.meta["needle_position"]
+    keep = np.ones(tokens.shape, dtype=bool)
+    keep[np.arange(len(samples)), position] = keep[np.arange(len(samples)), position + 1] = False
+    keep[:, -2:] = False
+    return tokens[keep].reshape(len(samples), -1)
+
+
+def test_noise_haystack_is_one_fixed_pattern():
+    task = _needle("noise", pattern_length=5)
+    a = _haystacks(task.generate(60, 20, seed=6))
+    b = _haystacks(task.generate(60, 20, seed=7, depth=30))
+    assert (a == a[0]).all() and (b == a[0]).all()
+    np.testing.assert_array_equal(a[0], np.resize(a[0][:5], 56))  # a repeated 5-symbol pattern
+
+
+def test_random_haystack_differs_between_samples():
+    haystacks = _haystacks(_needle("random").generate(60, 20, seed=6))
+    assert len({row.tobytes() for row in haystacks}) == 20
+
+
+def test_random_depth_spreads_over_the_range():
+    samples = _needle().generate(204, 4000, seed=8)  # H = 200
+    depth = samples.meta["needle_depth"]
+    assert depth.min() <= 2 and depth.max() >= 98
+    counts, _ = np.histogram(depth, bins=4, range=(0, 100))
+    assert (counts > 0.2 * 4000).all() and (counts < 0.3 * 4000).all()
+    assert len(np.unique(samples.meta["needle_position"])) > 150
+
+
+def test_needle_large_batch_is_correct_too():
+    samples = _needle("random").generate(4096, 1000, seed=9)
+    rows = np.arange(1000)
+    assert (samples.tokens[rows, samples.meta["needle_position"]] == samples.tokens[:, -1]).all()
+    assert (samples.tokens[:, -2] == QUERY).all()
+
+
+@pytest.mark.parametrize("depth", [-1, 101, -0.001, 100.5, float("nan")])
+def test_needle_depth_outside_range_is_an_error(depth):
+    with pytest.raises(ValueError, match="depth"):
+        _needle().generate(20, 2, seed=0, depth=depth)
+
+
+@pytest.mark.parametrize("knobs", [{"n_keys": 0}, {"n_values": 0}, {"n_filler": 0}, {"pattern_length": 0},
+                                   {"haystack": "zeros"}])
+def test_needle_bad_knob_values_are_errors(knobs):
+    with pytest.raises(ValueError):
+        tasks.get("needle", **knobs)
