@@ -177,7 +177,7 @@ def _blocks(data: StudyData, figures: dict[str, str]) -> list[Block]:
              {"linear": "grows linearly"}.get(m.state_growth, m.state_growth), str(m.train_length),
              _percent(m.train_accuracy), ", ".join(map(str, m.seeds)), _duration(m.train_seconds)]
             for m in data.models]
-    blocks.append(("table", ["model", "family", "parameters", "state_floats (at T)", "state_growth",
+    blocks.append(("table", ["model", "family", "parameters", "state size (floats at T)", "state size with length",
                              "training length", "training accuracy (%)", "seeds", "training time (per seed)"], rows))
     for model in data.unsolved():
         blocks.append(("warn", _warning(model, data.threshold)))
