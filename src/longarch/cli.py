@@ -17,6 +17,12 @@ console = Console()
 errors = Console(stderr=True)
 
 
+def print_table(table: Table) -> None:
+    """Tables print at the terminal's width; piped into a file or another program, they are
+    not squeezed to 80 columns."""
+    (console if console.is_terminal else Console(width=200)).print(table)
+
+
 def fail(message: str) -> None:
     errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -82,17 +88,17 @@ def list_models(length: Annotated[int, typer.Option(help="sequence length for th
     from . import models
 
     table = Table(title="architectures (parameters at d_model 64, vocabulary 64)")
-    for column in ("name", "family", "layers", "params", f"state floats @ {length}", "state"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("description")
+    for column in ("name", "family", "layers", "params", f"state floats at {length}"):
+        table.add_column(column, overflow="fold")
+    table.add_column("description", ratio=1)
     for name in models.names():
         spec = models.spec(name)
         with __import__("torch").device("meta"):
             model = models.build(name, vocab_size=64)
-        growth = "grows" if model.state_floats(2 * length) > model.state_floats(length) else "constant"
+        growth = "grows" if model.state_floats(2 * length) > model.state_floats(length) else "bounded"
         table.add_row(name, spec.family, model.config.layers, f"{model.num_params():,}",
-                      f"{model.state_floats(length):,}", growth, spec.description)
-    console.print(table)
+                      f"{model.state_floats(length):,} ({growth})", spec.description)
+    print_table(table)
 
 
 @app.command("tasks")
@@ -110,7 +116,7 @@ def list_tasks():
         task = tasks.get(name)
         knobs = ", ".join(f"{f.name}={getattr(task, f.name)}" for f in dataclasses.fields(task))
         table.add_row(name, str(task.min_length), knobs, tasks.describe(name))
-    console.print(table)
+    print_table(table)
 
 
 @app.command()

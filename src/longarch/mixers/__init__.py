@@ -10,12 +10,13 @@ import dataclasses
 
 from torch import nn
 
-from .attention import AttentionConfig, CausalSelfAttention
+from .attention import AttentionConfig, CausalSelfAttention, LocalAttentionConfig
 from .mamba2 import Mamba2Config, Mamba2Mixer
 
 # letter -> (config dataclass, module class, family)
 MIXERS: dict[str, tuple[type, type[nn.Module], str]] = {
     "A": (AttentionConfig, CausalSelfAttention, "attention"),
+    "W": (LocalAttentionConfig, CausalSelfAttention, "attention"),  # sliding window
     "M": (Mamba2Config, Mamba2Mixer, "state-space"),
 }
 
