@@ -18,8 +18,14 @@ def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
     model = models.build(name, vocab_size=TASK.vocab_size, d_model=24)
     samples = TASK.generate(length=24, n=4, seed=0)
-    loss = answer_loss(model, torch.from_numpy(samples.tokens), torch.from_numpy(samples.answers))
-    loss.backward()
+    tokens, answers = torch.from_numpy(samples.tokens), torch.from_numpy(samples.answers)
+    # One step first: zero-initialised projections (RWKV-6's LoRAs) pass no gradient to
+    # their partners until they have moved once; a parameter dead after that is a bug.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    answer_loss(model, tokens, answers).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    answer_loss(model, tokens, answers).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead, f"{name}: parameters without gradient: {dead}"
 

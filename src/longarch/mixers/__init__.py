@@ -12,12 +12,16 @@ from torch import nn
 
 from .attention import AttentionConfig, CausalSelfAttention, LocalAttentionConfig
 from .mamba2 import Mamba2Config, Mamba2Mixer
+from .rglru import RGLRUConfig, RGLRUMixer
+from .rwkv6 import RWKV6Config, RWKV6Mixer
 
 # letter -> (config dataclass, module class, family)
 MIXERS: dict[str, tuple[type, type[nn.Module], str]] = {
     "A": (AttentionConfig, CausalSelfAttention, "attention"),
     "W": (LocalAttentionConfig, CausalSelfAttention, "attention"),  # sliding window
     "M": (Mamba2Config, Mamba2Mixer, "state-space"),
+    "L": (RGLRUConfig, RGLRUMixer, "linear-recurrent"),
+    "K": (RWKV6Config, RWKV6Mixer, "linear-recurrent"),
 }
 
 

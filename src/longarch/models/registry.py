@@ -56,6 +56,18 @@ _SPECS = [
              "Mamba-2 blocks with one attention block in four, as in the Mamba2-Attention model",
              pattern="MMAM", n_layers=4, mixer={"n_heads": 4, "d_state": 16, "head_dim": 16},
              size_knobs={"expand": (1.75, 2.25, 1.5, 2.5)}),
+    ArchSpec("hawk", "linear-recurrent",
+             "Hawk: Griffin's RG-LRU blocks (gated diagonal linear recurrence after a width-4 conv), gated MLP",
+             pattern="L", n_layers=4, mlp_ratio=3.0, mixer={"expand": 4 / 3, "n_heads": 4},
+             size_knobs={"mlp_ratio": (2.5, 3.5, 2.0, 4.0)}),
+    ArchSpec("rwkv6", "linear-recurrent",
+             "RWKV-6 (Finch): data-dependent token shift and per-channel decay, gated MLP as channel mix",
+             pattern="K", n_layers=4, mlp_ratio=7 / 3, mixer={"n_heads": 4},
+             size_knobs={"mlp_ratio": (2.0, 2.75, 1.75, 3.0)}),
+    ArchSpec("griffin", "hybrid",
+             "Griffin / RecurrentGemma: two RG-LRU blocks per sliding-window attention block (window 64)",
+             pattern="LLW", n_layers=3, mlp_ratio=3.0, mixer={"expand": 4 / 3, "n_heads": 4, "window": 64},
+             size_knobs={"mlp_ratio": (2.5, 3.5, 2.0, 4.0)}),
 ]
 REGISTRY: dict[str, ArchSpec] = {spec.name: spec for spec in _SPECS}
 
