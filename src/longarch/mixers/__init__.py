@@ -11,7 +11,9 @@ import dataclasses
 from torch import nn
 
 from .attention import AttentionConfig, CausalSelfAttention, LocalAttentionConfig
+from .gla import GLAConfig, GLAMixer
 from .mamba2 import Mamba2Config, Mamba2Mixer
+from .retnet import RetNetConfig, RetNetMixer
 from .rglru import RGLRUConfig, RGLRUMixer
 from .rwkv6 import RWKV6Config, RWKV6Mixer
 
@@ -20,6 +22,8 @@ MIXERS: dict[str, tuple[type, type[nn.Module], str]] = {
     "A": (AttentionConfig, CausalSelfAttention, "attention"),
     "W": (LocalAttentionConfig, CausalSelfAttention, "attention"),  # sliding window
     "M": (Mamba2Config, Mamba2Mixer, "state-space"),
+    "R": (RetNetConfig, RetNetMixer, "linear-recurrent"),
+    "G": (GLAConfig, GLAMixer, "linear-recurrent"),
     "L": (RGLRUConfig, RGLRUMixer, "linear-recurrent"),
     "K": (RWKV6Config, RWKV6Mixer, "linear-recurrent"),
 }
