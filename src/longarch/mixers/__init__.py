@@ -11,6 +11,7 @@ import dataclasses
 from torch import nn
 
 from .attention import AttentionConfig, CausalSelfAttention, LocalAttentionConfig
+from .deltanet import DeltaNetConfig, DeltaNetMixer, GatedDeltaNetConfig
 from .gla import GLAConfig, GLAMixer
 from .mamba2 import Mamba2Config, Mamba2Mixer
 from .retnet import RetNetConfig, RetNetMixer
@@ -24,6 +25,8 @@ MIXERS: dict[str, tuple[type, type[nn.Module], str]] = {
     "M": (Mamba2Config, Mamba2Mixer, "state-space"),
     "R": (RetNetConfig, RetNetMixer, "linear-recurrent"),
     "G": (GLAConfig, GLAMixer, "linear-recurrent"),
+    "T": (DeltaNetConfig, DeltaNetMixer, "linear-recurrent"),
+    "E": (GatedDeltaNetConfig, DeltaNetMixer, "linear-recurrent"),
     "L": (RGLRUConfig, RGLRUMixer, "linear-recurrent"),
     "K": (RWKV6Config, RWKV6Mixer, "linear-recurrent"),
 }
