@@ -13,8 +13,10 @@ from torch import nn
 from .attention import AttentionConfig, CausalSelfAttention, LocalAttentionConfig
 from .deltanet import DeltaNetConfig, DeltaNetMixer, GatedDeltaNetConfig
 from .gla import GLAConfig, GLAMixer
+from .mamba import MambaConfig, MambaMixer
 from .mamba2 import Mamba2Config, Mamba2Mixer
 from .retnet import RetNetConfig, RetNetMixer
+from .s4d import S4DConfig, S4DMixer
 from .rglru import RGLRUConfig, RGLRUMixer
 from .rwkv6 import RWKV6Config, RWKV6Mixer
 
@@ -22,6 +24,8 @@ from .rwkv6 import RWKV6Config, RWKV6Mixer
 MIXERS: dict[str, tuple[type, type[nn.Module], str]] = {
     "A": (AttentionConfig, CausalSelfAttention, "attention"),
     "W": (LocalAttentionConfig, CausalSelfAttention, "attention"),  # sliding window
+    "D": (S4DConfig, S4DMixer, "state-space"),
+    "S": (MambaConfig, MambaMixer, "state-space"),
     "M": (Mamba2Config, Mamba2Mixer, "state-space"),
     "R": (RetNetConfig, RetNetMixer, "linear-recurrent"),
     "G": (GLAConfig, GLAMixer, "linear-recurrent"),
