@@ -1,0 +1,66 @@
+"""Mamba-2 (SSD): the segment sums and the chunked scan against its step-by-step reference. The
+module's contract (pieces, reference path, causality, state) is in test_mixers.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mixer_checks import assert_chunked_equals_reference, assert_split_sequence_continues, chunked_cases
+
+from longarch.mixers.mamba2 import segment_sum, ssd_chunked, ssd_reference
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _ssd_inputs(L: int, dtype: torch.dtype, decay: float, seed: int = 0, b: int = 2, H: int = 3, P: int = 4,
+                N: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, L, H, P, generator=g, dtype=torch.float64)  # (b, L, H, P)
+    log_a = -decay * torch.rand(b, L, H, generator=g, dtype=torch.float64)  # (b, L, H), <= 0
+    B = torch.randn(b, L, N, generator=g, dtype=torch.float64)  # (b, L, N)
+    C = torch.randn(b, L, N, generator=g, dtype=torch.float64)  # (b, L, N)
+    S0 = torch.randn(b, H, P, N, generator=g, dtype=torch.float64)  # (b, H, P, N)
+    return [t.to(dtype) for t in (x, log_a, B, C, S0)]
+
+
+# ---------------------------------------------------------------- segment_sum
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 9])
+def test_segment_sum_matches_double_loop(T):
+    g = torch.Generator().manual_seed(T)
+    a = torch.randn(2, 3, T, generator=g, dtype=torch.float64)
+    out = segment_sum(a)
+    assert out.shape == (2, 3, T, T)
+    for i in range(T):
+        for j in range(T):
+            if j > i:
+                assert torch.all(out[..., i, j] == float("-inf"))
+            else:
+                expected = a[..., j + 1:i + 1].sum(-1)  # a[j+1] + ... + a[i]; zero on the diagonal
+                torch.testing.assert_close(out[..., i, j], expected, rtol=0, atol=1e-12)
+
+
+def test_segment_sum_keeps_precision_after_a_large_increment():
+    # Differencing a cumulative sum would lose the small increments after 1e8 in float32.
+    a = torch.tensor([1e8, 0.25, 0.5, 0.125, 1.0], dtype=torch.float32)
+    out = segment_sum(a)
+    for i in range(1, 5):
+        for j in range(1, i + 1):
+            assert out[i, j].item() == pytest.approx(float(a[j + 1:i + 1].double().sum()), abs=1e-7)
+
+
+# ---------------------------------------------------------------- SSD scan: chunked vs reference
+
+CASES = chunked_cases(float64=[(37, 1), (37, 8), (37, 16), (37, 37), (37, 64), (130, 16), (5, 8)],
+                      float32=[(37, 8), (37, 16), (37, 64), (130, 16)])
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.05], ids=["fast-decay", "slow-decay"])
+@pytest.mark.parametrize("dtype,L,chunk,with_state", CASES)
+def test_ssd_chunked_equals_reference(dtype, L, chunk, with_state, decay):
+    assert_chunked_equals_reference(ssd_chunked, ssd_reference, _ssd_inputs(L, dtype, decay), chunk, with_state)
+
+
+def test_ssd_initial_state_continues_a_split_sequence():
+    assert_split_sequence_continues(ssd_chunked, _ssd_inputs(40, torch.float64, decay=0.2))
