@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv import CausalConv1d
+
 
 @dataclass
 class DeltaNetConfig:
@@ -148,7 +150,7 @@ class DeltaNetMixer(nn.Module):
         self.conv_dim = 3 * d_inner
         # q, k, v, output gate, beta logits, and for the gated variant the decay's dt logits
         self.in_proj = nn.Linear(config.d_model, 4 * d_inner + H * (2 if config.gated else 1), bias=False)
-        self.conv = nn.Conv1d(self.conv_dim, self.conv_dim, config.d_conv, groups=self.conv_dim, bias=False)
+        self.conv = CausalConv1d(self.conv_dim, config.d_conv, bias=False)
         if config.gated:
             # Mamba-2's decay recipe: dt in [1e-3, 1e-1] (log-uniform), A in [1, 16], so that
             # heads start with memory horizons from a few tokens to a thousand.
@@ -161,14 +163,12 @@ class DeltaNetMixer(nn.Module):
     def forward(self, u: Tensor, state: DeltaNetState | None = None, reference: bool = False
                 ) -> tuple[Tensor, DeltaNetState]:
         b, L, _ = u.shape
-        H, P, d_inner, K = self.config.n_heads, self.config.head_dim, self.config.d_inner, self.config.d_conv
+        H, P, d_inner = self.config.n_heads, self.config.head_dim, self.config.d_inner
         splits = [self.conv_dim, d_inner, H] + ([H] if self.config.gated else [])
         qkv, gate, beta, *dt = self.in_proj(u).split(splits, dim=-1)  # (b, L, .)
 
-        tail = u.new_zeros(b, K - 1, self.conv_dim) if state is None else state.conv_tail
-        padded = torch.cat([tail, qkv], dim=1)  # (b, K-1+L, conv_dim)
-        qkv = F.silu(self.conv(padded.transpose(1, 2)).transpose(1, 2))  # (b, L, conv_dim)
-        new_tail = padded[:, padded.shape[1] - (K - 1):]  # (b, K-1, conv_dim)
+        qkv, new_tail = self.conv(qkv, None if state is None else state.conv_tail)  # (b, L, conv_dim)
+        qkv = F.silu(qkv)
 
         q, k, v = qkv.reshape(b, L, 3, H, P).unbind(2)  # (b, L, H, P) each
         q, k = l2_normalise(q), l2_normalise(k)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv import CausalConv1d
+
 
 @dataclass
 class MambaConfig:
@@ -116,7 +118,7 @@ class MambaMixer(nn.Module):
         self.config = config
         D, N, R = config.d_inner, config.d_state, config.dt_rank
         self.in_proj = nn.Linear(config.d_model, 2 * D, bias=False)  # x, z
-        self.conv = nn.Conv1d(D, D, config.d_conv, groups=D)
+        self.conv = CausalConv1d(D, config.d_conv)
         self.x_proj = nn.Linear(D, R + 2 * N, bias=False)  # dt (low rank), B, C
         # The dt up-projection is a bare parameter with Mamba's own init (uniform, std ~ R^-0.5),
         # which the language model's init of every nn.Linear (std 0.02) would otherwise replace.
@@ -132,13 +134,11 @@ class MambaMixer(nn.Module):
     def forward(self, u: Tensor, state: MambaState | None = None, reference: bool = False
                 ) -> tuple[Tensor, MambaState]:
         b, L, _ = u.shape
-        D, N, R, K = self.config.d_inner, self.config.d_state, self.config.dt_rank, self.config.d_conv
+        N, R = self.config.d_state, self.config.dt_rank
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, L, D) each
 
-        tail = u.new_zeros(b, K - 1, D) if state is None else state.conv_tail
-        padded = torch.cat([tail, x], dim=1)  # (b, K-1+L, D)
-        x = F.silu(self.conv(padded.transpose(1, 2)).transpose(1, 2))  # (b, L, D)
-        new_tail = padded[:, padded.shape[1] - (K - 1):]  # (b, K-1, D)
+        x, new_tail = self.conv(x, None if state is None else state.conv_tail)  # (b, L, D)
+        x = F.silu(x)
 
         dt_low, B, C = self.x_proj(x).split([R, N, N], dim=-1)  # (b, L, R), (b, L, N), (b, L, N)
         dt = F.softplus(F.linear(dt_low, self.dt_weight) + self.dt_bias)  # (b, L, D)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv import CausalConv1d
+
 
 @dataclass
 class Mamba2Config:
@@ -135,7 +137,7 @@ class Mamba2Mixer(nn.Module):
         H, N, d_inner = config.n_heads, config.d_state, config.d_inner
         self.conv_dim = d_inner + 2 * N
         self.in_proj = nn.Linear(config.d_model, 2 * d_inner + 2 * N + H, bias=False)  # z, x, B, C, dt
-        self.conv = nn.Conv1d(self.conv_dim, self.conv_dim, config.d_conv, groups=self.conv_dim)
+        self.conv = CausalConv1d(self.conv_dim, config.d_conv)
         # dt starts in [1e-3, 1e-1] (log-uniform), as in Mamba: a spread of memory horizons.
         dt = torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1)).exp()
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
@@ -147,14 +149,11 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u: Tensor, state: Mamba2State | None = None, reference: bool = False
                 ) -> tuple[Tensor, Mamba2State]:
         b, L, _ = u.shape
-        H, P, N, d_inner, K = (self.config.n_heads, self.config.head_dim, self.config.d_state,
-                               self.config.d_inner, self.config.d_conv)
+        H, P, N, d_inner = self.config.n_heads, self.config.head_dim, self.config.d_state, self.config.d_inner
         z, xBC, dt = self.in_proj(u).split([d_inner, self.conv_dim, H], dim=-1)  # (b, L, .)
 
-        tail = u.new_zeros(b, K - 1, self.conv_dim) if state is None else state.conv_tail
-        padded = torch.cat([tail, xBC], dim=1)  # (b, K-1+L, conv_dim)
-        xBC = F.silu(self.conv(padded.transpose(1, 2)).transpose(1, 2))  # (b, L, conv_dim)
-        new_tail = padded[:, padded.shape[1] - (K - 1):]  # (b, K-1, conv_dim)
+        xBC, new_tail = self.conv(xBC, None if state is None else state.conv_tail)  # (b, L, conv_dim)
+        xBC = F.silu(xBC)
 
         x, B, C = xBC.split([d_inner, N, N], dim=-1)
         x = x.reshape(b, L, H, P)  # (b, L, H, P)

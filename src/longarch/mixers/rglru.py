@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv import CausalConv1d
+
 
 @dataclass
 class RGLRUConfig:
@@ -111,7 +113,7 @@ class RGLRUMixer(nn.Module):
         self.config = config
         D, H, W = config.d_rnn, config.n_heads, config.head_width
         self.in_proj = nn.Linear(config.d_model, 2 * D, bias=False)  # gate branch, recurrent branch
-        self.conv = nn.Conv1d(D, D, config.d_conv, groups=D)
+        self.conv = CausalConv1d(D, config.d_conv)
         # Block-diagonal gates (plain parameters: the language model re-initialises Linear layers).
         # LeCun-normal weights and zero biases, as in RecurrentGemma.
         self.gate_weight = nn.Parameter(torch.randn(2, H, W, W) / math.sqrt(W))  # recurrence, input
@@ -125,13 +127,10 @@ class RGLRUMixer(nn.Module):
     def forward(self, u: Tensor, state: RGLRUState | None = None, reference: bool = False
                 ) -> tuple[Tensor, RGLRUState]:
         b, L, _ = u.shape
-        D, H, W, K = self.config.d_rnn, self.config.n_heads, self.config.head_width, self.config.d_conv
+        D, H, W = self.config.d_rnn, self.config.n_heads, self.config.head_width
         gate, x = self.in_proj(u).split([D, D], dim=-1)  # (b, L, D) each
 
-        tail = u.new_zeros(b, K - 1, D) if state is None else state.conv_tail
-        padded = torch.cat([tail, x], dim=1)  # (b, K-1+L, D)
-        x = self.conv(padded.transpose(1, 2)).transpose(1, 2)  # (b, L, D)
-        new_tail = padded[:, padded.shape[1] - (K - 1):]  # (b, K-1, D)
+        x, new_tail = self.conv(x, None if state is None else state.conv_tail)  # (b, L, D)
 
         gates = torch.einsum("blhw,ghwv->gblhv", x.reshape(b, L, H, W), self.gate_weight)  # (2, b, L, H, W)
         r, i = torch.sigmoid(gates + self.gate_bias[:, None, None]).reshape(2, b, L, D)  # (b, L, D) each
