@@ -142,5 +142,59 @@ def sample(task: Annotated[str, typer.Argument(help="task name (see `longarch ta
     console.print("answer: " + " ".join(chosen.symbol(int(t)) for t in samples.answers[0]))
 
 
+@app.command()
+@clean_errors
+def bench(names: Annotated[Optional[list[str]], typer.Argument(help="architectures [default: all; with --against hf: mamba mamba2 hawk transformer]")] = None,
+          lengths: Annotated[str, typer.Option(help="comma-separated sequence lengths, e.g. 1K,4K,16K,64K")] = "1K,4K",
+          batch: Annotated[Optional[int], typer.Option(help="batch size [default: 32768 tokens / length]", min=1)] = None,
+          d_model: Annotated[int, typer.Option(help="model width", min=1)] = 128,
+          mode: Annotated[str, typer.Option(help="fwd, fwd+bwd or both")] = "both",
+          repeats: Annotated[int, typer.Option(help="timed calls per cell after the first (best is kept)", min=1)] = 2,
+          against: Annotated[Optional[str], typer.Option(help="'hf': one layer of ours against the same layer in transformers")] = None,
+          json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the measurements to this JSON file")] = None):
+    """Tokens/s, peak memory and FLOP/s per architecture on this machine (CPU)."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from . import bench as benchmark
+    from . import models
+
+    if against not in (None, "hf"):
+        raise ValueError(f"--against accepts only 'hf', got {against!r}")
+    modes = list(benchmark.MODES) if mode == "both" else [mode]
+    if any(m not in benchmark.MODES for m in modes):
+        raise ValueError(f"--mode must be fwd, fwd+bwd or both, got {mode!r}")
+    if against == "hf":
+        names = names or list(benchmark.ARCH_LAYERS)
+        unmatched = [n for n in names if n not in benchmark.ARCH_LAYERS]
+        if unmatched:
+            raise ValueError(f"transformers has no matching layer for {', '.join(unmatched)}; "
+                             f"--against hf compares {', '.join(benchmark.ARCH_LAYERS)}")
+    else:
+        names = names or models.names()
+        for name in names:
+            models.spec(name)  # unknown names fail here, before any measuring
+    parsed = benchmark.parse_lengths(lengths)
+    torch.set_flush_denormal(True)
+
+    table = Table(title=f"longarch bench: d_model {d_model}, {torch.get_num_threads()} threads")
+    for column in benchmark.columns(against):
+        table.add_column(column, justify="left" if column in ("architecture", "layer", "mode") else "right")
+    from rich.live import Live
+
+    with Live(table, console=console if console.is_terminal else Console(width=200), auto_refresh=False) as live:
+        results, peak = benchmark.run_bench(names, parsed, batch, d_model, modes, repeats, against,
+                                            on_row=lambda row: (table.add_row(*row), live.refresh()))
+    console.print()
+    console.print(f"fp32 matmul peak of this machine: {peak / 1e9:,.1f} GFLOP/s (1024 x 1024, best of 10)")
+    if json_out:
+        json_out.write_text(json.dumps({"d_model": d_model, "threads": torch.get_num_threads(),
+                                        "matmul_peak_flops": peak,
+                                        "measurements": [dataclasses.asdict(m) for m in results]}, indent=1))
+        console.print(f"measurements: {json_out}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,300 @@
+"""Speed and memory of the architectures on this machine: `longarch bench`.
+
+Two measurements, both forward only (no gradients, eval mode) and forward + backward:
+
+- **Architectures.** Each registry entry at a given d_model, with its own layer pattern and
+  depth, on random tokens of length L: tokens/s, peak memory, and achieved FLOP/s as a
+  fraction of this machine's fp32 matmul peak (measured in the same run).
+- **Against `transformers`** (`--against hf`). One layer of ours against the same layer in
+  `transformers`' pure-PyTorch path at the same sizes, side by side: Mamba against `MambaMixer`,
+  Mamba-2 against `Mamba2Mixer`, RG-LRU against RecurrentGemma's recurrent block, and RoPE
+  attention against `LlamaAttention` (SDPA). On a CPU, `transformers` runs Mamba and the RG-LRU
+  as Python loops over time steps; Mamba-2 is chunked there too.
+
+Peak memory is the rise of the process's peak resident set (Linux `VmHWM`, reset before each
+call after returning freed memory to the system), so it counts everything the call allocates,
+activations saved for backward included. FLOPs are counted by `torch.utils.flop_counter` over
+matmuls, convolutions and attention (causal attention counted at half its square); elementwise
+work such as a recurrence's decays is not counted, so a recurrent layer's fraction of the
+matmul peak is a floor. Machines here are shared and noisy: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+MODES = ("fwd", "fwd+bwd")
+HF_LAYERS = ("mamba", "mamba2", "rglru", "attention")
+
+
+@dataclass
+class Measurement:
+    name: str
+    mode: str
+    length: int
+    batch: int
+    seconds: float        # best of the timed calls
+    peak_bytes: int | None
+    flops: int            # counted FLOPs of one call
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.batch * self.length / self.seconds
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.flops / self.seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one call
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, dropout_p=0.0, is_causal=False, *args, **kwargs) -> int:
+    flops = flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+    return flops // 2 if is_causal else flops
+
+
+def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, out_shape_=None,
+                             logsumexp_shape=None, dropout_p=0.0, is_causal=False, *args, **kwargs) -> int:
+    flops = flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+    return flops // 2 if is_causal else flops
+
+
+def _register_cpu_attention_flops() -> None:
+    """torch counts the GPU attention kernels but not the CPU one; count it the same way."""
+    aten = torch.ops.aten
+    for op, formula in ((aten._scaled_dot_product_flash_attention_for_cpu, _cpu_sdpa_flops),
+                        (aten._scaled_dot_product_flash_attention_for_cpu_backward, _cpu_sdpa_backward_flops)):
+        if op not in flop_counter.flop_registry:
+            flop_counter.register_flop_formula(op)(formula)
+
+
+def _vm_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> int | None:
+    """Return freed memory to the system, reset the peak resident set; the resident set now."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        return None
+    return _vm_kib("VmRSS")
+
+
+def measure(name: str, mode: str, length: int, batch: int, call: Callable[[], None], repeats: int,
+            slow_after_s: float = 2.0) -> Measurement:
+    """Time `call` (best of `repeats` after a first call that also counts FLOPs and peak memory).
+    A call slower than `slow_after_s` is timed once: its first call is the measurement."""
+    _register_cpu_attention_flops()
+    base = _reset_peak()
+    with FlopCounterMode(display=False) as counter:
+        start = time.perf_counter()
+        call()
+        first = time.perf_counter() - start
+    peak = _vm_kib("VmHWM")
+    peak_bytes = None if base is None or peak is None else max(0, peak - base) * 1024
+    times = [first]
+    if first < slow_after_s:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+    # The counted first call is slower (the counter intercepts every op); keep it only if alone.
+    seconds = min(times[1:]) if len(times) > 1 else first
+    return Measurement(name, mode, length, batch, seconds, peak_bytes, counter.get_total_flops())
+
+
+def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
+    """This machine's fp32 matmul FLOP/s with the threads torch uses: best of `repeats`."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def _calls(module_call: Callable[[], torch.Tensor], modules: list[torch.nn.Module], mode: str) -> Callable[[], None]:
+    """A call that runs the forward (and backward) of `module_call`."""
+    def forward():
+        for module in modules:
+            module.eval()
+        with torch.no_grad():
+            module_call()
+
+    def forward_backward():
+        for module in modules:
+            module.train()
+            module.zero_grad(set_to_none=True)
+        module_call().float().square().mean().backward()
+
+    return forward if mode == "fwd" else forward_backward
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures
+
+
+def bench_architecture(name: str, d_model: int, length: int, batch: int, mode: str, repeats: int,
+                       vocab_size: int = 256) -> Measurement:
+    from . import models
+
+    torch.manual_seed(0)
+    model = models.build(name, d_model=d_model, vocab_size=vocab_size)
+    tokens = torch.randint(0, vocab_size, (batch, length))
+    call = _calls(lambda: model(tokens)[0], [model], mode)
+    return measure(name, mode, length, batch, call, repeats)
+
+
+# ---------------------------------------------------------------------------------------------
+# One layer against the same layer in `transformers`
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def layer_pair(layer: str, d_model: int, length: int) -> tuple[Callable, Callable]:
+    """Factories (x -> output) for our layer and `transformers`' layer at the same sizes."""
+    transformers = _quiet_transformers()
+    torch.manual_seed(0)
+    if layer == "mamba":
+        from transformers.models.mamba.modeling_mamba import MambaMixer as TheirMamba
+
+        from .mixers.mamba import MambaConfig, MambaMixer
+
+        ours = MambaMixer(MambaConfig(d_model=d_model, d_state=16, expand=2, d_conv=4, chunk_size=64))
+        theirs = TheirMamba(transformers.MambaConfig(hidden_size=d_model, state_size=16, expand=2, conv_kernel=4,
+                                                     use_mambapy=False), layer_idx=0)
+        return (ours, lambda x: ours(x)[0]), (theirs, lambda x: theirs(x))
+    if layer == "mamba2":
+        from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as TheirMamba2
+
+        from .mixers.mamba2 import Mamba2Config, Mamba2Mixer
+
+        config = Mamba2Config(d_model=d_model, d_state=16, expand=2, head_dim=16, d_conv=4, chunk_size=64)
+        ours = Mamba2Mixer(config)
+        theirs = TheirMamba2(transformers.Mamba2Config(
+            hidden_size=d_model, state_size=16, expand=2, head_dim=16, num_heads=config.n_heads, n_groups=1,
+            conv_kernel=4, chunk_size=64), layer_idx=0)
+        return (ours, lambda x: ours(x)[0]), (theirs, lambda x: theirs(x))
+    if layer == "rglru":
+        from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaRecurrentBlock
+
+        from .mixers.rglru import RGLRUConfig, RGLRUMixer
+
+        config = RGLRUConfig(d_model=d_model, expand=4 / 3, n_heads=4, d_conv=4)
+        ours = RGLRUMixer(config)
+        theirs = RecurrentGemmaRecurrentBlock(transformers.RecurrentGemmaConfig(
+            hidden_size=d_model, lru_width=config.d_rnn, num_attention_heads=config.n_heads, conv1d_width=4,
+            attention_window_size=length), layer_idx=0)
+        positions = torch.arange(length)[None]
+        return (ours, lambda x: ours(x)[0]), (theirs, lambda x: theirs(x, positions.expand(len(x), -1), None,
+                                                                            use_cache=False)[0])
+    if layer == "attention":
+        from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
+
+        from .mixers.attention import AttentionConfig, CausalSelfAttention
+
+        ours = CausalSelfAttention(AttentionConfig(d_model=d_model, n_heads=4))
+        llama = transformers.LlamaConfig(hidden_size=d_model, num_attention_heads=4, num_key_value_heads=4,
+                                         max_position_embeddings=length, attn_implementation="sdpa")
+        theirs, rotary = LlamaAttention(llama, layer_idx=0), LlamaRotaryEmbedding(llama)
+        positions = torch.arange(length)[None]
+
+        def their_call(x):
+            cos_sin = rotary(x, positions)
+            return theirs(x, position_embeddings=cos_sin, attention_mask=None)[0]
+        return (ours, lambda x: ours(x)[0]), (theirs, their_call)
+    raise ValueError(f"unknown layer {layer!r}; choose from {', '.join(HF_LAYERS)}")
+
+
+def bench_layer_pair(layer: str, d_model: int, length: int, batch: int, mode: str, repeats: int
+                     ) -> tuple[Measurement, Measurement]:
+    (ours, our_call), (theirs, their_call) = layer_pair(layer, d_model, length)
+    x = torch.randn(batch, length, d_model)
+    results = []
+    for label, module, call in ((f"{layer} (longarch)", ours, our_call), (f"{layer} (transformers)", theirs, their_call)):
+        results.append(measure(label, mode, length, batch, _calls(lambda: call(x), [module], mode), repeats))
+    return results[0], results[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+ARCH_LAYERS = {"mamba": "mamba", "mamba2": "mamba2", "hawk": "rglru", "transformer": "attention"}
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'1024,4096' or '1K,4K' -> [1024, 4096]."""
+    lengths = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        scale = 1024 if part[-1] in "kK" else 1
+        try:
+            lengths.append(int(part[:-1] if scale > 1 else part) * scale)
+        except ValueError:
+            raise ValueError(f"--lengths expects comma-separated integers such as 1024,4096 or 1K,4K, got {text!r}")
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"--lengths expects positive lengths, got {text!r}")
+    return lengths
+
+
+def _mib(measurement: Measurement) -> str:
+    return "n/a" if measurement.peak_bytes is None else f"{measurement.peak_bytes / 2 ** 20:,.0f}"
+
+
+def run_bench(names: list[str], lengths: list[int], batch: int | None, d_model: int, modes: list[str],
+              repeats: int, against: str | None, on_row: Callable[[list[str]], None], tokens: int = 32768
+              ) -> tuple[list[Measurement], float]:
+    """Measure, calling on_row with each finished table row; returns the measurements and the peak."""
+    peak = matmul_peak()
+    results = []
+    for length in lengths:
+        b = batch or max(1, tokens // length)
+        for mode in modes:
+            if against == "hf":
+                for name in names:
+                    ours, theirs = bench_layer_pair(ARCH_LAYERS[name], d_model, length, b, mode, repeats)
+                    results += [ours, theirs]
+                    on_row([ARCH_LAYERS[name], mode, str(length), str(b),
+                            f"{ours.tokens_per_s:,.0f}", f"{theirs.tokens_per_s:,.0f}",
+                            f"{theirs.seconds / ours.seconds:.1f}x", _mib(ours), _mib(theirs)])
+            else:
+                for name in names:
+                    m = bench_architecture(name, d_model, length, b, mode, repeats)
+                    results.append(m)
+                    on_row([name, mode, str(length), str(b), f"{m.tokens_per_s:,.0f}", _mib(m),
+                            f"{m.flops_per_s / 1e9:,.1f}", f"{100 * m.flops_per_s / peak:.1f}%"])
+    return results, peak
+
+
+def columns(against: str | None) -> list[str]:
+    if against == "hf":
+        return ["layer", "mode", "L", "B", "longarch tok/s", "transformers tok/s", "speed-up",
+                "longarch MiB", "transformers MiB"]
+    return ["architecture", "mode", "L", "B", "tok/s", "peak MiB", "GFLOP/s", "of matmul peak"]

@@ -1,0 +1,102 @@
+"""`longarch bench`: what it measures is right (FLOPs, peak memory) and the command runs, at tiny sizes.
+
+The speed figures themselves are benchmarks, not tests; they are recorded in the README."""
+
+import json
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from longarch import bench
+from longarch.cli import app
+
+runner = CliRunner()
+
+
+def test_flops_of_a_linear_layer_are_counted():
+    layer = torch.nn.Linear(64, 32, bias=False)
+    x = torch.randn(8, 64)
+    m = bench.measure("linear", "fwd", 1, 8, lambda: layer(x), repeats=1)
+    assert m.flops == 2 * 8 * 64 * 32
+    assert m.seconds > 0 and m.tokens_per_s == 8 / m.seconds
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_attention_flops_are_counted_causal_at_half(causal):
+    q = torch.randn(2, 4, 128, 16, requires_grad=True)
+    m = bench.measure("sdpa", "fwd+bwd", 128, 2, lambda: torch.nn.functional.scaled_dot_product_attention(
+        q, q, q, is_causal=causal).sum().backward(), repeats=1)
+    # One (L x d) by (d x L) matmul is 2BHL^2d FLOPs: 2 of them forward, 5 backward (torch's
+    # count, which includes recomputing the scores).
+    full = 7 * 2 * 2 * 4 * 128 * 128 * 16
+    assert m.flops == (full // 2 if causal else full)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc")
+def test_peak_memory_sees_a_temporary_allocation():
+    size = 64 * 2 ** 20  # 64 MiB, allocated, written and freed inside the call
+
+    def call():
+        torch.ones(size // 4).sum()
+
+    m = bench.measure("alloc", "fwd", 1, 1, call, repeats=1)
+    assert 0.9 * size <= m.peak_bytes <= 1.5 * size
+
+
+def test_matmul_peak_is_a_rate():
+    assert bench.matmul_peak(n=128, repeats=2) > 1e6
+
+
+def test_parse_lengths():
+    assert bench.parse_lengths("1K,4k, 100") == [1024, 4096, 100]
+    for bad in ("", "x", "1K,-3", "4M"):
+        with pytest.raises(ValueError):
+            bench.parse_lengths(bad)
+
+
+@pytest.mark.parametrize("layer", bench.HF_LAYERS)
+def test_layer_pairs_take_and_give_the_same_shapes(layer):
+    (ours, our_call), (theirs, their_call) = bench.layer_pair(layer, 32, 24)
+    x = torch.randn(2, 24, 32)
+    with torch.no_grad():
+        assert our_call(x).shape == their_call(x).shape == x.shape
+    # Same sizes: the parameter counts differ only by biases and norms the two designs place differently.
+    ours_n, theirs_n = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
+    assert abs(ours_n - theirs_n) <= 0.1 * theirs_n
+
+
+def test_bench_command_prints_a_row_per_cell_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "transformer", "mamba2", "--lengths", "32,64", "--batch", "2",
+                                 "--d-model", "32", "--repeats", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    cells = {(m["name"], m["mode"], m["length"]) for m in saved["measurements"]}
+    assert cells == {(n, mode, L) for n in ("transformer", "mamba2") for mode in bench.MODES for L in (32, 64)}
+    assert all(m["flops"] > 0 and m["seconds"] > 0 for m in saved["measurements"])
+    assert "matmul peak" in result.output
+
+
+def test_bench_against_hf_prints_ratios(tmp_path):
+    result = runner.invoke(app, ["bench", "--against", "hf", "--lengths", "16", "--batch", "1",
+                                 "--d-model", "32", "--mode", "fwd", "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    for layer in bench.HF_LAYERS:
+        assert layer in result.output
+    assert result.output.count("x ") >= len(bench.HF_LAYERS)  # one speed-up per layer
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "no-such-arch"], "unknown architecture"),
+    (["bench", "--lengths", "abc"], "--lengths"),
+    (["bench", "--mode", "sideways"], "--mode"),
+    (["bench", "--against", "jax"], "--against"),
+    (["bench", "s4d", "--against", "hf"], "no matching layer"),
+])
+def test_bench_bad_input_is_one_line_and_exit_2(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output.lower() or message in result.output
+    assert "Traceback" not in result.output
