@@ -35,6 +35,7 @@ class Mamba2Config:
     head_dim: int = 16
     d_conv: int = 4
     chunk_size: int = 64
+    norm_eps: float = 1e-5  # of the gated RMSNorm, as in Mamba-2 (not the dtype's epsilon)
 
     @property
     def n_heads(self) -> int:
@@ -83,36 +84,35 @@ def ssd_chunked(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
         B = F.pad(B, (0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, pad))
     c, Q = (L + pad) // chunk_size, chunk_size
-    x = x.reshape(b, c, Q, H, P)
-    B = B.reshape(b, c, Q, N)
-    C = C.reshape(b, c, Q, N)
-    log_a = log_a.reshape(b, c, Q, H).permute(0, 3, 1, 2)  # (b, H, c, Q)
-    a_cum = torch.cumsum(log_a, dim=-1)  # (b, H, c, Q)
+    # Head-major layout, so every contraction below is one batched matmul.
+    x = x.reshape(b, c, Q, H, P).permute(0, 3, 1, 2, 4)  # (b, H, c, Q, P)
+    B = B.reshape(b, 1, c, Q, N)  # (b, 1, c, Q, N): shared by the heads
+    C = C.reshape(b, 1, c, Q, N)
+    a_cum = torch.cumsum(log_a.reshape(b, c, Q, H).permute(0, 3, 1, 2), dim=-1)  # (b, H, c, Q)
 
     # 1. Within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(a_{j+1..i}) x_j. Differences of
     # the cumulative sum are cheaper than `segment_sum` and precise enough within one chunk.
     causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
     exponent = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, float("-inf"))
-    decay = torch.exp(exponent)  # (b, H, c, Q, Q)
-    scores = torch.einsum("bcin,bcjn->bcij", C, B)  # (b, c, Q, Q)
-    y_diag = torch.einsum("bcij,bhcij,bcjhp->bcihp", scores, decay, x)  # (b, c, Q, H, P)
+    weights = torch.exp(exponent) * (C @ B.transpose(-1, -2))  # (b, H, c, Q, Q)
+    y = weights @ x  # (b, H, c, Q, P)
 
     # 2. The state each chunk would leave behind if it started from zero.
     decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, H, c, Q)
-    chunk_states = torch.einsum("bcjn,bhcj,bcjhp->bchpn", B, decay_to_end, x)  # (b, c, H, P, N)
+    chunk_states = (x * decay_to_end[..., None]).transpose(-1, -2) @ B  # (b, H, c, P, N)
 
     # 3. Carry states across chunk boundaries (a recurrence over c chunks, done as one product).
     if initial_state is None:
         initial_state = x.new_zeros(b, H, P, N)
-    states = torch.cat([initial_state[:, None], chunk_states], dim=1)  # (b, c+1, H, P, N)
+    states = torch.cat([initial_state[:, :, None], chunk_states], dim=2)  # (b, H, c+1, P, N)
     chunk_decay = torch.exp(segment_sum(F.pad(a_cum[..., -1], (1, 0))))  # (b, H, c+1, c+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)  # (b, c+1, H, P, N)
-    entering, final_state = states[:, :-1], states[:, -1]  # (b, c, H, P, N), (b, H, P, N)
+    states = (chunk_decay @ states.flatten(3)).unflatten(3, (P, N))  # (b, H, c+1, P, N)
+    entering, final_state = states[:, :, :-1], states[:, :, -1]  # (b, H, c, P, N), (b, H, P, N)
 
     # 4. What the state entering each chunk contributes to its outputs.
-    y_off = torch.einsum("bcin,bchpn,bhci->bcihp", C, entering, torch.exp(a_cum))  # (b, c, Q, H, P)
+    y = y + (C @ entering.transpose(-1, -2)) * torch.exp(a_cum)[..., None]  # (b, H, c, Q, P)
 
-    y = (y_diag + y_off).reshape(b, c * Q, H, P)[:, :L]
+    y = y.permute(0, 2, 3, 1, 4).reshape(b, c * Q, H, P)[:, :L]
     return y, final_state
 
 
@@ -143,7 +143,7 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(H))
-        self.norm = nn.RMSNorm(d_inner)
+        self.norm = nn.RMSNorm(d_inner, eps=config.norm_eps)
         self.out_proj = nn.Linear(d_inner, config.d_model, bias=False)
 
     def forward(self, u: Tensor, state: Mamba2State | None = None, reference: bool = False
