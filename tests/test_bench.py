@@ -100,3 +100,13 @@ def test_bench_bad_input_is_one_line_and_exit_2(args, message):
     assert result.exit_code == 2
     assert message in result.output.lower() or message in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_allocation_failure_is_a_row_not_a_crash():
+    def call():
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    m = bench.measure("huge", "fwd", 1, 1, call, repeats=1)
+    assert m.error == "out of memory" and bench._rate(m) == "n/a"
+    with pytest.raises(RuntimeError, match="other"):
+        bench.measure("bug", "fwd", 1, 1, lambda: (_ for _ in ()).throw(RuntimeError("other")), repeats=1)

@@ -44,6 +44,7 @@ class Measurement:
     seconds: float        # best of the timed calls
     peak_bytes: int | None
     flops: int            # counted FLOPs of one call
+    error: str | None = None  # why the call could not run (out of memory), else None
 
     @property
     def tokens_per_s(self) -> float:
@@ -106,10 +107,15 @@ def measure(name: str, mode: str, length: int, batch: int, call: Callable[[], No
     A call slower than `slow_after_s` is timed once: its first call is the measurement."""
     _register_cpu_attention_flops()
     base = _reset_peak()
-    with FlopCounterMode(display=False) as counter:
-        start = time.perf_counter()
-        call()
-        first = time.perf_counter() - start
+    try:
+        with FlopCounterMode(display=False) as counter:
+            start = time.perf_counter()
+            call()
+            first = time.perf_counter() - start
+    except (MemoryError, RuntimeError) as error:  # torch reports a failed allocation as RuntimeError
+        if not isinstance(error, MemoryError) and "alloc" not in str(error).lower():
+            raise
+        return Measurement(name, mode, length, batch, math.nan, None, 0, error="out of memory")
     peak = _vm_kib("VmHWM")
     peak_bytes = None if base is None or peak is None else max(0, peak - base) * 1024
     times = [first]
@@ -265,7 +271,13 @@ def parse_lengths(text: str) -> list[int]:
 
 
 def _mib(measurement: Measurement) -> str:
+    if measurement.error:
+        return measurement.error
     return "n/a" if measurement.peak_bytes is None else f"{measurement.peak_bytes / 2 ** 20:,.0f}"
+
+
+def _rate(measurement: Measurement) -> str:
+    return "n/a" if measurement.error else f"{measurement.tokens_per_s:,.0f}"
 
 
 def run_bench(names: list[str], lengths: list[int], batch: int | None, d_model: int, modes: list[str],
@@ -281,15 +293,16 @@ def run_bench(names: list[str], lengths: list[int], batch: int | None, d_model: 
                 for name in names:
                     ours, theirs = bench_layer_pair(ARCH_LAYERS[name], d_model, length, b, mode, repeats)
                     results += [ours, theirs]
-                    on_row([ARCH_LAYERS[name], mode, str(length), str(b),
-                            f"{ours.tokens_per_s:,.0f}", f"{theirs.tokens_per_s:,.0f}",
-                            f"{theirs.seconds / ours.seconds:.1f}x", _mib(ours), _mib(theirs)])
+                    speedup = "n/a" if ours.error or theirs.error else f"{theirs.seconds / ours.seconds:.1f}x"
+                    on_row([ARCH_LAYERS[name], mode, str(length), str(b), _rate(ours), _rate(theirs),
+                            speedup, _mib(ours), _mib(theirs)])
             else:
                 for name in names:
                     m = bench_architecture(name, d_model, length, b, mode, repeats)
                     results.append(m)
-                    on_row([name, mode, str(length), str(b), f"{m.tokens_per_s:,.0f}", _mib(m),
-                            f"{m.flops_per_s / 1e9:,.1f}", f"{100 * m.flops_per_s / peak:.1f}%"])
+                    on_row([name, mode, str(length), str(b), _rate(m), _mib(m),
+                            "n/a" if m.error else f"{m.flops_per_s / 1e9:,.1f}",
+                            "n/a" if m.error else f"{100 * m.flops_per_s / peak:.1f}%"])
     return results, peak
 
 
