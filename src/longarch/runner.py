@@ -165,7 +165,8 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
                 start = time.perf_counter()
                 samples = task.generate(length=cell.length, n=study.eval.samples,
                                         seed=eval_seed(study.eval.seed, cell.length, cell.depth), depth=cell.depth)
-                scores = evaluate_samples(trained[cell.model.model_id], task, samples, chunk=study.eval.chunk)
+                scores = evaluate_samples(trained[cell.model.model_id], task, samples, chunk=study.eval.chunk,
+                                          train_length=study.train.length)
                 store.put_result(ResultRow(
                     cell_id=cell.cell_id, model_id=cell.model.model_id, model=cell.model.label, task=task.name,
                     knobs=task.knobs, length=cell.length, depth=cell.depth, seed=cell.model.seed,

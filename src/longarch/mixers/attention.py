@@ -10,10 +10,24 @@ Computed with `torch.nn.functional.scaled_dot_product_attention`.
 State is the key/value cache plus the number of tokens seen, so a sequence fed in pieces is
 rotated and masked exactly as the same sequence fed whole. A sliding window keeps only the
 last `window` keys, so its state is bounded; global attention's grows with the length.
+
+RoPE scaling (`rope_scaling`) stretches a model trained at length T to a longer length L
+without further training, by a factor s = L / T set per evaluated length (`set_context`):
+- `pi`, position interpolation (Chen et al. 2023): every frequency divided by s, so positions
+  up to L turn through the same angles as positions up to T did in training;
+- `ntk`, NTK-aware scaling (bloc97 2023): the base b raised to b * s^(d / (d - 2)), which
+  leaves the fastest pair (local order) as is and divides the slowest by s, and those in
+  between by less the faster they turn;
+- `yarn` (Peng et al. 2023): NTK-by-parts, i.e. pairs that turn more than beta = 32 times
+  within T keep their frequency, pairs that turn less than alpha = 1 time are divided by s,
+  and those in between are blended by a ramp; plus a temperature: q and k are both
+  multiplied by 0.1 ln(s) + 1, so the logits by its square (sqrt(1/t) in the paper).
+With s = 1 all three are plain RoPE, bit for bit, so training is unchanged.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 POSITIONS = ("rope", "alibi", "nope")
+ROPE_SCALINGS = ("none", "pi", "ntk", "yarn")
+YARN_ALPHA, YARN_BETA = 1.0, 32.0  # YaRN's ramp ends, in turns over the original length
 
 
 @dataclass
@@ -29,10 +45,15 @@ class AttentionConfig:
     n_heads: int = 4
     position: str = "rope"
     rope_base: float = 10000.0
+    rope_scaling: str = "none"  # how RoPE stretches past the training length: none|pi|ntk|yarn
 
     def __post_init__(self):
         if self.position not in POSITIONS:
             raise ValueError(f"attention position must be one of {POSITIONS}, not {self.position!r}")
+        if self.rope_scaling not in ROPE_SCALINGS:
+            raise ValueError(f"attention rope_scaling must be one of {ROPE_SCALINGS}, not {self.rope_scaling!r}")
+        if self.rope_scaling != "none" and self.position != "rope":
+            raise ValueError(f"rope_scaling={self.rope_scaling!r} needs position='rope', not {self.position!r}")
 
     @property
     def head_dim(self) -> int:
@@ -67,11 +88,48 @@ class KVCache:
     seen: int       # tokens seen so far: the absolute position of the next one
 
 
-def rope_tables(positions: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos and sin of position * frequency, each (L, head_dim // 2)."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim)
+def rope_frequencies(head_dim: int, base: float, scaling: str = "none", factor: float = 1.0,
+                     original_length: int | None = None, device: torch.device | None = None
+                     ) -> tuple[Tensor, float]:
+    """The rotation frequencies (head_dim // 2,) in float64, and the factor by which q and k are
+    multiplied (YaRN's temperature; 1 otherwise), for a scaling method and a factor s >= 1."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim  # (Dh/2,): 2i / Dh
+    if scaling == "none" or factor == 1.0:
+        return base ** -exponents, 1.0
+    if scaling == "pi":
+        return base ** -exponents / factor, 1.0
+    if scaling == "ntk":
+        # A head of width 2 has one pair, of frequency base^0 = 1 whatever the base.
+        stretch = factor ** (head_dim / (head_dim - 2)) if head_dim > 2 else 1.0
+        return (base * stretch) ** -exponents, 1.0
+    if scaling != "yarn":
+        raise ValueError(f"rope scaling must be one of {ROPE_SCALINGS}, not {scaling!r}")
+    if original_length is None:
+        raise ValueError("YaRN needs the original (training) length")
+    inv_freq = base ** -exponents  # (Dh/2,)
+
+    def pair_turning(turns: float) -> float:
+        """The pair index i whose wavelength 2 pi base^(2i / Dh) fits `turns` times into the original length."""
+        return head_dim * math.log(original_length / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    # As in the authors' code (and transformers): the ramp is linear in the pair index between
+    # the pairs that turn beta and alpha times, rounded outwards; 0 keeps, 1 interpolates.
+    low = max(math.floor(pair_turning(YARN_BETA)), 0)
+    high = min(math.ceil(pair_turning(YARN_ALPHA)), head_dim - 1)
+    if high == low:
+        high += 0.001
+    pairs = torch.arange(head_dim // 2, dtype=torch.float64, device=device)  # (Dh/2,): i
+    ramp = ((pairs - low) / (high - low)).clamp(0, 1)  # (Dh/2,)
+    return inv_freq * (1 - ramp) + inv_freq / factor * ramp, 0.1 * math.log(factor) + 1.0
+
+
+def rope_tables(positions: Tensor, head_dim: int, base: float, dtype: torch.dtype, scaling: str = "none",
+                factor: float = 1.0, original_length: int | None = None) -> tuple[Tensor, Tensor]:
+    """cos and sin of position * frequency, each (L, head_dim // 2), times YaRN's q/k factor."""
+    inv_freq, attention_factor = rope_frequencies(head_dim, base, scaling, factor, original_length,
+                                                  positions.device)  # (Dh/2,)
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (L, Dh/2)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    return (angles.cos() * attention_factor).to(dtype), (angles.sin() * attention_factor).to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -92,6 +150,20 @@ class CausalSelfAttention(nn.Module):
         inner = config.n_heads * config.head_dim
         self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
         self.out = nn.Linear(inner, config.d_model, bias=False)
+        # RoPE scaling: the factor s and the original (training) length, set per evaluated
+        # length by `set_context`; s = 1 is plain RoPE. Not parameters: no checkpoint holds them.
+        self.rope_factor = 1.0
+        self.original_length: int | None = None
+
+    def set_context(self, train_length: int, length: int) -> None:
+        """Scale RoPE for sequences of `length` tokens from a model trained at `train_length`:
+        s = max(1, length / train_length). Keep it fixed for a whole sequence, cache included.
+        Nothing changes without `rope_scaling`."""
+        if train_length < 1 or length < 1:
+            raise ValueError(f"lengths must be >= 1, not train_length={train_length}, length={length}")
+        if self.config.rope_scaling != "none":
+            self.rope_factor = max(1.0, length / train_length)
+            self.original_length = train_length
 
     def forward(self, x: Tensor, state: KVCache | None = None, reference: bool = False) -> tuple[Tensor, KVCache]:
         B, L, _ = x.shape
@@ -101,7 +173,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, L, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
         positions = torch.arange(seen, seen + L, device=x.device)  # (L,)
         if cfg.position == "rope":
-            cos, sin = rope_tables(positions, Dh, cfg.rope_base, x.dtype)  # (L, Dh/2)
+            cos, sin = rope_tables(positions, Dh, cfg.rope_base, x.dtype, cfg.rope_scaling,
+                                   self.rope_factor, self.original_length)  # (L, Dh/2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if state is not None:
             k = torch.cat([state.keys, k], dim=2)  # (B, H, P+L, Dh)

@@ -104,6 +104,14 @@ class LanguageModel(nn.Module):
         logits = self.final_norm(x) @ self.embedding.weight.T  # (B, L, V): head tied to the embedding
         return logits, new_states
 
+    def set_context(self, train_length: int, length: int) -> None:
+        """Prepare for sequences of `length` tokens from a model trained at `train_length`: mixers
+        that scale positions with the length (RoPE PI/NTK/YaRN) take s = max(1, length /
+        train_length); the others ignore it. `set_context(T, T)` restores the training setting."""
+        for block in self.blocks:
+            if hasattr(block.mixer, "set_context"):
+                block.mixer.set_context(train_length, length)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
