@@ -102,7 +102,7 @@ def _reset_peak() -> int | None:
 
 
 def measure(name: str, mode: str, length: int, batch: int, call: Callable[[], None], repeats: int,
-            slow_after_s: float = 2.0) -> Measurement:
+            slow_after_s: float = 30.0) -> Measurement:
     """Time `call` (best of `repeats` after a first call that also counts FLOPs and peak memory).
     A call slower than `slow_after_s` is timed once: its first call is the measurement."""
     _register_cpu_attention_flops()
