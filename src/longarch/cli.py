@@ -182,11 +182,18 @@ def bench(names: Annotated[Optional[list[str]], typer.Argument(help="architectur
     table = Table(title=f"longarch bench: d_model {d_model}, {torch.get_num_threads()} threads")
     for column in benchmark.columns(against):
         table.add_column(column, justify="left" if column in ("architecture", "layer", "mode") else "right")
-    from rich.live import Live
+    if console.is_terminal:  # the table grows in place as cells finish
+        from rich.live import Live
 
-    with Live(table, console=console if console.is_terminal else Console(width=200), auto_refresh=False) as live:
-        results, peak = benchmark.run_bench(names, parsed, batch, d_model, modes, repeats, against,
-                                            on_row=lambda row: (table.add_row(*row), live.refresh()))
+        with Live(table, console=console, auto_refresh=False) as live:
+            results, peak = benchmark.run_bench(names, parsed, batch, d_model, modes, repeats, against,
+                                                on_row=lambda row: (table.add_row(*row), live.refresh()))
+    else:  # piped: one line per finished cell on stderr, the table at the end
+        def on_row(row):
+            table.add_row(*row)
+            errors.print("measured " + " ".join(row[:4]), markup=False, highlight=False)
+        results, peak = benchmark.run_bench(names, parsed, batch, d_model, modes, repeats, against, on_row=on_row)
+        print_table(table)
     console.print()
     console.print(f"fp32 matmul peak of this machine: {peak / 1e9:,.1f} GFLOP/s (1024 x 1024, best of 10)")
     if json_out:
