@@ -11,7 +11,7 @@ from longarch.tasks import Samples, UnknownTask
 from longarch.tasks.tokens.needle import NEEDLE_AND_QUERY, QUERY
 
 NAMES = tasks.names()
-HAYSTACKS = ["noise", "random"]
+HAYSTACKS = ["noise", "random", "text"]
 
 
 def _lengths(task) -> list[int]:
@@ -174,7 +174,8 @@ def test_needle_alphabets_are_disjoint(haystack):
     assert (values.sum(1) == 1).all()
     assert (queries.sum(1) == 1).all() and queries[:, -2].all()
     assert _where(samples.answers, value0, filler0).all()
-    assert {task.symbol(t)[0] for t in np.unique(tokens)} <= {"k", "v", "f", "Q"}
+    if haystack != "text":  # text fillers print as words
+        assert {task.symbol(t)[0] for t in np.unique(tokens)} <= {"k", "v", "f", "Q"}
 
 
 def _haystacks(samples) -> np.ndarray:
@@ -226,3 +227,48 @@ def test_needle_depth_outside_range_is_an_error(depth):
 def test_needle_bad_knob_values_are_errors(knobs):
     with pytest.raises(ValueError):
         tasks.get("needle", **knobs)
+
+
+def test_text_haystack_is_running_english_from_the_corpus():
+    from longarch.tasks.corpus import load_corpus
+
+    task = _needle("text", n_filler=101)
+    stream = load_corpus(n_words=100)
+    absolute = _haystacks(task.generate(300, 8, seed=10, depth=40))
+    haystacks = absolute - (task.vocab_size - task.n_filler)  # as corpus ids
+    assert haystacks.min() >= 0 and haystacks.max() <= 100
+    assert len({row.tobytes() for row in haystacks}) == 8  # different passages per sample
+    k = 32  # every haystack's opening words occur in this order in the corpus
+    windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([stream.ids, stream.ids[:k]]), k)
+    for row in haystacks:
+        assert (windows[:len(stream.ids)] == row[:k]).all(axis=1).any()
+    words = {task.symbol(int(t)) for t in absolute.ravel()}
+    assert {"the", "a", "<unk>"} <= words
+
+
+def test_text_haystack_from_a_user_corpus(tmp_path):
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("alpha beta gamma delta " * 50, encoding="utf-8")
+    task = _needle("text", corpus=str(corpus), n_filler=5)
+    samples = task.generate(64, 4, seed=11)
+    words = [task.symbol(int(t)) for t in _haystacks(samples)[0]]
+    cycle = ["alpha", "beta", "gamma", "delta"]
+    start = cycle.index(words[0])
+    assert words == [cycle[(start + i) % 4] for i in range(len(words))]
+    assert samples.knobs["corpus"] == str(corpus)
+
+
+def test_text_haystack_bad_knobs_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _needle("text", corpus=str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="only used with haystack='text'"):
+        _needle("noise", corpus="x.txt")
+    with pytest.raises(ValueError, match="n_filler >= 2"):
+        _needle("text", n_filler=1)
+
+
+def test_knobs_leave_out_an_unset_corpus():
+    """Stored results are keyed by the task's knobs: the corpus knob, added later, must not
+    change the key of a study that does not use it."""
+    assert "corpus" not in _needle("noise").knobs
+    assert "corpus" not in _needle("text").knobs

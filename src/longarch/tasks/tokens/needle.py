@@ -4,7 +4,8 @@ A sample of total length L is
 
     haystack[:p]  KEY VALUE  haystack[p:]  QUERY KEY   -> answer: VALUE
 
-where the haystack is filler symbols, the needle (KEY VALUE) sits at relative depth
+where the haystack is filler symbols (a repeated pattern, random symbols, or English words),
+the needle (KEY VALUE) sits at relative depth
 p / H (H = L - 4 haystack symbols) and the model must emit VALUE after the final KEY.
 
 Vocabulary: 0 unused (padding), 1 QUERY, then the key, value and filler alphabets, disjoint.
@@ -26,13 +27,17 @@ NEEDLE_AND_QUERY = 4  # KEY VALUE ... QUERY KEY
 @dataclass(frozen=True)
 class NeedleTask:
     """Knobs: alphabet sizes, and the haystack: `noise` repeats one fixed filler pattern
-    (RULER's repeated-sentence noise), `random` draws every filler symbol independently."""
+    (RULER's repeated-sentence noise), `random` draws every filler symbol independently, `text`
+    is running English: consecutive words of a corpus (`corpus`: a UTF-8 file, or None for the
+    help topics that ship with Python), its n_filler - 1 most frequent words and one unknown-word
+    symbol making up the filler alphabet."""
 
     n_keys: int = 16
     n_values: int = 16
     n_filler: int = 16
-    haystack: Literal["noise", "random"] = "noise"
+    haystack: Literal["noise", "random", "text"] = "noise"
     pattern_length: int = 8
+    corpus: str | None = None  # for haystack="text"
 
     name = "needle"
     version = 1  # bump when generation changes, so stored results are not mixed up
@@ -46,12 +51,23 @@ class NeedleTask:
                 raise ValueError(f"needle: {knob} must be an integer, not {value!r}")
         if min(self.n_keys, self.n_values, self.n_filler, self.pattern_length) < 1:
             raise ValueError("needle: n_keys, n_values, n_filler and pattern_length must be >= 1")
-        if self.haystack not in ("noise", "random"):
-            raise ValueError(f"needle: haystack must be 'noise' or 'random', not {self.haystack!r}")
+        if self.haystack not in ("noise", "random", "text"):
+            raise ValueError(f"needle: haystack must be 'noise', 'random' or 'text', not {self.haystack!r}")
+        if self.haystack == "text":
+            if self.n_filler < 2:
+                raise ValueError("needle: a text haystack needs n_filler >= 2 (words plus the unknown word)")
+            self._words()  # a missing or unreadable corpus fails here, before any work
+        elif self.corpus is not None:
+            raise ValueError(f"needle: corpus is only used with haystack='text', not {self.haystack!r}")
 
     @property
     def knobs(self) -> dict:
-        return asdict(self)
+        """The knobs as set; `corpus` only when given, so the ids of results stored before it
+        existed stay the same."""
+        knobs = asdict(self)
+        if knobs["corpus"] is None:
+            del knobs["corpus"]
+        return knobs
 
     @property
     def vocab_size(self) -> int:
@@ -98,9 +114,16 @@ class NeedleTask:
         }
         return Samples(self.name, self.knobs, tokens, values[:, None].astype(np.int64), meta)
 
+    def _words(self):
+        from ..corpus import load_corpus
+
+        return load_corpus(self.corpus, n_words=self.n_filler - 1)
+
     def _haystack(self, rng: np.random.Generator, n: int, H: int) -> np.ndarray:
         if self.haystack == "random":
             return rng.integers(0, self.n_filler, (n, H)) + self._filler0
+        if self.haystack == "text":
+            return self._words().spans(rng, n, H) + self._filler0
         # One fixed pattern for every sample and seed, like a repeated sentence.
         pattern = np.random.default_rng(0).integers(0, self.n_filler, self.pattern_length) + self._filler0
         return np.broadcast_to(np.resize(pattern, H), (n, H))
@@ -117,5 +140,7 @@ class NeedleTask:
         if self._value0 <= token < self._filler0:
             return f"v{token - self._value0}"
         if self._filler0 <= token < self.vocab_size:
+            if self.haystack == "text":
+                return self._words().word(token - self._filler0)
             return f"f{token - self._filler0}"
         return f"<{token}>"
