@@ -8,7 +8,7 @@ import pytest
 
 from longarch import tasks
 from longarch.tasks import Samples, UnknownTask
-from longarch.tasks.tokens.needle import NEEDLE_AND_QUERY, QUERY
+from longarch.tasks.tokens.needle import QUERY
 
 NAMES = tasks.names()
 HAYSTACKS = ["noise", "random", "text"]
@@ -149,7 +149,7 @@ def test_needle_sits_where_meta_says(haystack, depth, length):
     task = _needle(haystack)
     samples = task.generate(length, 12, seed=4, depth=depth)
     tokens, n = samples.tokens, len(samples)
-    H = length - NEEDLE_AND_QUERY
+    H = length - 4  # KEY VALUE ... QUERY KEY
     position = samples.meta["needle_position"]
     rows = np.arange(n)
     assert ((0 <= position) & (position <= H)).all()
@@ -272,3 +272,46 @@ def test_knobs_leave_out_an_unset_corpus():
     change the key of a study that does not use it."""
     assert "corpus" not in _needle("noise").knobs
     assert "corpus" not in _needle("text").knobs
+
+
+@pytest.mark.parametrize("key, value", [("number", "symbol"), ("symbol", "uuid"), ("uuid", "number"),
+                                        ("number", "number")])
+@pytest.mark.parametrize("length", [None, 64, 1000])  # None: the format's minimum
+def test_number_and_uuid_formats_have_exact_lengths_and_find_their_needle(key, value, length):
+    task = _needle("random", key=key, value=value)
+    k, v = {"symbol": 1, "number": 7, "uuid": 32}[key], {"symbol": 1, "number": 7, "uuid": 32}[value]
+    assert task.min_length == 2 * k + v + 2 and task.answer_length == v
+    length = max(length or 0, task.min_length)
+    samples = task.generate(length, 30, seed=12, depth=50)
+    assert samples.tokens.shape == (30, length) and samples.answers.shape == (30, v)
+    rows = np.arange(30)[:, None]
+    position = samples.meta["needle_position"][:, None]
+    needle = samples.tokens[rows, position + np.arange(k + v)]
+    assert np.array_equal(needle[:, :k], samples.tokens[:, -k:])  # the queried key is the needle's
+    assert np.array_equal(needle[:, k:], samples.answers)
+    assert (samples.tokens[:, -k - 1] == QUERY).all()
+    digits = {"symbol": None, "number": set("0123456789"), "uuid": set("0123456789abcdef")}
+    for fmt, part in ((key, needle[:, :k]), (value, samples.answers)):
+        if digits[fmt]:
+            assert {task.symbol(int(t)) for t in part.ravel()} <= digits[fmt]
+    assert task.vocab_size == 2 + 16 * 3 + 16 and samples.tokens.max() < task.vocab_size
+    with pytest.raises(ValueError, match=f"minimum {task.min_length}"):
+        task.generate(task.min_length - 1, 1, seed=0)
+
+
+def test_multi_symbol_values_are_scored_all_or_nothing():
+    task = _needle(value="number")
+    samples = task.generate(40, 3, seed=13)
+    predictions = samples.answers.copy()
+    predictions[1, 3] = predictions[1, 3] + 1 if predictions[1, 3] < task.vocab_size - 1 else predictions[1, 3] - 1
+    predictions[2] = predictions[2][::-1] if not (predictions[2] == predictions[2][::-1]).all() else predictions[2] + 1
+    assert task.score(samples, predictions).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_formats_are_validated_and_kept_out_of_default_knobs():
+    with pytest.raises(ValueError, match="key must be one of symbol, number, uuid"):
+        _needle(key="hex")
+    with pytest.raises(ValueError, match="number_length"):
+        _needle(value="number", number_length=0)
+    assert set(_needle().knobs) == {"n_keys", "n_values", "n_filler", "haystack", "pattern_length"}
+    assert _needle(value="uuid").knobs["value"] == "uuid"
