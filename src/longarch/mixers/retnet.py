@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .gla import gla_reference
+
 
 @dataclass
 class RetNetConfig:
@@ -127,16 +129,11 @@ def retention_chunked(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, chunk_
 
 def retention_reference(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor,
                         initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """The same recurrence as `retention_chunked`, one time step at a time."""
+    """The same recurrence as `retention_chunked`, one time step at a time: GLA's recurrence
+    with one constant decay per head instead of a data-dependent one per key."""
     b, L, H, K = q.shape
-    V = v.shape[-1]
-    S = q.new_zeros(b, H, K, V) if initial_state is None else initial_state
-    gamma = torch.exp(log_gamma.to(q.dtype))[None, :, None, None]  # (1, H, 1, 1)
-    outputs = []
-    for t in range(L):
-        S = gamma * S + k[:, t, :, :, None] * v[:, t, :, None, :]  # (b, H, K, V)
-        outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))  # (b, H, V)
-    return torch.stack(outputs, dim=1), S
+    log_a = log_gamma.to(q.dtype)[None, None, :, None].expand(b, L, H, K)  # (b, L, H, K)
+    return gla_reference(q, k, v, log_a, initial_state)
 
 
 class RetNetMixer(nn.Module):
