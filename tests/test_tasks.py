@@ -302,10 +302,23 @@ def test_number_and_uuid_formats_have_exact_lengths_and_find_their_needle(key, v
 def test_multi_symbol_values_are_scored_all_or_nothing():
     task = _needle(value="number")
     samples = task.generate(40, 3, seed=13)
+    digit0 = task.vocab_size - 16
     predictions = samples.answers.copy()
-    predictions[1, 3] = predictions[1, 3] + 1 if predictions[1, 3] < task.vocab_size - 1 else predictions[1, 3] - 1
-    predictions[2] = predictions[2][::-1] if not (predictions[2] == predictions[2][::-1]).all() else predictions[2] + 1
+    predictions[1, 3] = digit0 + (predictions[1, 3] - digit0 + 1) % 10  # one digit wrong
+    predictions[2] = digit0 + (predictions[2] - digit0 + 1) % 10  # every digit wrong
     assert task.score(samples, predictions).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_exact_match_averages_all_or_nothing_items():
+    from longarch.tasks import exact_match
+
+    answers = np.array([[1, 2, 3, 4], [1, 2, 3, 4]])
+    predictions = np.array([[1, 2, 3, 0], [1, 2, 3, 4]])
+    assert exact_match(answers, predictions).tolist() == [0.75, 1.0]  # items of one symbol
+    assert exact_match(answers, predictions, item_length=2).tolist() == [0.5, 1.0]
+    assert exact_match(answers, predictions, item_length=4).tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="items of 3"):
+        exact_match(answers, predictions, item_length=3)
 
 
 def test_formats_are_validated_and_kept_out_of_default_knobs():

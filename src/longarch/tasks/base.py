@@ -30,10 +30,15 @@ class Samples:
         return self.tokens.shape[1]
 
 
-def exact_match(answers: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-    """Per-sample fraction of answer items reproduced exactly, as RULER's string_match_all
-    averages its all-or-nothing items. answers, predictions: (n, k) -> (n,) in [0, 1]."""
+def exact_match(answers: np.ndarray, predictions: np.ndarray, item_length: int = 1) -> np.ndarray:
+    """Per-sample fraction of answer items reproduced exactly, each item all-or-nothing, as RULER's
+    string_match_all averages them. An item is `item_length` consecutive symbols (a 7-digit
+    number is one item). answers, predictions: (n, k) with k a multiple of item_length -> (n,)."""
     predictions = np.asarray(predictions)
     if predictions.shape != answers.shape:
         raise ValueError(f"predictions have shape {predictions.shape}, answers {answers.shape}")
-    return (predictions == answers).mean(axis=1)
+    n, k = answers.shape
+    if k % item_length:
+        raise ValueError(f"answers of {k} symbols do not split into items of {item_length}")
+    correct = (predictions == answers).reshape(n, k // item_length, item_length)
+    return correct.all(axis=2).mean(axis=1)

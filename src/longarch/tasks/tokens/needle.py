@@ -164,8 +164,8 @@ class NeedleTask:
         return np.broadcast_to(np.resize(pattern, H), (n, H))
 
     def score(self, samples: Samples, predictions: np.ndarray) -> np.ndarray:
-        """1 when every symbol of the value is right, else 0 (one answer item)."""
-        return np.floor(exact_match(samples.answers, predictions))
+        """1 when every symbol of the value is right, else 0: the value is one answer item."""
+        return exact_match(samples.answers, predictions, item_length=self.answer_length)
 
     def symbol(self, token: int) -> str:
         """A readable name for one symbol."""
