@@ -11,29 +11,18 @@ Machines here are shared and noisy: read the ratios, not the absolute figures.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from longarch import models
+from longarch.bench import best_of
 from longarch.mixers.mamba2 import ssd_chunked, ssd_reference
 from longarch.models import forward_in_chunks
 from longarch.train import answer_loss
 
 VOCAB = 50
-
-
-def best_of(repeats: int, fn) -> float:
-    """The fastest of `repeats` timed calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -56,13 +45,13 @@ def main() -> None:
         model = models.build(name, vocab_size=VOCAB, **models.size_to_budget(name, args.params, vocab_size=VOCAB))
         tokens = torch.randint(0, VOCAB, (32, 64))
         answers = torch.randint(0, VOCAB, (32, 1))
-        train_s = best_of(args.repeats, lambda: answer_loss(model, tokens, answers).backward())
+        train_s = best_of(args.repeats, lambda: answer_loss(model, tokens, answers).backward(), warmup=True)
         row = [name, f"{model.num_params():,}", f"{32 * 64 / train_s:,.0f}"]
         model.eval()
         for length in args.lengths:
             batch = max(1, (1 << 15) // length)
             prompt = torch.randint(0, VOCAB, (batch, length))
-            eval_s = best_of(args.repeats, lambda: forward_in_chunks(model, prompt, 1024))
+            eval_s = best_of(args.repeats, lambda: forward_in_chunks(model, prompt, 1024), warmup=True)
             row.append(f"{batch * length / eval_s:,.0f}")
         table.add_row(*row)
     console.print(table)
@@ -75,8 +64,8 @@ def main() -> None:
         log_a = -torch.rand(8, length, 8)
         B, C = torch.randn(8, length, 16), torch.randn(8, length, 16)
         with torch.no_grad():
-            fast = best_of(args.repeats, lambda: ssd_chunked(x, log_a, B, C, 64))
-            slow = best_of(1, lambda: ssd_reference(x, log_a, B, C))
+            fast = best_of(args.repeats, lambda: ssd_chunked(x, log_a, B, C, 64), warmup=True)
+            slow = best_of(1, lambda: ssd_reference(x, log_a, B, C), warmup=True)
         scan.add_row(str(length), f"{fast * 1e3:.1f}", f"{slow * 1e3:.1f}", f"{slow / fast:.1f}x")
     console.print(scan)
 

@@ -118,41 +118,39 @@ def measure(name: str, mode: str, length: int, batch: int, call: Callable[[], No
         return Measurement(name, mode, length, batch, math.nan, None, 0, error="out of memory")
     peak = _vm_kib("VmHWM")
     peak_bytes = None if base is None or peak is None else max(0, peak - base) * 1024
-    times = [first]
-    if first < slow_after_s:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
     # The counted first call is slower (the counter intercepts every op); keep it only if alone.
-    seconds = min(times[1:]) if len(times) > 1 else first
+    seconds = best_of(repeats, call) if first < slow_after_s else first
     return Measurement(name, mode, length, batch, seconds, peak_bytes, counter.get_total_flops())
+
+
+def best_of(repeats: int, call: Callable[[], object], warmup: bool = False) -> float:
+    """The fastest of `repeats` timed calls, in seconds, after one untimed call if `warmup`."""
+    if warmup:
+        call()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
     """This machine's fp32 matmul FLOP/s with the threads torch uses: best of `repeats`."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+    return 2 * n ** 3 / best_of(repeats, lambda: a @ b, warmup=True)
 
 
-def _calls(module_call: Callable[[], torch.Tensor], modules: list[torch.nn.Module], mode: str) -> Callable[[], None]:
-    """A call that runs the forward (and backward) of `module_call`."""
+def _calls(module_call: Callable[[], torch.Tensor], module: torch.nn.Module, mode: str) -> Callable[[], None]:
+    """A call that runs the forward (and backward) of `module_call`, which runs `module`."""
     def forward():
-        for module in modules:
-            module.eval()
+        module.eval()
         with torch.no_grad():
             module_call()
 
     def forward_backward():
-        for module in modules:
-            module.train()
-            module.zero_grad(set_to_none=True)
+        module.train()
+        module.zero_grad(set_to_none=True)
         module_call().float().square().mean().backward()
 
     return forward if mode == "fwd" else forward_backward
@@ -169,7 +167,7 @@ def bench_architecture(name: str, d_model: int, length: int, batch: int, mode: s
     torch.manual_seed(0)
     model = models.build(name, d_model=d_model, vocab_size=vocab_size)
     tokens = torch.randint(0, vocab_size, (batch, length))
-    call = _calls(lambda: model(tokens)[0], [model], mode)
+    call = _calls(lambda: model(tokens)[0], model, mode)
     return measure(name, mode, length, batch, call, repeats)
 
 
@@ -245,7 +243,7 @@ def bench_layer_pair(layer: str, d_model: int, length: int, batch: int, mode: st
     x = torch.randn(batch, length, d_model)
     results = []
     for label, module, call in ((f"{layer} (longarch)", ours, our_call), (f"{layer} (transformers)", theirs, their_call)):
-        results.append(measure(label, mode, length, batch, _calls(lambda: call(x), [module], mode), repeats))
+        results.append(measure(label, mode, length, batch, _calls(lambda: call(x), module, mode), repeats))
     return results[0], results[1]
 
 
