@@ -90,6 +90,15 @@ def test_quick_evaluates_to_at_least_32_times_the_training_length():
     assert all(b == 2 * a for a, b in zip(lengths, lengths[1:]))  # a doubling ladder
 
 
+def test_quick_compares_the_trained_noise_haystack_with_text():
+    study = load_study("quick")
+    [(trained, _)] = study.train_tasks()
+    evaluated = dict(study.eval_tasks())
+    assert trained.haystack == "noise" and set(evaluated) == {"noise", "text"}
+    assert evaluated["noise"] == trained  # the noise evaluation is the training distribution
+    assert evaluated["text"].haystack == "text" and evaluated["text"].vocab_size == trained.vocab_size
+
+
 def test_overrides_replace_top_level_keys():
     study = load_study("smoke", {"seeds": [3, 4]})
     assert study.seeds == [3, 4]
@@ -155,6 +164,21 @@ MALFORMED = [
      ["transformer", "twice"]),
     ("duplicate-explicit-names", _set("models", ["mamba2", {"arch": "transformer", "name": "mamba2"}]),
      ["mamba2", "twice"]),
+    ("empty-mixture", _set("train.tasks", []), ["train.tasks", "empty"]),
+    ("mixture-weight-zero", _set("train.tasks", [{"name": "needle", "weight": 0}]), ["train.tasks.0.weight"]),
+    ("mixture-unknown-key", _set("train.tasks", [{"name": "needle", "wieght": 2}]), ["unknown key", "wieght"]),
+    ("mixture-task-below-minimum", _set("train.tasks", [{"name": "needle", "knobs": {"value": "uuid"}}]),
+     ["training length 16", "minimum 36"]),
+    ("empty-eval-tasks", _set("eval.tasks", []), ["eval.tasks", "empty"]),
+    ("unknown-eval-task", _set("eval.tasks", [{"name": "neddle"}]), ["neddle", "did you mean 'needle'"]),
+    ("bad-eval-task-knob", _set("eval.tasks", [{"name": "needle", "knobs": {"haystack": "essay"}}]),
+     ["haystack", "essay"]),
+    ("repeated-eval-labels", _set("eval.tasks", [{"name": "needle", "label": "a"},
+                                                 {"name": "needle", "label": "a", "knobs": {"haystack": "text"}}]),
+     ["'a'", "distinct labels"]),
+    ("missing-eval-corpus", _set("eval.tasks", [{"name": "needle", "knobs": {"haystack": "text",
+                                                                             "corpus": "/no/such/corpus.txt"}}]),
+     ["/no/such/corpus.txt", "does not exist"]),
     ("invalid-yaml", "name: [tiny\ntrain: {length: 16}\n", ["not valid YAML"]),
     ("invalid-yaml-indent", "name: tiny\n  train: 3\n", ["not valid YAML", "line 2"]),
     ("yaml-list", "- transformer\n- mamba2\n", ["mapping"]),
@@ -194,3 +218,45 @@ def test_unknown_preset_is_a_config_error():
 def test_bad_override_is_a_config_error():
     with pytest.raises(ConfigError, match="params"):
         load_study("smoke", {"params": -5})
+
+
+# ---------------------------------------------------------------- training and evaluation tasks
+
+
+def test_one_task_trains_and_evaluates_by_default(tmp_path):
+    study = load_study(str(_write(tmp_path, VALID)))
+    [(trained, weight)] = study.train_tasks()
+    [(label, evaluated)] = study.eval_tasks()
+    assert trained == evaluated == study.make_task() and weight == 1.0 and label == "needle"
+
+
+def test_eval_tasks_get_labels_from_the_knobs_that_differ(tmp_path):
+    data = _changed(_set("eval.tasks", [{"name": "needle", "knobs": {"haystack": "noise"}},
+                                        {"name": "needle", "knobs": {"haystack": "text", "value": "number"}},
+                                        {"name": "needle", "label": "mine", "knobs": {"haystack": "random"}}]))
+    study = load_study(str(_write(tmp_path, data)))
+    labels = [label for label, _ in study.eval_tasks()]
+    assert labels == ["needle haystack=noise value=symbol", "needle haystack=text value=number", "mine"]
+    # digits appear only in the number format: the models are built with the largest vocabulary
+    assert study.vocab_size() == max(t.vocab_size for _, t in study.eval_tasks()) > study.make_task().vocab_size
+
+
+def test_a_mixture_is_validated_and_weighted(tmp_path):
+    data = _changed(_set("train.tasks", [{"name": "needle", "weight": 3},
+                                         {"name": "needle", "knobs": {"haystack": "text"}}]))
+    study = load_study(str(_write(tmp_path, data)))
+    assert [w for _, w in study.train_tasks()] == [3.0, 1.0]
+    assert [t.haystack for t, _ in study.train_tasks()] == ["noise", "text"]
+
+
+def test_corpus_option_reaches_every_text_task(tmp_path):
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("the cat sat on the mat and the dog sat on the log " * 20, encoding="utf-8")
+    data = _changed(_set("eval.tasks", [{"name": "needle"}, {"name": "needle", "knobs": {"haystack": "text"}}]))
+    study = load_study(str(_write(tmp_path, data)), corpus=str(corpus))
+    knobs = [t.knobs for _, t in study.eval_tasks()]
+    assert "corpus" not in knobs[0] and knobs[1]["corpus"] == str(corpus)
+    with pytest.raises(ConfigError, match="no task of the study has haystack: text"):
+        load_study(str(_write(tmp_path, VALID)), corpus=str(corpus))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_study(str(_write(tmp_path, data)), corpus=str(tmp_path / "absent.txt"))

@@ -55,12 +55,13 @@ def parse_knobs(pairs: list[str]) -> dict:
 @app.command()
 @clean_errors
 def run(study: Annotated[str, typer.Argument(help="a preset name (quick, smoke) or a study YAML file")] = "quick",
-        out: Annotated[Optional[Path], typer.Option(help="output directory [default: runs/<study>]")] = None):
+        out: Annotated[Optional[Path], typer.Option(help="output directory [default: runs/<study>]")] = None,
+        corpus: Annotated[Optional[Path], typer.Option(help="UTF-8 text for every `haystack: text` task [default: Python's help topics]")] = None):
     """Train and evaluate a study; rerunning it continues where it stopped."""
     from .config import load_study
     from .runner import run_study
 
-    loaded = load_study(study)
+    loaded = load_study(study, corpus=None if corpus is None else str(corpus))
     target = out or Path("runs") / loaded.name
     try:
         run_study(loaded, target, console, command="longarch " + " ".join(sys.argv[1:]))
@@ -125,19 +126,23 @@ def sample(task: Annotated[str, typer.Argument(help="task name (see `longarch ta
            length: Annotated[int, typer.Option(help="total length in symbols")],
            depth: Annotated[Optional[float], typer.Option(help="needle depth in percent [default: random]")] = None,
            seed: Annotated[int, typer.Option()] = 0,
-           knob: Annotated[Optional[list[str]], typer.Option(help="task knob KEY=VALUE, repeatable")] = None):
-    """Print one generated sample readably."""
+           knob: Annotated[Optional[list[str]], typer.Option(help="task knob KEY=VALUE, repeatable")] = None,
+           corpus: Annotated[Optional[Path], typer.Option(help="UTF-8 text for a text haystack (sets the corpus knob)")] = None):
+    """Print one generated sample readably; the symbols where an answer is due are highlighted."""
     from . import tasks
 
-    chosen = tasks.get(task, **parse_knobs(knob or []))
+    knobs = parse_knobs(knob or [])
+    if corpus is not None:
+        knobs["corpus"] = str(corpus)
+    chosen = tasks.get(task, **knobs)
     samples = chosen.generate(length=length, n=1, seed=seed, depth=depth)
     symbols = [chosen.symbol(int(t)) for t in samples.tokens[0]]
-    position = int(samples.meta["needle_position"][0]) if "needle_position" in samples.meta else None
-    shown = [f"[bold reverse]{s}[/]" if position is not None and i in (position, position + 1) else s
-             for i, s in enumerate(symbols)]
+    marked = set() if samples.answer_positions is None else {int(i) for i in samples.answer_positions[0]}
+    shown = [f"[bold reverse]{s}[/]" if i in marked else s for i, s in enumerate(symbols)]
     console.print(f"[bold]{task}[/bold] length={samples.length} seed={seed} knobs={chosen.knobs}")
     for key, values in samples.meta.items():
-        console.print(f"  {key}: {values[0]:g}" if isinstance(values[0], float) else f"  {key}: {values[0]}")
+        value = values[0]
+        console.print(f"  {key}: {value:g}" if isinstance(value, float) else f"  {key}: {value}", markup=False)
     console.print(" ".join(shown))
     console.print("answer: " + " ".join(chosen.symbol(int(t)) for t in samples.answers[0]))
 

@@ -1,6 +1,9 @@
 """Study configuration: YAML in, validated objects out.
 
 A study is data: which architectures, which task, one training recipe, one evaluation grid.
+`task` is the task trained on and evaluated; `train.tasks` (a weighted mixture) and
+`eval.tasks` (several tasks or formats, each with a label) replace it on either side, so
+"train on a noise haystack, evaluate on noise and on text" is one `eval.tasks` list.
 Every key is checked against the schema (a typo is an error naming the key, never a silent
 default), and values are checked against what the task and the registry accept before any
 work starts.
@@ -8,6 +11,7 @@ work starts.
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,17 @@ class TaskConfig(Strict):
     name: str = "needle"
     knobs: dict[str, Any] = Field(default_factory=dict)
 
+    def make(self):
+        return tasks.get(self.name, **self.knobs)
+
+
+class TrainTask(TaskConfig):
+    weight: float = Field(1.0, gt=0, description="relative share of training steps")
+
+
+class EvalTask(TaskConfig):
+    label: str | None = Field(None, description="its name in tables and plots; default: name and the knobs that differ")
+
 
 class ModelEntry(Strict):
     arch: str
@@ -50,6 +65,14 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.1, ge=0)
     warmup: int = Field(50, ge=0)
     eval_samples: int = Field(200, ge=1)
+    tasks: list[TrainTask] | None = Field(None, description="a weighted mixture to train on instead of `task`")
+
+    @field_validator("tasks")
+    @classmethod
+    def _some_tasks(cls, value):
+        if value is not None and not value:
+            raise ValueError("train.tasks is empty")
+        return value
 
 
 class EvalConfig(Strict):
@@ -59,6 +82,14 @@ class EvalConfig(Strict):
     samples: int = Field(100, ge=1, description="samples per (length, depth) cell")
     chunk: int = Field(1024, ge=1, description="tokens fed per forward call at evaluation")
     seed: int = 1234
+    tasks: list[EvalTask] | None = Field(None, description="tasks or formats to evaluate instead of `task`")
+
+    @field_validator("tasks")
+    @classmethod
+    def _some_tasks(cls, value):
+        if value is not None and not value:
+            raise ValueError("eval.tasks is empty")
+        return value
 
     @field_validator("depths")
     @classmethod
@@ -115,7 +146,42 @@ class Study(Strict):
         return lengths
 
     def make_task(self):
-        return tasks.get(self.task.name, **self.task.knobs)
+        return self.task.make()
+
+    def train_tasks(self) -> list[tuple[object, float]]:
+        """(task, weight) for each task trained on."""
+        if self.train.tasks is None:
+            return [(self.task.make(), 1.0)]
+        return [(entry.make(), entry.weight) for entry in self.train.tasks]
+
+    def eval_tasks(self) -> list[tuple[str, object]]:
+        """(label, task) for each task evaluated. A default label is the task's name, plus
+        the knobs whose values differ between evaluated tasks of that name."""
+        entries = self.eval.tasks or [EvalTask(name=self.task.name, knobs=self.task.knobs)]
+        made = [entry.make() for entry in entries]
+        labels = []
+        for entry, task in zip(entries, made):
+            if entry.label is not None:
+                labels.append(entry.label)
+                continue
+            same_name = [t for t in made if t.name == task.name]
+            differing = [f.name for f in dataclasses.fields(task)
+                         if any(getattr(other, f.name) != getattr(task, f.name) for other in same_name)]
+            labels.append(" ".join([task.name] + [f"{k}={_short(getattr(task, k))}" for k in differing]))
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if repeated:
+            raise ValueError(f"eval.tasks: two tasks are labelled {repeated[0]!r}; give them distinct labels")
+        return list(zip(labels, made))
+
+    def vocab_size(self) -> int:
+        """Symbols every task of the study needs: models are built with the largest."""
+        return max(task.vocab_size for task in [t for t, _ in self.train_tasks()] + [t for _, t in self.eval_tasks()])
+
+
+def _short(value) -> str:
+    """A knob value for a label: a corpus file by its name."""
+    text = str(value)
+    return Path(text).name if isinstance(value, str) and ("/" in text or "\\" in text) else text
 
 
 def preset_names() -> list[str]:
@@ -153,30 +219,54 @@ def _one_line(error: ValidationError, origin: str) -> str:
     return f"{origin}: {where}: {message}" if where else f"{origin}: {message}"
 
 
-def load_study(source: str, overrides: dict | None = None) -> Study:
-    """Load a preset name or a YAML path, validate it fully, and return the Study."""
+def load_study(source: str, overrides: dict | None = None, corpus: str | None = None) -> Study:
+    """Load a preset name or a YAML path, validate it fully, and return the Study. `corpus`: a
+    text file read by every task of the study whose haystack is `text` (the CLI's --corpus)."""
     data, origin = _read_yaml(source)
     data.update(overrides or {})
     try:
         study = Study.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_one_line(error, origin)) from None
+    if corpus is not None:
+        study = with_corpus(study, corpus, origin)
     check(study, origin)
+    return study
+
+
+def with_corpus(study: Study, corpus: str, origin: str) -> Study:
+    """The study with `corpus` set on each task that reads text (knob haystack: text)."""
+    if not Path(corpus).is_file():
+        raise ConfigError(f"corpus file {corpus} does not exist")
+    study = study.model_copy(deep=True)
+    entries = [study.task, *(study.train.tasks or []), *(study.eval.tasks or [])]
+    reading = [entry for entry in entries if entry.knobs.get("haystack") == "text"]
+    if not reading:
+        raise ConfigError(f"{origin}: --corpus is given but no task of the study has haystack: text")
+    for entry in reading:
+        entry.knobs["corpus"] = str(corpus)
     return study
 
 
 def check(study: Study, origin: str) -> None:
     """Reject what the schema cannot see: unknown names, impossible lengths and budgets."""
     try:
-        task = study.make_task()
-    except (ValueError, TypeError) as error:
+        trained = [task for task, _ in study.train_tasks()]
+        evaluated = [task for _, task in study.eval_tasks()]
+    except (ValueError, TypeError, OSError) as error:
         raise ConfigError(f"{origin}: task: {error}") from None
-    too_short = [n for n in [study.train.length, *study.eval_lengths()] if n < task.min_length]
-    if too_short:
-        raise ConfigError(f"{origin}: length {too_short[0]} is below the {task.name} task's minimum {task.min_length}")
+    for task in trained:
+        if study.train.length < task.min_length:
+            raise ConfigError(f"{origin}: training length {study.train.length} is below the {task.name} task's "
+                              f"minimum {task.min_length}")
+    for task in evaluated:
+        too_short = [n for n in study.eval_lengths() if n < task.min_length]
+        if too_short:
+            raise ConfigError(f"{origin}: length {too_short[0]} is below the {task.name} task's minimum {task.min_length}")
+    vocab_size = study.vocab_size()
     for entry in study.models:
         try:
-            resolve_overrides(study, entry, task.vocab_size)
+            resolve_overrides(study, entry, vocab_size)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{origin}: model {entry.label!r}: {error}") from None
 

@@ -2,7 +2,8 @@
 
 Prompts are fed `chunk` tokens at a time through the model's state, so a recurrent model's
 memory does not grow with the length; then the answer is decoded greedily one symbol at a
-time from that state.
+time from that state. A task whose answers sit inside the sequence (`answer_positions`) is
+read off the logits at those positions in the same chunked pass.
 
 Given the training length T, a model that scales its positions with the length (RoPE PI, NTK,
 YaRN) is set for the prompt length L, s = max(1, L / T), for the whole of each sequence,
@@ -56,8 +57,43 @@ def _greedy(model: LanguageModel, tokens: np.ndarray, answer_length: int, chunk:
     return out
 
 
+@torch.no_grad()
+def predict_at(model: LanguageModel, tokens: np.ndarray, positions: np.ndarray, chunk: int = 1024,
+               tokens_per_batch: int = TOKENS_PER_BATCH, train_length: int | None = None) -> np.ndarray:
+    """The greedy symbol predicted at given positions of each row, in one pass over the
+    tokens (fed `chunk` at a time): tokens (n, L), positions (n, k) -> (n, k)."""
+    model.eval()
+    n, length = tokens.shape
+    if train_length is not None:
+        model.set_context(train_length, length)
+    try:
+        device = next(model.parameters()).device
+        batch = max(1, tokens_per_batch // length)
+        out = np.zeros(positions.shape, dtype=np.int64)
+        for first in range(0, n, batch):
+            x = torch.from_numpy(tokens[first:first + batch]).to(device)  # (b, L)
+            wanted = positions[first:first + batch]  # (b, k)
+            found = np.zeros(wanted.shape, dtype=np.int64)
+            state = None
+            for start in range(0, length, chunk):
+                logits, state = model(x[:, start:start + chunk], state)  # (b, c, V)
+                inside = (wanted >= start) & (wanted < start + logits.shape[1])  # (b, k)
+                if inside.any():
+                    rows, cols = np.nonzero(inside)
+                    symbols = logits[torch.from_numpy(rows), torch.from_numpy(wanted[rows, cols] - start)].argmax(-1)
+                    found[rows, cols] = symbols.cpu().numpy()
+            out[first:first + batch] = found
+        return out
+    finally:
+        if train_length is not None:
+            model.set_context(train_length, train_length)
+
+
 def evaluate_samples(model: LanguageModel, task, samples: Samples, chunk: int = 1024,
                      train_length: int | None = None) -> np.ndarray:
     """Per-sample scores in [0, 1]."""
-    predictions = predict(model, samples.tokens, samples.answers.shape[1], chunk, train_length=train_length)
+    if samples.answer_positions is not None:
+        predictions = predict_at(model, samples.tokens, samples.answer_positions, chunk, train_length=train_length)
+    else:
+        predictions = predict(model, samples.tokens, samples.answers.shape[1], chunk, train_length=train_length)
     return task.score(samples, predictions)

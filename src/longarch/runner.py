@@ -1,7 +1,7 @@
 """Run a study: plan its cells, train what is not trained, evaluate what is not stored.
 
 A study expands into training cells (architecture x seed) and evaluation cells (trained model
-x length x depth). Each has a content-addressed id: the hash of everything that determines its
+x evaluated task x length x depth; a task without a needle depth has one cell per length). Each has a content-addressed id: the hash of everything that determines its
 result. A cell whose id is already in the store is skipped, so an interrupted run continues
 where it stopped and a finished one is not recomputed.
 """
@@ -28,7 +28,7 @@ from . import models
 from .config import Study, resolve_overrides
 from .evaluate import evaluate_samples
 from .store import ModelRow, ResultRow, Store
-from .train import TrainSpec, load_checkpoint, save_checkpoint, train
+from .train import Mixture, TrainSpec, load_checkpoint, save_checkpoint, train
 
 
 def content_id(payload: dict) -> str:
@@ -49,35 +49,50 @@ class ModelPlan:
 @dataclass
 class EvalCell:
     model: ModelPlan
+    label: str  # the evaluated task's label
+    task: object
     length: int
-    depth: float
+    depth: float | None  # None: the task has no needle depth (or draws it at random)
     cell_id: str
+
+
+def task_id(task) -> dict:
+    return {"name": task.name, "knobs": task.knobs, "version": task.version}
+
+
+def training_task(study: Study):
+    """The task trained on: the one task, or a `Mixture`."""
+    pairs = study.train_tasks()
+    return pairs[0][0] if len(pairs) == 1 else Mixture([t for t, _ in pairs], [w for _, w in pairs])
 
 
 def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
     """Every model to train and every cell to evaluate, with their ids."""
-    task = study.make_task()
-    task_id = {"name": task.name, "knobs": task.knobs, "version": task.version}
-    spec = TrainSpec(**study.train.model_dump())
+    pairs = study.train_tasks()
+    # one task keeps the id it had before mixtures existed, so stored results are found again
+    trained_on = task_id(pairs[0][0]) if len(pairs) == 1 else [[task_id(t), w] for t, w in pairs]
+    vocab_size = study.vocab_size()
+    spec = TrainSpec(**study.train.model_dump(exclude={"tasks"}))
     model_plans, cells = [], []
     for entry in study.models:
-        config = models.config(entry.arch, vocab_size=task.vocab_size,
-                               **resolve_overrides(study, entry, task.vocab_size))
+        config = models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(study, entry, vocab_size))
         for seed in study.seeds:
-            model_id = content_id({"model": config.to_dict(), "train": spec.to_dict(), "task": task_id, "seed": seed})
+            model_id = content_id({"model": config.to_dict(), "train": spec.to_dict(), "task": trained_on, "seed": seed})
             model_plans.append(ModelPlan(entry.label, entry.arch, seed, config, spec, model_id))
     for model_plan in model_plans:
-        for length in study.eval_lengths():
-            for depth in study.eval.depths:
-                cell_id = content_id({"model_id": model_plan.model_id, "task": task_id, "length": length,
-                                      "depth": depth, "n": study.eval.samples, "seed": study.eval.seed})
-                cells.append(EvalCell(model_plan, length, depth, cell_id))
+        for label, task in study.eval_tasks():
+            for length in study.eval_lengths():
+                for depth in study.eval.depths if task.uses_depth else [None]:
+                    cell_id = content_id({"model_id": model_plan.model_id, "task": task_id(task), "length": length,
+                                          "depth": depth, "n": study.eval.samples, "seed": study.eval.seed})
+                    cells.append(EvalCell(model_plan, label, task, length, depth, cell_id))
     return model_plans, cells
 
 
-def eval_seed(base: int, length: int, depth: float) -> int:
+def eval_seed(base: int, length: int, depth: float | None) -> int:
     """The same samples for every model at a given (length, depth): comparisons are paired."""
-    return int(np.random.SeedSequence([base, length, int(round(depth * 1000))]).generate_state(1)[0])
+    depth_part = 10**9 if depth is None else int(round(depth * 1000))
+    return int(np.random.SeedSequence([base, length, depth_part]).generate_state(1)[0])
 
 
 def provenance(command: str) -> dict:
@@ -143,7 +158,7 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
     console = console or Console()
     torch.set_flush_denormal(True)
     out.mkdir(parents=True, exist_ok=True)
-    task = study.make_task()
+    task = training_task(study)
     model_plans, cells = plan(study)
     with Store(out / "results.sqlite") as store:
         store.set_meta("name", study.name)
@@ -151,6 +166,7 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
         store.set_meta("planned_cells", len(cells))
         store.set_meta("planned_lengths", study.eval_lengths())
         store.set_meta("planned_depths", study.eval.depths)
+        store.set_meta("planned_tasks", [label for label, _ in study.eval_tasks()])
         for key, value in provenance(command or shlex.join(sys.argv)).items():
             store.set_meta(key, value)
         done = store.cell_ids()
@@ -163,16 +179,17 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
             bar = progress.add_task("evaluate", total=len(todo), info="")
             for cell in todo:
                 start = time.perf_counter()
-                samples = task.generate(length=cell.length, n=study.eval.samples,
-                                        seed=eval_seed(study.eval.seed, cell.length, cell.depth), depth=cell.depth)
-                scores = evaluate_samples(trained[cell.model.model_id], task, samples, chunk=study.eval.chunk,
+                samples = cell.task.generate(length=cell.length, n=study.eval.samples,
+                                             seed=eval_seed(study.eval.seed, cell.length, cell.depth), depth=cell.depth)
+                scores = evaluate_samples(trained[cell.model.model_id], cell.task, samples, chunk=study.eval.chunk,
                                           train_length=study.train.length)
                 store.put_result(ResultRow(
-                    cell_id=cell.cell_id, model_id=cell.model.model_id, model=cell.model.label, task=task.name,
-                    knobs=task.knobs, length=cell.length, depth=cell.depth, seed=cell.model.seed,
-                    n=len(scores), accuracy=float(scores.mean()), scores=[float(s) for s in scores],
-                    seconds=time.perf_counter() - start))
-                progress.update(bar, advance=1, info=f"{cell.model.label} L={cell.length} d={cell.depth:g}")
+                    cell_id=cell.cell_id, model_id=cell.model.model_id, model=cell.model.label, task=cell.task.name,
+                    label=cell.label, knobs=cell.task.knobs, length=cell.length, depth=cell.depth,
+                    seed=cell.model.seed, n=len(scores), accuracy=float(scores.mean()),
+                    scores=[float(s) for s in scores], seconds=time.perf_counter() - start))
+                depth = "" if cell.depth is None else f" d={cell.depth:g}"
+                progress.update(bar, advance=1, info=f"{cell.model.label} {cell.label} L={cell.length}{depth}")
     paths = build_report(out)
     console.print(summary_table(out))
     console.print(f"report: {paths['md']}  and  {paths['html']}")

@@ -5,7 +5,9 @@ Tables
 - models:  one row per trained model (architecture x seed): family, parameters, state size,
            training length and accuracy, checkpoint path
 - results: one row per evaluated cell (model x task x length x depth): n, accuracy and the
-           per-sample scores (so intervals can be recomputed from the store alone)
+           per-sample scores (so intervals can be recomputed from the store alone). `label`
+           names the evaluated task or format ("needle haystack=text"); `depth` is NULL for a
+           task without a needle depth.
 
 Every write is one transaction, so a crash leaves either the whole row or none of it; rows
 are keyed by content-addressed ids, so a rerun recognises what is already stored.
@@ -44,9 +46,10 @@ CREATE TABLE IF NOT EXISTS results (
     model_id  TEXT NOT NULL REFERENCES models(model_id),
     model     TEXT NOT NULL,
     task      TEXT NOT NULL,
+    label     TEXT NOT NULL,           -- the evaluated task's label in tables and plots
     knobs     TEXT NOT NULL,           -- JSON
     length    INTEGER NOT NULL,
-    depth     REAL NOT NULL,
+    depth     REAL,                    -- percent; NULL when the task has no needle depth
     seed      INTEGER NOT NULL,
     n         INTEGER NOT NULL,
     accuracy  REAL NOT NULL,           -- mean per-sample score, in [0, 1]
@@ -82,12 +85,13 @@ class ResultRow:
     task: str
     knobs: dict
     length: int
-    depth: float
+    depth: float | None
     seed: int
     n: int
     accuracy: float
     scores: list[float]
     seconds: float
+    label: str = ""  # empty: the task's name
 
 
 class Store:
@@ -97,6 +101,11 @@ class Store:
         self.db = sqlite3.connect(self.path, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+        if "label" not in columns:  # a store written before labels: each row's label is its task
+            with self.db:
+                self.db.execute("ALTER TABLE results ADD COLUMN label TEXT NOT NULL DEFAULT ''")
+                self.db.execute("UPDATE results SET label = task")
 
     def close(self) -> None:
         self.db.close()
@@ -138,7 +147,8 @@ class Store:
 
     # results --------------------------------------------------------------------------------
     def put_result(self, row: ResultRow) -> None:
-        values = {**row.__dict__, "knobs": json.dumps(row.knobs, sort_keys=True), "scores": json.dumps(row.scores)}
+        values = {**row.__dict__, "label": row.label or row.task, "knobs": json.dumps(row.knobs, sort_keys=True),
+                  "scores": json.dumps(row.scores)}
         with self.db:
             self.db.execute(f"INSERT OR REPLACE INTO results ({', '.join(values)}) "
                             f"VALUES ({', '.join('?' * len(values))})", list(values.values()))
@@ -147,7 +157,7 @@ class Store:
         return {r[0] for r in self.db.execute("SELECT cell_id FROM results")}
 
     def results(self) -> list[ResultRow]:
-        cursor = self.db.execute("SELECT * FROM results ORDER BY model, length, depth")
+        cursor = self.db.execute("SELECT * FROM results ORDER BY model, label, length, depth")
         columns = [c[0] for c in cursor.description]
         rows = [dict(zip(columns, r)) for r in cursor]
         return [ResultRow(**{**r, "knobs": json.loads(r["knobs"]), "scores": json.loads(r["scores"])}) for r in rows]

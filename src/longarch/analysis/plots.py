@@ -98,6 +98,50 @@ def plot_accuracy_vs_length(curves: Mapping[str, Sequence[LengthPoint]], train_l
     return _save(fig, stem)
 
 
+def plot_task_comparison(task_curves: Mapping[str, Mapping[str, Sequence[LengthPoint]]],
+                         train_lengths: Mapping[str, int], stem: Path, title: str) -> list[Path]:
+    """One panel per model, one line per evaluated task (format) with its 95% band: accuracy (%)
+    against context length on a log2 axis, the training length dashed. `task_curves` maps a task
+    label to {model: points}."""
+    models = list(train_lengths)
+    columns = min(3, max(1, len(models)))
+    rows = -(-len(models) // columns) if models else 1
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False, sharey=True)
+    colours = plt.get_cmap("tab10")
+    for index, model in enumerate(models):
+        ax = axes[index // columns][index % columns]
+        ticks = {int(train_lengths[model])}
+        for i, (task, curves) in enumerate(task_curves.items()):
+            points = curves.get(model) or []
+            if not points:
+                continue
+            x = np.array([p.length for p in points])
+            ticks |= set(int(v) for v in x)
+            ax.plot(x, 100 * np.array([p.accuracy for p in points]), marker="o", markersize=3.5,
+                    color=colours(i % 10), label=task)
+            ax.fill_between(x, 100 * np.array([p.low for p in points]), 100 * np.array([p.high for p in points]),
+                            color=colours(i % 10), alpha=0.18, linewidth=0)
+        ax.axvline(train_lengths[model], color="dimgray", linestyle="--", linewidth=1.1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(ticks), [format_length(t) for t in sorted(ticks)], fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_ylim(0, 100)
+        ax.set_title(model, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        if index % columns == 0:
+            ax.set_ylabel("accuracy (%)")
+    for index in range(len(models), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, -0.02), fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.supxlabel("context length (tokens, log scale; dashed: training length)", fontsize=9, y=0.06)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return _save(fig, stem)
+
+
 def plot_heatmap(accuracy: Mapping[tuple[int, float], float], lengths: Sequence[int], depths: Sequence[float],
                  train_length: int | None, stem: Path, title: str) -> list[Path]:
     """The needle-in-a-haystack map of one model: context length across (categorical), needle

@@ -34,12 +34,14 @@ class StudyData:
 
     meta: dict
     models: list[ModelSummary]
-    cells: dict[tuple[str, str, int, float], Cell]
-    stored_cells: int                  # result rows in the store (model x seed x length x depth)
+    cells: dict[tuple[str, str, int, float | None], Cell]
+    stored_cells: int                  # result rows in the store (model x seed x task x length x depth)
     threshold: float                   # minimum training accuracy to count as having learned the task
     lengths: list[int]                 # evaluated or planned lengths
-    depths: list[float]
-    curves: dict[str, list[LengthPoint]]
+    depths: list[float]                # needle depths (tasks without one have none)
+    curves: dict[str, list[LengthPoint]]  # per model, pooled over tasks
+    tasks: list[str]                   # evaluated task labels, in the study's order
+    task_curves: dict[str, dict[str, list[LengthPoint]]]  # task label -> model -> curve
 
     @property
     def name(self) -> str:
@@ -80,9 +82,13 @@ def load(out_dir: Path) -> StudyData:
     cells = collect_cells(results)
     # The runner records the planned grid, so cells not yet evaluated still show as missing.
     lengths = sorted({c.length for c in cells.values()} | {int(x) for x in meta.get("planned_lengths") or []})
-    depths = sorted({c.depth for c in cells.values()} | {float(d) for d in meta.get("planned_depths") or []})
+    depths = sorted({c.depth for c in cells.values() if c.depth is not None}
+                    | {float(d) for d in meta.get("planned_depths") or []})
     curves = {m.name: accuracy_by_length(cells.values(), m.name) for m in models}
-    return StudyData(meta, models, cells, len(results), float(threshold), lengths, depths, curves)
+    planned = [str(t) for t in meta.get("planned_tasks") or []]
+    tasks = planned + sorted({c.task for c in cells.values()} - set(planned))
+    task_curves = {t: {m.name: accuracy_by_length(cells.values(), m.name, task=t) for m in models} for t in tasks}
+    return StudyData(meta, models, cells, len(results), float(threshold), lengths, depths, curves, tasks, task_curves)
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +103,7 @@ def build_summary(data: StudyData) -> dict:
     models = []
     for model in data.models:
         cells = sorted((c for c in data.cells.values() if c.model == model.name),
-                       key=lambda c: (c.task, c.length, c.depth))
+                       key=lambda c: (c.task, c.length, -1.0 if c.depth is None else c.depth))
         scores = []
         for cell in cells:
             _, low, high = mean_ci(cell.scores)
@@ -151,14 +157,57 @@ def _slug(name: str) -> str:
 # --------------------------------------------------------------------------------------------
 # the report as blocks
 # --------------------------------------------------------------------------------------------
-# A block is a tuple: ("h1"|"h2"|"p"|"warn", text), ("table", headers, rows),
+# A block is a tuple: ("h1"|"h2"|"h3"|"p"|"warn", text), ("table", headers, rows),
 # ("figure", relative path, caption) or ("code", text, language).
 Block = tuple
 
 
+def _trained_on(config: dict, data: StudyData) -> str:
+    """The training task in words: `name` with its knobs, or a weighted mixture."""
+    def one(entry: dict) -> str:
+        knobs = ", ".join(f"{k}={v}" for k, v in (entry.get("knobs") or {}).items())
+        return f"`{entry.get('name', '?')}`" + (f" ({knobs})" if knobs else "")
+
+    mixture = (config.get("train") or {}).get("tasks")
+    if mixture:
+        return "a mixture of " + ", ".join(f"{one(e)} with weight {e.get('weight', 1):g}" for e in mixture)
+    if config.get("task"):
+        return one(config["task"])
+    return ", ".join(f"`{t}`" for t in data.tasks) or "?"
+
+
+def _length_table(data: StudyData, curves: dict[str, list[LengthPoint]], unsolved: set[str]) -> Block:
+    headers = ["model"] + [_length_header(x, data.train_lengths) for x in data.lengths]
+    rows = []
+    for model in data.models:
+        points = {p.length: p for p in curves[model.name]}
+        cells = [f"{_percent(p.accuracy)} [{_percent(p.low)}, {_percent(p.high)}]" if (p := points.get(x)) else MISSING
+                 for x in data.lengths]
+        rows.append([model.name + (" (did not learn)" if model.name in unsolved else "")] + cells)
+    return ("table", headers, rows)
+
+
+def _comparison_table(data: StudyData) -> Block:
+    """Each model on each evaluated task at its training length and at the longest length."""
+    longest = max(data.lengths)
+    headers = ["model"]
+    for task in data.tasks:
+        headers += [f"{task} at T", f"{task} at {plots.format_length(longest)}"]
+    rows = []
+    for model in data.models:
+        row = [model.name]
+        for task in data.tasks:
+            points = {p.length: p for p in data.task_curves[task][model.name]}
+            for length in (model.train_length, longest):
+                p = points.get(length)
+                row.append(f"{_percent(p.accuracy)} [{_percent(p.low)}, {_percent(p.high)}]" if p else MISSING)
+        rows.append(row)
+    return ("table", headers, rows)
+
+
 def _blocks(data: StudyData, figures: dict[str, str]) -> list[Block]:
     config, unsolved = data.config, {m.name for m in data.unsolved()}
-    task = (config.get("task") or {}).get("name") or ", ".join(sorted({c.task for c in data.cells.values()})) or "?"
+    task = _trained_on(config, data)
     train_lengths = data.train_lengths
     t_text = ", ".join(str(t) for t in sorted(train_lengths)) or "?"
     longest = plots.format_length(max(data.lengths)) if data.lengths else "?"
@@ -167,10 +216,11 @@ def _blocks(data: StudyData, figures: dict[str, str]) -> list[Block]:
         blocks.append(("p", str(config["description"])))
 
     blocks += [("h2", "What this measures"), ("p",
-        f"Each model was trained from scratch on the `{task}` task at the training length T = {t_text} tokens, "
-        f"then evaluated at T and at longer contexts (up to {longest} tokens), with the needle placed at several "
-        "depths. Accuracy is the exact match of the answer. The 95% intervals are percentile bootstrap "
-        "intervals over the evaluated samples.")]
+        f"Each model was trained from scratch on {task} at the training length T = {t_text} tokens, "
+        f"then evaluated at T and at longer contexts (up to {longest} tokens) on "
+        f"{', '.join(f'`{t}`' for t in data.tasks) or 'its task'}, with any needle placed at several depths. "
+        "Accuracy is the exact match of every answer item, averaged over items as RULER's string_match_all. "
+        "The 95% intervals are percentile bootstrap intervals over the evaluated samples.")]
 
     blocks.append(("h2", "Setup"))
     rows = [[m.name, m.family, f"{m.params:,}", f"{m.state_floats:,}",
@@ -183,29 +233,37 @@ def _blocks(data: StudyData, figures: dict[str, str]) -> list[Block]:
         blocks.append(("warn", _warning(model, data.threshold)))
 
     blocks.append(("h2", "Accuracy by length"))
-    headers = ["model"] + [_length_header(x, train_lengths) for x in data.lengths]
-    rows = []
-    for model in data.models:
-        points = {p.length: p for p in data.curves[model.name]}
-        cells = [f"{_percent(p.accuracy)} [{_percent(p.low)}, {_percent(p.high)}]" if (p := points.get(x)) else MISSING
-                 for x in data.lengths]
-        rows.append([model.name + (" (did not learn)" if model.name in unsolved else "")] + cells)
-    blocks.append(("table", headers, rows))
+    if len(data.tasks) <= 1:
+        blocks.append(_length_table(data, data.curves, unsolved))
+    else:
+        for task_label in data.tasks:
+            blocks.append(("h3", f"Evaluated on {task_label}"))
+            blocks.append(_length_table(data, data.task_curves[task_label], unsolved))
     blocks.append(("p", "Accuracy (%) averaged over needle depths and seeds, with its 95% bootstrap interval; "
                         "(T) marks the training length."))
     if data.missing_cells():
         blocks.append(("p", f"**{data.missing_cells()} of {data.meta['planned_cells']} planned evaluation cells "
                             "are missing from the store** (the run was interrupted or is still going). Averages "
                             f"cover the stored cells only; entries with nothing stored show {MISSING}."))
-    tasks = sorted({c.task for c in data.cells.values()})
-    if len(tasks) > 1:
-        blocks.append(("p", f"The results span several tasks ({', '.join(tasks)}); tables and figures pool them, "
-                            "summary.json keeps them apart."))
-    blocks.append(("figure", figures["accuracy_vs_length"], "Accuracy against context length"))
+    if len(data.tasks) <= 1:
+        blocks.append(("figure", figures["accuracy_vs_length"], "Accuracy against context length"))
+    else:
+        for task_label in data.tasks:
+            blocks.append(("figure", figures[f"accuracy_vs_length {task_label}"],
+                           f"Accuracy against context length, evaluated on {task_label}"))
+        blocks += [("h2", "Format comparison"), ("p",
+            f"The same trained models evaluated on {len(data.tasks)} tasks or formats ({', '.join(data.tasks)}): "
+            "accuracy (%) with its 95% interval at the training length and at the longest length. A model whose "
+            "accuracy holds on one format and falls on another extrapolates inconsistently across formats."),
+            _comparison_table(data),
+            ("figure", figures["format_comparison"], "Accuracy against context length, one panel per model, "
+                                                     "one line per evaluated task or format")]
 
-    blocks.append(("h2", "Accuracy by length and needle depth"))
-    for model in data.models:
-        blocks.append(("figure", figures[f"heatmap_{model.name}"], f"{model.name}: accuracy by length and depth"))
+    heatmaps = [key for key in figures if key.startswith("heatmap ")]
+    if heatmaps:
+        blocks.append(("h2", "Accuracy by length and needle depth"))
+        for key in heatmaps:
+            blocks.append(("figure", figures[key], f"{key.removeprefix('heatmap ')}: accuracy by length and depth"))
 
     blocks += [("h2", "How to read this report"), ("p",
         "At the training length (the column marked T) a model that learned the task scores near 100%; the "
@@ -252,6 +310,8 @@ def render_markdown(blocks: list[Block]) -> str:
             out.append(f"# {block[1]}")
         elif kind == "h2":
             out.append(f"## {block[1]}")
+        elif kind == "h3":
+            out.append(f"### {block[1]}")
         elif kind == "p":
             out.append(block[1])
         elif kind == "warn":
@@ -295,7 +355,7 @@ def render_html(blocks: list[Block], title: str, base_dir: Path) -> str:
     out = []
     for block in blocks:
         kind = block[0]
-        if kind in ("h1", "h2"):
+        if kind in ("h1", "h2", "h3"):
             out.append(f"<{kind}>{_inline_html(block[1])}</{kind}>")
         elif kind == "p":
             out.append(f"<p>{_inline_html(block[1])}</p>")
@@ -339,13 +399,29 @@ def build_report(out_dir: Path) -> dict[str, Path]:
         figures[key] = written[0].relative_to(out_dir).as_posix()
 
     unsolved = [m.name for m in data.unsolved()]
-    record("accuracy_vs_length", plots.plot_accuracy_vs_length(
-        data.curves, {m.name: m.train_length for m in data.models}, figure_dir / "accuracy_vs_length",
-        title=f"{data.name}: accuracy vs context length (mean over depths, 95% CI)", unsolved=unsolved))
-    for model in data.models:
-        record(f"heatmap_{model.name}", plots.plot_heatmap(
-            _depth_grid(data, model.name), data.lengths, data.depths, model.train_length, figure_dir / f"heatmap_{_slug(model.name)}",
-            title=f"{model.name}: accuracy (%) by length and needle depth"))
+    train_lengths = {m.name: m.train_length for m in data.models}
+    several = len(data.tasks) > 1
+    if not several:
+        record("accuracy_vs_length", plots.plot_accuracy_vs_length(
+            data.curves, train_lengths, figure_dir / "accuracy_vs_length",
+            title=f"{data.name}: accuracy vs context length (mean over depths, 95% CI)", unsolved=unsolved))
+    else:
+        for task_label in data.tasks:
+            record(f"accuracy_vs_length {task_label}", plots.plot_accuracy_vs_length(
+                data.task_curves[task_label], train_lengths, figure_dir / f"accuracy_vs_length_{_slug(task_label)}",
+                title=f"{data.name}, {task_label}: accuracy vs context length (95% CI)", unsolved=unsolved))
+        record("format_comparison", plots.plot_task_comparison(
+            data.task_curves, train_lengths, figure_dir / "format_comparison",
+            title=f"{data.name}: accuracy vs context length by evaluated task or format (95% CI)"))
+    for task_label in data.tasks:
+        if not any(c.task == task_label and c.depth is not None for c in data.cells.values()) and data.cells:
+            continue  # a task without a needle depth has no depth heatmap
+        for model in data.models:
+            key, stem = (f"{model.name} on {task_label}", f"heatmap_{_slug(model.name)}_{_slug(task_label)}") if several \
+                else (model.name, f"heatmap_{_slug(model.name)}")
+            record(f"heatmap {key}", plots.plot_heatmap(
+                _depth_grid(data, model.name, task_label), data.lengths, data.depths, model.train_length,
+                figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))
 
     paths["summary"] = out_dir / "summary.json"
     paths["summary"].write_text(json.dumps(build_summary(data), indent=2) + "\n")
@@ -357,11 +433,11 @@ def build_report(out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _depth_grid(data: StudyData, model: str) -> dict[tuple[int, float], float]:
-    """A model's accuracy at each (length, depth), pooling seeds and tasks (a study normally has one)."""
+def _depth_grid(data: StudyData, model: str, task: str) -> dict[tuple[int, float], float]:
+    """A model's accuracy at each (length, depth) on one task label, pooling seeds."""
     pooled: dict[tuple[int, float], list[np.ndarray]] = {}
     for cell in data.cells.values():
-        if cell.model == model:
+        if cell.model == model and cell.task == task and cell.depth is not None:
             pooled.setdefault((cell.length, cell.depth), []).append(cell.scores)
     return {key: float(np.concatenate(parts).mean()) for key, parts in pooled.items() if sum(p.size for p in parts)}
 
@@ -371,17 +447,22 @@ def summary_table(out_dir: Path) -> Table:
     training length and models that did not learn the task are flagged."""
     data = load(Path(out_dir))
     unsolved = {m.name for m in data.unsolved()}
+    several = len(data.tasks) > 1
     table = Table(title=f"{data.name}: accuracy (%) by context length, mean over depths and seeds")
     table.add_column("model")
+    if several:
+        table.add_column("evaluated on")
     for length in data.lengths:
         table.add_column(_length_header(length, data.train_lengths), justify="right")
     for model in data.models:
-        points = {p.length: p.accuracy for p in data.curves[model.name]}
-        cells = []
-        for length in data.lengths:
-            value = points.get(length, float("nan"))
-            style = "dim" if np.isnan(value) else "green" if value >= 0.9 else "yellow" if value >= 0.5 else "red"
-            cells.append(f"[{style}]{_percent(value)}[/{style}]")
         label = f"{model.name} [red](did not learn)[/red]" if model.name in unsolved else model.name
-        table.add_row(label, *cells)
+        for task_label in data.tasks if several else [None]:
+            curve = data.task_curves[task_label][model.name] if several else data.curves[model.name]
+            points = {p.length: p.accuracy for p in curve}
+            cells = []
+            for length in data.lengths:
+                value = points.get(length, float("nan"))
+                style = "dim" if np.isnan(value) else "green" if value >= 0.9 else "yellow" if value >= 0.5 else "red"
+                cells.append(f"[{style}]{_percent(value)}[/{style}]")
+            table.add_row(label, *([task_label] if several else []), *cells)
     return table

@@ -112,12 +112,13 @@ class ModelSummary:
 
 @dataclass
 class Cell:
-    """The stored results of one (model name, task, length, depth), pooled over seeds."""
+    """The stored results of one (model name, task label, length, depth), pooled over seeds;
+    depth is None for a task without a needle depth."""
 
     model: str
     task: str
     length: int
-    depth: float
+    depth: float | None
     per_seed: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -166,25 +167,26 @@ def summarise_models(models: Iterable[ModelRow], results: Iterable[ResultRow] = 
     return summaries
 
 
-def collect_cells(results: Iterable[ResultRow]) -> dict[tuple[str, str, int, float], Cell]:
-    """Results keyed by (model name, task, length, depth), each pooling its seeds."""
-    cells: dict[tuple[str, str, int, float], Cell] = {}
+def collect_cells(results: Iterable[ResultRow]) -> dict[tuple[str, str, int, float | None], Cell]:
+    """Results keyed by (model name, task label, length, depth), each pooling its seeds."""
+    cells: dict[tuple[str, str, int, float | None], Cell] = {}
     for row in results:
-        key = (row.model, row.task, int(row.length), float(row.depth))
+        key = (row.model, row.label or row.task, int(row.length), None if row.depth is None else float(row.depth))
         cell = cells.setdefault(key, Cell(*key))
         cell.per_seed[row.seed] = np.asarray(row.scores, dtype=float)
     return cells
 
 
-def scores_by_length(cells: Iterable[Cell], model: str) -> dict[int, np.ndarray]:
-    """All per-sample scores of a model at each length, pooled over depths, tasks and seeds.
+def scores_by_length(cells: Iterable[Cell], model: str, task: str | None = None) -> dict[int, np.ndarray]:
+    """All per-sample scores of a model at each length, pooled over depths, seeds and tasks (or
+    of one task label only).
 
     With the same number of samples in every depth cell, the mean of these pooled scores equals
     the average of the per-depth accuracies.
     """
     pooled: dict[int, list[np.ndarray]] = {}
     for cell in cells:
-        if cell.model == model:
+        if cell.model == model and (task is None or cell.task == task):
             pooled.setdefault(cell.length, []).append(cell.scores)
     return {length: np.concatenate(parts) for length, parts in sorted(pooled.items())}
 
@@ -200,10 +202,11 @@ class LengthPoint:
     n: int
 
 
-def accuracy_by_length(cells: Iterable[Cell], model: str, level: float = 0.95) -> list[LengthPoint]:
-    """The accuracy-vs-length curve of one model, sorted by length."""
+def accuracy_by_length(cells: Iterable[Cell], model: str, level: float = 0.95,
+                       task: str | None = None) -> list[LengthPoint]:
+    """The accuracy-vs-length curve of one model (on one task label, or all pooled), sorted by length."""
     points = []
-    for length, scores in scores_by_length(cells, model).items():
+    for length, scores in scores_by_length(cells, model, task).items():
         mean, low, high = mean_ci(scores, level=level)
         points.append(LengthPoint(length, mean, low, high, int(scores.size)))
     return points

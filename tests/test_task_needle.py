@@ -1,0 +1,287 @@
+"""The needle task's RULER family (niah single, multi-key, multi-value, multi-query; noise,
+random, text and needle haystacks): the layout, a reference solver finding every answer, fixed
+depths honoured within half a needle, random depths uniform, and the default samples pinned
+bit for bit to what the single-needle task generated before the family existed."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from longarch import tasks
+from longarch.tasks.tokens.needle import QUERY
+
+# Hashes of tokens, answers and needle positions, taken from the single-needle generator before
+# the multi-needle knobs were added: existing knobs must keep generating the same samples.
+PINNED = [
+    ({}, 64, 100, 0, None, "9ceb20ac19120cec"),
+    ({}, 4096, 8, 1, None, "915ae8e5cb773c75"),
+    ({}, 300, 50, 2, 37.5, "95738acca65f9358"),
+    ({"haystack": "random"}, 200, 40, 3, None, "13962a94fc4ed243"),
+    ({"haystack": "text"}, 200, 40, 4, None, "cb9742b7e9a1681a"),
+    ({"haystack": "random", "key": "number", "value": "uuid"}, 300, 20, 5, None, "c2ece1efa9585e21"),
+    ({"haystack": "noise", "key": "uuid", "value": "number", "number_length": 5}, 300, 20, 6, 80, "320d93c2631aad99"),
+    ({"n_keys": 5, "n_values": 7, "n_filler": 3, "pattern_length": 3}, 100, 20, 7, None, "32342f61a8699f89"),
+]
+
+
+@pytest.mark.parametrize("knobs, length, n, seed, depth, digest", PINNED)
+def test_existing_knobs_generate_the_same_samples_as_before(knobs, length, n, seed, depth, digest):
+    samples = tasks.get("needle", **knobs).generate(length, n, seed=seed, depth=depth)
+    h = hashlib.sha256()
+    for array in (samples.tokens, samples.answers, samples.meta["needle_position"]):
+        h.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    assert h.hexdigest()[:16] == digest
+
+
+FORMAT_LENGTH = {"symbol": 1, "number": 7, "uuid": 32}
+
+
+def _task(**knobs):
+    return tasks.get("needle", **knobs)
+
+
+def _solve(task, tokens: np.ndarray) -> tuple[list, dict]:
+    """Reference solver for one sample: the queried keys read off the tail, and every key's
+    values in body order, found by dropping filler symbols and reading the rest as needles."""
+    k, v = task._format_length(task.key), task.item_length
+    tail = tokens[len(tokens) - task.queries * (1 + k):].reshape(task.queries, 1 + k)
+    assert (tail[:, 0] == QUERY).all()
+    body = tokens[:len(tokens) - tail.size]
+    filler0 = 2 + task.n_keys + task.n_values
+    kept = [int(t) for t in body if not filler0 <= t < filler0 + task.n_filler]
+    assert len(kept) % (k + v) == 0 and QUERY not in kept
+    found: dict = {}
+    value0 = 2 + task.n_keys
+    for i in range(0, len(kept), k + v):
+        if task.key == "symbol":
+            assert 2 <= kept[i] < value0  # a needle's key, not a piece of another needle
+        if task.value == "symbol":
+            assert value0 <= kept[i + k] < filler0
+        found.setdefault(tuple(kept[i:i + k]), []).append(tuple(kept[i + k:i + k + v]))
+    return [tuple(int(t) for t in row[1:]) for row in tail], found
+
+
+CONFIGS = [
+    dict(),
+    dict(needle_keys=4, queries=1),  # multi-key
+    dict(values_per_key=3),  # multi-value
+    dict(needle_keys=3, values_per_key=2, queries=2),  # multi-query
+    dict(haystack="random", needle_keys=5, queries=5),
+    dict(haystack="text", needle_keys=2, values_per_key=2, queries=2),
+    dict(haystack="needles"),
+    dict(haystack="needles", needle_keys=3, values_per_key=2, queries=2),
+    dict(haystack="needles", key="number", value="number", needle_keys=2, queries=2),
+    dict(haystack="needles", key="uuid", value="symbol", values_per_key=2),
+    dict(haystack="noise", key="symbol", value="uuid", needle_keys=2, values_per_key=2),
+    dict(haystack="random", key="number", value="number", number_length=3, needle_keys=4, values_per_key=3, queries=3),
+]
+
+
+@pytest.mark.parametrize("knobs", CONFIGS)
+def test_the_reference_solver_finds_every_answer(knobs):
+    task = _task(**knobs)
+    K, V, Q = task.needle_keys, task.values_per_key, task.queries
+    for length in (task.min_length, task.min_length + 5, 333, 1000):
+        length = max(length, task.min_length)
+        samples = task.generate(length, 150, seed=length)
+        assert samples.tokens.shape == (150, length) and samples.answers.shape == (150, task.answer_length)
+        for tokens, answer in zip(samples.tokens, samples.answers):
+            queried, found = _solve(task, tokens)
+            assert len(set(queried)) == Q and all(len(found[key]) == V for key in queried)  # no distractor has them
+            expected = [t for key in queried for value in found[key] for t in value]
+            assert answer.tolist() == expected
+            real = [key for key, values in found.items() if len(values) == V and key in queried]
+            assert len(real) == Q
+        position = samples.meta["needle_positions"]  # (n, S): every needle where meta says
+        assert position.shape == (150, K * V)
+        assert samples.meta["needle_queried"].sum(axis=1).tolist() == [Q * V] * 150
+        ends = np.sort(position, axis=1)
+        assert (np.diff(ends, axis=1) >= task._needle_length).all()  # never overlapping
+        assert (samples.meta["needle_position"] == position[:, 0]).all()
+
+
+def test_a_multi_needle_sample_decodes_symbol_by_symbol():
+    task = _task(needle_keys=3, values_per_key=2, queries=2, pattern_length=5)
+    samples = task.generate(41, 1, seed=3, depth=40)
+    tokens, meta = samples.tokens[0].tolist(), samples.meta
+    position = meta["needle_positions"][0].tolist()  # needle i*V + j: key i, value j
+    keys = [tokens[position[2 * i]] for i in range(3)]
+    values = [tokens[p + 1] for p in position]
+    assert len(set(keys)) == 3 and len(set(values)) == 6
+    assert all(2 <= key < 18 for key in keys) and all(18 <= value < 34 for value in values)
+    for i, p in enumerate(position):
+        assert tokens[p] == keys[i // 2]
+    assert tokens[-4:] == [QUERY, keys[0], QUERY, keys[1]]  # queries: the first two keys
+    assert meta["needle_queried"][0].tolist() == [True] * 4 + [False] * 2
+    # depth 40 of span 35 (body 37 - needle 2) is 14, inside the needle that without needle 0
+    # would start at 13: needle 0 moves to that needle's start and the other follows it
+    assert round(0.4 * (41 - 4 - 2)) == 14 and position[0] == 13 and position[3] == 15
+    haystack = [t for i, t in enumerate(tokens[:-4]) if not any(p <= i < p + 2 for p in position)]
+    assert len(haystack) == 41 - 4 - 12
+    assert haystack == list(np.resize(haystack[:5], len(haystack)))  # the repeated noise pattern
+    first = sorted(position[:2])  # key 0's values in body order, then key 1's
+    second = sorted(position[2:4])
+    assert samples.answers[0].tolist() == [tokens[p + 1] for p in first + second]
+    assert task.answer_length == 4 and task.item_length == 1 and task.min_length == 6 * 2 + 4 + 1
+
+
+DEPTH_CONFIGS = [
+    dict(), dict(haystack="needles"), dict(haystack="text", needle_keys=3, values_per_key=2),
+    dict(haystack="random", key="number", value="uuid", needle_keys=2, queries=2),
+    dict(haystack="needles", key="uuid", value="number", needle_keys=2, values_per_key=2),
+    dict(haystack="needles", needle_keys=4, values_per_key=2, queries=3),
+]
+
+
+@pytest.mark.parametrize("knobs", DEPTH_CONFIGS)
+def test_fixed_depths_are_honoured_within_half_a_needle(knobs):
+    task = _task(**knobs)
+    m = task._needle_length
+    for length in sorted({task.min_length, task.min_length + 1, task.min_length + 7, 1000, 4097, 100_000}):
+        n = 2 if length > 5000 else 40
+        span = length - task._tail_length - m  # the first queried needle starts in 0..span
+        for depth in (0, 1, 10, 25, 33.3, 50, 66.7, 90, 99, 100):
+            samples = task.generate(length, n, seed=depth_seed(length, depth), depth=depth)
+            position = samples.meta["needle_position"]
+            assert (np.abs(position - depth / 100 * span) <= m / 2 + 0.5).all(), (length, depth)
+            assert (np.abs(samples.meta["needle_depth"] - depth) <= 100 * m / span).all()  # within one needle
+            np.testing.assert_allclose(samples.meta["needle_depth"], 100 * position / span)
+            rows = np.arange(n)[:, None]
+            needle = samples.tokens[rows, position[:, None] + np.arange(m)]
+            k = m - task.item_length
+            assert (needle[:, :k] == samples.tokens[:, length - task._tail_length + 1:][:, :k]).all()
+            items = samples.answers.reshape(n, -1, task.item_length)  # its value is an answer item
+            assert (needle[:, None, k:] == items).all(axis=2).any(axis=1).all()
+
+
+def depth_seed(length: int, depth: float) -> int:
+    return length * 1000 + int(depth * 10)
+
+
+def _ks_uniform(x: np.ndarray) -> float:
+    """Kolmogorov-Smirnov distance of a sample in [0, 1] from the uniform distribution."""
+    x = np.sort(x)
+    i = np.arange(1, len(x) + 1)
+    return float(max((i / len(x) - x).max(), (x - (i - 1) / len(x)).max()))
+
+
+@pytest.mark.parametrize("knobs", DEPTH_CONFIGS)
+def test_random_depths_are_uniform(knobs):
+    task = _task(**knobs)
+    n, length = 4000, 4096
+    samples = task.generate(length, n, seed=21)
+    depth = samples.meta["needle_depth"] / 100
+    span = length - task._tail_length - task._needle_length
+    # 5% critical value, plus the half-needle the start may move by
+    assert _ks_uniform(depth) < 1.36 / np.sqrt(n) + (task._needle_length / 2 + 0.5) / span
+    counts, _ = np.histogram(depth, bins=10, range=(0, 1))
+    grid = task._needle_length if task.haystack == "needles" else 1  # a needle haystack's starts are m apart
+    if span / grid >= 1000:  # (with 10 starts a decile, one more or less is 10%)
+        assert ((counts - n / 10) ** 2 / (n / 10)).sum() < 21.67  # chi-square, 9 dof, p = 0.01
+    others = samples.meta["needle_depths"][:, 1:] / 100  # the other needles spread too
+    if others.size:
+        assert others.min() < 0.02 and others.max() > 0.98
+
+
+def test_multi_value_answers_are_scored_as_a_set():
+    task = _task(needle_keys=2, values_per_key=3, queries=2, value="number")
+    samples = task.generate(200, 50, seed=4)
+    answers = samples.answers
+    assert task.item_length == 7 and answers.shape == (50, 42) and task.ordered is False
+    np.testing.assert_array_equal(task.score(samples, answers), np.ones(50))
+    items = answers.reshape(50, 6, 7)
+    shuffled = items[:, ::-1].reshape(50, 42)  # any order of the values is right
+    np.testing.assert_array_equal(task.score(samples, shuffled), np.ones(50))
+    wrong = items.copy()
+    wrong[:, 2, :] = task.vocab_size - 16  # the value 0000000, drawn by no sample here
+    assert not (items == wrong[:, 2:3]).all(axis=2).any()
+    np.testing.assert_allclose(task.score(samples, wrong.reshape(50, 42)), np.full(50, 5 / 6))
+    twice = items.copy()
+    twice[:, 1] = twice[:, 0]  # one value said twice does not count for a second
+    np.testing.assert_allclose(task.score(samples, twice.reshape(50, 42)), np.full(50, 5 / 6))
+
+
+def test_a_needle_haystack_is_distractor_needles_after_some_filler():
+    task = _task(haystack="needles", n_keys=3, needle_keys=2, key="symbol")
+    samples = task.generate(50, 100, seed=5, depth=30)  # body 48: 2 needles, H = 44: 22 distractors
+    assert (samples.meta["distractors"] == 22).all()
+    pairs = samples.tokens[:, :-2].reshape(100, 24, 2)  # the whole body is KEY VALUE pairs
+    assert ((pairs[:, :, 0] >= 2) & (pairs[:, :, 0] < 5)).all() and ((pairs[:, :, 1] >= 5) & (pairs[:, :, 1] < 21)).all()
+    assert ((pairs[:, :, 0] == samples.tokens[:, -1:]).sum(axis=1) == 1).all()  # the queried key once
+    real = samples.tokens[np.arange(100)[:, None], samples.meta["needle_positions"]]  # (n, 2) the two keys
+    third = 2 + 3 + 4 - real.sum(axis=1)  # three key symbols, two real: every distractor has the third
+    assert ((pairs[:, :, 0] == third[:, None]).sum(axis=1) == 22).all()
+    odd = task.generate(51, 100, seed=6)  # H = 45: one filler symbol, then 22 distractors
+    position = odd.meta["needle_positions"]
+    keep = np.ones(odd.tokens.shape, dtype=bool)
+    for j in range(2):
+        keep[np.arange(100), position[:, j]] = keep[np.arange(100), position[:, j] + 1] = False
+    haystack = odd.tokens[keep].reshape(100, -1)[:, :-2]  # (n, 45)
+    assert (haystack[:, 0] >= 21).all() and (haystack[:, 1:] < 21).all()
+    body = odd.tokens[:, :-2]
+    pairs = body[body < 21].reshape(100, 24, 2)  # no needle splits a pair: less the filler, all pairs
+    assert ((pairs[:, :, 0] < 5) & (pairs[:, :, 1] >= 5)).all()
+
+
+def test_exact_lengths_and_the_minimum():
+    task = _task(haystack="needles", key="number", needle_keys=3, values_per_key=2, queries=2)
+    m = 7 + 1
+    assert task.min_length == 6 * m + 2 * (1 + 7) + 1
+    for length in (task.min_length, task.min_length + 1, task.min_length + 7, 999):
+        assert task.generate(length, 5, seed=length).tokens.shape == (5, length)
+    big = task.generate(1_000_000, 2, seed=7)
+    assert big.tokens.shape == (2, 1_000_000) and big.answers.shape == (2, 4)
+    for tokens, answer in zip(big.tokens, big.answers):
+        queried, found = _solve(task, tokens)
+        assert answer.tolist() == [t for key in queried for value in found[key] for t in value]
+    with pytest.raises(ValueError, match=f"minimum {task.min_length}"):
+        task.generate(task.min_length - 1, 2, seed=0)
+
+
+def test_generation_is_deterministic_in_the_seed():
+    task = _task(haystack="needles", needle_keys=3, values_per_key=2, queries=2)
+    a, b, c = (task.generate(300, 20, seed=s) for s in (1, 1, 2))
+    for key in ("tokens", "answers"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    for key in a.meta:
+        np.testing.assert_array_equal(a.meta[key], b.meta[key])
+    assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_values_and_keys_stay_distinct_in_a_small_space():
+    task = _task(key="number", value="number", number_length=1, needle_keys=9, values_per_key=1, queries=9,
+                 haystack="needles")
+    samples = task.generate(400, 200, seed=8)
+    keys = samples.tokens[:, -9 * 2:].reshape(200, 9, 2)[:, :, 1]
+    assert all(len(set(row)) == 9 for row in keys.tolist())
+    assert all(len(set(row)) == 9 for row in samples.answers.tolist())
+    for tokens, answer in zip(samples.tokens[:20], samples.answers[:20]):
+        queried, found = _solve(task, tokens)
+        assert answer.tolist() == [t for key in queried for value in found[key] for t in value]
+
+
+def test_knobs_leave_out_the_counts_at_their_defaults():
+    assert set(_task().knobs) == {"n_keys", "n_values", "n_filler", "haystack", "pattern_length"}
+    knobs = _task(needle_keys=3, queries=2).knobs
+    assert knobs["needle_keys"] == 3 and knobs["queries"] == 2 and "values_per_key" not in knobs
+    assert _task(haystack="needles").knobs["haystack"] == "needles"
+    assert _task().version == 1
+
+
+@pytest.mark.parametrize("knobs, message", [
+    (dict(needle_keys=0), "needle_keys must be >= 1"),
+    (dict(values_per_key=0), "values_per_key must be >= 1"),
+    (dict(queries=True), "queries must be an integer"),
+    (dict(needle_keys=2, queries=3), r"queries \(3\) must be <= needle_keys \(2\)"),
+    (dict(n_keys=4, needle_keys=5, queries=1), "5 distinct keys need 5 keys, but key='symbol' has 4"),
+    (dict(n_keys=4, needle_keys=4, haystack="needles"), "plus distractor keys need 5 keys"),
+    (dict(key="number", number_length=1, needle_keys=10, haystack="needles"), "has 10"),
+    (dict(n_values=5, needle_keys=2, values_per_key=3), "6 distinct values do not fit value='symbol'"),
+    (dict(haystack="zeros"), "haystack must be one of noise, random, text, needles"),
+])
+def test_bad_knobs_are_clear_errors(knobs, message):
+    with pytest.raises(ValueError, match=f"^needle: .*{message}"):
+        _task(**knobs)
