@@ -7,9 +7,19 @@ import difflib
 
 from .base import Samples, exact_match
 from .tokens.needle import NeedleTask
+from .tokens.mqar import MQARTask
+from .tokens.copy import CopyTask, SelectiveCopyTask
+from .tokens.variable_tracking import VariableTrackingTask
+from .tokens.words import CommonWordsTask, FrequentWordsTask
 
 TASKS = {
     "needle": (NeedleTask, "single-needle retrieval: one KEY VALUE pair in a filler haystack, queried at the end"),
+    "mqar": (MQARTask, "multi-query associative recall (Zoology): KEY VALUE pairs, then their keys queried later, each answered in place"),
+    "copy": (CopyTask, "copy: reproduce a span of content symbols, placed at a depth in a blank context, after SEP"),
+    "selective_copy": (SelectiveCopyTask, "selective copy (Mamba): reproduce the content symbols scattered among blanks, in order, after SEP"),
+    "variable_tracking": (VariableTrackingTask, "variable tracking (RULER vt): chains of assignments in a haystack; name every variable bound to the queried value"),
+    "common_words": (CommonWordsTask, "common words extraction (RULER cwe): word occurrences in a haystack; name the few words that occur most often"),
+    "frequent_words": (FrequentWordsTask, "frequent words extraction (RULER fwe): a Zipf-distributed word stream; name its most frequent words"),
 }
 
 
