@@ -13,7 +13,7 @@ from .tokens.variable_tracking import VariableTrackingTask
 from .tokens.words import CommonWordsTask, FrequentWordsTask
 
 TASKS = {
-    "needle": (NeedleTask, "single-needle retrieval: one KEY VALUE pair in a filler haystack, queried at the end"),
+    "needle": (NeedleTask, "needle retrieval (RULER NIAH): KEY VALUE needles in a haystack of noise, text or other needles; single, multi-key, multi-value or multi-query"),
     "mqar": (MQARTask, "multi-query associative recall (Zoology): KEY VALUE pairs, then their keys queried later, each answered in place"),
     "copy": (CopyTask, "copy: reproduce a span of content symbols, placed at a depth in a blank context, after SEP"),
     "selective_copy": (SelectiveCopyTask, "selective copy (Mamba): reproduce the content symbols scattered among blanks, in order, after SEP"),
