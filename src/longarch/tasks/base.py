@@ -95,6 +95,17 @@ def insert_segments(haystack: np.ndarray, segments: np.ndarray, positions: np.nd
     return out, starts
 
 
+def filler_haystack(rng: np.random.Generator, n: int, H: int, kind: str, n_filler: int, pattern_length: int,
+           first: int) -> np.ndarray:
+    """(n, H) filler symbols first .. first + n_filler - 1: `noise` repeats one fixed pattern of
+    `pattern_length` symbols, the same for every sample and seed (RULER's repeated sentence);
+    `random` draws every symbol independently from `rng`."""
+    if kind == "random":
+        return rng.integers(0, n_filler, (n, H)) + first
+    pattern = np.random.default_rng(0).integers(0, n_filler, pattern_length) + first
+    return np.broadcast_to(np.resize(pattern, H), (n, H))
+
+
 class TokenTask:
     """Checks and scoring shared by the symbol-level tasks (mixed into frozen dataclasses)."""
 

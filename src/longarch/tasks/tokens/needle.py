@@ -38,7 +38,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..base import Samples, TokenTask, insert_segments
+from ..base import Samples, TokenTask, filler_haystack, insert_segments
 
 QUERY = 1
 FORMATS = ("symbol", "number", "uuid")
@@ -274,14 +274,11 @@ class NeedleTask(TokenTask):
     def _haystack(self, rng: np.random.Generator, n: int, H: int, keys: np.ndarray):
         """(n, H) filler, and the haystack indices (sorted) before which a needle may go."""
         anywhere = np.arange(H + 1)
-        if self.haystack == "random":
-            return rng.integers(0, self.n_filler, (n, H)) + self._filler0, anywhere
         if self.haystack == "text":
             return self._words().spans(rng, n, H) + self._filler0, anywhere
-        # One fixed pattern for every sample and seed, like a repeated sentence.
-        pattern = np.random.default_rng(0).integers(0, self.n_filler, self.pattern_length) + self._filler0
-        if self.haystack == "noise":
-            return np.broadcast_to(np.resize(pattern, H), (n, H)), anywhere
+        if self.haystack in ("noise", "random"):
+            return filler_haystack(rng, n, H, self.haystack, self.n_filler, self.pattern_length, self._filler0), anywhere
+        pattern = filler_haystack(rng, n, self.pattern_length, "noise", self.n_filler, self.pattern_length, self._filler0)[0]
         m = self._needle_length
         D, r = divmod(H, m)  # D distractor needles after r filler symbols
         if self.value == "symbol":

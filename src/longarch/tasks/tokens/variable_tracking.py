@@ -45,7 +45,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..base import Samples, TokenTask, insert_segments
+from ..base import Samples, TokenTask, filler_haystack, insert_segments
 
 QUERY = 1
 HAYSTACKS = ("noise", "random")
@@ -159,11 +159,7 @@ class VariableTrackingTask(TokenTask):
 
     def _haystack(self, rng: np.random.Generator, n: int, H: int) -> np.ndarray:
         """(n, H) filler symbols."""
-        if self.haystack == "random":
-            return rng.integers(0, self.n_filler, (n, H)) + self._filler0
-        # One fixed pattern for every sample and seed, like a repeated sentence.
-        pattern = np.random.default_rng(0).integers(0, self.n_filler, self.pattern_length) + self._filler0
-        return np.broadcast_to(np.resize(pattern, H), (n, H))
+        return filler_haystack(rng, n, H, self.haystack, self.n_filler, self.pattern_length, self._filler0)
 
     def symbol(self, token: int) -> str:
         """A readable name for one symbol."""

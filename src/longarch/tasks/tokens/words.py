@@ -50,7 +50,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..base import Samples, TokenTask, insert_segments
+from ..base import Samples, TokenTask, filler_haystack, insert_segments
 
 QUERY = 1
 WORD0 = 2
@@ -157,12 +157,7 @@ class CommonWordsTask(_Words):
 
     def _haystack(self, rng: np.random.Generator, n: int, H: int) -> np.ndarray:
         """(n, H) filler symbols."""
-        filler0 = WORD0 + self.n_words
-        if self.haystack == "random":
-            return rng.integers(0, self.n_filler, (n, H)) + filler0
-        # One fixed pattern for every sample and seed, like a repeated sentence.
-        pattern = np.random.default_rng(0).integers(0, self.n_filler, self.pattern_length) + filler0
-        return np.broadcast_to(np.resize(pattern, H), (n, H))
+        return filler_haystack(rng, n, H, self.haystack, self.n_filler, self.pattern_length, WORD0 + self.n_words)
 
 
 @dataclass(frozen=True)
