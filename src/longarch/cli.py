@@ -17,6 +17,24 @@ console = Console()
 errors = Console(stderr=True)
 
 
+def _usage_error(error) -> None:
+    """A usage error (unknown command or option, a missing or malformed value) as one line, like
+    every other bad input: typer would draw a box of several lines."""
+    errors.print(f"error: {error.format_message()} (see longarch --help)", markup=False, highlight=False,
+                 soft_wrap=True)
+
+
+def _install_one_line_usage_errors() -> None:
+    import click
+    import typer.rich_utils
+
+    typer.rich_utils.rich_format_error = _usage_error  # used when rich is installed (it is a dependency)
+    click.exceptions.ClickException.show = lambda self, file=None: _usage_error(self)
+
+
+_install_one_line_usage_errors()
+
+
 def print_table(table: Table) -> None:
     """Tables print at the terminal's width; piped into a file or another program, they are
     not squeezed to 80 columns."""
@@ -52,22 +70,112 @@ def parse_knobs(pairs: list[str]) -> dict:
     return knobs
 
 
+StudyArg = Annotated[str, typer.Argument(help="a preset name (quick, smoke) or a study YAML file")]
+
+
 @app.command()
 @clean_errors
-def run(study: Annotated[str, typer.Argument(help="a preset name (quick, smoke) or a study YAML file")] = "quick",
+def run(study: StudyArg = "quick",
         out: Annotated[Optional[Path], typer.Option(help="output directory [default: runs/<study>]")] = None,
-        corpus: Annotated[Optional[Path], typer.Option(help="UTF-8 text for every `haystack: text` task [default: Python's help topics]")] = None):
+        corpus: Annotated[Optional[Path], typer.Option(help="UTF-8 text for every `haystack: text` task [default: Python's help topics]")] = None,
+        backend: Annotated[str, typer.Option(help="local (a process pool) or ray")] = "local",
+        workers: Annotated[Optional[int], typer.Option(help="parallel jobs [default: one per core]; 0 runs them in this process", min=0)] = None,
+        address: Annotated[Optional[str], typer.Option(help="Ray cluster address ('auto': the cluster this machine is in) [default: a local Ray instance]")] = None,
+        retries: Annotated[int, typer.Option(help="times a failing cell is retried before it is reported", min=0)] = 2):
     """Train and evaluate a study; rerunning it continues where it stopped."""
     from .config import load_study
     from .runner import run_study
 
+    if backend not in ("local", "ray"):
+        raise ValueError(f"--backend must be local or ray, not {backend!r}")
+    if address is not None and backend != "ray":
+        raise ValueError("--address is for --backend ray")
     loaded = load_study(study, corpus=None if corpus is None else str(corpus))
     target = out or Path("runs") / loaded.name
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {target} is a file, not a directory")
     try:
-        run_study(loaded, target, console, command="longarch " + " ".join(sys.argv[1:]))
+        run_study(loaded, target, console, command="longarch " + " ".join(sys.argv[1:]), backend=backend,
+                  workers=workers, address=address, retries=retries)
     except KeyboardInterrupt:
         errors.print(f"interrupted; stored cells are kept. Run the same command again to continue ({target}).")
         raise typer.Exit(130)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown until some of it has run"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+@app.command("plan")
+@clean_errors
+def plan_command(study: StudyArg = "quick",
+                 out: Annotated[Optional[Path], typer.Option(help="output directory [default: runs/<study>]")] = None,
+                 corpus: Annotated[Optional[Path], typer.Option(help="as for run")] = None):
+    """Print a study's grid: what is stored, what remains, and what the rest will cost."""
+    from .config import load_study
+    from .runner import cost, grid_state
+
+    loaded = load_study(study, corpus=None if corpus is None else str(corpus))
+    target = out or Path("runs") / loaded.name
+    state = grid_state(loaded, target)
+    table = Table(title=f"{loaded.name}: the grid against {target}")
+    for column in ("cells", "planned", "stored", "failed", "remaining"):
+        table.add_column(column, justify="left" if column == "cells" else "right")
+    models_failed = sum(1 for p in state.models if p.model_id in state.failures)
+    table.add_row("train (architecture x seed)", str(len(state.models)), str(len(state.models) - len(state.remaining_models())),
+                  str(models_failed), str(len(state.remaining_models())))
+    for label, task in loaded.eval_tasks():
+        mine = [c for c in state.cells if c.label == label]
+        stored = sum(1 for c in mine if c.cell_id in state.stored)
+        failed = sum(1 for c in mine if c.cell_id in state.failures and c.cell_id not in state.stored)
+        depths = f" x {len(loaded.eval.depths)} depths" if task.uses_depth else ""
+        table.add_row(f"evaluate {label} ({len(loaded.models) * len(loaded.seeds)} models x "
+                      f"{len(loaded.eval_lengths())} lengths{depths})", str(len(mine)), str(stored), str(failed),
+                      str(len(mine) - stored))
+    print_table(table)
+    estimate = cost(loaded, state, target)
+    console.print(f"remaining: {estimate['train_tokens']:,} training tokens, {estimate['eval_tokens']:,} evaluation "
+                  f"tokens; estimated time at the rates of the work stored so far: {_duration(estimate['seconds'])}")
+
+
+@app.command()
+@clean_errors
+def status(directory: Annotated[Path, typer.Argument(help="a study's output directory")]):
+    """Done, running and failed cells of a study directory, with each failure's last error."""
+    from .config import Study, ConfigError
+    from .runner import grid_state
+    from .store import Store
+
+    if not (directory / "results.sqlite").is_file():
+        fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
+    with Store(directory / "results.sqlite") as store:
+        config = store.meta().get("config")
+    try:
+        study = Study.model_validate(config)
+    except Exception:
+        raise ConfigError(f"{directory}: the stored study configuration is missing or unreadable") from None
+    state = grid_state(study, directory)
+    cells_failed = [c for c in state.cells if c.cell_id in state.failures and c.cell_id not in state.stored]
+    models_failed = [p for p in state.models if p.model_id in state.failures and p.model_id not in state.trained]
+    running = f"running now (pid {state.holder})" if state.holder else "no run in progress"
+    console.print(f"[bold]{study.name}[/bold] in {directory}: {running}")
+    console.print(f"  models: {len(state.models) - len(state.remaining_models())} of {len(state.models)} trained, "
+                  f"{len(models_failed)} failed")
+    console.print(f"  cells:  {len(state.cells) - len(state.remaining_cells())} of {len(state.cells)} stored, "
+                  f"{len(cells_failed)} failed, {len(state.remaining_cells()) - len(cells_failed)} not yet run")
+    for row in state.running:
+        console.print(f"  running: {row['what']}", markup=False)
+    failed = [state.failures[p.model_id] for p in models_failed] + [state.failures[c.cell_id] for c in cells_failed]
+    if failed:
+        table = Table(title="failed cells (the last error of each; `longarch run` again retries them)")
+        for column in ("cell", "attempts", "last error"):
+            table.add_column(column)
+        for row in failed:
+            table.add_row(row["what"], str(row["attempts"]), row["error"])
+        print_table(table)
+    console.print(f"  log: {directory / 'run.log'}")
 
 
 @app.command()

@@ -81,7 +81,7 @@ class EvalConfig(Strict):
     depths: list[float] = Field(default_factory=lambda: [float(d) for d in range(0, 101, 10)])
     samples: int = Field(100, ge=1, description="samples per (length, depth) cell")
     chunk: int = Field(1024, ge=1, description="tokens fed per forward call at evaluation")
-    seed: int = 1234
+    seed: int = Field(1234, ge=0)
     tasks: list[EvalTask] | None = Field(None, description="tasks or formats to evaluate instead of `task`")
 
     @field_validator("tasks")
@@ -109,6 +109,14 @@ class Study(Strict):
     models: list[ModelEntry] = Field(min_length=1)
     params: int | None = Field(None, ge=1, description="parameter budget every model is sized to (within 5%)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_non_negative(cls, seeds: list[int]) -> list[int]:
+        negative = [x for x in seeds if x < 0]
+        if negative:
+            raise ValueError(f"seed {negative[0]} is negative; seeds are integers >= 0")
+        return seeds
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     min_train_accuracy: float = Field(0.95, ge=0, le=1)
@@ -192,9 +200,14 @@ def preset_names() -> list[str]:
 def _read_yaml(source: str) -> tuple[dict, str]:
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise ConfigError(f"study file {source} is a directory, not a YAML file")
         if not path.is_file():
             raise ConfigError(f"study file {source} does not exist")
-        text, origin = path.read_text(encoding="utf-8"), str(path)
+        try:
+            text, origin = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     elif source in preset_names():
         text, origin = resources.files("longarch.presets").joinpath(f"{source}.yaml").read_text(), f"preset {source}"
     else:
@@ -236,6 +249,8 @@ def load_study(source: str, overrides: dict | None = None, corpus: str | None = 
 
 def with_corpus(study: Study, corpus: str, origin: str) -> Study:
     """The study with `corpus` set on each task that reads text (knob haystack: text)."""
+    if Path(corpus).is_dir():
+        raise ConfigError(f"corpus file {corpus} is a directory, not a text file")
     if not Path(corpus).is_file():
         raise ConfigError(f"corpus file {corpus} does not exist")
     study = study.model_copy(deep=True)

@@ -1,15 +1,26 @@
 """Run a study: plan its cells, train what is not trained, evaluate what is not stored.
 
 A study expands into training cells (architecture x seed) and evaluation cells (trained model
-x evaluated task x length x depth; a task without a needle depth has one cell per length). Each has a content-addressed id: the hash of everything that determines its
-result. A cell whose id is already in the store is skipped, so an interrupted run continues
-where it stopped and a finished one is not recomputed.
+x evaluated task x length x depth; a task without a needle depth has one cell per length).
+Each has a content-addressed id: the hash of everything that determines its result. A cell
+whose id is already in the store is skipped, so an interrupted run continues where it stopped
+and a finished one is not recomputed.
+
+Cells run as jobs on a backend (this process, a local process pool, or Ray; see backends.py):
+plain functions of plain data that return rows. The driver alone writes the store, one
+transaction per finished cell, and the checkpoints (a temporary file renamed into place). A
+training cell's evaluation cells are handed out as soon as it finishes, with its weights. A job
+that fails is retried up to `retries` times, then recorded in the store's failures table and
+the rest of the grid goes on. One run at a time holds a study directory (a lock file).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
+import os
 import platform
 import shlex
 import subprocess
@@ -24,11 +35,15 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from safetensors.torch import load as load_weights
+from safetensors.torch import save as save_weights
+
 from . import models
+from .backends import describe_error, make_backend
 from .config import Study, resolve_overrides
 from .evaluate import evaluate_samples
 from .store import ModelRow, ResultRow, Store
-from .train import Mixture, TrainSpec, load_checkpoint, save_checkpoint, train
+from .train import Mixture, TrainSpec, train
 
 
 def content_id(payload: dict) -> str:
@@ -111,56 +126,202 @@ def provenance(command: str) -> dict:
     return {"command": command, "versions": versions, "git_commit": commit}
 
 
+class StudyBusy(ValueError):
+    """Another run holds the study directory."""
+
+
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                     console=console, transient=False)
 
 
-def train_or_load(model_plan: ModelPlan, task, store: Store, out: Path, progress: Progress):
-    """The trained model of a plan: loaded if stored and its checkpoint loads, else trained."""
-    torch.manual_seed(model_plan.seed)  # identical initialisation for a given seed
-    model = models.LanguageModel(model_plan.config)
-    row = store.model(model_plan.model_id)
-    if row is not None:
-        try:
-            load_checkpoint(model, Path(row.checkpoint))
-            progress.console.print(f"[dim]{model_plan.label} (seed {model_plan.seed}): checkpoint loaded, "
-                                   f"training accuracy {row.train_accuracy:.1%}[/dim]")
-            return model
-        except Exception as error:  # a damaged or missing checkpoint is retrained, not trusted
-            progress.console.print(f"[yellow]{model_plan.label}: checkpoint unusable ({error}); retraining[/yellow]")
-    spec = model_plan.train_spec
-    bar = progress.add_task(f"train {model_plan.label} s{model_plan.seed}", total=spec.steps, info="")
+# --------------------------------------------------------------------------------------------
+# jobs: what a worker runs (plain data in, rows out; no store, no files)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainJob:
+    plan: ModelPlan
+    task: object      # the task trained on, or a Mixture
+    threads: int | None
 
-    def on_step(step: int, loss: float) -> None:
-        progress.update(bar, completed=step + 1, info=f"loss {loss:.3f}")
 
-    result = train(model, task, spec, model_plan.seed, on_step)
-    progress.update(bar, info=f"loss {result.final_loss:.3f}  acc@T {result.train_accuracy:.1%}")
-    checkpoint = out / "checkpoints" / f"{model_plan.label}-s{model_plan.seed}-{model_plan.model_id}.safetensors"
-    save_checkpoint(model, checkpoint, {"model_id": model_plan.model_id, "arch": model_plan.arch})
-    store.put_model(ModelRow(
-        model_id=model_plan.model_id, name=model_plan.label, arch=model_plan.arch,
-        family=models.spec(model_plan.arch).family, seed=model_plan.seed, params=model.num_params(),
-        state_floats=model.state_floats(spec.length),
+@dataclass
+class Trained:
+    row: ModelRow     # its checkpoint path is the driver's to fill in
+    weights: bytes    # safetensors
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    cell: EvalCell
+    weights: bytes
+    samples: int
+    seed: int
+    chunk: int
+    train_length: int
+    threads: int | None
+
+
+def _worker_setup(threads: int | None) -> None:
+    torch.set_flush_denormal(True)  # denormals slow CPU training about tenfold
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def train_job(job: TrainJob) -> Trained:
+    _worker_setup(job.threads)
+    plan_ = job.plan
+    torch.manual_seed(plan_.seed)  # identical initialisation for a given seed
+    model = models.LanguageModel(plan_.config)
+    spec = plan_.train_spec
+    result = train(model, job.task, spec, plan_.seed)
+    weights = save_weights({k: v.contiguous() for k, v in model.state_dict().items()},
+                           metadata={"model_id": plan_.model_id, "arch": plan_.arch})
+    row = ModelRow(
+        model_id=plan_.model_id, name=plan_.label, arch=plan_.arch, family=models.spec(plan_.arch).family,
+        seed=plan_.seed, params=model.num_params(), state_floats=model.state_floats(spec.length),
         state_growth="linear" if model.state_floats(2 * spec.length) > model.state_floats(spec.length) else "constant",
         train_length=spec.length, train_accuracy=result.train_accuracy, train_seconds=result.seconds,
-        final_loss=result.final_loss,
-        config={"model": model_plan.config.to_dict(), "train": spec.to_dict()}, checkpoint=str(checkpoint)))
+        final_loss=result.final_loss, config={"model": plan_.config.to_dict(), "train": spec.to_dict()},
+        checkpoint="")
+    return Trained(row, weights)
+
+
+def model_from_weights(plan_: ModelPlan, weights: bytes) -> models.LanguageModel:
+    """The model of a plan with stored weights; safetensors only, so loading runs no code."""
+    model = models.LanguageModel(plan_.config)
+    model.load_state_dict(load_weights(weights))
     return model
 
 
-def run_study(study: Study, out: Path, console: Console | None = None, command: str | None = None) -> Path:
-    """Run (or continue) a study into `out`; return the path of report.md."""
+def eval_job(job: EvalJob) -> ResultRow:
+    _worker_setup(job.threads)
+    start = time.perf_counter()
+    cell = job.cell
+    model = model_from_weights(cell.model, job.weights)
+    samples = cell.task.generate(length=cell.length, n=job.samples, seed=job.seed, depth=cell.depth)
+    scores = evaluate_samples(model, cell.task, samples, chunk=job.chunk, train_length=job.train_length)
+    return ResultRow(
+        cell_id=cell.cell_id, model_id=cell.model.model_id, model=cell.model.label, task=cell.task.name,
+        label=cell.label, knobs=cell.task.knobs, length=cell.length, depth=cell.depth, seed=cell.model.seed,
+        n=len(scores), accuracy=float(scores.mean()), scores=[float(s) for s in scores],
+        seconds=time.perf_counter() - start)
+
+
+def _what(item: ModelPlan | EvalCell) -> str:
+    if isinstance(item, ModelPlan):
+        return f"train {item.label} seed {item.seed}"
+    depth = "" if item.depth is None else f" depth {item.depth:g}"
+    return f"{item.model.label} s{item.model.seed} on {item.label} at {item.length}{depth}"
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+# --------------------------------------------------------------------------------------------
+class StudyLock:
+    """An exclusive lock on a study directory for the length of a run (released by the OS if
+    the process dies, so a kill -9 never leaves it stuck)."""
+
+    def __init__(self, out: Path):
+        self.path = out / "run.lock"
+
+    def __enter__(self) -> "StudyLock":
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            raise StudyBusy(f"another longarch run (pid {holder}) is writing to {self.path.parent}; "
+                            "wait for it to finish or choose another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def held_by(out: Path) -> int | None:
+    """The pid of the run holding `out`, or None when no run does."""
+    path = out / "run.lock"
+    if not path.exists():
+        return None
+    with open(path, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            text = file.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return None
+
+
+def _logger(out: Path) -> logging.Logger:
+    """The study's log file, <out>/run.log, appended to by every run."""
+    log = logging.getLogger(f"longarch.run.{out.resolve()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(out / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return log
+
+
+def _stored_weights(row: ModelRow | None) -> bytes | None:
+    """A stored model's checkpoint if it is there and loads as safetensors, else None (the
+    model is retrained, not trusted)."""
+    if row is None:
+        return None
+    try:
+        weights = Path(row.checkpoint).read_bytes()
+        load_weights(weights)
+        return weights
+    except Exception:
+        return None
+
+
+def _write_checkpoint(path: Path, weights: bytes) -> None:
+    """Written to a temporary file, flushed and renamed, so a crash leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as file:
+        file.write(weights)
+        file.flush()
+        os.fsync(file.fileno())
+    tmp.replace(path)
+
+
+def run_study(study: Study, out: Path, console: Console | None = None, command: str | None = None,
+              backend: str = "local", workers: int | None = 0, address: str | None = None,
+              retries: int = 2) -> Path:
+    """Run (or continue) a study into `out`; return the path of report.md.
+
+    backend "local" with workers 0 runs every job in this process; workers N > 0 (None: one per
+    core) runs them in a pool of N processes with cores / N torch threads each; "ray" runs them
+    as Ray tasks (address None: a local Ray instance). A failing job is tried 1 + retries times.
+    """
     from .analysis.report import build_report, summary_table  # analysis reads the store only
+    from .backends import cores
 
     console = console or Console()
     torch.set_flush_denormal(True)
     out.mkdir(parents=True, exist_ok=True)
-    task = training_task(study)
     model_plans, cells = plan(study)
-    with Store(out / "results.sqlite") as store:
+    pool_size = cores() if workers is None else workers
+    threads = None if backend == "local" and pool_size == 0 else max(1, cores() // max(1, pool_size))
+    with StudyLock(out), Store(out / "results.sqlite") as store:
+        log = _logger(out)
+        store.clear_running()
         store.set_meta("name", study.name)
         store.set_meta("config", study.model_dump(mode="json"))
         store.set_meta("planned_cells", len(cells))
@@ -171,26 +332,135 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
             store.set_meta(key, value)
         done = store.cell_ids()
         todo = [c for c in cells if c.cell_id not in done]
-        console.print(f"[bold]{study.name}[/bold]: {len(model_plans)} models, {len(cells)} evaluation cells "
-                      f"({len(cells) - len(todo)} already stored) -> {out}")
-        with _progress(console) as progress:
-            trained = {p.model_id: train_or_load(p, task, store, out, progress) for p in model_plans
-                       if any(c.model.model_id == p.model_id for c in todo) or store.model(p.model_id) is None}
-            bar = progress.add_task("evaluate", total=len(todo), info="")
-            for cell in todo:
-                start = time.perf_counter()
-                samples = cell.task.generate(length=cell.length, n=study.eval.samples,
-                                             seed=eval_seed(study.eval.seed, cell.length, cell.depth), depth=cell.depth)
-                scores = evaluate_samples(trained[cell.model.model_id], cell.task, samples, chunk=study.eval.chunk,
-                                          train_length=study.train.length)
-                store.put_result(ResultRow(
-                    cell_id=cell.cell_id, model_id=cell.model.model_id, model=cell.model.label, task=cell.task.name,
-                    label=cell.label, knobs=cell.task.knobs, length=cell.length, depth=cell.depth,
-                    seed=cell.model.seed, n=len(scores), accuracy=float(scores.mean()),
-                    scores=[float(s) for s in scores], seconds=time.perf_counter() - start))
-                depth = "" if cell.depth is None else f" d={cell.depth:g}"
-                progress.update(bar, advance=1, info=f"{cell.model.label} {cell.label} L={cell.length}{depth}")
+        cells_of = {p.model_id: [c for c in todo if c.model.model_id == p.model_id] for p in model_plans}
+        weights = {p.model_id: w for p in model_plans if (w := _stored_weights(store.model(p.model_id)))}
+        to_train = [p for p in model_plans if p.model_id not in weights]
+        console.print(f"[bold]{study.name}[/bold]: {len(model_plans)} models ({len(model_plans) - len(to_train)} "
+                      f"trained), {len(cells)} evaluation cells ({len(cells) - len(todo)} stored) -> {out}")
+        log.info("run %s: %d models to train, %d cells to evaluate, backend %s", study.name, len(to_train),
+                 len(todo), backend)
+        runner = make_backend(backend, workers, address, threads or 1)
+        task = training_task(study)
+        pending: dict = {}  # handle -> (item, job function, job, attempt)
+
+        def submit(item, fn, job, attempt=1):
+            store.set_running(item.model_id if isinstance(item, ModelPlan) else item.cell_id,
+                              "train" if isinstance(item, ModelPlan) else "eval", _what(item))
+            pending[runner.submit(fn, job)] = (item, fn, job, attempt)
+
+        def submit_cells(model_plan: ModelPlan):
+            for cell in cells_of[model_plan.model_id]:
+                submit(cell, eval_job, EvalJob(cell, weights[model_plan.model_id], study.eval.samples,
+                                               eval_seed(study.eval.seed, cell.length, cell.depth), study.eval.chunk,
+                                               study.train.length, threads))
+
+        try:
+            with _progress(console) as progress:
+                train_bar = progress.add_task("train", total=len(to_train), info="")
+                eval_bar = progress.add_task("evaluate", total=len(todo), info="")
+                for model_plan in model_plans:
+                    if model_plan.model_id in weights:
+                        submit_cells(model_plan)
+                    else:
+                        submit(model_plan, train_job, TrainJob(model_plan, task, threads))
+                while pending:
+                    for handle, result, error in runner.wait():
+                        item, fn, job, attempt = pending.pop(handle)
+                        item_id = item.model_id if isinstance(item, ModelPlan) else item.cell_id
+                        store.clear_running(item_id)
+                        if error is not None:
+                            log.warning("%s failed (attempt %d of %d):\n%s", _what(item), attempt, retries + 1,
+                                        describe_error(error))
+                            if attempt <= retries:
+                                submit(item, fn, job, attempt + 1)
+                                continue
+                            line = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                            store.put_failure(item_id, "train" if fn is train_job else "eval", _what(item), attempt, line)
+                            progress.console.print(f"[red]failed after {attempt} attempts: {_what(item)}: {line}[/red]")
+                            if fn is train_job:
+                                for cell in cells_of[item.model_id]:
+                                    store.put_failure(cell.cell_id, "eval", _what(cell), 0, f"its model failed to train ({line})")
+                            continue
+                        if fn is train_job:
+                            path = out / "checkpoints" / f"{item.label}-s{item.seed}-{item.model_id}.safetensors"
+                            _write_checkpoint(path, result.weights)
+                            result.row.checkpoint = str(path)
+                            store.put_model(result.row)
+                            store.clear_failure(item_id)
+                            weights[item.model_id] = result.weights
+                            log.info("%s: training accuracy %.4f in %.1f s", _what(item), result.row.train_accuracy,
+                                     result.row.train_seconds)
+                            progress.update(train_bar, advance=1,
+                                            info=f"{item.label} s{item.seed}: acc@T {result.row.train_accuracy:.1%}")
+                            submit_cells(item)
+                        else:
+                            store.put_result(result)
+                            store.clear_failure(item_id)
+                            log.info("%s: accuracy %.4f", _what(item), result.accuracy)
+                            progress.update(eval_bar, advance=1, info=_what(item))
+        finally:
+            runner.close()
+        failed = store.failures()
+        log.info("run %s ended: %d cells stored of %d, %d failed", study.name, len(store.cell_ids()), len(cells),
+                 len(failed))
     paths = build_report(out)
     console.print(summary_table(out))
+    if failed:
+        console.print(f"[red]{len(failed)} cells failed; `longarch status {out}` lists them with their last error, "
+                      "and running the same command again retries them.[/red]")
     console.print(f"report: {paths['md']}  and  {paths['html']}")
     return paths["md"]
+
+
+# --------------------------------------------------------------------------------------------
+# what is planned, stored, failed and running (for `longarch plan` and `longarch status`)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class GridState:
+    models: list[ModelPlan]
+    cells: list[EvalCell]
+    trained: set[str]             # model ids with a stored model row
+    stored: set[str]              # cell ids with a stored result
+    failures: dict[str, dict]     # id -> failure row
+    running: list[dict]           # cells handed out by a live run
+    holder: int | None            # pid of the run holding the directory
+
+    def remaining_cells(self) -> list[EvalCell]:
+        return [c for c in self.cells if c.cell_id not in self.stored]
+
+    def remaining_models(self) -> list[ModelPlan]:
+        return [p for p in self.models if p.model_id not in self.trained]
+
+
+def grid_state(study: Study, out: Path) -> GridState:
+    """The study's grid against what `out` holds (nothing, when it holds no store); read only."""
+    model_plans, cells = plan(study)
+    path = out / "results.sqlite"
+    if not path.exists():
+        return GridState(model_plans, cells, set(), set(), {}, [], None)
+    with Store(path) as store:
+        trained, stored = store.model_ids(), store.cell_ids()
+        failures = {f["cell_id"]: f for f in store.failures()}
+        running = store.running()
+    holder = held_by(out)
+    return GridState(model_plans, cells, trained, stored, failures, running if holder else [], holder)
+
+
+def cost(study: Study, state: GridState, out: Path) -> dict:
+    """What the remaining work costs: tokens trained (steps x batch x T per model) and tokens
+    evaluated (samples x length per cell), and seconds estimated from the rates of work already
+    stored in `out` (None when nothing is stored yet)."""
+    spec = study.train
+    train_tokens = len(state.remaining_models()) * spec.steps * spec.batch_size * spec.length
+    eval_tokens = sum(study.eval.samples * c.length for c in state.remaining_cells())
+    seconds = None
+    path = out / "results.sqlite"
+    if path.exists() and (state.trained or state.stored):
+        with Store(path) as store:
+            model_rows, result_rows = store.models(), store.results()
+        train_rate = sum(r.train_seconds for r in model_rows) / max(1, sum(
+            r.config["train"]["steps"] * r.config["train"]["batch_size"] * r.train_length for r in model_rows))
+        eval_rate = sum(r.seconds for r in result_rows) / max(1, sum(r.n * r.length for r in result_rows))
+        if (model_rows or not train_tokens) and (result_rows or not eval_tokens):
+            seconds = train_tokens * train_rate + eval_tokens * eval_rate
+    return {"train_tokens": train_tokens, "eval_tokens": eval_tokens, "seconds": seconds}

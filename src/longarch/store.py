@@ -4,6 +4,8 @@ Tables
 - study:   key -> JSON value (the validated config, the command, versions, git commit)
 - models:  one row per trained model (architecture x seed): family, parameters, state size,
            training length and accuracy, checkpoint path
+- failures: cells that failed every attempt, with the last error (cleared when one succeeds)
+- running:  cells handed to a worker and not finished (meaningful while a run holds the lock)
 - results: one row per evaluated cell (model x task x length x depth): n, accuracy and the
            per-sample scores (so intervals can be recomputed from the store alone). `label`
            names the evaluated task or format ("needle haystack=text"); `depth` is NULL for a
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,20 @@ CREATE TABLE IF NOT EXISTS results (
     scores    TEXT NOT NULL,           -- JSON list of the n per-sample scores
     seconds   REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS failures (
+    cell_id   TEXT PRIMARY KEY,        -- a model_id for a training cell
+    kind      TEXT NOT NULL,           -- 'train' or 'eval'
+    what      TEXT NOT NULL,           -- readable: model, task, length, depth
+    attempts  INTEGER NOT NULL,
+    error     TEXT NOT NULL,           -- the last error, one line
+    at        REAL NOT NULL            -- unix time
+);
+CREATE TABLE IF NOT EXISTS running (
+    cell_id   TEXT PRIMARY KEY,
+    kind      TEXT NOT NULL,
+    what      TEXT NOT NULL,
+    started   REAL NOT NULL
+);
 """
 
 
@@ -94,13 +111,22 @@ class ResultRow:
     label: str = ""  # empty: the task's name
 
 
+class StoreError(ValueError):
+    """A results file that is not a usable store (the file is never modified)."""
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            self.db.close()
+            raise StoreError(f"{self.path} is not a longarch results database ({error}); it is left as it is: "
+                             "move it away or choose another output directory") from None
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
         if "label" not in columns:  # a store written before labels: each row's label is its task
             with self.db:
@@ -161,3 +187,38 @@ class Store:
         columns = [c[0] for c in cursor.description]
         rows = [dict(zip(columns, r)) for r in cursor]
         return [ResultRow(**{**r, "knobs": json.loads(r["knobs"]), "scores": json.loads(r["scores"])}) for r in rows]
+
+    # failures and cells in flight ------------------------------------------------------------
+    def put_failure(self, cell_id: str, kind: str, what: str, attempts: int, error: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
+                            (cell_id, kind, what, attempts, error, time.time()))
+
+    def clear_failure(self, cell_id: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM failures WHERE cell_id = ?", (cell_id,))
+
+    def failures(self) -> list[dict]:
+        cursor = self.db.execute("SELECT * FROM failures ORDER BY at")
+        columns = [c[0] for c in cursor.description]
+        return [dict(zip(columns, r)) for r in cursor]
+
+    def set_running(self, cell_id: str, kind: str, what: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO running VALUES (?, ?, ?, ?)", (cell_id, kind, what, time.time()))
+
+    def clear_running(self, cell_id: str | None = None) -> None:
+        """One cell, or every cell (a new run starts with none in flight)."""
+        with self.db:
+            if cell_id is None:
+                self.db.execute("DELETE FROM running")
+            else:
+                self.db.execute("DELETE FROM running WHERE cell_id = ?", (cell_id,))
+
+    def running(self) -> list[dict]:
+        cursor = self.db.execute("SELECT * FROM running ORDER BY started")
+        columns = [c[0] for c in cursor.description]
+        return [dict(zip(columns, r)) for r in cursor]
+
+    def model_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT model_id FROM models")}

@@ -10,13 +10,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from .evaluate import evaluate_samples
 from .models import LanguageModel
@@ -134,15 +132,3 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
         held_out = part.generate(length=spec.length, n=spec.eval_samples, seed=held_out_seed)
         accuracy += weight * float(evaluate_samples(model, part, held_out).mean())
     return TrainResult(seconds, loss_value, accuracy, losses)
-
-
-def save_checkpoint(model: LanguageModel, path: Path, metadata: dict[str, str]) -> None:
-    """safetensors, written to a temporary file and renamed, so a crash leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
-
-
-def load_checkpoint(model: LanguageModel, path: Path) -> None:
-    model.load_state_dict(load_file(str(path)))

@@ -141,7 +141,14 @@ def config(name: str, vocab_size: int = 64, **overrides) -> ModelConfig:
     top = {"d_model": 64, "pattern": arch.pattern, "n_layers": arch.n_layers, "mlp_ratio": arch.mlp_ratio}
     mixer = dict(arch.mixer)
     for key, value in overrides.items():
-        (top if key in _CONFIG_FIELDS else mixer)[key] = value
+        target = top if key in _CONFIG_FIELDS else mixer
+        default = target.get(key)
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(default, int) and not isinstance(value, int))):
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ValueError(f"{name}: {key} must be {kind}, not {value!r}")
+        target[key] = value
     return ModelConfig(vocab_size=vocab_size, mixer=mixer, **top)
 
 

@@ -65,6 +65,8 @@ def load_corpus(path: str | Path | None = None, n_words: int = 256) -> WordStrea
         text, source = _default_text(), DEFAULT_SOURCE
     else:
         file = Path(path)
+        if file.is_dir():
+            raise ValueError(f"corpus file {str(file)!r} is a directory, not a text file")
         if not file.is_file():
             raise FileNotFoundError(f"corpus file {str(file)!r} does not exist")
         try:

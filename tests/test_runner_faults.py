@@ -1,0 +1,197 @@
+"""The runner under faults and on every backend: kill -9 at random moments then resume, to a
+store identical to an uninterrupted run; the same numbers in this process, in a local process
+pool and on Ray; failing cells retried, reported and never stopping the grid; one run per
+directory; pickled checkpoints never loaded; `plan` and `status` telling the truth."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
+
+from longarch import runner
+from longarch.cli import app
+from longarch.config import load_study
+from longarch.store import Store
+
+TINY = {
+    "name": "tiny",
+    "task": {"name": "needle", "knobs": {"haystack": "random"}},
+    "models": ["transformer", "mamba2"],
+    "params": 20000,
+    "seeds": [0],
+    "train": {"length": 16, "steps": 12, "batch_size": 8, "warmup": 2, "eval_samples": 8},
+    "eval": {"max_factor": 4, "depths": [0, 50, 100], "samples": 6, "chunk": 8},
+}
+N_CELLS = 2 * 3 * 3
+
+
+def write_study(directory: Path, **changes) -> Path:
+    path = directory / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+def quiet() -> Console:
+    return Console(file=open(os.devnull, "w"))
+
+
+def contents(database: Path) -> tuple[list, list]:
+    """Everything in a store that is a result (not a timing or a path), sorted."""
+    with sqlite3.connect(database) as db:
+        results = sorted(db.execute("SELECT cell_id, model_id, model, label, knobs, length, depth, seed, n, accuracy, "
+                                    "scores FROM results").fetchall())
+        models = sorted(db.execute("SELECT model_id, name, arch, seed, params, state_floats, train_length, "
+                                   "train_accuracy, final_loss FROM models").fetchall())
+    return results, models
+
+
+def command(study: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "longarch.cli", "run", str(study), "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path, float]:
+    """An uninterrupted run in a subprocess, as the killed runs are, and its duration."""
+    directory = tmp_path_factory.mktemp("reference")
+    study = write_study(directory)
+    start = time.perf_counter()
+    done = subprocess.run(command(study, directory / "out", "--workers", "0"), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    return study, directory / "out", time.perf_counter() - start
+
+
+def test_kill_9_at_ten_random_moments_then_resume(tmp_path, reference):
+    study, reference_out, duration = reference
+    out = tmp_path / "out"
+    moments = random.Random(4).sample(range(5, 95), 10)  # percent of an uninterrupted run's time
+    killed_with_work_left = 0
+    for percent in moments:
+        process = subprocess.Popen(command(study, out, "--workers", "0"), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(duration * percent / 100)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the whole job, as an OOM killer or `kill -9 -PGID` would
+            killed_with_work_left += 1
+        process.wait()
+        database = out / "results.sqlite"
+        if database.exists():
+            with sqlite3.connect(database) as db:
+                assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert killed_with_work_left >= 5, "most kills must land while the study is still running"
+    finished = subprocess.run(command(study, out, "--workers", "0"), capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert contents(out / "results.sqlite") == contents(reference_out / "results.sqlite")
+    results, models = contents(out / "results.sqlite")
+    assert len(results) == N_CELLS and len({r[0] for r in results}) == N_CELLS and len(models) == 2
+    assert not list((out / "checkpoints").glob("*.tmp"))
+
+
+def test_local_pool_and_ray_give_identical_results(tmp_path):
+    pytest.importorskip("ray")
+    study = load_study(str(write_study(tmp_path)))
+    runner.run_study(study, tmp_path / "pool", quiet(), backend="local", workers=2)
+    runner.run_study(study, tmp_path / "ray", quiet(), backend="ray", workers=2)
+    pool, ray = contents(tmp_path / "pool" / "results.sqlite"), contents(tmp_path / "ray" / "results.sqlite")
+    assert len(pool[0]) == N_CELLS and pool == ray
+
+
+def test_a_failing_cell_is_retried_reported_and_does_not_stop_the_grid(tmp_path, monkeypatch):
+    study = load_study(str(write_study(tmp_path, eval={**TINY["eval"], "samples": 2})))
+    real = runner.evaluate_samples
+    attempts = {"n": 0}
+
+    def broken_at_32(model, task, samples, **kwargs):
+        if samples.length == 32 and samples.meta["needle_depth"][0] == 50:
+            attempts["n"] += 1
+            raise RuntimeError("simulated failure at length 32")
+        return real(model, task, samples, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate_samples", broken_at_32)
+    out = tmp_path / "out"
+    runner.run_study(study, out, quiet(), retries=2)
+    with Store(out / "results.sqlite") as store:
+        assert len(store.results()) == N_CELLS - 2  # one cell per model failed, every other cell ran
+        failures = store.failures()
+    assert attempts["n"] == 2 * 3  # each failing cell tried 1 + 2 times
+    assert [f["attempts"] for f in failures] == [3, 3]
+    assert all("simulated failure at length 32" in f["error"] and "at 32 depth 50" in f["what"] for f in failures)
+    assert "simulated failure at length 32" in (out / "run.log").read_text()
+
+    status = CliRunner().invoke(app, ["status", str(out)])
+    assert status.exit_code == 0
+    assert "16 of 18 stored, 2 failed" in status.output and "simulated failure" in status.output
+
+    monkeypatch.setattr(runner, "evaluate_samples", real)  # fixed: the next run retries only those two
+    runner.run_study(study, out, quiet())
+    with Store(out / "results.sqlite") as store:
+        assert len(store.results()) == N_CELLS and store.failures() == []
+
+
+def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = runner.StudyLock(out).__enter__()
+    try:
+        assert runner.held_by(out) == os.getpid()
+        result = CliRunner().invoke(app, ["run", str(write_study(tmp_path)), "--out", str(out)])
+        assert result.exit_code == 2 and "another longarch run" in result.output and str(os.getpid()) in result.output
+        assert not (out / "results.sqlite").exists()
+    finally:
+        holder.__exit__(None, None, None)
+    assert runner.held_by(out) is None
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that a pickle was executed."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickled_checkpoint_is_never_loaded(tmp_path):
+    study = load_study(str(write_study(tmp_path, eval={**TINY["eval"], "samples": 2})))
+    out = tmp_path / "out"
+    runner.run_study(study, out, quiet())
+    before = contents(out / "results.sqlite")
+    marker = tmp_path / "executed"
+    with Store(out / "results.sqlite") as store:
+        checkpoint = Path(store.models()[0].checkpoint)
+        with store.db:
+            store.db.execute("DELETE FROM results")
+    checkpoint.write_bytes(pickle.dumps(_Payload(marker)))
+    runner.run_study(study, out, quiet())
+    assert not marker.exists()  # never unpickled
+    assert contents(out / "results.sqlite") == before  # retrained to the same weights and results
+    assert checkpoint.read_bytes()[:8] != pickle.dumps(_Payload(marker))[:8]
+
+
+def test_plan_counts_what_is_stored_and_what_remains(tmp_path):
+    study_path = write_study(tmp_path, eval={**TINY["eval"], "samples": 2})
+    out = tmp_path / "out"
+    before = CliRunner().invoke(app, ["plan", str(study_path), "--out", str(out)])
+    assert before.exit_code == 0, before.output
+    assert "│       2 │      0 │      0 │         2 │" in before.output  # models: planned, stored, failed, remaining
+    assert "│      18 │      0 │      0 │        18 │" in before.output
+    assert "unknown until some of it has run" in before.output
+    runner.run_study(load_study(str(study_path)), out, quiet())
+    with Store(out / "results.sqlite") as store, store.db:
+        store.db.execute("DELETE FROM results WHERE length = 64")
+    after = CliRunner().invoke(app, ["plan", str(study_path), "--out", str(out)])
+    assert "│      18 │     12 │      0 │         6 │" in after.output
+    assert "estimated time" in after.output and "unknown" not in after.output
