@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from longarch import config
 from longarch.cli import app
-from test_config import MALFORMED, _changed, _write
+from test_config import MALFORMED, _changed, _set, _write
 
 LONGARCH = str(Path(sys.executable).parent / "longarch")
 cli = CliRunner()  # click >= 8.2 keeps stderr apart in result.stderr; result.output mixes both
@@ -77,16 +77,6 @@ def _tiny(**changes) -> dict:
         else:
             data[key] = value
     return data
-
-
-def _set(path: str, value):
-    def change(data):
-        *parents, last = path.split(".")
-        node = data
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    return change
 
 
 # ---------------------------------------------------------------- a finished store is never touched

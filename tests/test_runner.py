@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -121,35 +116,3 @@ def test_damaged_checkpoint_is_retrained(tmp_path, uninterrupted):
     checkpoint.write_bytes(b"not a safetensors file")
     runner.run_study(study, out, quiet())
     assert summary_models(out) == summary_models(uninterrupted)
-
-
-def test_kill_9_midway_then_resume(tmp_path):
-    """A real `kill -9` of the command while it evaluates, then the same command again."""
-    slower = {**TINY["eval"], "samples": 40}  # cells slow enough to be caught part-way
-    study_file = write_study(tmp_path, eval=slower)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "longarch.cli", "run", str(study_file), "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    database = out / "results.sqlite"
-    deadline = time.time() + 120
-    stored = 0
-    while time.time() < deadline and process.poll() is None and stored < 3:
-        if database.exists():
-            try:
-                with sqlite3.connect(database, timeout=1) as db:
-                    stored = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-            except sqlite3.OperationalError:  # tables not created yet
-                stored = 0
-        time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 3 <= stored < N_CELLS
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr
-    with Store(database) as store:
-        assert len(store.results()) == N_CELLS
-
-    reference = tmp_path / "reference"
-    runner.run_study(load_study(str(study_file)), reference, quiet())
-    assert summary_models(out) == summary_models(reference)

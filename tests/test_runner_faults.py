@@ -16,36 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from rich.console import Console
 from typer.testing import CliRunner
 
 from longarch import runner
 from longarch.cli import app
 from longarch.config import load_study
 from longarch.store import Store
-
-TINY = {
-    "name": "tiny",
-    "task": {"name": "needle", "knobs": {"haystack": "random"}},
-    "models": ["transformer", "mamba2"],
-    "params": 20000,
-    "seeds": [0],
-    "train": {"length": 16, "steps": 12, "batch_size": 8, "warmup": 2, "eval_samples": 8},
-    "eval": {"max_factor": 4, "depths": [0, 50, 100], "samples": 6, "chunk": 8},
-}
-N_CELLS = 2 * 3 * 3
-
-
-def write_study(directory: Path, **changes) -> Path:
-    path = directory / "tiny.yaml"
-    path.write_text(yaml.safe_dump({**TINY, **changes}))
-    return path
-
-
-def quiet() -> Console:
-    return Console(file=open(os.devnull, "w"))
-
+from test_runner import N_CELLS, TINY, quiet, write_study
 
 def contents(database: Path) -> tuple[list, list]:
     """Everything in a store that is a result (not a timing or a path), sorted."""
