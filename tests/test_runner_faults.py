@@ -172,3 +172,31 @@ def test_plan_counts_what_is_stored_and_what_remains(tmp_path):
     after = CliRunner().invoke(app, ["plan", str(study_path), "--out", str(out)])
     assert "│      18 │     12 │      0 │         6 │" in after.output
     assert "estimated time" in after.output and "unknown" not in after.output
+
+
+def test_ctrl_c_stops_a_pool_run_at_once_and_keeps_what_is_stored(tmp_path):
+    """Ctrl-C reaches the whole process group; the driver stops its workers and exits 130 with
+    one line saying how to continue, and the next run finishes the study."""
+    study = write_study(tmp_path, train={**TINY["train"], "steps": 2000})
+    out = tmp_path / "out"
+
+    def as_in_a_terminal():  # a shell's background job would ignore SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setsid()
+
+    process = subprocess.Popen(command(study, out, "--workers", "2"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
+    log = out / "run.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "models to train" in log.read_text()):
+        time.sleep(0.1)
+    time.sleep(2)  # the workers are training
+    assert process.poll() is None
+    os.killpg(process.pid, signal.SIGINT)
+    start = time.time()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and time.time() - start < 20
+    assert "interrupted; stored cells are kept" in stderr and "Traceback" not in stderr
+    with sqlite3.connect(out / "results.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert runner.held_by(out) is None  # the lock went with the process

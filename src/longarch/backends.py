@@ -6,7 +6,7 @@ functions with the same torch thread count per job, so a study gives the same nu
 
     backend.submit(fn, job) -> handle
     backend.wait() -> [(handle, result, error)]   # at least one finished job; error is None or the exception
-    backend.close()
+    backend.close(abort=False)                    # abort: stop running jobs now
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import multiprocessing
 import os
+import signal
 import traceback
 from typing import Callable
 
@@ -54,7 +55,7 @@ class InProcess:
         except Exception as error:  # a failing job is an outcome, not a crash of the run
             return [(handle, None, error)]
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         self._queue.clear()
 
 
@@ -71,7 +72,8 @@ class LocalPool:
         self._pending: set[futures.Future] = set()
 
     def _start(self) -> futures.ProcessPoolExecutor:
-        return futures.ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return futures.ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_leave_interrupts_to_the_driver)
 
     def submit(self, fn: Callable, job) -> futures.Future:
         try:
@@ -93,8 +95,17 @@ class LocalPool:
             self._pool = self._start()
         return out
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, abort: bool = False) -> None:
+        """Wait for the workers to exit; on abort (Ctrl-C, an error in the driver) stop them now."""
+        if abort:
+            processes = list(getattr(self._pool, "_processes", {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join(timeout=10)
+        else:
+            self._pool.shutdown(wait=True)
 
 
 class RayBackend:
@@ -146,11 +157,17 @@ class RayBackend:
                 out.append((ref, None, error))
         return out
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         for ref in self._pending:
             self.ray.cancel(ref, force=True)
         if self._started:
             self.ray.shutdown()
+
+
+def _leave_interrupts_to_the_driver() -> None:
+    """In a pool worker: Ctrl-C reaches the whole process group, and the driver alone decides
+    what happens (it stops the workers and keeps what is stored)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_backend(kind: str, workers: int | None, address: str | None, threads: int):

@@ -398,8 +398,10 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
                             store.clear_failure(item_id)
                             log.info("%s: accuracy %.4f", _what(item), result.accuracy)
                             progress.update(eval_bar, advance=1, info=_what(item))
-        finally:
-            runner.close()
+        except BaseException:
+            runner.close(abort=True)
+            raise
+        runner.close()
         failed = store.failures()
         log.info("run %s ended: %d cells stored of %d, %d failed", study.name, len(store.cell_ids()), len(cells),
                  len(failed))
