@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from longarch import runner
+from longarch import runner, studydir
 from longarch.cli import app
 from longarch.config import load_study
 from longarch.store import Store
@@ -120,15 +120,15 @@ def test_a_failing_cell_is_retried_reported_and_does_not_stop_the_grid(tmp_path,
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    holder = runner.StudyLock(out).__enter__()
+    holder = studydir.StudyLock(out).__enter__()
     try:
-        assert runner.held_by(out) == os.getpid()
+        assert studydir.held_by(out) == os.getpid()
         result = CliRunner().invoke(app, ["run", str(write_study(tmp_path)), "--out", str(out)])
         assert result.exit_code == 2 and "another longarch run" in result.output and str(os.getpid()) in result.output
         assert not (out / "results.sqlite").exists()
     finally:
         holder.__exit__(None, None, None)
-    assert runner.held_by(out) is None
+    assert studydir.held_by(out) is None
 
 
 class _Payload:
@@ -199,4 +199,4 @@ def test_ctrl_c_stops_a_pool_run_at_once_and_keeps_what_is_stored(tmp_path):
     assert "interrupted; stored cells are kept" in stderr and "Traceback" not in stderr
     with sqlite3.connect(out / "results.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert runner.held_by(out) is None  # the lock went with the process
+    assert studydir.held_by(out) is None  # the lock went with the process

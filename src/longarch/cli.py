@@ -115,7 +115,7 @@ def plan_command(study: StudyArg = "quick",
                  corpus: Annotated[Optional[Path], typer.Option(help="as for run")] = None):
     """Print a study's grid: what is stored, what remains, and what the rest will cost."""
     from .config import load_study
-    from .runner import cost, grid_state
+    from .studydir import cost, grid_state
 
     loaded = load_study(study, corpus=None if corpus is None else str(corpus))
     target = out or Path("runs") / loaded.name
@@ -145,7 +145,7 @@ def plan_command(study: StudyArg = "quick",
 def status(directory: Annotated[Path, typer.Argument(help="a study's output directory")]):
     """Done, running and failed cells of a study directory, with each failure's last error."""
     from .config import Study, ConfigError
-    from .runner import grid_state
+    from .studydir import grid_state
     from .store import Store
 
     if not (directory / "results.sqlite").is_file():

@@ -1,0 +1,117 @@
+"""A study directory: the lock a run holds on it, and what it holds against the study's grid
+(for `longarch plan` and `longarch status`). Reading never writes."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import Study
+from .store import Store
+
+if TYPE_CHECKING:  # the runner takes the lock, so it imports this module, not the other way round
+    from .runner import EvalCell, ModelPlan
+
+
+class StudyBusy(ValueError):
+    """Another run holds the study directory."""
+
+
+class StudyLock:
+    """An exclusive lock on a study directory for the length of a run (released by the OS if
+    the process dies, so a kill -9 never leaves it stuck)."""
+
+    def __init__(self, out: Path):
+        self.path = out / "run.lock"
+
+    def __enter__(self) -> "StudyLock":
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            raise StudyBusy(f"another longarch run (pid {holder}) is writing to {self.path.parent}; "
+                            "wait for it to finish or choose another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def held_by(out: Path) -> int | None:
+    """The pid of the run holding `out`, or None when no run does."""
+    path = out / "run.lock"
+    if not path.exists():
+        return None
+    with open(path, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            text = file.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return None
+
+
+@dataclass
+class GridState:
+    models: list[ModelPlan]
+    cells: list[EvalCell]
+    trained: set[str]             # model ids with a stored model row
+    stored: set[str]              # cell ids with a stored result
+    failures: dict[str, dict]     # id -> failure row
+    running: list[dict]           # cells handed out by a live run
+    holder: int | None            # pid of the run holding the directory
+
+    def remaining_cells(self) -> list[EvalCell]:
+        return [c for c in self.cells if c.cell_id not in self.stored]
+
+    def remaining_models(self) -> list[ModelPlan]:
+        return [p for p in self.models if p.model_id not in self.trained]
+
+
+def grid_state(study: Study, out: Path) -> GridState:
+    """The study's grid against what `out` holds (nothing, when it holds no store); read only."""
+    from .runner import plan
+
+    model_plans, cells = plan(study)
+    path = out / "results.sqlite"
+    if not path.exists():
+        return GridState(model_plans, cells, set(), set(), {}, [], None)
+    with Store(path) as store:
+        trained, stored = store.model_ids(), store.cell_ids()
+        failures = {f["cell_id"]: f for f in store.failures()}
+        running = store.running()
+    holder = held_by(out)
+    return GridState(model_plans, cells, trained, stored, failures, running if holder else [], holder)
+
+
+def cost(study: Study, state: GridState, out: Path) -> dict:
+    """What the remaining work costs: tokens trained (steps x batch x T per model) and tokens
+    evaluated (samples x length per cell), and seconds estimated from the rates of work already
+    stored in `out` (None when nothing is stored yet)."""
+    spec = study.train
+    train_tokens = len(state.remaining_models()) * spec.steps * spec.batch_size * spec.length
+    eval_tokens = sum(study.eval.samples * c.length for c in state.remaining_cells())
+    seconds = None
+    path = out / "results.sqlite"
+    if path.exists() and (state.trained or state.stored):
+        with Store(path) as store:
+            model_rows, result_rows = store.models(), store.results()
+        train_rate = sum(r.train_seconds for r in model_rows) / max(1, sum(
+            r.config["train"]["steps"] * r.config["train"]["batch_size"] * r.train_length for r in model_rows))
+        eval_rate = sum(r.seconds for r in result_rows) / max(1, sum(r.n * r.length for r in result_rows))
+        if (model_rows or not train_tokens) and (result_rows or not eval_tokens):
+            seconds = train_tokens * train_rate + eval_tokens * eval_rate
+    return {"train_tokens": train_tokens, "eval_tokens": eval_tokens, "seconds": seconds}
