@@ -65,14 +65,7 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.1, ge=0)
     warmup: int = Field(50, ge=0)
     eval_samples: int = Field(200, ge=1)
-    tasks: list[TrainTask] | None = Field(None, description="a weighted mixture to train on instead of `task`")
-
-    @field_validator("tasks")
-    @classmethod
-    def _some_tasks(cls, value):
-        if value is not None and not value:
-            raise ValueError("train.tasks is empty")
-        return value
+    tasks: list[TrainTask] | None = Field(None, min_length=1, description="a weighted mixture to train on instead of `task`")
 
 
 class EvalConfig(Strict):
@@ -82,14 +75,7 @@ class EvalConfig(Strict):
     samples: int = Field(100, ge=1, description="samples per (length, depth) cell")
     chunk: int = Field(1024, ge=1, description="tokens fed per forward call at evaluation")
     seed: int = Field(1234, ge=0)
-    tasks: list[EvalTask] | None = Field(None, description="tasks or formats to evaluate instead of `task`")
-
-    @field_validator("tasks")
-    @classmethod
-    def _some_tasks(cls, value):
-        if value is not None and not value:
-            raise ValueError("eval.tasks is empty")
-        return value
+    tasks: list[EvalTask] | None = Field(None, min_length=1, description="tasks or formats to evaluate instead of `task`")
 
     @field_validator("depths")
     @classmethod
