@@ -165,8 +165,10 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
                   f"{len(models_failed)} failed")
     console.print(f"  cells:  {len(state.cells) - len(state.remaining_cells())} of {len(state.cells)} stored, "
                   f"{len(cells_failed)} failed, {len(state.remaining_cells()) - len(cells_failed)} not yet run")
+    if state.running:
+        console.print(f"  in flight (handed to the workers, running or queued): {len(state.running)}")
     for row in state.running:
-        console.print(f"  running: {row['what']}", markup=False)
+        console.print(f"    {row['what']}", markup=False)
     failed = [state.failures[p.model_id] for p in models_failed] + [state.failures[c.cell_id] for c in cells_failed]
     if failed:
         table = Table(title="failed cells (the last error of each; `longarch run` again retries them)")

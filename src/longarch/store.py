@@ -5,7 +5,8 @@ Tables
 - models:  one row per trained model (architecture x seed): family, parameters, state size,
            training length and accuracy, checkpoint path
 - failures: cells that failed every attempt, with the last error (cleared when one succeeds)
-- running:  cells handed to a worker and not finished (meaningful while a run holds the lock)
+- running:  cells handed to the workers (running or queued) and not finished; meaningful
+           while a run holds the study's lock
 - results: one row per evaluated cell (model x task x length x depth): n, accuracy and the
            per-sample scores (so intervals can be recomputed from the store alone). `label`
            names the evaluated task or format ("needle haystack=text"); `depth` is NULL for a
