@@ -163,3 +163,25 @@ def test_predict_at_reads_the_logits_at_the_positions(one_thread):
     expected = np.take_along_axis(logits.argmax(-1).numpy(), positions, axis=1)
     for chunk in (1, 4, 7, 23, 100):
         np.testing.assert_array_equal(predict_at(model, tokens, positions, chunk=chunk, tokens_per_batch=46), expected)
+
+
+def test_predict_at_scales_positions_to_the_length_and_restores_them(one_thread):
+    """A RoPE-scaled model answers in-place tasks at L with the factor L / T, as `predict` does,
+    and is set back to T afterwards."""
+    torch.manual_seed(0)
+    model = models.build("transformer-yarn", vocab_size=20, d_model=16).eval()
+    T, L = 8, 64
+    tokens = np.random.default_rng(1).integers(0, 20, (3, L))
+    positions = np.tile(np.arange(L), (3, 1))
+    model.set_context(T, L)
+    with torch.no_grad():
+        scaled = np.take_along_axis(model(torch.from_numpy(tokens))[0].argmax(-1).numpy(), positions, axis=1)
+    model.set_context(T, T)
+    calls = []
+    real = model.set_context
+    model.set_context = lambda train_length, length: (calls.append((train_length, length)), real(train_length, length))
+    np.testing.assert_array_equal(predict_at(model, tokens, positions, chunk=5, train_length=T), scaled)
+    assert calls == [(T, L), (T, T)]
+    calls.clear()
+    predict_at(model, tokens, positions, chunk=5)
+    assert calls == []  # no training length, no scaling

@@ -12,6 +12,8 @@ answer included, and set back to T afterwards.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -27,11 +29,20 @@ def predict(model: LanguageModel, tokens: np.ndarray, answer_length: int, chunk:
     """Greedy continuation of each row of tokens (n, L): returns (n, answer_length).
     `train_length`: the model's training length, for models that scale positions to L."""
     model.eval()
+    with _context(model, train_length, tokens.shape[1]):
+        return _greedy(model, tokens, answer_length, chunk, tokens_per_batch)
+
+
+@contextlib.contextmanager
+def _context(model: LanguageModel, train_length: int | None, length: int):
+    """The model set for sequences of `length` (one factor for the whole sequence, answer
+    included), and set back to its training length afterwards; nothing without a train_length."""
     if train_length is None:
-        return _greedy(model, tokens, answer_length, chunk, tokens_per_batch)
-    model.set_context(train_length, tokens.shape[1])  # one factor for the whole sequence, answer included
+        yield
+        return
+    model.set_context(train_length, length)
     try:
-        return _greedy(model, tokens, answer_length, chunk, tokens_per_batch)
+        yield
     finally:
         model.set_context(train_length, train_length)
 
@@ -64,9 +75,7 @@ def predict_at(model: LanguageModel, tokens: np.ndarray, positions: np.ndarray, 
     tokens (fed `chunk` at a time): tokens (n, L), positions (n, k) -> (n, k)."""
     model.eval()
     n, length = tokens.shape
-    if train_length is not None:
-        model.set_context(train_length, length)
-    try:
+    with _context(model, train_length, length):
         device = next(model.parameters()).device
         batch = max(1, tokens_per_batch // length)
         out = np.zeros(positions.shape, dtype=np.int64)
@@ -84,9 +93,6 @@ def predict_at(model: LanguageModel, tokens: np.ndarray, positions: np.ndarray, 
                     found[rows, cols] = symbols.cpu().numpy()
             out[first:first + batch] = found
         return out
-    finally:
-        if train_length is not None:
-            model.set_context(train_length, train_length)
 
 
 def evaluate_samples(model: LanguageModel, task, samples: Samples, chunk: int = 1024,
