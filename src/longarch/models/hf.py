@@ -1,0 +1,267 @@
+"""Evaluate any ``transformers`` causal LM given as ``hf:<path or hub id>``.
+
+Not imported by :mod:`longarch.models`; callers import it lazily so that the
+rest of the package works without ``transformers``.
+
+Prompts are never truncated: evaluating past a model's declared training
+length is the point of the study, so :attr:`HFModel.declared_length` is
+reported and the caller marks such cells as beyond-training.
+
+Chunked prefill
+---------------
+``generate(..., chunk=n)`` feeds the prompt ``n`` tokens at a time through the
+model's cache (``cache=`` in transformers 5.x, ``state=`` for RWKV) so memory
+for recurrent models stays bounded.  In transformers 5.24 this is exact for
+Llama-style attention models (DynamicCache), Mamba-2 (its chunked scan takes
+the cached state as ``initial_states``) and RWKV (``state``).  It is *not*
+exact for three kinds, whose multi-token forward does not continue the cache:
+
+* Mamba-1 and Jamba's Mamba layers run the scan from a zero state; the cached
+  recurrent state is read only by single-token steps;
+* RecurrentGemma's recurrent blocks replace their convolution state with the
+  new chunk (zero-padded) instead of continuing it.
+
+For those kinds (:data:`WHOLE_PREFILL_KINDS`) ``chunk`` is ignored and the
+prompt is prefilled whole; a test checks that forcing pieces really differs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+# Kinds whose multi-token forward ignores the cached recurrent state in
+# transformers 5.24, so prefilling in pieces would silently give wrong logits.
+WHOLE_PREFILL_KINDS = frozenset({"mamba", "jamba", "recurrent_gemma"})
+
+# Kinds whose single-token cached step is wrong for batch > 1 in transformers
+# 5.24 (RWKV broadcasts the token-shift state (B, H) against (B, 1, H) into
+# (B, B, H)), so their prompts are decoded one at a time.
+UNBATCHED_KINDS = frozenset({"rwkv"})
+
+# Config attributes that hold a model's declared training context, in order.
+# (RecurrentGemma's attention_window_size is a local-attention window, not a
+# training length, so it declares none; neither do Mamba and Mamba-2.)
+_LENGTH_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
+                 "context_length")
+
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+
+TEMPLATES = ("base", "chat")
+
+
+def _parse(spec: str) -> str:
+    """The local path or hub id in ``hf:<path or hub id>``; a missing local path is an error."""
+    if not isinstance(spec, str) or not spec.startswith("hf:"):
+        raise ValueError(f"model spec {spec!r} must look like 'hf:<path or hub id>'")
+    target = spec[3:].strip()
+    if not target:
+        raise ValueError(f"model spec {spec!r} names no path or hub id after 'hf:'")
+    local = os.path.expanduser(target)
+    if os.path.exists(local):
+        if not os.path.isdir(local):
+            raise ValueError(f"model path {target} is not a folder")
+        return local
+    # A hub id is "name" or "owner/name"; anything else must be a local folder.
+    if target.startswith(("/", ".", "~")) or target.count("/") > 1 or os.sep != "/" and os.sep in target:
+        raise ValueError(f"model path {target} does not exist")
+    return target
+
+
+def load(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> "HFModel":
+    """Load ``hf:<path or hub id>`` as an :class:`HFModel` in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = _parse(spec)
+    torch_dtype = getattr(torch, _DTYPE_ALIASES.get(dtype, dtype), None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r} (try float32, bfloat16 or float16)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ValueError(f"model {target} could not be found locally or on the Hugging Face hub "
+                         f"({type(exc).__name__})") from None
+    model.to(device).eval()
+    return HFModel(model=model, tokenizer=tokenizer, device=torch.device(device))
+
+
+def declared_length(config) -> int | None:
+    """The training context a config declares, or None when it declares none."""
+    for attr in _LENGTH_ATTRS:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@dataclass
+class HFModel:
+    """A loaded causal LM and its tokenizer; greedy decoding over token-id prompts."""
+
+    model: object
+    tokenizer: object
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def kind(self) -> str:
+        return self.model.config.model_type
+
+    @property
+    def declared_length(self) -> int | None:
+        return declared_length(self.model.config)
+
+    @property
+    def chunkable(self) -> bool:
+        """Whether prefill in pieces through the cache is exact for this kind."""
+        return self.kind not in WHOLE_PREFILL_KINDS
+
+    def beyond_training(self, n_tokens: int) -> bool:
+        """Whether a sequence of ``n_tokens`` runs past the declared training length."""
+        limit = self.declared_length
+        return limit is not None and n_tokens > limit
+
+    @property
+    def eos_ids(self) -> set[int]:
+        """End-of-sequence ids named by the generation config, the model config or the tokenizer."""
+        ids = set()
+        for source in (self.model.generation_config, self.model.config, self.tokenizer):
+            value = getattr(source, "eos_token_id", None)
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(v for v in value if isinstance(v, int))
+        return ids
+
+    # -- prompts ---------------------------------------------------------------
+
+    def prompt(self, text: str, template: str = "base") -> list[int]:
+        """Token ids of ``text`` under the ``base`` or ``chat`` template; never truncated."""
+        if template == "base":
+            return list(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+        if template == "chat":
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(f"the tokenizer of this {self.kind} model has no chat template; "
+                                 "use the 'base' template")
+            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                     add_generation_prompt=True, tokenize=True)
+            if hasattr(ids, "keys"):  # BatchEncoding in newer transformers
+                ids = ids["input_ids"]
+            return [int(i) for i in ids]
+        raise ValueError(f"unknown prompt template {template!r}; expected one of {TEMPLATES}")
+
+    # -- forward through the cache --------------------------------------------------
+
+    def _step(self, ids: torch.Tensor, cache, past: int):
+        """Forward ``ids`` (batch, n) after ``past`` cached tokens; returns (last logits, cache).
+
+        Positions are passed explicitly where the model takes them (RecurrentGemma
+        resets its recurrence wherever a position is 0).
+        """
+        kwargs = {"use_cache": True, "logits_to_keep": 1}
+        if self._takes_positions:
+            positions = torch.arange(past, past + ids.shape[1], device=ids.device)
+            kwargs["position_ids"] = positions.expand(ids.shape[0], -1)
+        if self.kind == "rwkv":
+            out = self.model(input_ids=ids, state=cache, **kwargs)
+            return out.logits[:, -1, :].float(), out.state
+        if cache is None and self.kind == "recurrent_gemma":
+            cache = self._fresh_recurrent_gemma_cache(ids.shape[0])
+        out = self.model(input_ids=ids, cache=cache, **kwargs)
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = getattr(out, "past_key_values", None)
+        if new_cache is None:  # updated in place but not returned (RecurrentGemma)
+            new_cache = cache
+        return out.logits[:, -1, :].float(), new_cache
+
+    def _fresh_recurrent_gemma_cache(self, batch: int):
+        """RecurrentGemma keeps its recurrent state on the modules and does not return the
+        cache it makes, so we zero that state and pass in a cache we keep hold of."""
+        from transformers import DynamicCache
+
+        dtype = next(self.model.parameters()).dtype
+        self.model._setup_cache(self.model.config, batch, self.device, dtype)
+        return DynamicCache(config=self.model.config)
+
+    @property
+    def _takes_positions(self) -> bool:
+        return "position_ids" in inspect.signature(self.model.forward).parameters
+
+    def _prefill(self, ids: torch.Tensor, chunk: int | None):
+        """Run the prompt batch ``ids``, whole or in ``chunk``-token pieces where that is exact."""
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be a positive number of tokens, got {chunk}")
+        if chunk is None or not self.chunkable or chunk >= ids.shape[1]:
+            return self._step(ids, None, 0)
+        return self._prefill_in_pieces(ids, chunk)
+
+    def _prefill_in_pieces(self, ids: torch.Tensor, chunk: int):
+        """Feed ``ids`` ``chunk`` tokens at a time through the cache (no kind check)."""
+        cache, logits = None, None
+        for start in range(0, ids.shape[1], chunk):
+            logits, cache = self._step(ids[:, start:start + chunk], cache, start)
+        return logits, cache
+
+    @torch.no_grad()
+    def next_token_logits(self, prompt_ids: list[int], chunk: int | None = None) -> torch.Tensor:
+        """Logits (V,) for the token after ``prompt_ids``."""
+        if not prompt_ids:
+            raise ValueError("prompt is empty")
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        logits, _ = self._prefill(ids, chunk)
+        return logits[0]
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int, chunk: int | None):
+        ids = torch.tensor(prompts, dtype=torch.long, device=self.device)
+        logits, cache = self._prefill(ids, chunk)
+        eos = self.eos_ids
+        outputs: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for step in range(max_new_tokens):
+            token = logits.argmax(dim=-1)
+            for row, value in enumerate(token.tolist()):
+                if not done[row]:
+                    done[row] = value in eos
+                    if not done[row]:
+                        outputs[row].append(value)
+            if all(done) or step == max_new_tokens - 1:
+                break
+            logits, cache = self._step(token[:, None], cache, ids.shape[1] + step)
+        return outputs
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, chunk: int | None = None,
+                 batch_tokens: int = 16384) -> list[list[int]]:
+        """Greedy continuations of ``prompts`` (new tokens only), in input order.
+
+        Prompts of equal length are batched together (no padding), at most
+        ``batch_tokens`` prompt tokens per batch (always at least one prompt;
+        exactly one for :data:`UNBATCHED_KINDS`).
+        Decoding stops after ``max_new_tokens`` tokens or at EOS, which is not
+        returned: a row that stops early has fewer than ``max_new_tokens``.
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        results: list[list[int] | None] = [None] * len(prompts)
+        by_length: dict[int, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            if not prompt:
+                raise ValueError(f"prompt {index} is empty")
+            by_length.setdefault(len(prompt), []).append(index)
+        for length in sorted(by_length):
+            indices = by_length[length]
+            per_batch = 1 if self.kind in UNBATCHED_KINDS else max(1, batch_tokens // length)
+            for start in range(0, len(indices), per_batch):
+                group = indices[start:start + per_batch]
+                if max_new_tokens == 0:
+                    outs = [[] for _ in group]
+                else:
+                    outs = self._generate_batch([list(prompts[i]) for i in group], max_new_tokens, chunk)
+                for index, out in zip(group, outs):
+                    results[index] = out
+        return results
