@@ -81,8 +81,11 @@ def run(study: StudyArg = "quick",
         backend: Annotated[str, typer.Option(help="local (a process pool) or ray")] = "local",
         workers: Annotated[Optional[int], typer.Option(help="parallel jobs [default: one per core]; 0 runs them in this process", min=0)] = None,
         address: Annotated[Optional[str], typer.Option(help="Ray cluster address ('auto': the cluster this machine is in) [default: a local Ray instance]")] = None,
-        retries: Annotated[int, typer.Option(help="times a failing cell is retried before it is reported", min=0)] = 2):
-    """Train and evaluate a study; rerunning it continues where it stopped."""
+        retries: Annotated[int, typer.Option(help="times a failing cell is retried before it is reported", min=0)] = 2,
+        squad: Annotated[Optional[Path], typer.Option(help="pretrained studies: SQuAD v2 dev file for qa_1")] = None,
+        hotpotqa: Annotated[Optional[Path], typer.Option(help="pretrained studies: HotpotQA dev file for qa_2")] = None,
+        trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="pretrained studies: let checkpoints that ship code run it")] = False):
+    """Train and evaluate a study, or evaluate a pretrained one; rerunning it continues where it stopped."""
     from .config import load_study
     from .runner import run_study
 
@@ -90,16 +93,103 @@ def run(study: StudyArg = "quick",
         raise ValueError(f"--backend must be local or ray, not {backend!r}")
     if address is not None and backend != "ray":
         raise ValueError("--address is for --backend ray")
-    loaded = load_study(study, corpus=None if corpus is None else str(corpus))
+    extra = {k: v for k, v in (("squad", squad and str(squad)), ("hotpotqa", hotpotqa and str(hotpotqa)),
+                               ("trust_remote_code", trust_remote_code or None)) if v is not None}
+    loaded = load_study(study, overrides=_pretrained_only(study, extra), corpus=None if corpus is None else str(corpus))
     target = out or Path("runs") / loaded.name
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"--out {target} is a file, not a directory")
+    if getattr(loaded, "kind", None) == "pretrained":
+        _run_pretrained(loaded, target, backend, 0 if workers is None else workers, address, retries)
+        return
+    _check_out(target)
     try:
         run_study(loaded, target, console, command="longarch " + " ".join(sys.argv[1:]), backend=backend,
                   workers=workers, address=address, retries=retries)
     except KeyboardInterrupt:
         errors.print(f"interrupted; stored cells are kept. Run the same command again to continue ({target}).")
         raise typer.Exit(130)
+
+
+def _pretrained_only(study: str, extra: dict) -> dict:
+    """Options of pretrained studies given to `run`, refused for a controlled study."""
+    if extra:
+        from .config import _read_yaml
+
+        data, _ = _read_yaml(study)
+        if data.get("kind") != "pretrained":
+            flag = "--" + next(iter(extra)).replace("_", "-")
+            raise ValueError(f"{flag} is for pretrained studies (kind: pretrained); {study} trains its models")
+    return extra
+
+
+def _check_out(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {target} is a file, not a directory")
+
+
+def _run_pretrained(study, target: Path, backend: str, workers: int, address: str | None, retries: int) -> None:
+    """A pretrained study runs in this process by default: one accelerator, each model loaded once."""
+    from .pretrained.runner import run_pretrained
+
+    _check_out(target)
+    try:
+        run_pretrained(study, target, console, command="longarch " + " ".join(sys.argv[1:]), backend=backend,
+                       workers=workers, address=address, retries=retries)
+    except KeyboardInterrupt:
+        errors.print(f"interrupted; stored cells are kept. Run the same command again to continue ({target}).")
+        raise typer.Exit(130)
+
+
+def _csv(text: str, what: str) -> list[str]:
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise ValueError(f"{what} is empty")
+    return items
+
+
+@app.command("eval")
+@clean_errors
+def eval_command(
+        model: Annotated[list[str], typer.Option(help="hf:<path or hub id> or mamba_ssm:<path or hub id>; repeatable")],
+        tasks: Annotated[str, typer.Option(help="comma-separated text tasks; 'ruler' is RULER's 13 (see `longarch tasks --text`)")] = "ruler",
+        lengths: Annotated[str, typer.Option(help="comma-separated lengths in tokens, e.g. 1K,2K,4K or 1024,2048")] = "1K,2K,4K,8K,16K",
+        samples: Annotated[int, typer.Option(help="samples per task and length", min=1)] = 250,
+        out: Annotated[Optional[Path], typer.Option(help="output directory [default: runs/eval]")] = None,
+        name: Annotated[str, typer.Option(help="the study's name in the report")] = "eval",
+        template: Annotated[str, typer.Option(help="base, or chat (the tokenizer's own chat template)")] = "base",
+        dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
+        device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+        train_length: Annotated[Optional[int], typer.Option(help="the models' training length [default: what each config declares]", min=1)] = None,
+        tokenizer: Annotated[Optional[str], typer.Option(help="tokenizer for mamba_ssm: checkpoints [default: the checkpoint's own, else gpt-neox-20b]")] = None,
+        chunk: Annotated[Optional[int], typer.Option(help="prefill chunk in tokens, where exact [default: whole prompts]", min=1)] = None,
+        batch_tokens: Annotated[int, typer.Option(help="prompt tokens per generation batch", min=1)] = 16384,
+        corpus: Annotated[Optional[Path], typer.Option(help="essay haystack text [default: Python's help topics]")] = None,
+        squad: Annotated[Optional[Path], typer.Option(help="SQuAD v2 dev file for qa_1 (without it qa_1 is skipped)")] = None,
+        hotpotqa: Annotated[Optional[Path], typer.Option(help="HotpotQA dev file for qa_2 (without it qa_2 is skipped)")] = None,
+        seed: Annotated[int, typer.Option(min=0)] = 0,
+        threshold: Annotated[float, typer.Option(help="effective length: the longest length scoring above this")] = 85.6,
+        trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="let transformers run code shipped with a checkpoint")] = False,
+        retries: Annotated[int, typer.Option(help="times a failing cell is retried", min=0)] = 2):
+    """Evaluate pretrained checkpoints on RULER-style text tasks; rerunning continues where it stopped."""
+    from .bench import parse_lengths
+    from .config import ConfigError, _one_line
+    from .pretrained.config import PretrainedStudy, check
+
+    data = {"kind": "pretrained", "name": name,
+            "models": [{"model": m, "train_length": train_length, "tokenizer": tokenizer} for m in model],
+            "tasks": _csv(tasks, "--tasks"),
+            "eval": {"lengths": parse_lengths(lengths), "samples": samples, "seed": seed, "template": template,
+                     "dtype": dtype, "device": device, "chunk": chunk, "batch_tokens": batch_tokens,
+                     "threshold": threshold},
+            "corpus": None if corpus is None else str(corpus), "squad": None if squad is None else str(squad),
+            "hotpotqa": None if hotpotqa is None else str(hotpotqa), "trust_remote_code": trust_remote_code}
+    try:
+        study = PretrainedStudy.model_validate(data)
+    except Exception as error:
+        if hasattr(error, "errors"):
+            raise ConfigError(_one_line(error, "longarch eval")) from None
+        raise
+    check(study, "longarch eval")
+    _run_pretrained(study, out or Path("runs") / name, "local", 0, None, retries)
 
 
 def _duration(seconds: float | None) -> str:
@@ -112,24 +202,43 @@ def _duration(seconds: float | None) -> str:
 @clean_errors
 def plan_command(study: StudyArg = "quick",
                  out: Annotated[Optional[Path], typer.Option(help="output directory [default: runs/<study>]")] = None,
-                 corpus: Annotated[Optional[Path], typer.Option(help="as for run")] = None):
+                 corpus: Annotated[Optional[Path], typer.Option(help="as for run")] = None,
+                 squad: Annotated[Optional[Path], typer.Option(help="as for run")] = None,
+                 hotpotqa: Annotated[Optional[Path], typer.Option(help="as for run")] = None,
+                 trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="as for run")] = False):
     """Print a study's grid: what is stored, what remains, and what the rest will cost."""
     from .config import load_study
     from .studydir import cost, grid_state
 
-    loaded = load_study(study, corpus=None if corpus is None else str(corpus))
+    extra = {k: v for k, v in (("squad", squad and str(squad)), ("hotpotqa", hotpotqa and str(hotpotqa)),
+                               ("trust_remote_code", trust_remote_code or None)) if v is not None}
+    loaded = load_study(study, overrides=_pretrained_only(study, extra), corpus=None if corpus is None else str(corpus))
+    if getattr(loaded, "kind", None) == "pretrained":
+        from .pretrained.runner import plan as plan_pretrained
+
+        for what, reason in plan_pretrained(loaded)[1]:
+            console.print(f"[yellow]skipped {what}: {reason}[/yellow]")
     target = out or Path("runs") / loaded.name
     state = grid_state(loaded, target)
     table = Table(title=f"{loaded.name}: the grid against {target}")
     for column in ("cells", "planned", "stored", "failed", "remaining"):
         table.add_column(column, justify="left" if column == "cells" else "right")
     models_failed = sum(1 for p in state.models if p.model_id in state.failures)
-    table.add_row("train (architecture x seed)", str(len(state.models)), str(len(state.models) - len(state.remaining_models())),
-                  str(models_failed), str(len(state.remaining_models())))
-    for label, task in loaded.eval_tasks():
+    pretrained = getattr(loaded, "kind", None) == "pretrained"
+    if not pretrained:
+        table.add_row("train (architecture x seed)", str(len(state.models)), str(len(state.models) - len(state.remaining_models())),
+                      str(models_failed), str(len(state.remaining_models())))
+    for label, task in (loaded.task_entries() if pretrained else loaded.eval_tasks()):
         mine = [c for c in state.cells if c.label == label]
         stored = sum(1 for c in mine if c.cell_id in state.stored)
         failed = sum(1 for c in mine if c.cell_id in state.failures and c.cell_id not in state.stored)
+        if pretrained:
+            lengths = "T x " + ", ".join(f"{f:g}" for f in task.length_factors) if task.length_factors else \
+                f"{len(loaded.eval.lengths)} lengths"
+            depths = f" x {len(task.depths)} depths" if task.depths else ""
+            what = f"{len({c.model.label for c in mine})} models x {lengths}{depths}" if mine else "skipped"
+            table.add_row(f"evaluate {label} ({what})", str(len(mine)), str(stored), str(failed), str(len(mine) - stored))
+            continue
         depths = f" x {len(loaded.eval.depths)} depths" if task.uses_depth else ""
         table.add_row(f"evaluate {label} ({len(loaded.models) * len(loaded.seeds)} models x "
                       f"{len(loaded.eval_lengths())} lengths{depths})", str(len(mine)), str(stored), str(failed),
@@ -153,7 +262,12 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
     with Store(directory / "results.sqlite") as store:
         config = store.meta().get("config")
     try:
-        study = Study.model_validate(config)
+        if isinstance(config, dict) and config.get("kind") == "pretrained":
+            from .pretrained.config import PretrainedStudy
+
+            study = PretrainedStudy.model_validate(config)
+        else:
+            study = Study.model_validate(config)
     except Exception:
         raise ConfigError(f"{directory}: the stored study configuration is missing or unreadable") from None
     state = grid_state(study, directory)
@@ -161,8 +275,9 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
     models_failed = [p for p in state.models if p.model_id in state.failures and p.model_id not in state.trained]
     running = f"running now (pid {state.holder})" if state.holder else "no run in progress"
     console.print(f"[bold]{study.name}[/bold] in {directory}: {running}")
-    console.print(f"  models: {len(state.models) - len(state.remaining_models())} of {len(state.models)} trained, "
-                  f"{len(models_failed)} failed")
+    if state.models:  # a pretrained study trains nothing
+        console.print(f"  models: {len(state.models) - len(state.remaining_models())} of {len(state.models)} trained, "
+                      f"{len(models_failed)} failed")
     console.print(f"  cells:  {len(state.cells) - len(state.remaining_cells())} of {len(state.cells)} stored, "
                   f"{len(cells_failed)} failed, {len(state.remaining_cells()) - len(cells_failed)} not yet run")
     if state.running:

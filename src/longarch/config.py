@@ -218,11 +218,14 @@ def _one_line(error: ValidationError, origin: str) -> str:
     return f"{origin}: {where}: {message}" if where else f"{origin}: {message}"
 
 
-def load_study(source: str, overrides: dict | None = None, corpus: str | None = None) -> Study:
-    """Load a preset name or a YAML path, validate it fully, and return the Study. `corpus`: a
-    text file read by every task of the study whose haystack is `text` (the CLI's --corpus)."""
+def load_study(source: str, overrides: dict | None = None, corpus: str | None = None):
+    """Load a preset name or a YAML path, validate it fully, and return the Study (or, for
+    `kind: pretrained`, the PretrainedStudy). `corpus`: a text file read by every task of the
+    study whose haystack is `text` or `essay` (the CLI's --corpus)."""
     data, origin = _read_yaml(source)
     data.update(overrides or {})
+    if data.get("kind") == "pretrained":
+        return load_pretrained(data, origin, corpus)
     try:
         study = Study.model_validate(data)
     except ValidationError as error:
@@ -230,6 +233,20 @@ def load_study(source: str, overrides: dict | None = None, corpus: str | None = 
     if corpus is not None:
         study = with_corpus(study, corpus, origin)
     check(study, origin)
+    return study
+
+
+def load_pretrained(data: dict, origin: str, corpus: str | None = None):
+    """A `kind: pretrained` study (checkpoints on text tasks; see pretrained/config.py)."""
+    from .pretrained.config import PretrainedStudy, check as check_pretrained
+
+    if corpus is not None:
+        data = {**data, "corpus": str(corpus)}
+    try:
+        study = PretrainedStudy.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, origin)) from None
+    check_pretrained(study, origin)
     return study
 
 

@@ -112,7 +112,7 @@ def eval_seed(base: int, length: int, depth: float | None) -> int:
 
 def provenance(command: str) -> dict:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("longarch", "numpy"):
+    for package in ("longarch", "numpy", "transformers"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -7,6 +7,8 @@ Tables
 - failures: cells that failed every attempt, with the last error (cleared when one succeeds)
 - running:  cells handed to the workers (running or queued) and not finished; meaningful
            while a run holds the study's lock
+- pretrained: one row per pretrained checkpoint of a pretrained study: its spec, kind, family,
+           parameters and training length (with where that length came from), as JSON
 - results: one row per evaluated cell (model x task x length x depth): n, accuracy and the
            per-sample scores (so intervals can be recomputed from the store alone). `label`
            names the evaluated task or format ("needle haystack=text"); `depth` is NULL for a
@@ -44,6 +46,12 @@ CREATE TABLE IF NOT EXISTS models (
     final_loss     REAL NOT NULL,
     config         TEXT NOT NULL,      -- JSON: model config and training spec
     checkpoint     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pretrained (
+    model_id  TEXT PRIMARY KEY,
+    name      TEXT NOT NULL,
+    spec      TEXT NOT NULL,           -- hf:<path or id> or mamba_ssm:<path or id>
+    info      TEXT NOT NULL            -- JSON: kind, family, params, declared/train length and source, dtype
 );
 CREATE TABLE IF NOT EXISTS results (
     cell_id   TEXT PRIMARY KEY,
@@ -171,6 +179,18 @@ class Store:
         columns = [c[0] for c in cursor.description]
         rows = [dict(zip(columns, r)) for r in cursor]
         return [ModelRow(**{**r, "config": json.loads(r["config"])}) for r in rows]
+
+    # pretrained checkpoints -----------------------------------------------------------------
+    def put_pretrained(self, model_id: str, name: str, spec: str, info: dict) -> None:
+        with self.db:  # an upsert keeps the row's place: models stay in the order first evaluated
+            self.db.execute("INSERT INTO pretrained VALUES (?, ?, ?, ?) ON CONFLICT(model_id) DO UPDATE SET "
+                            "name = excluded.name, spec = excluded.spec, info = excluded.info",
+                            (model_id, name, spec, json.dumps(info, sort_keys=True)))
+
+    def pretrained(self) -> list[dict]:
+        """{model_id, name, spec, **info} per checkpoint, in the order first evaluated."""
+        return [{"model_id": m, "name": n, "spec": s, **json.loads(i)}
+                for m, n, s, i in self.db.execute("SELECT * FROM pretrained ORDER BY rowid")]
 
     # results --------------------------------------------------------------------------------
     def put_result(self, row: ResultRow) -> None:

@@ -85,7 +85,12 @@ def grid_state(study: Study, out: Path) -> GridState:
     """The study's grid against what `out` holds (nothing, when it holds no store); read only."""
     from .runner import plan
 
-    model_plans, cells = plan(study)
+    if getattr(study, "kind", None) == "pretrained":  # nothing to train: checkpoints on text tasks
+        from .pretrained.runner import plan as plan_pretrained
+
+        model_plans, cells = [], plan_pretrained(study)[0]
+    else:
+        model_plans, cells = plan(study)
     path = out / "results.sqlite"
     if not path.exists():
         return GridState(model_plans, cells, set(), set(), {}, [], None)
@@ -101,8 +106,8 @@ def cost(study: Study, state: GridState, out: Path) -> dict:
     """What the remaining work costs: tokens trained (steps x batch x T per model) and tokens
     evaluated (samples x length per cell), and seconds estimated from the rates of work already
     stored in `out` (None when nothing is stored yet)."""
-    spec = study.train
-    train_tokens = len(state.remaining_models()) * spec.steps * spec.batch_size * spec.length
+    spec = getattr(study, "train", None)
+    train_tokens = len(state.remaining_models()) * spec.steps * spec.batch_size * spec.length if spec else 0
     eval_tokens = sum(study.eval.samples * c.length for c in state.remaining_cells())
     seconds = None
     path = out / "results.sqlite"

@@ -1,0 +1,199 @@
+"""Pretrained studies: RULER-style text tasks on checkpoints, as data.
+
+A pretrained study names checkpoints (`hf:<path or hub id>` for anything `transformers` loads,
+`mamba_ssm:<path or hub id>` for the state-spaces format), the text tasks to run (`ruler` is
+RULER's 13), the lengths, and the decoding settings. Nothing is trained. A task entry may fix
+the needle depth (`depths`, one cell per depth: the depth ablation) and may give its lengths as
+multiples of each model's training length (`length_factors`), as the paper's ablation does at
+T and 2T. The YAML says `kind: pretrained`; `longarch eval` builds the same object from flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..config import Strict
+from ..tasks import text
+
+SCHEMES = ("hf", "mamba_ssm")
+SUITES = {"ruler": text.names}  # a name in `tasks` that stands for several tasks
+
+
+class PretrainedModel(Strict):
+    model: str = Field(description="hf:<path or hub id> or mamba_ssm:<path or hub id>")
+    name: str | None = Field(None, description="its name in tables and plots [default: the path's last part]")
+    train_length: int | None = Field(None, ge=1, description="its training context [default: what its config declares]")
+    tokenizer: str | None = Field(None, description="tokenizer path or hub id [default: the checkpoint's own]")
+    template: Literal["base", "chat"] | None = Field(None, description="prompt template [default: eval.template]")
+    trust_remote_code: bool = Field(False, description="the checkpoint needs the code it ships; it runs only when "
+                                                       "the study (or --trust-remote-code) allows remote code")
+
+    @field_validator("model")
+    @classmethod
+    def _scheme(cls, spec: str) -> str:
+        scheme, sep, target = spec.partition(":")
+        if not sep or scheme not in SCHEMES or not target.strip():
+            raise ValueError(f"model {spec!r} must look like hf:<path or hub id> or mamba_ssm:<path or hub id>")
+        return spec
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model.partition(":")[2].rstrip("/").split("/")[-1]
+
+
+class TextTaskEntry(Strict):
+    name: str
+    knobs: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+    depths: list[float] | None = Field(None, min_length=1, description="fixed needle depths, one cell each (NIAH only)")
+    length_factors: list[float] | None = Field(
+        None, min_length=1, description="lengths as multiples of each model's training length, instead of eval.lengths")
+
+    @field_validator("depths")
+    @classmethod
+    def _in_range(cls, depths):
+        bad = [d for d in depths or [] if not 0 <= d <= 100]
+        if bad:
+            raise ValueError(f"depth {bad[0]} is outside 0-100")
+        return depths
+
+    @field_validator("length_factors")
+    @classmethod
+    def _positive(cls, factors):
+        bad = [f for f in factors or [] if f <= 0]
+        if bad:
+            raise ValueError(f"length factor {bad[0]} is not positive")
+        return factors
+
+
+class PretrainedEval(Strict):
+    lengths: list[int] = Field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384], min_length=1)
+    samples: int = Field(250, ge=1, description="samples per (task, length, depth) cell")
+    seed: int = Field(0, ge=0)
+    template: Literal["base", "chat"] = "base"
+    dtype: str = Field("float32", description="float32, bfloat16 or float16")
+    device: str = Field("cpu", description="cpu, cuda, cuda:1, mps ...")
+    chunk: int | None = Field(None, ge=1, description="prefill chunk in tokens, where exact [default: whole prompt]")
+    batch_tokens: int = Field(16384, ge=1, description="prompt tokens per generation batch")
+    threshold: float = Field(85.6, ge=0, le=100, description="effective length: the longest length scoring above it")
+
+    @field_validator("lengths")
+    @classmethod
+    def _lengths(cls, lengths):
+        bad = [n for n in lengths if n < 1]
+        if bad:
+            raise ValueError(f"length {bad[0]} is not positive")
+        return sorted(set(lengths))
+
+
+class PretrainedStudy(Strict):
+    kind: Literal["pretrained"] = "pretrained"
+    name: str
+    description: str = ""
+    models: list[PretrainedModel] = Field(min_length=1)
+    tasks: list[TextTaskEntry] = Field(min_length=1)
+    eval: PretrainedEval = Field(default_factory=PretrainedEval)
+    corpus: str | None = Field(None, description="essay haystack text file [default: Python's help topics]")
+    squad: str | None = Field(None, description="SQuAD v2 dev file for qa_1 (without it qa_1 is skipped)")
+    hotpotqa: str | None = Field(None, description="HotpotQA dev file for qa_2 (without it qa_2 is skipped)")
+    trust_remote_code: bool = False
+    reference: Literal["huang2025"] | None = Field(None, description="published numbers shown beside this run's")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _specs_are_entries(cls, entries):
+        if isinstance(entries, list):
+            return [{"model": e} if isinstance(e, str) else e for e in entries]
+        return entries
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _names_are_entries(cls, entries):
+        """`tasks: [ruler, vt]` is short for entries; `ruler` stands for its 13 tasks."""
+        if not isinstance(entries, list):
+            return entries
+        out = []
+        for entry in entries:
+            if isinstance(entry, str):
+                out.extend({"name": n} for n in (SUITES[entry]() if entry in SUITES else [entry]))
+            else:
+                out.append(entry)
+        return out
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, entries):
+        labels = [e.label for e in entries]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"model name {twice[0]!r} appears twice; give entries distinct names")
+        return entries
+
+    @model_validator(mode="after")
+    def _tasks(self) -> "PretrainedStudy":
+        labels = [label for label, _ in self.task_entries()]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"tasks: two entries are labelled {twice[0]!r}; give them distinct labels")
+        return self
+
+    def task_entries(self) -> list[tuple[str, TextTaskEntry]]:
+        """(label, entry); a default label is the task's name (with its depths' format when fixed)."""
+        return [(entry.label or entry.name, entry) for entry in self.tasks]
+
+    def make_task(self, entry: TextTaskEntry, depth: float | None = None):
+        """The task object of an entry, with the study's data files set where the task reads them."""
+        knobs = dict(entry.knobs)
+        if entry.name not in text.TEXT_TASKS:
+            return text.get(entry.name)  # the error names the known tasks
+        fields = {f.name for f in dataclasses.fields(text.TEXT_TASKS[entry.name][0][0])}
+        if "corpus" in fields and self.corpus is not None:
+            knobs.setdefault("corpus", self.corpus)
+        if entry.name == "qa_1" and self.squad is not None:
+            knobs.setdefault("path", self.squad)
+        if entry.name == "qa_2" and self.hotpotqa is not None:
+            knobs.setdefault("path", self.hotpotqa)
+        if depth is not None:
+            knobs["depth"] = depth
+        return text.get(entry.name, **knobs)
+
+    def lengths_for(self, entry: TextTaskEntry, train_length: int | None) -> list[int]:
+        if entry.length_factors is None:
+            return list(self.eval.lengths)
+        if train_length is None:
+            raise ValueError(f"task {entry.label or entry.name!r} gives lengths as multiples of the training "
+                             "length, so every model needs train_length")
+        return sorted({round(f * train_length) for f in entry.length_factors})
+
+
+def check(study: PretrainedStudy, origin: str) -> None:
+    """What the schema cannot see: unknown tasks and knobs, missing files, impossible depths."""
+    from ..config import ConfigError
+
+    for path, what in ((study.corpus, "corpus"), (study.squad, "squad"), (study.hotpotqa, "hotpotqa")):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{origin}: {what} file {path} does not exist")
+    for label, entry in study.task_entries():
+        try:
+            task = study.make_task(entry)
+        except text.TaskSkipped:
+            continue  # skipped at run time with its one line; the rest runs
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{origin}: task {label!r}: {error}") from None
+        if entry.depths is not None and not hasattr(task, "depth"):
+            raise ConfigError(f"{origin}: task {label!r}: only the niah tasks take fixed depths")
+    for model in study.models:
+        target = model.model.partition(":")[2].strip()
+        local = Path(target).expanduser()
+        if target.startswith(("/", ".", "~")) and not local.is_dir():
+            what = "is not a folder" if local.exists() else "does not exist"
+            raise ConfigError(f"{origin}: model {model.label!r}: {target} {what}")
+        for label, entry in study.task_entries():
+            try:
+                study.lengths_for(entry, model.train_length)
+            except ValueError as error:
+                raise ConfigError(f"{origin}: model {model.label!r}: {error}") from None

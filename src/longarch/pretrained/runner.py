@@ -1,0 +1,307 @@
+"""Run a pretrained study: every (model, text task, length, depth) cell, into the same store.
+
+Each cell is one job: load the model (kept loaded between jobs of the same process, so a model
+is loaded once per worker), fit `samples` prompts to the length with its own tokenizer (cached
+on disk), decode greedily, and score with RULER's metric. The driver writes the store row and
+the raw predictions (`<out>/predictions/<model>/<task>-<length>[-d<depth>].jsonl`). Cells are
+content-addressed as in the controlled study, so a rerun continues where the last one stopped.
+Prompts are never cut: a cell past the model's training length is run and marked
+beyond-training in its predictions and in the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from ..backends import describe_error, make_backend
+from ..runner import _logger, _progress, content_id, eval_seed, provenance
+from ..store import ResultRow, Store
+from ..studydir import StudyLock
+from ..tasks import text
+from .config import PretrainedModel, PretrainedStudy
+
+SKIP_HINT = {"qa_1": "give a SQuAD v2 dev file (dev-v2.0.json) with --squad FILE, or `squad: FILE` in the study",
+             "qa_2": "give a HotpotQA dev file (hotpot_dev_distractor_v1.json) with --hotpotqa FILE, or "
+                     "`hotpotqa: FILE` in the study"}
+TEXT_TASK_VERSION = 1  # bump when a text task's prompts change, so stored cells are recomputed
+
+
+@dataclass
+class TextCell:
+    model: PretrainedModel
+    model_id: str
+    label: str
+    task: object      # a text task (dataclass of knobs)
+    task_name: str
+    length: int
+    depth: float | None
+    cell_id: str
+
+
+def fingerprint(spec: str) -> dict:
+    """What identifies a checkpoint: a local folder by its config and weight files (name and
+    size), so a changed checkpoint gets new cell ids; a hub id by its name."""
+    scheme, _, target = spec.partition(":")
+    folder = Path(target).expanduser()
+    if not folder.is_dir():
+        return {"scheme": scheme, "id": target}
+    config = folder / "config.json"
+    digest = hashlib.sha256(config.read_bytes()).hexdigest()[:16] if config.is_file() else None
+    weights = sorted((p.name, p.stat().st_size) for p in folder.iterdir()
+                     if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    return {"scheme": scheme, "config": digest, "weights": weights}
+
+
+def model_id(study: PretrainedStudy, entry: PretrainedModel) -> str:
+    return content_id({"model": fingerprint(entry.model), "tokenizer": entry.tokenizer, "dtype": study.eval.dtype,
+                       "template": entry.template or study.eval.template,
+                       "trust_remote_code": study.trust_remote_code})
+
+
+def plan(study: PretrainedStudy) -> tuple[list[TextCell], list[tuple[str, str]]]:
+    """Every cell, and (what, reason) for each task or model skipped: a QA task without its file,
+    a model that needs remote code the study does not allow."""
+    cells, skipped = [], []
+    for entry in study.models:
+        if entry.trust_remote_code and not study.trust_remote_code:
+            skipped.append((entry.label, "its checkpoint runs the code it ships; allow that with --trust-remote-code "
+                                         "(or `trust_remote_code: true` in the study)"))
+            continue
+        mid = model_id(study, entry)
+        for label, task_entry in study.task_entries():
+            for length in study.lengths_for(task_entry, entry.train_length):
+                for depth in task_entry.depths or [None]:
+                    try:
+                        task = study.make_task(task_entry, depth)
+                    except text.TaskSkipped:
+                        reason = SKIP_HINT.get(task_entry.name, "its data file is missing")
+                        if (label, reason) not in skipped:
+                            skipped.append((label, reason))
+                        break
+                    knobs = json.loads(json.dumps(dataclasses.asdict(task), default=str))
+                    cell_id = content_id({"model_id": mid, "task": task_entry.name, "knobs": knobs,
+                                          "length": length, "depth": depth, "n": study.eval.samples,
+                                          "seed": study.eval.seed, "version": TEXT_TASK_VERSION})
+                    cells.append(TextCell(entry, mid, label, task, task_entry.name, length, depth, cell_id))
+    return cells, skipped
+
+
+# --------------------------------------------------------------------------------------------
+# the job (runs in a worker: plain data in, rows out)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextJob:
+    cell: TextCell
+    dtype: str
+    device: str
+    trust_remote_code: bool
+    template: str
+    samples: int
+    seed: int
+    chunk: int | None
+    batch_tokens: int
+    cache_dir: str | None
+
+
+@dataclass
+class TextResult:
+    row: ResultRow
+    predictions: list[dict]
+    model_info: dict
+
+
+class ModelLoadError(RuntimeError):
+    """The checkpoint could not be loaded: every cell of that model fails the same way, so it is
+    not retried (and not loaded again in this process)."""
+
+
+_loaded: dict = {}  # the one model this process holds: key -> loaded model
+_unloadable: dict = {}  # key -> the one-line reason a checkpoint could not be loaded
+
+
+def _load(job: TextJob):
+    from ..models import pretrained
+
+    key = (job.cell.model.model, job.cell.model.tokenizer, job.dtype, job.device, job.trust_remote_code)
+    if key in _unloadable:
+        raise ModelLoadError(_unloadable[key])
+    if key not in _loaded:
+        _quiet_transformers()
+        _loaded.clear()  # one model at a time: a 3B model in memory twice is the wrong trade
+        try:
+            _loaded[key] = pretrained.load(job.cell.model.model, dtype=job.dtype, device=job.device,
+                                           trust_remote_code=job.trust_remote_code, tokenizer=job.cell.model.tokenizer)
+        except Exception as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            _unloadable[key] = f"{job.cell.model.model} could not be loaded: {first}"
+            raise ModelLoadError(_unloadable[key]) from None
+    return _loaded[key]
+
+
+def _quiet_transformers() -> None:
+    """Our progress bar is the one to read: transformers' loading bars and its notes that a CUDA
+    kernel package is missing (the PyTorch path it falls back to is what we test) are silenced."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def model_info(loaded, entry: PretrainedModel, dtype: str) -> dict:
+    from ..models import pretrained
+
+    declared = loaded.declared_length
+    train_length = entry.train_length or declared
+    source = "study" if entry.train_length else ("config" if declared else None)
+    return {"kind": loaded.kind, "family": pretrained.family(loaded.kind),
+            "params": int(sum(p.numel() for p in loaded.model.parameters())),
+            "declared_length": declared, "train_length": train_length, "train_length_source": source,
+            "dtype": dtype}
+
+
+def text_job(job: TextJob) -> TextResult:
+    import torch
+
+    torch.set_grad_enabled(False)
+    start = time.perf_counter()
+    cell = job.cell
+    loaded = _load(job)
+    info = model_info(loaded, cell.model, job.dtype)
+    samples = text.generate(cell.task_name, cell.task, loaded.tokenizer, cell.length, n=job.samples, seed=job.seed,
+                            cache_dir=job.cache_dir)
+    prompts = [loaded.prompt(s.prompt, job.template) for s in samples]
+    budget = max(s.max_new_tokens for s in samples)
+    outputs = loaded.generate(prompts, budget, chunk=job.chunk, batch_tokens=job.batch_tokens)
+    scores, predictions = [], []
+    for index, (sample, ids, out) in enumerate(zip(samples, prompts, outputs)):
+        prediction = loaded.tokenizer.decode(out, skip_special_tokens=True)
+        score = text.score(cell.task_name, [prediction], [sample.answers]) / 100
+        scores.append(score)
+        total = len(ids) + sample.max_new_tokens
+        predictions.append({
+            "index": index, "prediction": prediction, "answers": sample.answers, "score": score,
+            "prompt_tokens": len(ids), "total_tokens": total, "length": cell.length,
+            "beyond_training": info["train_length"] is not None and total > info["train_length"],
+            "metadata": sample.metadata})
+    row = ResultRow(cell_id=cell.cell_id, model_id=cell.model_id, model=cell.model.label, task=cell.task_name,
+                    label=cell.label, knobs=json.loads(json.dumps(dataclasses.asdict(cell.task), default=str)),
+                    length=cell.length, depth=cell.depth, seed=0, n=len(scores),
+                    accuracy=sum(scores) / len(scores), scores=scores, seconds=time.perf_counter() - start)
+    return TextResult(row, predictions, info)
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+# --------------------------------------------------------------------------------------------
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
+
+
+def predictions_path(out: Path, cell: TextCell) -> Path:
+    depth = "" if cell.depth is None else f"-d{cell.depth:g}"
+    return out / "predictions" / _slug(cell.model.label) / f"{_slug(cell.label)}-{cell.length}{depth}.jsonl"
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as file:
+        for row in rows:
+            file.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _what(cell: TextCell) -> str:
+    depth = "" if cell.depth is None else f" depth {cell.depth:g}"
+    return f"{cell.model.label} on {cell.label} at {cell.length}{depth}"
+
+
+def run_pretrained(study: PretrainedStudy, out: Path, console: Console | None = None, command: str | None = None,
+                   backend: str = "local", workers: int | None = 0, address: str | None = None, retries: int = 2,
+                   cache_dir: str | None = None) -> Path:
+    """Run (or continue) a pretrained study into `out`; return the path of report.md.
+    workers 0 (the default here: one accelerator, models loaded once) runs in this process."""
+    from ..analysis.pretrained_report import build_report, summary_table
+
+    console = console or Console()
+    out.mkdir(parents=True, exist_ok=True)
+    cells, skipped = plan(study)
+    for label, reason in skipped:
+        console.print(f"[yellow]skipped {label}: {reason}[/yellow]")  # the rest runs
+    with StudyLock(out), Store(out / "results.sqlite") as store:
+        log = _logger(out)
+        store.clear_running()
+        for key, value in {"name": study.name, "kind": "pretrained", "config": study.model_dump(mode="json"),
+                           "planned_cells": len(cells), "planned_lengths": list(study.eval.lengths),
+                           "planned_tasks": [label for label, _ in study.task_entries()],
+                           "skipped": [list(s) for s in skipped],
+                           **provenance(command or shlex.join(sys.argv))}.items():
+            store.set_meta(key, value)
+        done = store.cell_ids()
+        todo = [c for c in cells if c.cell_id not in done]
+        console.print(f"[bold]{study.name}[/bold]: {len(study.models)} models, {len(cells)} cells "
+                      f"({len(cells) - len(todo)} stored) -> {out}")
+        log.info("run %s: %d cells to evaluate, backend %s", study.name, len(todo), backend)
+        runner = make_backend(backend, workers, address, 1)
+        pending: dict = {}
+
+        def submit(cell: TextCell, attempt: int = 1):
+            store.set_running(cell.cell_id, "eval", _what(cell))
+            job = TextJob(cell, study.eval.dtype, study.eval.device, study.trust_remote_code,
+                          cell.model.template or study.eval.template, study.eval.samples,
+                          eval_seed(study.eval.seed, cell.length, cell.depth), study.eval.chunk,
+                          study.eval.batch_tokens, cache_dir)
+            pending[runner.submit(text_job, job)] = (cell, attempt)
+
+        try:
+            with _progress(console) as progress:
+                bar = progress.add_task("evaluate", total=len(todo), info="")
+                for cell in todo:  # in plan order: one model's cells together, so it is loaded once
+                    submit(cell)
+                while pending:
+                    for handle, result, error in runner.wait():
+                        cell, attempt = pending.pop(handle)
+                        store.clear_running(cell.cell_id)
+                        if error is not None:
+                            log.warning("%s failed (attempt %d of %d):\n%s", _what(cell), attempt, retries + 1,
+                                        describe_error(error))
+                            if attempt <= retries and not isinstance(error, (ModelLoadError, text.FitError)):
+                                submit(cell, attempt + 1)
+                                continue
+                            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                            line = f"{type(error).__name__}: {first}"
+                            store.put_failure(cell.cell_id, "eval", _what(cell), attempt, line)
+                            progress.console.print(f"[red]failed after {attempt} attempts: {_what(cell)}: {line}[/red]")
+                            continue
+                        _write_jsonl(predictions_path(out, cell), result.predictions)
+                        store.put_pretrained(cell.model_id, cell.model.label, cell.model.model,
+                                             {**result.model_info, "template": cell.model.template or study.eval.template,
+                                              "tokenizer": cell.model.tokenizer})
+                        store.put_result(result.row)
+                        store.clear_failure(cell.cell_id)
+                        log.info("%s: score %.2f", _what(cell), 100 * result.row.accuracy)
+                        progress.update(bar, advance=1, info=f"{_what(cell)}: {100 * result.row.accuracy:.1f}")
+        except BaseException:
+            runner.close(abort=True)
+            raise
+        runner.close()
+        failed = store.failures()
+        log.info("run %s ended: %d cells stored of %d, %d failed", study.name, len(store.cell_ids()), len(cells),
+                 len(failed))
+    paths = build_report(out)
+    console.print(summary_table(out))
+    if failed:
+        console.print(f"[red]{len(failed)} cells failed; `longarch status {out}` lists them with their last error, "
+                      "and running the same command again retries them.[/red]")
+    console.print(f"report: {paths['md']}  and  {paths['html']}")
+    return paths["md"]

@@ -1,0 +1,279 @@
+"""Pretrained studies end to end on the CPU: tiny random `transformers` models of every supported
+kind saved to tmp folders, a tokenizer trained here, no network. Checks the store, the raw
+predictions, the beyond-training marks, resuming, skips, failures and the report's arithmetic."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("wonderwords")
+from typer.testing import CliRunner  # noqa: E402
+
+from longarch.analysis import pretrained_report  # noqa: E402
+from longarch.cli import app  # noqa: E402
+from longarch.config import ConfigError, load_study  # noqa: E402
+from longarch.pretrained import runner as pretrained_runner  # noqa: E402
+from longarch.store import ResultRow, Store  # noqa: E402
+from test_hf_models import KINDS, _config, _sentences  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(_sentences(), trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]", "[BOS]"]))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                                eos_token="[EOS]", bos_token="[BOS]")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """kind -> folder holding a tiny random model of that kind and the tokenizer."""
+    tokenizer = _word_tokenizer()
+    folders = {}
+    for kind in KINDS:
+        torch.manual_seed(0)
+        net = transformers.AutoModelForCausalLM.from_config(_config(kind, len(tokenizer)))
+        folder = tmp_path_factory.mktemp(kind)
+        net.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[kind] = folder
+    return folders
+
+
+@pytest.fixture(autouse=True)
+def text_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGARCH_TEXT_CACHE", str(tmp_path / "text-cache"))
+
+
+def _write_study(path, models, tasks, lengths=(1024, 2048), samples=2, **extra):
+    study = {"kind": "pretrained", "name": "tiny", "models": models, "tasks": tasks,
+             "eval": {"lengths": list(lengths), "samples": samples, "chunk": 100}, **extra}
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_kind_end_to_end_with_marks_predictions_and_resume(checkpoints, tmp_path):
+    short = {"max_new_tokens": 6}
+    models = [{"model": f"hf:{checkpoints[k]}", "name": k} for k in KINDS]
+    models[KINDS.index("jamba")]["train_length"] = 1024  # the study's word beats the config's (256)
+    study = _write_study(tmp_path / "study.yaml", models,
+                         [{"name": "niah_single_1", "knobs": short}, {"name": "vt", "knobs": short}])
+    out = tmp_path / "out"
+    result = _invoke("run", study, "--out", out)
+    assert result.exit_code == 0, result.output
+
+    with Store(out / "results.sqlite") as store:
+        rows, results, failures = store.pretrained(), store.results(), store.failures()
+    assert not failures
+    assert {r["name"]: r["kind"] for r in rows} == {k: k for k in KINDS}
+    assert {r["name"]: r["family"] for r in rows}["jamba"] == "hybrid"
+    declared = {r["name"]: r["train_length"] for r in rows}
+    assert declared == {"llama": 32, "mamba": None, "mamba2": None, "rwkv": 64, "recurrent_gemma": None, "jamba": 1024}
+    assert len(results) == len(KINDS) * 2 * 2 and all(r.n == 2 for r in results)
+
+    for kind in KINDS:
+        for task in ("niah_single_1", "vt"):
+            for length in (1024, 2048):
+                lines = _lines(out / "predictions" / kind / f"{task}-{length}.jsonl")
+                assert len(lines) == 2
+                for line in lines:
+                    # RULER's length: prompt + generation budget never over, within 5% under
+                    assert 0.95 * length <= line["total_tokens"] <= length
+                    limit = declared[kind]
+                    assert line["beyond_training"] == (limit is not None and line["total_tokens"] > limit)
+                    assert 0 <= line["score"] <= 1 and isinstance(line["prediction"], str)
+
+    report = (out / "report.md").read_text()
+    assert all(kind in report for kind in KINDS)
+    table = report.split("## Average over 2 tasks")[1].split("\n\n")[1]
+    marks = {line.split("|")[1].strip(): line.count("†") for line in table.splitlines()[2:]}
+    # beyond training: llama (32) and rwkv (64) at both lengths, jamba (1024) at 2048 only
+    assert marks == {"llama": 2, "mamba": 0, "mamba2": 0, "rwkv": 2, "recurrent_gemma": 0, "jamba": 1}
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["models"]) == set(KINDS)
+
+    again = _invoke("run", study, "--out", out)  # everything stored: nothing is evaluated again
+    assert again.exit_code == 0, again.output
+    assert "0 cells to evaluate" in (out / "run.log").read_text().splitlines()[-2]
+    with Store(out / "results.sqlite") as store:
+        assert {r.cell_id: r.seconds for r in store.results()} == {r.cell_id: r.seconds for r in results}
+
+
+def test_eval_command_flags_and_a_model_that_fails_to_load(checkpoints, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    result = _invoke("eval", "--model", f"hf:{checkpoints['llama']}", "--model", f"hf:{broken}",
+                     "--tasks", "niah_single_1", "--lengths", "1024", "--samples", "2", "--train-length", "1000",
+                     "--out", out)
+    assert result.exit_code == 0, result.output
+    with Store(out / "results.sqlite") as store:
+        results, failures, rows = store.results(), store.failures(), store.pretrained()
+    assert [(r.model, r.length, r.n) for r in results] == [("llama0", 1024, 2)]  # named after its folder
+    assert rows[0]["train_length"] == 1000 and rows[0]["train_length_source"] == "study"
+    # a checkpoint that cannot be loaded fails its cells once each, without retries
+    assert [(f["what"], f["attempts"]) for f in failures] == [("broken on niah_single_1 at 1024", 1)]
+    assert "could not be loaded" in failures[0]["error"]
+    status = _invoke("status", out)
+    assert status.exit_code == 0 and "1 failed" in status.output
+
+
+def test_depth_ablation_cells_sit_at_their_depths_and_lengths(checkpoints, tmp_path):
+    study = _write_study(tmp_path / "study.yaml", [{"model": f"hf:{checkpoints['mamba2']}", "name": "m",
+                                                    "train_length": 700}],
+                         [{"name": "niah_single_1", "label": "depth repeat", "knobs": {"max_new_tokens": 4},
+                           "depths": [0, 100], "length_factors": [1, 2]}], samples=2)
+    out = tmp_path / "out"
+    assert _invoke("run", study, "--out", out).exit_code == 0
+    with Store(out / "results.sqlite") as store:
+        cells = sorted((r.length, r.depth) for r in store.results())
+    assert cells == [(700, 0.0), (700, 100.0), (1400, 0.0), (1400, 100.0)]
+    for length in (700, 1400):
+        for depth in (0, 100):
+            for line in _lines(out / "predictions" / "m" / f"depth_repeat-{length}-d{depth}.jsonl"):
+                assert line["metadata"]["depths"] == [float(depth)]
+                assert line["beyond_training"] == (length == 1400)
+    report = (out / "report.md").read_text()
+    assert "## Needle depth ablation" in report and "m at 1.4K †" in report
+    assert (out / "figures" / "depth_m_depth_repeat.png").is_file()
+
+
+def test_qa_is_skipped_without_its_file_and_runs_with_it(checkpoints, tmp_path):
+    models = [{"model": f"hf:{checkpoints['llama']}", "name": "l"}]
+    out = tmp_path / "out"
+    study = _write_study(tmp_path / "s.yaml", models, [{"name": "qa_1", "knobs": {"max_new_tokens": 4}},
+                                                       {"name": "vt", "knobs": {"max_new_tokens": 4}}], lengths=(1024,))
+    result = _invoke("run", study, "--out", out)
+    assert result.exit_code == 0 and "skipped qa_1: give a SQuAD v2 dev file" in " ".join(result.output.split())
+    assert "qa_1 was skipped" in (out / "report.md").read_text()
+    squad = tmp_path / "dev.json"
+    paragraphs = [{"context": f"Paragraph {i} says the cat sat on mat number {i}.",
+                   "qas": [{"question": f"Where did the cat sit in paragraph {i}?", "is_impossible": False,
+                            "answers": [{"text": f"mat number {i}"}]}]} for i in range(40)]
+    squad.write_text(json.dumps({"data": [{"title": "t", "paragraphs": paragraphs}]}))
+    out2 = tmp_path / "out2"
+    result = _invoke("run", study, "--out", out2, "--squad", squad)
+    assert result.exit_code == 0, result.output
+    with Store(out2 / "results.sqlite") as store:
+        assert sorted(r.label for r in store.results()) == ["qa_1", "vt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--model", "nope"], "must look like hf:<path or hub id>"),
+    (["eval", "--model", "hf:/no/such/folder"], "/no/such/folder does not exist"),
+    (["eval", "--model", "hf:./x", "--tasks", "niah_single_9"], "unknown text task 'niah_single_9'"),
+    (["eval", "--model", "hf:org/name", "--lengths", "1K,x"], "--lengths expects"),
+    (["eval", "--model", "hf:org/name", "--template", "fancy"], "eval.template"),
+    (["eval", "--model", "hf:org/name", "--squad", "/no/such.json"], "squad file /no/such.json does not exist"),
+    (["run", "quick", "--squad", "x.json"], "--squad is for pretrained studies"),
+])
+def test_bad_input_is_one_line_and_status_2(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_relative_lengths_need_a_training_length(tmp_path):
+    study = _write_study(tmp_path / "s.yaml", ["hf:org/name"],
+                         [{"name": "niah_single_1", "depths": [50], "length_factors": [1]}])
+    with pytest.raises(ConfigError, match="needs train_length"):
+        load_study(str(study))
+
+
+def test_paper_preset_plans_the_papers_grid():
+    study = load_study("paper")
+    assert study.eval.lengths == [1024, 2048, 4096, 8192, 16384] and study.eval.samples == 250
+    assert [m.label for m in study.models] == ["Mamba2", "M2A", "TPP", "SL", "SL-IT", "RG", "RG-IT", "RWKV"]
+    assert {m.label for m in study.models} >= set(pretrained_report.REFERENCES["huang2025"]["averages"])
+    cells, skipped = pretrained_runner.plan(study)
+    # without QA files and remote code: 11 tasks x 5 lengths x 7 models + 3 formats x 7 depths x {T, 2T} x 7
+    assert len(cells) == 11 * 5 * 7 + 3 * 7 * 2 * 7
+    assert sorted(what for what, _ in skipped) == ["RWKV", "qa_1", "qa_2"]
+    trusted = load_study("paper", overrides={"trust_remote_code": True})
+    assert len(pretrained_runner.plan(trusted)[0]) == 11 * 5 * 8 + 3 * 7 * 2 * 8
+    ablation = {(c.model.label, c.length) for c in cells if c.depth is not None}
+    assert ("Mamba2", 4096) in ablation and ("RG", 16384) in ablation and ("Mamba2", 1024) not in ablation
+    assert load_study("paper-depth").tasks == study.tasks[-3:]
+
+
+# ---------------------------------------------------------------------------------------------
+# the report's arithmetic on a store with known scores
+# ---------------------------------------------------------------------------------------------
+def _fake_store(out, scores, suite, config_extra=None, train_lengths=None):
+    """scores: (model, task, length) -> list of per-sample scores."""
+    config = {"kind": "pretrained", "name": "fake", "tasks": [{"name": t} for t in suite],
+              "eval": {"lengths": sorted({n for _, _, n in scores}), "threshold": 85.6}, **(config_extra or {})}
+    with Store(out / "results.sqlite") as store:
+        store.set_meta("config", config)
+        store.set_meta("name", "fake")
+        for model in dict.fromkeys(m for m, _, _ in scores):
+            store.put_pretrained(f"id-{model}", model, f"hf:{model}",
+                                 {"kind": "llama", "family": "attention", "params": 10,
+                                  "train_length": (train_lengths or {}).get(model), "train_length_source": "study"})
+        for i, ((model, task, length), values) in enumerate(scores.items()):
+            store.put_result(ResultRow(cell_id=f"c{i}", model_id=f"id-{model}", model=model, task=task, label=task,
+                                       knobs={}, length=length, depth=None, seed=0, n=len(values),
+                                       accuracy=sum(values) / len(values), scores=values, seconds=0.1))
+
+
+def test_averages_effective_length_and_incomplete_cells(tmp_path):
+    suite = ["a", "b"]
+    scores = {("good", "a", 1024): [1.0] * 10, ("good", "b", 1024): [1.0] * 9 + [0.0],   # 95.0
+              ("good", "a", 2048): [1.0] * 9 + [0.0], ("good", "b", 2048): [1.0] * 8 + [0.0] * 2,  # 85.0
+              ("good", "a", 4096): [1.0] * 10, ("good", "b", 4096): [1.0] * 8 + [0.5] * 2,  # 95.0
+              ("gap", "a", 1024): [1.0] * 10}  # b at 1024 is missing
+    _fake_store(tmp_path, scores, suite, train_lengths={"good": 2048})
+    pretrained_report.build_report(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    good = summary["models"]["good"]
+    assert good["average"] == {"1024": 95.0, "2048": 85.0, "4096": 95.0}
+    assert good["effective_length"] == 4096  # the longest length above 85.6, as RULER defines it
+    gap = summary["models"]["gap"]
+    assert gap["tasks_in_average"]["1024"] == 1 and gap["effective_length"] is None  # incomplete: not counted
+    report = (tmp_path / "report.md").read_text()
+    assert "(1 of 2 tasks)" in report
+    averages = report.split("## Average over 2 tasks")[1]
+    row = next(line for line in averages.splitlines() if line.startswith("| good |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[:2] == ["good", "2048"] and cells[-1] == "4K"
+    assert re.fullmatch(r"95\.0 \[[\d.]+, [\d.]+\]", cells[2]) and re.fullmatch(r"85\.0 \[[\d.]+, [\d.]+\]", cells[3])
+    assert re.fullmatch(r"95\.0 \[[\d.]+, [\d.]+\] †", cells[4])  # past the training length
+
+
+def test_published_averages_are_shown_beside_the_runs_own(tmp_path):
+    scores = {("Mamba2", "a", 1024): [1.0, 0.0], ("Mamba2", "a", 2048): [0.0, 0.0]}
+    _fake_store(tmp_path, scores, ["a"], config_extra={"reference": "huang2025"}, train_lengths={"Mamba2": 2048})
+    pretrained_report.build_report(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "Beside the published averages" in report
+    assert "| Mamba2 | 50.0 / 38.52 | 0.0 / 32.91 |" in report
+
+
+def test_store_keeps_pretrained_rows_in_first_seen_order(tmp_path):
+    with Store(tmp_path / "r.sqlite") as store:
+        store.put_pretrained("b", "B", "hf:b", {"kind": "mamba"})
+        store.put_pretrained("a", "A", "hf:a", {"kind": "llama"})
+        store.put_pretrained("b", "B", "hf:b", {"kind": "mamba2"})
+        assert [(r["name"], r["kind"]) for r in store.pretrained()] == [("B", "mamba2"), ("A", "llama")]
+    assert sqlite3.connect(tmp_path / "r.sqlite").execute("SELECT count(*) FROM pretrained").fetchone() == (2,)
