@@ -112,6 +112,25 @@ def test_generate_chunked_equals_whole_and_batches(model):
         assert len(out) == 6 or not set(out) & eos
 
 
+def test_prompts_of_different_lengths_share_a_padded_batch_where_exact(model, monkeypatch):
+    """Left padding with a mask gives each row what it gets alone (the kinds in PADDED_KINDS,
+    so they batch mixed lengths); the other kinds are not padded and batch equal lengths only."""
+    vocab = len(model.tokenizer)
+    prompts = [_ids(n, vocab, seed) for n, seed in ((30, 11), (22, 12), (27, 13), (22, 14), (9, 15))]
+    alone = [model.generate([p], max_new_tokens=7)[0] for p in prompts]
+    batches = []
+    original = model._generate_batch
+    monkeypatch.setattr(model, "_generate_batch", lambda ps, *a: batches.append(len(ps)) or original(ps, *a))
+    assert model.generate(prompts, max_new_tokens=7, batch_tokens=10_000) == alone
+    if model.kind in hf.PADDED_KINDS:
+        assert batches == [5]
+    else:
+        assert batches == [1] * 5 if model.kind in hf.UNBATCHED_KINDS else sorted(batches) == [1, 1, 1, 2]
+    batches.clear()
+    assert model.generate(prompts, max_new_tokens=7, batch_tokens=60) == alone  # 2 x 30 padded tokens at most
+    assert max(batches) <= 2
+
+
 def test_generate_stops_at_eos(model, monkeypatch):
     prompt = _ids(15, len(model.tokenizer), 4)
     first = model.generate([prompt], max_new_tokens=4)[0]

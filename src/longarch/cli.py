@@ -328,12 +328,25 @@ def list_models(length: Annotated[int, typer.Option(help="sequence length for th
 
 
 @app.command("tasks")
-def list_tasks():
+def list_tasks(text_tasks: Annotated[bool, typer.Option("--text", help="the RULER-style text tasks of pretrained studies")] = False):
     """List the registered tasks and their knobs."""
     import dataclasses
 
     from . import tasks
 
+    if text_tasks:
+        from .tasks import text
+
+        table = Table(title="text tasks (pretrained studies; 'ruler' in --tasks stands for all 13)")
+        for column in ("name", "knobs (defaults)", "description"):
+            table.add_column(column, no_wrap=column == "name")
+        for name in text.names():
+            cls, defaults = text.TEXT_TASKS[name][0]
+            knobs = ", ".join(f"{f.name}={defaults.get(f.name, f.default)}" for f in dataclasses.fields(cls)
+                              if f.default is not dataclasses.MISSING or f.name in defaults)
+            table.add_row(name, knobs, text.describe(name))
+        print_table(table)
+        return
     table = Table(title="tasks")
     table.add_column("name", no_wrap=True)
     for column in ("minimum length", "knobs (defaults)", "description"):

@@ -42,6 +42,13 @@ WHOLE_PREFILL_KINDS = frozenset({"mamba", "jamba", "recurrent_gemma"})
 # (B, B, H)), so their prompts are decoded one at a time.
 UNBATCHED_KINDS = frozenset({"rwkv"})
 
+# Kinds whose left-padded batch (an attention mask, positions counted from the first real
+# token) gives every row the tokens it gets alone, in transformers 5.24 (tested for each), so
+# prompts of different lengths share a batch. Mamba's cached step takes no mask; the others
+# take the mask grown by one column per decoded token.
+PADDED_KINDS = frozenset({"llama", "mamba", "mamba2", "recurrent_gemma", "jamba"})
+_STEP_WITHOUT_MASK = frozenset({"mamba"})
+
 # Config attributes that hold a model's declared training context, in order.
 # (RecurrentGemma's attention_window_size is a local-attention window, not a
 # training length, so it declares none; neither do Mamba and Mamba-2.)
@@ -97,6 +104,16 @@ def declared_length(config) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def _returned_cache(out, cache):
+    """The cache a forward returns (`cache`, or `past_key_values`), else the one passed in, which
+    RecurrentGemma updates in place without returning it."""
+    for name in ("cache", "past_key_values"):
+        value = getattr(out, name, None)
+        if value is not None:
+            return value
+    return cache
 
 
 @dataclass
@@ -218,50 +235,102 @@ class HFModel:
 
     @torch.no_grad()
     def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int, chunk: int | None):
+        if len({len(p) for p in prompts}) > 1:
+            return self._generate_padded(prompts, max_new_tokens)
         ids = torch.tensor(prompts, dtype=torch.long, device=self.device)
         logits, cache = self._prefill(ids, chunk)
+        return self._decode(logits, cache, max_new_tokens, lambda token, cache, step: self._step(
+            token[:, None], cache, ids.shape[1] + step))
+
+    @torch.no_grad()
+    def _generate_padded(self, prompts: list[list[int]], max_new_tokens: int):
+        """Prompts of different lengths in one batch, padded on the left (PADDED_KINDS only);
+        prefilled whole: the batch is short, since batch_tokens bounds it."""
+        longest = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        ids = torch.full((len(prompts), longest), pad, dtype=torch.long, device=self.device)  # (B, L)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, longest - len(prompt):] = torch.tensor(prompt, device=self.device)
+            mask[row, longest - len(prompt):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): 0 at each row's first real token
+        kwargs = {"use_cache": True, "logits_to_keep": 1, "attention_mask": mask}
+        if self._takes_positions:
+            kwargs["position_ids"] = positions
+        cache = self._fresh_recurrent_gemma_cache(len(prompts)) if self.kind == "recurrent_gemma" else None
+        out = self.model(input_ids=ids, cache=cache, **kwargs)
+        state = {"mask": mask, "last": positions[:, -1]}
+
+        def step(token, cache, _):
+            state["mask"] = torch.cat([state["mask"], torch.ones_like(token[:, None])], dim=1)  # (B, past + 1)
+            state["last"] = state["last"] + 1
+            kwargs = {"use_cache": True, "logits_to_keep": 1}
+            if self.kind not in _STEP_WITHOUT_MASK:
+                kwargs["attention_mask"] = state["mask"]
+            if self._takes_positions:
+                kwargs["position_ids"] = state["last"][:, None]
+            out = self.model(input_ids=token[:, None], cache=cache, **kwargs)
+            return out.logits[:, -1, :].float(), _returned_cache(out, cache)
+
+        return self._decode(out.logits[:, -1, :].float(), _returned_cache(out, cache), max_new_tokens, step)
+
+    def _decode(self, logits, cache, max_new_tokens: int, step):
+        """Greedy tokens from the prefill's last logits (B, V); `step(token, cache, i)` feeds the
+        i-th decoded token (B,) and returns (logits, cache). EOS ends a row and is not kept."""
         eos = self.eos_ids
-        outputs: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)
-        for step in range(max_new_tokens):
-            token = logits.argmax(dim=-1)
+        outputs: list[list[int]] = [[] for _ in range(logits.shape[0])]
+        done = [False] * len(outputs)
+        for i in range(max_new_tokens):
+            token = logits.argmax(dim=-1)  # (B,)
             for row, value in enumerate(token.tolist()):
                 if not done[row]:
                     done[row] = value in eos
                     if not done[row]:
                         outputs[row].append(value)
-            if all(done) or step == max_new_tokens - 1:
+            if all(done) or i == max_new_tokens - 1:
                 break
-            logits, cache = self._step(token[:, None], cache, ids.shape[1] + step)
+            logits, cache = step(token, cache, i)
         return outputs
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, chunk: int | None = None,
                  batch_tokens: int = 16384) -> list[list[int]]:
         """Greedy continuations of ``prompts`` (new tokens only), in input order.
 
-        Prompts of equal length are batched together (no padding), at most
-        ``batch_tokens`` prompt tokens per batch (always at least one prompt;
-        exactly one for :data:`UNBATCHED_KINDS`).
+        Prompts are batched by length, at most ``batch_tokens`` (padded) prompt tokens per batch,
+        always at least one prompt. For :data:`PADDED_KINDS` prompts of different lengths share a
+        batch, padded on the left and prefilled whole; other kinds batch only prompts of equal
+        length, and :data:`UNBATCHED_KINDS` decode one prompt at a time. A batch of equal lengths
+        prefills in ``chunk``-token pieces where that is exact.
         Decoding stops after ``max_new_tokens`` tokens or at EOS, which is not
         returned: a row that stops early has fewer than ``max_new_tokens``.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        results: list[list[int] | None] = [None] * len(prompts)
-        by_length: dict[int, list[int]] = {}
         for index, prompt in enumerate(prompts):
             if not prompt:
                 raise ValueError(f"prompt {index} is empty")
-            by_length.setdefault(len(prompt), []).append(index)
-        for length in sorted(by_length):
-            indices = by_length[length]
-            per_batch = 1 if self.kind in UNBATCHED_KINDS else max(1, batch_tokens // length)
-            for start in range(0, len(indices), per_batch):
-                group = indices[start:start + per_batch]
-                if max_new_tokens == 0:
-                    outs = [[] for _ in group]
-                else:
-                    outs = self._generate_batch([list(prompts[i]) for i in group], max_new_tokens, chunk)
-                for index, out in zip(group, outs):
-                    results[index] = out
+        results: list[list[int] | None] = [None] * len(prompts)
+        for group in self._batches([len(p) for p in prompts], batch_tokens):
+            if max_new_tokens == 0:
+                outs = [[] for _ in group]
+            else:
+                outs = self._generate_batch([list(prompts[i]) for i in group], max_new_tokens, chunk)
+            for index, out in zip(group, outs):
+                results[index] = out
         return results
+
+    def _batches(self, lengths: list[int], batch_tokens: int) -> list[list[int]]:
+        """Indices grouped into batches: longest first, each within batch_tokens when padded to
+        its longest prompt; mixed lengths only where padding is exact for this kind."""
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        batches: list[list[int]] = []
+        for index in order:
+            batch = batches[-1] if batches else None
+            fits = batch is not None and self.kind not in UNBATCHED_KINDS and \
+                (len(batch) + 1) * lengths[batch[0]] <= batch_tokens and \
+                (self.kind in PADDED_KINDS or lengths[index] == lengths[batch[0]])
+            if fits:
+                batch.append(index)
+            else:
+                batches.append([index])
+        return batches
