@@ -205,6 +205,11 @@ def test_chat_template(tokenizer):
                               "{% if add_generation_prompt %}answer{% endif %}")
     ids = _NoKind(chat_tok).prompt("the cat", "chat")
     assert chat_tok.convert_ids_to_tokens(ids) == ["question", "the", "cat", "answer"]
+    # the answer prefix opens the assistant's turn, after the template; base puts it after the text
+    ids = _NoKind(chat_tok).prompt("the cat", "chat", answer_prefix=" the answer is")
+    assert chat_tok.convert_ids_to_tokens(ids) == ["question", "the", "cat", "answer", "the", "answer", "is"]
+    assert _NoKind(tokenizer).prompt("the cat", "base", " the answer is") == _NoKind(tokenizer).prompt(
+        "the cat the answer is", "base")
     with pytest.raises(ValueError, match="template"):
         _NoKind(chat_tok).prompt("the cat", "fancy")
 

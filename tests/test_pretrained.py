@@ -138,6 +138,37 @@ def test_eval_command_flags_and_a_model_that_fails_to_load(checkpoints, tmp_path
     assert status.exit_code == 0 and "1 failed" in status.output
 
 
+def test_chat_template_tokens_count_towards_the_length(checkpoints, tmp_path):
+    import shutil
+
+    from longarch.models.hf import prompt_ids
+
+    folder = tmp_path / "chat-llama"
+    shutil.copytree(checkpoints["llama"], folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = ("{% for m in messages %}question " + "the " * 40 + "{{ m['content'] }} {% endfor %}"
+                               "{% if add_generation_prompt %}answer{% endif %}")  # 42 tokens of its own
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "out"
+    result = _invoke("eval", "--model", f"hf:{folder}", "--tasks", "niah_single_1", "--lengths", "1024",
+                     "--samples", "2", "--template", "chat", "--out", out)
+    assert result.exit_code == 0, result.output
+    from longarch.tasks import text
+
+    for line in _lines(out / "predictions" / "chat-llama" / "niah_single_1-1024.jsonl"):
+        assert 0.95 * 1024 <= line["total_tokens"] <= 1024
+    # the prompts decoded are the fitted samples under the template, prefix after "answer"
+    [sample] = text.generate("niah_single_1", text.get("niah_single_1"), tokenizer, 1024, n=1,
+                             seed=pretrained_runner.eval_seed(0, 1024, None), counting="chat",
+                             prompt_tokens=lambda body, prefix: len(prompt_ids(tokenizer, body, "chat", prefix)))
+    ids = prompt_ids(tokenizer, sample.body, "chat", sample.answer_prefix)
+    assert _lines(out / "predictions" / "chat-llama" / "niah_single_1-1024.jsonl")[0]["prompt_tokens"] == len(ids)
+    words = tokenizer.convert_ids_to_tokens(ids)
+    assert words[:41] == ["question"] + ["the"] * 40
+    prefix = tokenizer.convert_ids_to_tokens(tokenizer(sample.answer_prefix, add_special_tokens=False)["input_ids"])
+    assert sample.answer_prefix and words[-len(prefix) - 1:] == ["answer"] + prefix
+
+
 def test_depth_ablation_cells_sit_at_their_depths_and_lengths(checkpoints, tmp_path):
     study = _write_study(tmp_path / "study.yaml", [{"model": f"hf:{checkpoints['mamba2']}", "name": "m",
                                                     "train_length": 700}],

@@ -106,6 +106,27 @@ def declared_length(config) -> int | None:
     return None
 
 
+def prompt_ids(tokenizer, text: str, template: str = "base", answer_prefix: str = "",
+               what: str = "this model") -> list[int]:
+    """Token ids of a prompt, never truncated.
+
+    ``base``: ``text`` + ``answer_prefix`` with the tokenizer's special tokens (BOS). ``chat``:
+    ``text`` as the user's message in the tokenizer's own chat template, the assistant's turn
+    opened, then ``answer_prefix`` (which the model continues), tokenized as one string, as
+    RULER places the answer prefix after a chat template.
+    """
+    if template == "base":
+        return list(tokenizer(text + answer_prefix, add_special_tokens=True, truncation=False)["input_ids"])
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer of {what} has no chat template; use the 'base' template")
+        opened = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                               tokenize=False)
+        # the template wrote the special tokens (BOS...) itself
+        return list(tokenizer(opened + answer_prefix, add_special_tokens=False, truncation=False)["input_ids"])
+    raise ValueError(f"unknown prompt template {template!r}; expected one of {TEMPLATES}")
+
+
 def _returned_cache(out, cache):
     """The cache a forward returns (`cache`, or `past_key_values`), else the one passed in, which
     RecurrentGemma updates in place without returning it."""
@@ -156,20 +177,10 @@ class HFModel:
 
     # -- prompts ---------------------------------------------------------------
 
-    def prompt(self, text: str, template: str = "base") -> list[int]:
-        """Token ids of ``text`` under the ``base`` or ``chat`` template; never truncated."""
-        if template == "base":
-            return list(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
-        if template == "chat":
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise ValueError(f"the tokenizer of this {self.kind} model has no chat template; "
-                                 "use the 'base' template")
-            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                     add_generation_prompt=True, tokenize=True)
-            if hasattr(ids, "keys"):  # BatchEncoding in newer transformers
-                ids = ids["input_ids"]
-            return [int(i) for i in ids]
-        raise ValueError(f"unknown prompt template {template!r}; expected one of {TEMPLATES}")
+    def prompt(self, text: str, template: str = "base", answer_prefix: str = "") -> list[int]:
+        """Token ids of ``text`` under the ``base`` or ``chat`` template; never truncated (see
+        :func:`prompt_ids`)."""
+        return prompt_ids(self.tokenizer, text, template, answer_prefix, what=f"this {self.kind} model")
 
     # -- forward through the cache --------------------------------------------------
 

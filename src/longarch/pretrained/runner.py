@@ -177,9 +177,11 @@ def text_job(job: TextJob) -> TextResult:
     cell = job.cell
     loaded = _load(job)
     info = model_info(loaded, cell.model, job.dtype)
+    chat = job.template == "chat"  # the template's own tokens count towards the length too
     samples = text.generate(cell.task_name, cell.task, loaded.tokenizer, cell.length, n=job.samples, seed=job.seed,
-                            cache_dir=job.cache_dir)
-    prompts = [loaded.prompt(s.prompt, job.template) for s in samples]
+                            cache_dir=job.cache_dir, counting=job.template,
+                            prompt_tokens=(lambda body, prefix: len(loaded.prompt(body, "chat", prefix))) if chat else None)
+    prompts = [loaded.prompt(s.body, job.template, s.answer_prefix) for s in samples]
     budget = max(s.max_new_tokens for s in samples)
     outputs = loaded.generate(prompts, budget, chunk=job.chunk, batch_tokens=job.batch_tokens)
     scores, predictions = [], []

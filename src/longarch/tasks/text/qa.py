@@ -3,6 +3,15 @@
 qa_1 reads a SQuAD v2 file (e.g. dev-v2.0.json), qa_2 a HotpotQA distractor-setting dev file
 (e.g. hotpot_dev_distractor_v1.json), both from paths the user gives; nothing is downloaded.
 Without the file the task raises TaskSkipped with one line saying which file to provide.
+
+As in RULER: the documents are every distinct paragraph of the file; a SQuAD question's golden
+document is its paragraph and its first distractors are the other paragraphs of the same article;
+a HotpotQA question's golden documents are all ten paragraphs of its own context (the two
+supporting ones and its eight distractors); further distractors are drawn from the whole file,
+and when more documents are wanted than the file holds, the whole list repeats. The documents are
+shuffled, so the golden ones move as the count changes. Sample seed s asks question s mod the
+number of answerable questions, so the seeds 0, 1, 2... of `generate` walk the file in order,
+as RULER's sample indices do.
 """
 
 from __future__ import annotations
@@ -13,12 +22,15 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from .templates import render
+
 QA_TEMPLATE = (  # this project's wording (RULER's structure: instruction, documents, instruction again, question)
     "Use the documents below to answer the question, and reply with the answer alone.\n\n"
     "Documents:\n\n{context}\n\nUse the documents above to answer the question, and reply with the "
     "answer alone.\n\nQuestion: {query}"
 )
 QA_PREFIX = " Answer:"
+DOCUMENT = "Document {i}:\n{document}"
 WANTED = {"squad": "a SQuAD v2 dev file (dev-v2.0.json)",
           "hotpotqa": "a HotpotQA dev file (hotpot_dev_distractor_v1.json)"}
 
@@ -27,34 +39,64 @@ class TaskSkipped(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class Question:
+    question: str
+    answers: tuple[str, ...]
+    golden: tuple[int, ...]          # document indices that hold the answer
+    related: tuple[int, ...] = ()    # preferred distractors (SQuAD: the same article's other paragraphs)
+
+
 @functools.lru_cache(maxsize=4)
-def _load(dataset: str, path: str) -> tuple[list[str], list[tuple[str, tuple[str, ...], tuple[int, ...]]]]:
-    """(documents, [(question, answers, golden document indices)])."""
+def _load(dataset: str, path: str) -> tuple[list[str], list[Question]]:
+    """(documents, answerable questions) of one dataset file."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    docs: dict[str, int] = {}
-    questions = []
     if dataset == "squad":
-        for article in data["data"]:
+        articles = [[p["context"] for p in article["paragraphs"]] for article in data["data"]]
+        docs = sorted({c for paragraphs in articles for c in paragraphs})
+        index = {c: i for i, c in enumerate(docs)}
+        questions = []
+        for article, paragraphs in zip(data["data"], articles):
+            same = [index[c] for c in paragraphs]
             for para in article["paragraphs"]:
-                i = docs.setdefault(para["context"], len(docs))
+                golden = index[para["context"]]
                 for qa in para["qas"]:
                     if not qa.get("is_impossible") and qa["answers"]:
                         answers = tuple(dict.fromkeys(a["text"] for a in qa["answers"]))
-                        questions.append((qa["question"], answers, (i,)))
+                        related = tuple(i for i in same if i != golden)
+                        questions.append(Question(qa["question"], answers, (golden,), related))
     else:
-        for item in data:
-            golden = tuple(docs.setdefault(f"{title}\n{''.join(sents)}", len(docs)) for title, sents in item["context"])
-            questions.append((item["question"], (item["answer"],), golden))
+        def text(title, sentences):
+            return f"{title}\n{''.join(sentences)}"
+        docs = sorted({text(t, s) for item in data for t, s in item["context"]})
+        index = {c: i for i, c in enumerate(docs)}
+        questions = [Question(item["question"], (item["answer"],),
+                              tuple(dict.fromkeys(index[text(t, s)] for t, s in item["context"])))
+                     for item in data]
     if not questions:
         raise ValueError(f"{path}: no answerable questions found")
-    return list(docs), questions
+    return docs, questions
+
+
+def choose_documents(docs: int, q: Question, n: int, rng: random.Random) -> list[int]:
+    """The golden documents and `n` distractors (RULER's choice), before shuffling."""
+    total = len(q.golden) + n
+    if total >= docs:  # RULER: the whole list, repeated as often as needed
+        return (list(range(docs)) * -(-total // docs))[:total]
+    if n <= len(q.related):
+        return list(q.golden) + rng.sample(q.related, n)
+    taken = set(q.golden) | set(q.related)
+    others = [i for i in range(docs) if i not in taken]
+    return list(q.golden) + list(q.related) + rng.sample(others, n - len(q.related))
 
 
 @dataclass
 class QA:
-    dataset: str = "squad"         # squad (qa_1) | hotpotqa (qa_2)
-    path: str | None = None        # the dataset file
-    max_new_tokens: int = 32
+    dataset: str = "squad"            # squad (qa_1) | hotpotqa (qa_2)
+    path: str | None = None           # the dataset file
+    max_new_tokens: int = 32          # RULER's tokens_to_generate for qa
+    template: str | None = None       # {context} {query}; None: this project's wording
+    answer_prefix: str | None = None
 
     def __post_init__(self):
         if self.dataset not in WANTED:
@@ -64,14 +106,15 @@ class QA:
             given = "" if self.path is None else f" ({self.path!r} does not exist)"
             raise TaskSkipped(f"{task} skipped: give {WANTED[self.dataset]} as path=FILE{given}")
 
-    def build(self, n: int, seed: int, length: int) -> tuple[str, list[str], dict]:
+    def build(self, n: int, seed: int, length: int, count_tokens=None) -> tuple[str, list[str], dict]:
         docs, questions = _load(self.dataset, str(self.path))
-        rng = random.Random(seed)
-        question, answers, golden = questions[rng.randrange(len(questions))]
-        others = [i for i in random.Random(f"{seed}-docs").sample(range(len(docs)), min(len(docs), n + len(golden)))
-                  if i not in golden][:n]
-        chosen = list(golden) + others
-        random.Random(f"{seed}-order").shuffle(chosen)  # golden positions move with n; RULER does the same
-        context = "\n\n".join(f"Document {k + 1}:\n{docs[i]}" for k, i in enumerate(chosen))
-        prompt = QA_TEMPLATE.format(context=context, query=question) + QA_PREFIX
-        return prompt, list(answers), {"haystack_units": n, "documents": len(chosen), "question": question}
+        q = questions[seed % len(questions)]
+        chosen = choose_documents(len(docs), q, n, random.Random(f"{seed}-docs"))
+        random.Random(f"{seed}-order").shuffle(chosen)
+        context = "\n\n".join(DOCUMENT.format(i=k + 1, document=docs[i]) for k, i in enumerate(chosen))
+        template, prefix = (QA_TEMPLATE, QA_PREFIX) if self.template is None else \
+            (self.template, self.answer_prefix or "")
+        prompt = render(template, prefix, context=context, query=q.question)
+        golden = [k + 1 for k, i in enumerate(chosen) if i in q.golden]
+        return prompt, list(q.answers), {"haystack_units": n, "documents": len(chosen), "question": q.question,
+                                         "golden_documents": golden}

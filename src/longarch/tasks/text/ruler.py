@@ -1,40 +1,41 @@
-"""RULER's synthetic text tasks (NIAH x8, vt, cwe, fwe) as prompt generators.
+"""RULER's retrieval and multi-hop tasks (NIAH x8, vt) as prompt generators, and the 11 synthetic
+configurations of RULER's scripts/synthetic.yaml (`CONFIGS`; cwe/fwe live in aggregation.py).
 
-Each task is a dataclass of knobs with RULER's defaults. `build(n, seed, length)` makes one sample
-whose haystack has `n` units (essay words, noise sentences, distractor needles, list words...);
+Each task is a dataclass of knobs with RULER's defaults. `build(n, seed, length, count_tokens)`
+makes one sample whose haystack has `n` units (essay words, noise sentences, distractor needles);
 `fit.py` searches `n` so the prompt fits a target length with the evaluated model's tokenizer.
 The same seed gives the same needles, depths and answers whatever `n` is.
 
-Haystack text never ships with this repository: the essay haystack is Python's bundled help topics
-(`pydoc_data.topics`) or a UTF-8 file given as `corpus=`. Key words come from the `wonderwords`
-package's bundled noun/adjective/verb lists, as in RULER.
+Prompts: this project's own wording of RULER's prompts, with the same structure (instruction,
+context, question, and an answer prefix the model continues). RULER's text is not copied here;
+`template=` / `answer_prefix=` knobs (or `templates.load_templates`) take exact ones from a file.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
 import random
 import string
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..corpus import _default_text
+from .aggregation import CommonWords, FrequentWords
+from .fit import largest_fitting
+from .haystack import DEPTHS, NOISE, at_depth, essay_sentences, needle_value, place
+from .templates import render
 
-# This project's own wording of RULER's prompts: the same structure (instruction, context,
-# question, answer prefix that the model continues), not RULER's text, which is not copied here.
-# Exact RULER prompts would need its templates loaded from a user-given file (not done yet).
-NOISE = "The river runs to the sea. The hills stand still. The day goes on. Nothing new happens here."
-DEPTHS = [round(i * 100 / 39, 3) for i in range(40)]  # RULER: 40 evenly spaced depths in [0, 100]
+__all__ = ["NIAH", "VariableTracking", "CommonWords", "FrequentWords", "CONFIGS"]
 
+# {type_needle_v} is plural ("numbers"), or singular ("number") when one value is asked for.
 NIAH_TEMPLATE = (
-    "Secret values are hidden in the text below ({v}). Remember them: you will be asked about them "
-    "afterwards.\n{context}\n"
-    "Which secret {v} for {query} does the text above give?"
+    "Some secret {type_needle_v} are hidden in the text below. Remember them: you will be asked about "
+    "them afterwards.\n{context}\nWhich secret {type_needle_v} for {query} does the text above give?"
 )
-NIAH_PREFIX = " The secret {v} for {query} given in the text are"
-NEEDLE = "One of the secret {v} for {key} is: {value}."
+NIAH_PREFIX = " The secret {type_needle_v} for {query} given in the text are"
+NIAH_TEMPLATE_ONE = (
+    "A secret {type_needle_v} is hidden in the text below. Remember it: you will be asked about it "
+    "afterwards.\n{context}\nWhich secret {type_needle_v} for {query} does the text above give?"
+)
+NIAH_PREFIX_ONE = " The secret {type_needle_v} for {query} given in the text is"
+NEEDLE = "One of the secret {type_needle_v} for {key} is: {value}."  # always plural, as in RULER
 
 VT_TEMPLATE = (
     "Follow the chains of variable assignments hidden in the text below.\n\n{context}\n"
@@ -42,206 +43,173 @@ VT_TEMPLATE = (
 )
 VT_PREFIX = (" Answer: Following the assignments in the text above, {num_v} variables "
              "are assigned the value {query}, they are: ")
-CWE_TEMPLATE = (
-    "Here is a numbered list of words. Some of the words occur more often than others; "
-    "remember the ones that occur most often.\n{context}\n"
-    "Question: Which {num_cw} words occur most often in the list above?"
-)
-CWE_PREFIX = " Answer: The {num_cw} words that occur most often in the list are:"
-FWE_TEMPLATE = (
-    "Count how often each coded word occurs in the coded text below, and find the three coded words "
-    "that occur most often. {context}\nQuestion: Give no explanation and ignore the dots '....'. "
-    "Which three words occur most often in the coded text above?"
-)
-FWE_PREFIX = " Answer: In the coded text above, the three words that occur most often are:"
 
 
-@functools.lru_cache(maxsize=1)
-def word_list() -> tuple[str, ...]:
-    """RULER's key words: wonderwords' nouns + adjectives + verbs, deduplicated and sorted."""
-    try:
-        assets = importlib.resources.files("wonderwords") / "assets"
-    except ModuleNotFoundError:
-        raise ImportError("RULER text tasks need the word lists of the 'wonderwords' package: pip install wonderwords")
-    words: set[str] = set()
-    for name in ("nounlist.txt", "adjectivelist.txt", "verblist.txt"):
-        words.update(w.strip() for w in (assets / name).read_text(encoding="utf-8").splitlines() if w.strip())
-    return tuple(sorted(words))
-
-
-@functools.lru_cache(maxsize=4)
-def essay_words(corpus: str | None) -> tuple[str, ...]:
-    text = _default_text() if corpus is None else Path(corpus).read_text(encoding="utf-8")
-    words = tuple(text.split())
-    if not words:
-        raise ValueError(f"corpus {corpus!r} contains no words")
-    return words
-
-
-def _take(items, n: int) -> list:
-    """The first n items, repeating the sequence when n is longer than it."""
-    reps = -(-n // len(items)) if n else 0
-    return (list(items) * reps)[:n]
-
-
-def _insert(units: list[str], inserts: list[str], depths: list[float], joiner: str, sentences: bool = False) -> str:
-    """Put each insert at its depth (percent) among the units, keeping units whole; with `sentences`,
-    moved back to just after the nearest sentence end (a word ending in . ! or ?), as RULER does."""
-    out = list(units)
-    order = sorted(range(len(inserts)), key=lambda i: (-depths[i], -i))  # deepest (then latest) first
-    for i in order:
-        at = int(len(units) * depths[i] / 100)
-        if sentences:
-            back = at
-            while back > 0 and at - back < 200 and not units[back - 1].endswith((".", "!", "?")):
-                back -= 1
-            at = back if back == 0 or units[back - 1].endswith((".", "!", "?")) else at
-        out.insert(at, inserts[i])
-    return joiner.join(out)
-
-
-def _value(rng: random.Random, kind: str) -> str:
-    if kind == "numbers":
-        return str(rng.randint(10**6, 10**7 - 1))  # RULER: 7-digit numbers
-    if kind == "uuids":
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    if kind == "words":
-        words = word_list()
-        return f"{rng.choice(words)}-{rng.choice(words)}"
-    raise ValueError(f"unknown needle type {kind!r} (words, numbers or uuids)")
+def ruler_singular(text: str) -> str:
+    """RULER's rewrite of a user-given NIAH template (and prefix) when one value is asked for:
+    plain substring replacements, kept as RULER has them so its exact prompts come out."""
+    for plural, single in (("Some", "A"), ("are all", "is"), ("are", "is"), ("answers", "answer")):
+        text = text.replace(plural, single)
+    return text
 
 
 @dataclass
 class NIAH:
-    """Needle in a haystack: KEY -> VALUE needles; query some keys, answer all their values."""
+    """Needle in a haystack: KEY -> VALUE needles; query some keys, answer all their values.
+
+    Depths as in RULER: in an essay haystack each needle goes between sentences at a depth drawn
+    without replacement from `DEPTHS`; in a noise or needle haystack at a uniformly random unit.
+    `depth` (percent) puts every needle at that depth instead: the depth ablation."""
     type_haystack: str = "essay"      # noise | essay | needle
     type_needle_k: str = "words"      # words | numbers | uuids
     type_needle_v: str = "numbers"    # words | numbers | uuids
-    num_needle_k: int = 1
+    num_needle_k: int = 1             # raised to num_needle_q when smaller, as RULER does
     num_needle_v: int = 1
     num_needle_q: int = 1
     corpus: str | None = None         # essay haystack file (default: Python's help topics)
-    max_new_tokens: int = 128
+    depth: float | None = None        # percent: every needle at this depth (the depth ablation); None: RULER's random depths
+    max_new_tokens: int = 128         # RULER's tokens_to_generate for niah
+    template: str | None = None       # {type_needle_v} {context} {query}; None: this project's wording
+    answer_prefix: str | None = None
 
     def __post_init__(self):
         if self.type_haystack not in ("noise", "essay", "needle"):
             raise ValueError(f"type_haystack must be noise, essay or needle, not {self.type_haystack!r}")
-        if not 1 <= self.num_needle_q <= self.num_needle_k:
-            raise ValueError("num_needle_q must be between 1 and num_needle_k")
+        for kind in (self.type_needle_k, self.type_needle_v):
+            if kind not in ("words", "numbers", "uuids"):
+                raise ValueError(f"needle type must be words, numbers or uuids, not {kind!r}")
+        if self.depth is not None and not 0 <= self.depth <= 100:
+            raise ValueError(f"depth {self.depth} is outside 0-100")
+        if min(self.num_needle_k, self.num_needle_v, self.num_needle_q) < 1:
+            raise ValueError("num_needle_k, num_needle_v and num_needle_q must be at least 1")
+        self.num_needle_k = max(self.num_needle_k, self.num_needle_q)
 
-    def build(self, n: int, seed: int, length: int) -> tuple[str, list[str], dict]:
+    def _prompt(self, context: str, query: str) -> str:
+        single = self.num_needle_q * self.num_needle_v == 1
+        kind = self.type_needle_v[:-1] if single else self.type_needle_v
+        if self.template is None:
+            template, prefix = (NIAH_TEMPLATE_ONE, NIAH_PREFIX_ONE) if single else (NIAH_TEMPLATE, NIAH_PREFIX)
+        else:
+            template, prefix = self.template, self.answer_prefix or ""
+            if single:
+                template, prefix = ruler_singular(template), ruler_singular(prefix)
+        return render(template, prefix, type_needle_v=kind, context=context, query=query)
+
+    def build(self, n: int, seed: int, length: int, count_tokens=None) -> tuple[str, list[str], dict]:
         rng = random.Random(seed)
         keys: list[str] = []
         while len(keys) < self.num_needle_k:
-            k = _value(rng, self.type_needle_k)
-            if k not in keys:
-                keys.append(k)
-        values = [[_value(rng, self.type_needle_v) for _ in range(self.num_needle_v)] for _ in keys]
-        v = self.type_needle_v if self.num_needle_q * self.num_needle_v > 1 else self.type_needle_v[:-1]
-        needles = [NEEDLE.format(v=v, key=k, value=x) for k, vs in zip(keys, values) for x in vs]
-        depths = rng.sample(DEPTHS, len(needles)) if len(needles) <= len(DEPTHS) else \
-            [rng.choice(DEPTHS) for _ in needles]
+            key = needle_value(rng, self.type_needle_k)
+            if key not in keys:
+                keys.append(key)
+        values = [[needle_value(rng, self.type_needle_v) for _ in range(self.num_needle_v)] for _ in keys]
+        needles = [NEEDLE.format(type_needle_v=self.type_needle_v, key=k, value=x) for k, vs in zip(keys, values)
+                   for x in vs]
+        if self.type_haystack == "essay":
+            depths = [float(d) for d in (rng.sample(DEPTHS, len(needles)) if len(needles) <= len(DEPTHS)
+                                         else [rng.choice(DEPTHS) for _ in needles])]
+        else:
+            depths = [100 * rng.random() for _ in needles]
+        if self.depth is not None:  # drawn above all the same, so a fixed depth changes nothing else
+            depths = [float(self.depth)] * len(needles)
         queried = rng.sample(range(len(keys)), self.num_needle_q)
         if self.type_haystack == "essay":
-            context = _insert(_take(essay_words(self.corpus), n), needles, depths, " ", sentences=True)
-        elif self.type_haystack == "noise":
-            context = _insert([NOISE] * n, needles, depths, "\n")
-        else:  # distractor needles with other keys, drawn from their own stream so n does not move the rest
-            drng = random.Random(f"{seed}-distractors")
-            units = []
-            while len(units) < n:
-                k = _value(drng, self.type_needle_k)
-                if k not in keys:
-                    units.append(NEEDLE.format(v=v, key=k, value=_value(drng, self.type_needle_v)))
-            context = _insert(units, needles, depths, "\n")
+            sentences = essay_sentences(self.corpus, n)
+            positions = [at_depth(len(sentences), d) for d in depths]
+            context = " ".join(place(sentences, needles, positions))
+        else:
+            if self.type_haystack == "noise":
+                units = [NOISE] * n
+            else:  # distractor needles with other keys, from their own stream so n does not move the rest
+                drng = random.Random(f"{seed}-distractors")
+                units = []
+                while len(units) < n:
+                    key = needle_value(drng, self.type_needle_k)
+                    if key not in keys:
+                        value = needle_value(drng, self.type_needle_v)
+                        units.append(NEEDLE.format(type_needle_v=self.type_needle_v, key=key, value=value))
+            context = "\n".join(place(units, needles, [at_depth(n, d) for d in depths]))
         qkeys = [keys[i] for i in queried]
         query = qkeys[0] if len(qkeys) == 1 else ", ".join(qkeys[:-1]) + ", and " + qkeys[-1]
-        prompt = NIAH_TEMPLATE.format(v=v, context=context, query=query) + NIAH_PREFIX.format(v=v, query=query)
         answers = [x for i in queried for x in values[i]]
-        return prompt, answers, {"depths": depths, "keys": qkeys, "haystack_units": n}
+        return self._prompt(context, query), answers, {"depths": depths, "keys": qkeys, "haystack_units": n}
 
 
 @dataclass
 class VariableTracking:
-    """Chains of VAR X = VAR Y assignments in noise; name every variable bound to the queried value."""
+    """Chains of VAR X = VAR Y assignments hidden in a haystack; name every variable bound to the value
+    of the first chain.
+
+    As in RULER, the prompt opens with a one-shot example of the whole task (3-letter variables,
+    min(num_hops, 10) hops, its own haystack grown to at most `example_tokens` tokens, followed by its
+    answer), and the example counts toward the target length at every length."""
     num_chains: int = 1
     num_hops: int = 4
-    max_new_tokens: int = 30
+    type_haystack: str = "noise"      # noise | essay
+    corpus: str | None = None         # essay haystack file (default: Python's help topics)
+    example_tokens: int = 500         # RULER sizes its one-shot example to 500 tokens
+    max_new_tokens: int = 30          # RULER's tokens_to_generate for variable_tracking
+    template: str | None = None       # {context} {query} {num_v}; None: this project's wording
+    answer_prefix: str | None = None
 
-    def build(self, n: int, seed: int, length: int) -> tuple[str, list[str], dict]:
-        rng = random.Random(seed)
+    def __post_init__(self):
+        if self.type_haystack not in ("noise", "essay"):
+            raise ValueError(f"type_haystack must be noise or essay, not {self.type_haystack!r}")
+        if self.num_chains < 1 or self.num_hops < 1:
+            raise ValueError("num_chains and num_hops must be at least 1")
+
+    def _sample(self, n: int, rng: random.Random, name_length: int, num_hops: int) -> tuple[str, list[str], dict]:
+        """A prompt (with answer prefix) over `n` haystack units, and the variables of chain 0."""
+        per = num_hops + 1
         names: list[str] = []
-        while len(names) < self.num_chains * (self.num_hops + 1):
-            name = "".join(rng.choices(string.ascii_uppercase, k=5))
+        while len(names) < self.num_chains * per:
+            name = "".join(rng.choices(string.ascii_uppercase, k=name_length))
             if name not in names:
                 names.append(name)
-        chains, values = [], []
-        for c in range(self.num_chains):
-            vs = names[c * (self.num_hops + 1):(c + 1) * (self.num_hops + 1)]
-            value = str(rng.randint(10000, 99999))
-            values.append(value)
-            chains.append((vs, [f"VAR {vs[0]} = {value}"] + [f"VAR {b} = VAR {a}" for a, b in zip(vs, vs[1:])]))
-        per = self.num_hops + 1
-        inserts = [s for _, stmts in chains for s in stmts]
-        depths = [d for _ in chains for d in sorted(rng.uniform(0, 100) for _ in range(per))]  # in chain order
-        context = _insert([NOISE] * n, inserts, depths, "\n")
-        q = rng.randrange(self.num_chains)
-        prompt = VT_TEMPLATE.format(context=context, query=values[q]) + \
-            VT_PREFIX.format(num_v=per, query=values[q])
-        return prompt, list(chains[q][0]), {"haystack_units": n, "value": values[q]}
+        chains = [names[c * per:(c + 1) * per] for c in range(self.num_chains)]
+        values = [str(rng.randrange(10000, 99999)) for _ in chains]
+        statements = [[f"VAR {chain[0]} = {value}"] + [f"VAR {b} = VAR {a}" for a, b in zip(chain, chain[1:])]
+                      for chain, value in zip(chains, values)]
+        if self.type_haystack == "noise":  # per chain, sorted random units (RULER samples unit indices)
+            depths = [d for _ in chains for d in sorted(100 * rng.random() for _ in range(per))]
+            units, joiner = [NOISE] * n, "\n"
+            inserts = [s for chain in statements for s in chain]
+            positions = [at_depth(n, d) for d in depths]
+        else:  # between sentences at sorted RULER depths, chains interleaved at random in their own order
+            units, joiner = essay_sentences(self.corpus, n), " "
+            order = [c for c, chain in enumerate(statements) for _ in chain]
+            rng.shuffle(order)
+            taken = [0] * len(statements)
+            inserts = []
+            for c in order:
+                inserts.append(statements[c][taken[c]] + ".")
+                taken[c] += 1
+            count = len(inserts)
+            depths = sorted(rng.sample(DEPTHS, count) if count <= len(DEPTHS) else
+                            [rng.choice(DEPTHS) for _ in inserts])
+            positions = [at_depth(len(units), d) for d in depths]
+        context = joiner.join(place(units, inserts, positions))
+        prompt = render(self.template or VT_TEMPLATE, VT_PREFIX if self.template is None else self.answer_prefix or "",
+                        context=context, query=values[0], num_v=per)
+        return prompt, chains[0], {"haystack_units": n, "value": values[0], "depths": depths}
 
+    def example(self, seed: int, count_tokens) -> str:
+        """The one-shot example: its prompt over the largest haystack within `example_tokens`, then
+        its answer, then a blank line."""
+        def measure(m):
+            prompt, answer, _ = self._sample(m, random.Random(f"{seed}-example"), 3, min(self.num_hops, 10))
+            return count_tokens(prompt), prompt + " " + " ".join(answer)
 
-@dataclass
-class CommonWords:
-    """A numbered word list: num_cw words repeated freq_cw times, the rest freq_ucw; name the common ones.
-    As in RULER, below 4096 tokens the frequencies are 6 and 1 and the example list is smaller."""
-    freq_cw: int = 30
-    freq_ucw: int = 3
-    num_cw: int = 10
-    max_new_tokens: int = 120
+        found = largest_fitting(measure, self.example_tokens, first=8)
+        if found is None:
+            raise ValueError(f"vt: the one-shot example does not fit in example_tokens={self.example_tokens}")
+        return found.payload + "\n\n"
 
-    def _list(self, rng: random.Random, num_words: int, cw: int, ucw: int) -> tuple[str, list[str]]:
-        chosen = rng.sample(word_list(), num_words)
-        common, uncommon = chosen[:self.num_cw], chosen[self.num_cw:]
-        items = common * cw + uncommon * ucw
-        rng.shuffle(items)
-        return " ".join(f"{i + 1}. {w}" for i, w in enumerate(items)), common
-
-    def build(self, n: int, seed: int, length: int) -> tuple[str, list[str], dict]:
-        rng = random.Random(seed)
-        short = length < 4096
-        ex_ctx, ex_ans = self._list(rng, 20 if short else 40, 3 if short else 10, 1 if short else 3)
-        ctx, ans = self._list(random.Random(f"{seed}-list"), self.num_cw + n,
-                              6 if short else self.freq_cw, 1 if short else self.freq_ucw)
-        example = CWE_TEMPLATE.format(context=ex_ctx, num_cw=self.num_cw) + \
-            CWE_PREFIX.format(num_cw=self.num_cw) + " " + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_ans))
-        prompt = example + "\n" + CWE_TEMPLATE.format(context=ctx, num_cw=self.num_cw) + \
-            CWE_PREFIX.format(num_cw=self.num_cw)
-        return prompt, ans, {"haystack_units": n, "uncommon_words": n}
-
-
-@dataclass
-class FrequentWords:
-    """Zipf(alpha)-distributed coded words; the top-ranked one is '....' noise; name the next three."""
-    alpha: float = 2.0
-    coded_wordlen: int = 6
-    vocab_size: int = 2000
-    max_new_tokens: int = 50
-
-    def build(self, n: int, seed: int, length: int) -> tuple[str, list[str], dict]:
-        rng = random.Random(seed)
-        vocab: set[str] = set()
-        while len(vocab) < self.vocab_size:
-            vocab.add("".join(rng.choices(string.ascii_lowercase, k=self.coded_wordlen)))
-        words = sorted(vocab)
-        rng.shuffle(words)
-        words[0] = "...."
-        zeta = sum(k ** -self.alpha for k in range(1, 100000))
-        counts = [int(n * k ** -self.alpha / zeta) for k in range(1, len(words) + 1)]
-        stream = [w for w, c in zip(words, counts) for _ in range(c)]
-        random.Random(f"{seed}-stream").shuffle(stream)
-        prompt = FWE_TEMPLATE.format(context=" ".join(stream)) + FWE_PREFIX
-        return prompt, words[1:4], {"haystack_units": n, "words": len(stream)}
+    def build(self, n: int, seed: int, length: int, count_tokens=None) -> tuple[str, list[str], dict]:
+        if count_tokens is None:
+            raise ValueError("vt needs count_tokens (the tokenizer's count) to size its one-shot example")
+        prompt, answers, meta = self._sample(n, random.Random(seed), 5, self.num_hops)
+        return prompt.after(self.example(seed, count_tokens)), answers, meta
 
 
 # RULER's 13 configurations (scripts/synthetic.yaml); qa_1/qa_2 are in qa.py
@@ -253,8 +221,8 @@ CONFIGS = {
     "niah_multikey_2": (NIAH, dict(type_haystack="needle")),
     "niah_multikey_3": (NIAH, dict(type_haystack="needle", type_needle_k="uuids", type_needle_v="uuids")),
     "niah_multivalue": (NIAH, dict(type_haystack="essay", num_needle_v=4)),
-    "niah_multiquery": (NIAH, dict(type_haystack="essay", num_needle_k=4, num_needle_q=4)),
-    "vt": (VariableTracking, {}),
-    "cwe": (CommonWords, {}),
-    "fwe": (FrequentWords, {}),
+    "niah_multiquery": (NIAH, dict(type_haystack="essay", num_needle_q=4)),  # num_needle_k rises to 4
+    "vt": (VariableTracking, dict(type_haystack="noise", num_chains=1, num_hops=4)),
+    "cwe": (CommonWords, dict(freq_cw=30, freq_ucw=3, num_cw=10)),
+    "fwe": (FrequentWords, dict(alpha=2.0)),
 }
