@@ -14,7 +14,8 @@ from longarch.config import ConfigError, Study, load_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PRESETS = config.preset_names()
+# controlled studies; the pretrained presets (kind: pretrained) are tested in test_pretrained.py
+PRESETS = [p for p in config.preset_names() if getattr(config.load_study(p), "kind", None) != "pretrained"]
 
 VALID = {
     "name": "tiny",

@@ -110,6 +110,9 @@ def test_every_kind_end_to_end_with_marks_predictions_and_resume(checkpoints, tm
     assert marks == {"llama": 2, "mamba": 0, "mamba2": 0, "rwkv": 2, "recurrent_gemma": 0, "jamba": 1}
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["models"]) == set(KINDS)
+    (out / "report.md").unlink()
+    rebuilt = _invoke("report", out)  # `longarch report` knows a pretrained study's directory
+    assert rebuilt.exit_code == 0 and (out / "report.md").read_text() == report
 
     again = _invoke("run", study, "--out", out)  # everything stored: nothing is evaluated again
     assert again.exit_code == 0, again.output
@@ -129,13 +132,41 @@ def test_eval_command_flags_and_a_model_that_fails_to_load(checkpoints, tmp_path
     assert result.exit_code == 0, result.output
     with Store(out / "results.sqlite") as store:
         results, failures, rows = store.results(), store.failures(), store.pretrained()
-    assert [(r.model, r.length, r.n) for r in results] == [("llama0", 1024, 2)]  # named after its folder
+    assert [(r.model, r.length, r.n) for r in results] == [(checkpoints["llama"].name, 1024, 2)]  # named after its folder
     assert rows[0]["train_length"] == 1000 and rows[0]["train_length_source"] == "study"
     # a checkpoint that cannot be loaded fails its cells once each, without retries
     assert [(f["what"], f["attempts"]) for f in failures] == [("broken on niah_single_1 at 1024", 1)]
     assert "could not be loaded" in failures[0]["error"]
     status = _invoke("status", out)
     assert status.exit_code == 0 and "1 failed" in status.output
+
+
+def test_mamba_ssm_checkpoints_run_through_the_same_pipeline(tmp_path):
+    """The paper's mamba_ssm-format checkpoints (tiny ones here): a pure Mamba-2 with its own
+    tokenizer files and a Mamba-2/attention hybrid given a separate tokenizer."""
+    from mamba_ssm_checks import mamba_ssm_config, random_state_dict, save_checkpoint, save_tokenizer
+
+    tokenizer = save_tokenizer(tmp_path / "tokenizer")
+    pure = mamba_ssm_config(n_layer=2)
+    hybrid = mamba_ssm_config(n_layer=3, attn_layer_idx=[1], attn_cfg={
+        "num_heads": 4, "head_dim": 16, "rotary_emb_dim": 8, "causal": True, "qkv_proj_bias": False,
+        "out_proj_bias": False})
+    models = [{"name": "M2", "model": save_checkpoint(tmp_path / "m2", pure, random_state_dict(pure, 1), tokenizer),
+               "train_length": 800},
+              {"name": "M2A", "model": save_checkpoint(tmp_path / "m2a", hybrid, random_state_dict(hybrid, 2)),
+               "tokenizer": str(tokenizer), "train_length": 800}]
+    study = _write_study(tmp_path / "s.yaml", models, [{"name": "niah_single_1", "knobs": {"max_new_tokens": 5}}],
+                         lengths=(1024,))
+    out = tmp_path / "out"
+    assert _invoke("run", study, "--out", out).exit_code == 0
+    with Store(out / "results.sqlite") as store:
+        assert not store.failures()
+        kinds = {r["name"]: (r["kind"], r["family"], r["train_length"]) for r in store.pretrained()}
+        assert kinds == {"M2": ("mamba_ssm-mamba2", "state-space", 800), "M2A": ("mamba_ssm-hybrid", "hybrid", 800)}
+        assert sorted((r.model, r.n) for r in store.results()) == [("M2", 2), ("M2A", 2)]
+    for name in ("M2", "M2A"):
+        for line in _lines(out / "predictions" / name / "niah_single_1-1024.jsonl"):
+            assert 0.95 * 1024 <= line["total_tokens"] <= 1024 and line["beyond_training"]
 
 
 def test_chat_template_tokens_count_towards_the_length(checkpoints, tmp_path):
@@ -294,11 +325,22 @@ def test_averages_effective_length_and_incomplete_cells(tmp_path):
 
 def test_published_averages_are_shown_beside_the_runs_own(tmp_path):
     scores = {("Mamba2", "a", 1024): [1.0, 0.0], ("Mamba2", "a", 2048): [0.0, 0.0]}
+    depths = [0, 20, 40, 50, 60, 80, 100]
+    ablation = {"name": "niah_single_1", "label": "d", "depths": depths, "length_factors": [1]}
     _fake_store(tmp_path, scores, ["a"], config_extra={"reference": "huang2025"}, train_lengths={"Mamba2": 2048})
+    with Store(tmp_path / "results.sqlite") as store:
+        config = store.meta()["config"]
+        store.set_meta("config", {**config, "tasks": config["tasks"] + [ablation]})
+        for depth in depths:
+            store.put_result(ResultRow(cell_id=f"d{depth}", model_id="id-Mamba2", model="Mamba2", task="niah_single_1",
+                                       label="d", knobs={}, length=2048, depth=float(depth), seed=0, n=4,
+                                       accuracy=0.25, scores=[1.0, 0.0, 0.0, 0.0], seconds=0.1))
     pretrained_report.build_report(tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "Beside the published averages" in report
     assert "| Mamba2 | 50.0 / 38.52 | 0.0 / 32.91 |" in report
+    published = " / ".join(f"{v:g}" for v in pretrained_report.REFERENCES["huang2025"]["depth_averages"][1]["Mamba2"])
+    assert f"| Mamba2 at 2K | {' | '.join(['25.0'] * 7)} | {published} |" in report
 
 
 def test_store_keeps_pretrained_rows_in_first_seen_order(tmp_path):

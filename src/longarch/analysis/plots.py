@@ -110,7 +110,7 @@ def plot_task_comparison(task_curves: Mapping[str, Mapping[str, Sequence[LengthP
     colours = plt.get_cmap("tab10")
     for index, model in enumerate(models):
         ax = axes[index // columns][index % columns]
-        ticks = {int(train_lengths[model])}
+        ticks = {int(train_lengths[model])} if train_lengths[model] else set()
         for i, (task, curves) in enumerate(task_curves.items()):
             points = curves.get(model) or []
             if not points:
@@ -121,7 +121,8 @@ def plot_task_comparison(task_curves: Mapping[str, Mapping[str, Sequence[LengthP
                     color=colours(i % 10), label=task)
             ax.fill_between(x, 100 * np.array([p.low for p in points]), 100 * np.array([p.high for p in points]),
                             color=colours(i % 10), alpha=0.18, linewidth=0)
-        ax.axvline(train_lengths[model], color="dimgray", linestyle="--", linewidth=1.1)
+        if train_lengths[model]:  # a pretrained model may declare none
+            ax.axvline(train_lengths[model], color="dimgray", linestyle="--", linewidth=1.1)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(ticks), [format_length(t) for t in sorted(ticks)], fontsize=8)
         ax.xaxis.set_minor_locator(NullLocator())

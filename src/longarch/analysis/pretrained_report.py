@@ -301,9 +301,8 @@ def build_report(out_dir: Path) -> dict[str, Path]:
                         mean, low, high = mean_ci(cell.scores)
                         points.append(LengthPoint(n, mean, low, high, cell.n))
                 task_curves[label][m["name"]] = points
-        record("tasks", plots.plot_task_comparison(task_curves, {k: v or min(data.lengths) for k, v in
-                                                                 train_lengths.items()},
-                                                   figure_dir / "tasks", title=f"{data.name}: score by task (95% CI)"))
+        record("tasks", plots.plot_task_comparison(task_curves, train_lengths, figure_dir / "tasks",
+                                                   title=f"{data.name}: score by task (95% CI)"))
     for label in data.ablation:
         for m in data.models:
             grid = _ablation_grid(data, m["name"], label)

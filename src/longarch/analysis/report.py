@@ -292,6 +292,10 @@ def build_report(out_dir: Path) -> dict[str, Path]:
     to `out_dir` (e.g. "figures/accuracy_vs_length.png").
     """
     out_dir = Path(out_dir)
+    if _is_pretrained(out_dir):
+        from . import pretrained_report
+
+        return pretrained_report.build_report(out_dir)
     data = load(out_dir)
     figure_dir = out_dir / "figures"
     paths: dict[str, Path] = {}
@@ -337,6 +341,15 @@ def build_report(out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def _is_pretrained(out_dir: Path) -> bool:
+    """A pretrained study's directory (checkpoints on text tasks) has its own report."""
+    path = out_dir / "results.sqlite"
+    if not path.is_file():  # nothing to read (and nothing is created here)
+        return False
+    with Store(path) as store:
+        return store.meta().get("kind") == "pretrained"
+
+
 def _depth_grid(data: StudyData, model: str, task: str) -> dict[tuple[int, float], float]:
     """A model's accuracy at each (length, depth) on one task label, pooling seeds."""
     pooled: dict[tuple[int, float], list[np.ndarray]] = {}
@@ -349,6 +362,10 @@ def _depth_grid(data: StudyData, model: str, task: str) -> dict[tuple[int, float
 def summary_table(out_dir: Path) -> Table:
     """Accuracy (%) by model (rows) and length (columns) for the terminal; (T) marks the
     training length and models that did not learn the task are flagged."""
+    if _is_pretrained(Path(out_dir)):
+        from . import pretrained_report
+
+        return pretrained_report.summary_table(out_dir)
     data = load(Path(out_dir))
     unsolved = {m.name for m in data.unsolved()}
     several = len(data.tasks) > 1

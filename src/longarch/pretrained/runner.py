@@ -170,9 +170,6 @@ def model_info(loaded, entry: PretrainedModel, dtype: str) -> dict:
 
 
 def text_job(job: TextJob) -> TextResult:
-    import torch
-
-    torch.set_grad_enabled(False)
     start = time.perf_counter()
     cell = job.cell
     loaded = _load(job)
