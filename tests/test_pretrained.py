@@ -263,6 +263,12 @@ def test_relative_lengths_need_a_training_length(tmp_path):
         load_study(str(study))
 
 
+def test_a_tokenizer_is_only_for_mamba_ssm_checkpoints(tmp_path):
+    study = _write_study(tmp_path / "s.yaml", [{"model": "hf:org/name", "tokenizer": "org/tok"}], ["vt"])
+    with pytest.raises(ConfigError, match="an hf: model uses its own tokenizer"):
+        load_study(str(study))
+
+
 def test_paper_preset_plans_the_papers_grid():
     study = load_study("paper")
     assert study.eval.lengths == [1024, 2048, 4096, 8192, 16384] and study.eval.samples == 250

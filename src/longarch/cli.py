@@ -175,7 +175,8 @@ def eval_command(
     from .pretrained.config import PretrainedStudy, check
 
     data = {"kind": "pretrained", "name": name,
-            "models": [{"model": m, "train_length": train_length, "tokenizer": tokenizer} for m in model],
+            "models": [{"model": m, "train_length": train_length,
+                        "tokenizer": tokenizer if m.startswith("mamba_ssm:") else None} for m in model],
             "tasks": _csv(tasks, "--tasks"),
             "eval": {"lengths": parse_lengths(lengths), "samples": samples, "seed": seed, "template": template,
                      "dtype": dtype, "device": device, "chunk": chunk, "batch_tokens": batch_tokens,

@@ -40,6 +40,13 @@ class PretrainedModel(Strict):
             raise ValueError(f"model {spec!r} must look like hf:<path or hub id> or mamba_ssm:<path or hub id>")
         return spec
 
+    @model_validator(mode="after")
+    def _own_tokenizer(self) -> "PretrainedModel":
+        if self.tokenizer is not None and self.model.startswith("hf:"):
+            raise ValueError(f"{self.model}: an hf: model uses its own tokenizer; 'tokenizer' is for mamba_ssm: "
+                             "checkpoints")
+        return self
+
     @property
     def label(self) -> str:
         return self.name or self.model.partition(":")[2].rstrip("/").split("/")[-1]
