@@ -121,8 +121,9 @@ def fit(task, tokenizer, length: int, seed: int, min_fill: float = 0.95,
     def count(text: str) -> int:
         return count_tokens(tokenizer, text)
 
-    def measure(n):
-        prompt, answers, meta = task.build(n, seed, length, count)
+    def measure(n, partial: int = 0):
+        extra = {"partial": partial} if partial else {}
+        prompt, answers, meta = task.build(n, seed, length, count, **extra)
         if prompt_tokens is None:
             return count(prompt), (prompt, answers, meta)
         prefix = getattr(prompt, "answer_prefix", "")
@@ -134,6 +135,15 @@ def fit(task, tokenizer, length: int, seed: int, min_fill: float = 0.95,
         raise FitError(f"{name}: the prompt without haystack is already {empty} tokens, more than "
                        f"{length} - {task.max_new_tokens} (generation budget)", length)
     total = found.tokens + task.max_new_tokens
+    partial = 0
+    if total < min_fill * length and getattr(task, "takes_partial", False):
+        # whole units leave too much room: add the first k words of one more distractor unit
+        # (never a unit that holds an answer), k as large as fits
+        more = largest_fitting(lambda k: measure(found.n, k), budget, first=8)
+        if more is not None and more.n > 0:
+            partial, calls = more.n, found.calls + more.calls
+            found = Search(found.n, more.tokens, more.payload, found.next_tokens, calls)
+            total = found.tokens + task.max_new_tokens
     if total < min_fill * length:
         unit = found.next_tokens - found.tokens
         raise FitError(
@@ -143,7 +153,7 @@ def fit(task, tokenizer, length: int, seed: int, min_fill: float = 0.95,
             length, total, found.next_tokens + task.max_new_tokens, found.n)
     prompt, answers, meta = found.payload
     meta = dict(meta, length=length, prompt_tokens=found.tokens, total_tokens=total, seed=seed,
-                fit_calls=found.calls)
+                partial_words=partial, fit_calls=found.calls)
     return TextSample(str(prompt), answers, task.max_new_tokens, meta, getattr(prompt, "answer_prefix", ""))
 
 

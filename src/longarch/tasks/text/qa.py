@@ -106,12 +106,26 @@ class QA:
             given = "" if self.path is None else f" ({self.path!r} does not exist)"
             raise TaskSkipped(f"{task} skipped: give {WANTED[self.dataset]} as path=FILE{given}")
 
-    def build(self, n: int, seed: int, length: int, count_tokens=None) -> tuple[str, list[str], dict]:
+    takes_partial = True  # documents are coarse units (a paragraph is 100-300 tokens)
+
+    def build(self, n: int, seed: int, length: int, count_tokens=None, partial: int = 0
+              ) -> tuple[str, list[str], dict]:
+        """`partial` > 0: one more distractor, cut to its first `partial` words (never a golden
+        document); `fit` uses it only where whole documents land under 95% of the length."""
         docs, questions = _load(self.dataset, str(self.path))
         q = questions[seed % len(questions)]
-        chosen = choose_documents(len(docs), q, n, random.Random(f"{seed}-docs"))
-        random.Random(f"{seed}-order").shuffle(chosen)
-        context = "\n\n".join(DOCUMENT.format(i=k + 1, document=docs[i]) for k, i in enumerate(chosen))
+        chosen = choose_documents(len(docs), q, n + (partial > 0), random.Random(f"{seed}-docs"))
+        cut = None
+        if partial > 0:
+            distractors = [k for k, i in enumerate(chosen) if i not in q.golden]
+            if distractors:
+                cut = distractors[-1]  # the one distractor added for the partial unit
+        order = list(range(len(chosen)))
+        random.Random(f"{seed}-order").shuffle(order)
+        chosen = [chosen[k] for k in order]
+        cut = None if cut is None else order.index(cut)
+        parts = [docs[i] if k != cut else " ".join(docs[i].split()[:partial]) for k, i in enumerate(chosen)]
+        context = "\n\n".join(DOCUMENT.format(i=k + 1, document=text) for k, text in enumerate(parts))
         template, prefix = (QA_TEMPLATE, QA_PREFIX) if self.template is None else \
             (self.template, self.answer_prefix or "")
         prompt = render(template, prefix, context=context, query=q.question)

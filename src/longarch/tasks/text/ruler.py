@@ -95,7 +95,18 @@ class NIAH:
                 template, prefix = ruler_singular(template), ruler_singular(prefix)
         return render(template, prefix, type_needle_v=kind, context=context, query=query)
 
-    def build(self, n: int, seed: int, length: int, count_tokens=None) -> tuple[str, list[str], dict]:
+    @property
+    def takes_partial(self) -> bool:
+        """Whether `build` can add part of one more unit: for distractor needles, whose units are
+        coarse (a uuid needle is ~60 tokens); sentences of noise or essay are fine-grained."""
+        return self.type_haystack == "needle"
+
+    def build(self, n: int, seed: int, length: int, count_tokens=None, partial: int = 0
+              ) -> tuple[str, list[str], dict]:
+        """`partial` > 0 (needle haystack only): one more distractor needle, cut to its first
+        `partial` words; `fit` uses it only where whole needles land under 95% of the length."""
+        if partial and self.type_haystack != "needle":
+            raise ValueError("a partial haystack unit is for the needle haystack only")
         rng = random.Random(seed)
         keys: list[str] = []
         while len(keys) < self.num_needle_k:
@@ -123,12 +134,14 @@ class NIAH:
             else:  # distractor needles with other keys, from their own stream so n does not move the rest
                 drng = random.Random(f"{seed}-distractors")
                 units = []
-                while len(units) < n:
+                while len(units) < n + (partial > 0):
                     key = needle_value(drng, self.type_needle_k)
                     if key not in keys:
                         value = needle_value(drng, self.type_needle_v)
                         units.append(NEEDLE.format(type_needle_v=self.type_needle_v, key=key, value=value))
-            context = "\n".join(place(units, needles, [at_depth(n, d) for d in depths]))
+                if partial:  # its key is not a queried one, so the cut needle can never be an answer
+                    units[-1] = " ".join(units[-1].split()[:partial])
+            context = "\n".join(place(units, needles, [at_depth(len(units), d) for d in depths]))
         qkeys = [keys[i] for i in queried]
         query = qkeys[0] if len(qkeys) == 1 else ", ".join(qkeys[:-1]) + ", and " + qkeys[-1]
         answers = [x for i in queried for x in values[i]]
