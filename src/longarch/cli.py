@@ -246,7 +246,8 @@ def plan_command(study: StudyArg = "quick",
                       str(len(mine) - stored))
     print_table(table)
     estimate = cost(loaded, state, target)
-    console.print(f"remaining: {estimate['train_tokens']:,} training tokens, {estimate['eval_tokens']:,} evaluation "
+    training = "" if pretrained else f"{estimate['train_tokens']:,} training tokens, "
+    console.print(f"remaining: {training}{estimate['eval_tokens']:,} evaluation "
                   f"tokens; estimated time at the rates of the work stored so far: {_duration(estimate['seconds'])}")
 
 
