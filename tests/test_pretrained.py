@@ -121,6 +121,16 @@ def test_every_kind_end_to_end_with_marks_predictions_and_resume(checkpoints, tm
         assert {r.cell_id: r.seconds for r in store.results()} == {r.cell_id: r.seconds for r in results}
 
 
+def test_a_process_pool_gives_the_same_predictions_as_this_process(checkpoints, tmp_path):
+    study = _write_study(tmp_path / "s.yaml", [{"model": f"hf:{checkpoints['mamba2']}", "name": "m"}],
+                         [{"name": "niah_single_1", "knobs": {"max_new_tokens": 5}}], lengths=(1024,), samples=3)
+    for workers in ("0", "1"):
+        result = _invoke("run", study, "--out", tmp_path / workers, "--workers", workers)
+        assert result.exit_code == 0, result.output
+    here, pool = (_lines(tmp_path / w / "predictions" / "m" / "niah_single_1-1024.jsonl") for w in ("0", "1"))
+    assert [p["prediction"] for p in here] == [p["prediction"] for p in pool] and len(here) == 3
+
+
 def test_eval_command_flags_and_a_model_that_fails_to_load(checkpoints, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -116,13 +116,14 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, address: str | None, threads: int, workers: int):
+    def __init__(self, address: str | None, threads: int, workers: int, gpus: float = 0):
         try:
             import ray
         except ImportError:
             raise BackendError("--backend ray needs Ray: pip install 'longarch[ray]' (or pip install ray)") from None
         self.ray = ray
         self.threads = threads
+        self.gpus = gpus  # per job: 1 for a pretrained model on cuda, so Ray places it on a GPU
         if not ray.is_initialized():
             try:
                 if address is None:
@@ -140,7 +141,7 @@ class RayBackend:
 
     def submit(self, fn: Callable, job):
         if fn not in self._remote:
-            self._remote[fn] = self.ray.remote(num_cpus=self.threads, max_retries=0)(fn)
+            self._remote[fn] = self.ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=0)(fn)
         ref = self._remote[fn].remote(job)
         self._pending.append(ref)
         return ref
@@ -170,11 +171,12 @@ def _leave_interrupts_to_the_driver() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def make_backend(kind: str, workers: int | None, address: str | None, threads: int):
-    """The backend a run asked for. workers None: one per core (local) or per `threads` CPUs."""
+def make_backend(kind: str, workers: int | None, address: str | None, threads: int, gpus: float = 0):
+    """The backend a run asked for. workers None: one per core (local) or per `threads` CPUs;
+    `gpus`: GPUs each Ray job asks for."""
     if kind == "local":
         count = cores() if workers is None else workers
         return InProcess() if count == 0 else LocalPool(count)
     if kind == "ray":
-        return RayBackend(address, threads, max(1, cores() // threads if workers is None else workers))
+        return RayBackend(address, threads, max(1, cores() // threads if workers is None else workers), gpus)
     raise BackendError(f"unknown backend {kind!r}: use local or ray")

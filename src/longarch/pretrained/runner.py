@@ -251,7 +251,8 @@ def run_pretrained(study: PretrainedStudy, out: Path, console: Console | None = 
         console.print(f"[bold]{study.name}[/bold]: {len(study.models)} models, {len(cells)} cells "
                       f"({len(cells) - len(todo)} stored) -> {out}")
         log.info("run %s: %d cells to evaluate, backend %s", study.name, len(todo), backend)
-        runner = make_backend(backend, workers, address, 1)
+        on_gpu = study.eval.device.startswith("cuda")  # each Ray job then asks for one GPU
+        runner = make_backend(backend, workers, address, 1, gpus=1 if on_gpu else 0)
         pending: dict = {}
 
         def submit(cell: TextCell, attempt: int = 1):
