@@ -66,6 +66,26 @@ def test_hybrid_generate(hybrid, monkeypatch):
     assert hybrid.generate(prompts[:1], max_new_tokens=5)[0] == out[:out.index(out[2])]
 
 
+@pytest.mark.parametrize("shape", ["mamba2", "hybrid", "attention"])
+def test_prompts_of_different_lengths_decode_as_one_batch(shape, tmp_path, tokenizer_dir, monkeypatch):
+    """Each prompt prefilled alone, the states merged (attention caches padded on the left, the
+    padding masked, positions per row), then one batch decodes: each row as it decodes alone."""
+    layers = {"mamba2": dict(n_layer=2), "hybrid": dict(n_layer=3, attn_layer_idx=[1], attn_cfg=HYBRID_ATTENTION),
+              "attention": dict(n_layer=2, attn_layer_idx=[0, 1], attn_cfg=HYBRID_ATTENTION, d_intermediate=64)}
+    config = mamba_ssm_config(**layers[shape])
+    if shape == "attention":
+        config["ssm_cfg"] = {}
+    model = mamba_ssm.load(save_checkpoint(tmp_path / shape, config, random_state_dict(config, seed=3), tokenizer_dir))
+    monkeypatch.setattr(type(model), "eos_ids", property(lambda self: set()))  # full-length rows
+    prompts = [token_ids(s, n, 1)[0].tolist() for s, n in ((11, 23), (12, 9), (13, 17), (14, 9))]
+    alone = [model.generate([p], max_new_tokens=6, chunk=5)[0] for p in prompts]
+    batches = []
+    original = model._generate_batch
+    monkeypatch.setattr(model, "_generate_batch", lambda ps, *a: batches.append(len(ps)) or original(ps, *a))
+    assert model.generate(prompts, max_new_tokens=6, chunk=5) == alone
+    assert batches == [4]
+
+
 def test_prompt_and_eos_come_from_the_tokenizer(hybrid):
     ids = hybrid.prompt("the cat sat on a mat")
     assert hybrid.tokenizer.convert_ids_to_tokens(ids) == "the cat sat on a mat".split()

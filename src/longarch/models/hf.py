@@ -158,6 +158,11 @@ class HFModel:
         """Whether prefill in pieces through the cache is exact for this kind."""
         return self.kind not in WHOLE_PREFILL_KINDS
 
+    @property
+    def mixes_lengths(self) -> bool:
+        """Whether prompts of different lengths may share a batch (exactly, see PADDED_KINDS)."""
+        return self.kind in PADDED_KINDS
+
     def beyond_training(self, n_tokens: int) -> bool:
         """Whether a sequence of ``n_tokens`` runs past the declared training length."""
         limit = self.declared_length
@@ -247,14 +252,14 @@ class HFModel:
     @torch.no_grad()
     def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int, chunk: int | None):
         if len({len(p) for p in prompts}) > 1:
-            return self._generate_padded(prompts, max_new_tokens)
+            return self._generate_padded(prompts, max_new_tokens, chunk)
         ids = torch.tensor(prompts, dtype=torch.long, device=self.device)
         logits, cache = self._prefill(ids, chunk)
         return self._decode(logits, cache, max_new_tokens, lambda token, cache, step: self._step(
             token[:, None], cache, ids.shape[1] + step))
 
     @torch.no_grad()
-    def _generate_padded(self, prompts: list[list[int]], max_new_tokens: int):
+    def _generate_padded(self, prompts: list[list[int]], max_new_tokens: int, chunk: int | None = None):
         """Prompts of different lengths in one batch, padded on the left (PADDED_KINDS only);
         prefilled whole: the batch is short, since batch_tokens bounds it."""
         longest = max(len(p) for p in prompts)
@@ -339,7 +344,7 @@ class HFModel:
             batch = batches[-1] if batches else None
             fits = batch is not None and self.kind not in UNBATCHED_KINDS and \
                 (len(batch) + 1) * lengths[batch[0]] <= batch_tokens and \
-                (self.kind in PADDED_KINDS or lengths[index] == lengths[batch[0]])
+                (self.mixes_lengths or lengths[index] == lengths[batch[0]])
             if fits:
                 batch.append(index)
             else:

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..mixers.mamba2 import Mamba2Config
 from .hf import _DTYPE_ALIASES, HFModel
-from .mamba_ssm_model import AttentionSpec, CheckpointConfig, CheckpointLM
+from .mamba_ssm_model import AttentionSpec, CheckpointConfig, CheckpointLM, merge_states
 
 DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"  # what the state-spaces models were trained with
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -358,6 +358,24 @@ class CheckpointModel(HFModel):
         the tokenizer's vocabulary (padding rows dropped), in float32, and the new state."""
         logits, cache = self.model(ids, cache, last_only=True)
         return logits[:, -1, :self.model.config.vocab_size].float(), cache
+
+    @property
+    def mixes_lengths(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def _generate_padded(self, prompts: list[list[int]], max_new_tokens: int, chunk: int | None = None):
+        """Prompts of different lengths: each prefilled alone (in chunks), then decoded together
+        from the merged state (recurrent states stacked, attention caches padded on the left with
+        the padding masked), so decoding, the slow part, runs as one batch."""
+        logits, states = [], []
+        for prompt in prompts:
+            ids = torch.tensor([prompt], dtype=torch.long, device=self.device)  # (1, L)
+            row_logits, state = self._prefill(ids, chunk)
+            logits.append(row_logits)
+            states.append(state)
+        return self._decode(torch.cat(logits), merge_states(states), max_new_tokens,
+                            lambda token, cache, _: self._step(token[:, None], cache, 0))
 
     def num_params(self) -> int:
         return self.model.num_params()

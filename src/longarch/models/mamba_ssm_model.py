@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..mixers.attention import apply_rope, rope_tables
 from ..mixers.conv import CausalConv1d
-from ..mixers.mamba2 import Mamba2Config, Mamba2Mixer
+from ..mixers.mamba2 import Mamba2Config, Mamba2Mixer, Mamba2State
 from .lm import SwiGLU
 
 
@@ -83,8 +83,43 @@ class CheckpointConfig:
 class AttentionState:
     keys: Tensor  # (B, Hkv, P, Dh): every past key, already rotated
     values: Tensor  # (B, Hkv, P, Dh)
-    seen: int  # tokens seen so far: the absolute position of the next one
+    seen: int | Tensor  # tokens seen so far (the position of the next one); (B,) per row after a merge
     conv_tail: Tensor | None  # (B, d_conv - 1, qkv_dim): the last convolution inputs, or None
+    visible: Tensor | None = None  # (B, P) bool after a merge: False for the padding keys of shorter rows
+
+
+def merge_states(states: list[list]) -> list:
+    """One batch state from the states of separately prefilled sequences (each batch 1, any
+    length): recurrent states stack; attention caches are padded on the left to the longest,
+    with the padding keys marked invisible and each row keeping its own position. Decoding from
+    the merged state gives each row what it gets alone."""
+    merged = []
+    for layer in zip(*states):
+        first = layer[0]
+        if isinstance(first, AttentionState):
+            longest = max(s.keys.shape[2] for s in layer)
+
+            def left_pad(t: Tensor) -> Tensor:  # (1, Hkv, P, Dh) -> (1, Hkv, longest, Dh)
+                return F.pad(t, (0, 0, longest - t.shape[2], 0))
+
+            visible = torch.zeros(len(layer), longest, dtype=torch.bool, device=first.keys.device)
+            for row, s in enumerate(layer):
+                visible[row, longest - s.keys.shape[2]:] = True
+            merged.append(AttentionState(
+                torch.cat([left_pad(s.keys) for s in layer]), torch.cat([left_pad(s.values) for s in layer]),
+                torch.tensor([int(s.seen) for s in layer], device=first.keys.device),
+                None if first.conv_tail is None else torch.cat([s.conv_tail for s in layer]), visible))
+        else:  # Mamba-2: (conv_tail, ssm) of fixed size
+            merged.append(Mamba2State(torch.cat([s.conv_tail for s in layer]), torch.cat([s.ssm for s in layer])))
+    return merged
+
+
+def _rope_rows(x: Tensor, positions: Tensor, rd: int, base: float) -> Tensor:
+    """Rotary on the first rd dims of x (B, H, L, Dh) at per-row positions (B, L)."""
+    B, L = positions.shape
+    cos, sin = rope_tables(positions.reshape(-1), rd, base, x.dtype)  # (B*L, rd/2)
+    cos, sin = cos.view(B, 1, L, -1), sin.view(B, 1, L, -1)
+    return torch.cat([apply_rope(x[..., :rd], cos, sin), x[..., rd:]], dim=-1)
 
 
 class CheckpointAttention(nn.Module):
@@ -117,6 +152,8 @@ class CheckpointAttention(nn.Module):
         q = q.view(B, L, H, Dh).transpose(1, 2)  # (B, H, L, Dh)
         k = k.view(B, L, Hkv, Dh).transpose(1, 2)  # (B, Hkv, L, Dh)
         v = v.view(B, L, Hkv, Dh).transpose(1, 2)
+        if isinstance(seen, Tensor):  # a merged batch: each row at its own position
+            return self._forward_rows(q, k, v, state, tail, B, L)
         positions = torch.arange(seen, seen + L, device=x.device)  # (L,)
         if rd > 0:
             cos, sin = rope_tables(positions, rd, self.spec.rotary_base, q.dtype)  # (L, rd/2)
@@ -136,6 +173,24 @@ class CheckpointAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, **options)
         y = y.transpose(1, 2).reshape(B, L, H * Dh)  # (B, L, H*Dh)
         return self.out_proj(y), AttentionState(k, v, seen + L, tail)
+
+    def _forward_rows(self, q: Tensor, k: Tensor, v: Tensor, state: AttentionState, tail, B: int, L: int):
+        """`forward` after a merged state: per-row positions, padding keys masked out."""
+        H, Dh, rd = self.spec.n_heads, self.spec.head_dim, self.spec.rotary_dim
+        offsets = torch.arange(L, device=q.device)
+        positions = state.seen[:, None] + offsets[None, :]  # (B, L)
+        if rd > 0:
+            q, k = _rope_rows(q, positions, rd, self.spec.rotary_base), _rope_rows(k, positions, rd, self.spec.rotary_base)
+        P = state.keys.shape[2]
+        k = torch.cat([state.keys, k], dim=2)  # (B, Hkv, P+L, Dh)
+        v = torch.cat([state.values, v], dim=2)
+        causal = torch.arange(P + L, device=q.device)[None, :] <= (P + offsets)[:, None]  # (L, P+L)
+        keys = torch.cat([state.visible, torch.ones(B, L, dtype=torch.bool, device=q.device)], dim=1)  # (B, P+L)
+        mask = causal[None, None] & keys[:, None, None, :]  # (B, 1, L, P+L)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.spec.softmax_scale,
+                                           enable_gqa=self.spec.n_kv_heads != H)
+        y = y.transpose(1, 2).reshape(B, L, H * Dh)
+        return self.out_proj(y), AttentionState(k, v, state.seen + L, tail, keys)
 
 
 def _normed(norm: nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor:
