@@ -16,14 +16,19 @@ def _sentences(n=300):
     return [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(5 + i % 7)) for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
+def word_tokenizer():
+    """A word-level tokenizer over WORDS with [UNK] [PAD] [EOS] [BOS] (ids 0-3), trained here."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(_sentences(), trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]", "[BOS]"]))
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                                                 eos_token="[EOS]", bos_token="[BOS]")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return word_tokenizer()
 
 
 def _config(kind, vocab):

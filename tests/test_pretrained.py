@@ -21,25 +21,15 @@ from longarch.cli import app  # noqa: E402
 from longarch.config import ConfigError, load_study  # noqa: E402
 from longarch.pretrained import runner as pretrained_runner  # noqa: E402
 from longarch.store import ResultRow, Store  # noqa: E402
-from test_hf_models import KINDS, _config, _sentences  # noqa: E402
+from test_hf_models import KINDS, _config, word_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(_sentences(), trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]", "[BOS]"]))
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                                eos_token="[EOS]", bos_token="[BOS]")
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """kind -> folder holding a tiny random model of that kind and the tokenizer."""
-    tokenizer = _word_tokenizer()
+    tokenizer = word_tokenizer()
     folders = {}
     for kind in KINDS:
         torch.manual_seed(0)

@@ -86,39 +86,42 @@ def run(study: StudyArg = "quick",
         hotpotqa: Annotated[Optional[Path], typer.Option(help="pretrained studies: HotpotQA dev file for qa_2")] = None,
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="pretrained studies: let checkpoints that ship code run it")] = False):
     """Train and evaluate a study, or evaluate a pretrained one; rerunning it continues where it stopped."""
-    from .config import load_study
     from .runner import run_study
 
     if backend not in ("local", "ray"):
         raise ValueError(f"--backend must be local or ray, not {backend!r}")
     if address is not None and backend != "ray":
         raise ValueError("--address is for --backend ray")
-    extra = {k: v for k, v in (("squad", squad and str(squad)), ("hotpotqa", hotpotqa and str(hotpotqa)),
-                               ("trust_remote_code", trust_remote_code or None)) if v is not None}
-    loaded = load_study(study, overrides=_pretrained_only(study, extra), corpus=None if corpus is None else str(corpus))
+    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code)
     target = out or Path("runs") / loaded.name
     if getattr(loaded, "kind", None) == "pretrained":
         _run_pretrained(loaded, target, backend, 0 if workers is None else workers, address, retries)
         return
+    _interruptible(target, lambda: run_study(loaded, target, console, command="longarch " + " ".join(sys.argv[1:]),
+                                             backend=backend, workers=workers, address=address, retries=retries))
+
+
+def _interruptible(target: Path, run) -> None:
+    """Run into `target`; Ctrl-C ends with one line and status 130, what is stored kept."""
     _check_out(target)
     try:
-        run_study(loaded, target, console, command="longarch " + " ".join(sys.argv[1:]), backend=backend,
-                  workers=workers, address=address, retries=retries)
+        run()
     except KeyboardInterrupt:
         errors.print(f"interrupted; stored cells are kept. Run the same command again to continue ({target}).")
         raise typer.Exit(130)
 
 
-def _pretrained_only(study: str, extra: dict) -> dict:
-    """Options of pretrained studies given to `run`, refused for a controlled study."""
-    if extra:
-        from .config import _read_yaml
+def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | None, trust_remote_code: bool):
+    """The study of `run` and `plan`; the options of pretrained studies are refused for a
+    controlled one."""
+    from .config import _read_yaml, load_study
 
-        data, _ = _read_yaml(study)
-        if data.get("kind") != "pretrained":
-            flag = "--" + next(iter(extra)).replace("_", "-")
-            raise ValueError(f"{flag} is for pretrained studies (kind: pretrained); {study} trains its models")
-    return extra
+    extra = {k: v for k, v in (("squad", squad and str(squad)), ("hotpotqa", hotpotqa and str(hotpotqa)),
+                               ("trust_remote_code", trust_remote_code or None)) if v is not None}
+    if extra and _read_yaml(study)[0].get("kind") != "pretrained":
+        flag = "--" + next(iter(extra)).replace("_", "-")
+        raise ValueError(f"{flag} is for pretrained studies (kind: pretrained); {study} trains its models")
+    return load_study(study, overrides=extra, corpus=None if corpus is None else str(corpus))
 
 
 def _check_out(target: Path) -> None:
@@ -130,13 +133,8 @@ def _run_pretrained(study, target: Path, backend: str, workers: int, address: st
     """A pretrained study runs in this process by default: one accelerator, each model loaded once."""
     from .pretrained.runner import run_pretrained
 
-    _check_out(target)
-    try:
-        run_pretrained(study, target, console, command="longarch " + " ".join(sys.argv[1:]), backend=backend,
-                       workers=workers, address=address, retries=retries)
-    except KeyboardInterrupt:
-        errors.print(f"interrupted; stored cells are kept. Run the same command again to continue ({target}).")
-        raise typer.Exit(130)
+    _interruptible(target, lambda: run_pretrained(study, target, console, command="longarch " + " ".join(sys.argv[1:]),
+                                                  backend=backend, workers=workers, address=address, retries=retries))
 
 
 def _csv(text: str, what: str) -> list[str]:
@@ -208,12 +206,9 @@ def plan_command(study: StudyArg = "quick",
                  hotpotqa: Annotated[Optional[Path], typer.Option(help="as for run")] = None,
                  trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="as for run")] = False):
     """Print a study's grid: what is stored, what remains, and what the rest will cost."""
-    from .config import load_study
     from .studydir import cost, grid_state
 
-    extra = {k: v for k, v in (("squad", squad and str(squad)), ("hotpotqa", hotpotqa and str(hotpotqa)),
-                               ("trust_remote_code", trust_remote_code or None)) if v is not None}
-    loaded = load_study(study, overrides=_pretrained_only(study, extra), corpus=None if corpus is None else str(corpus))
+    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code)
     if getattr(loaded, "kind", None) == "pretrained":
         from .pretrained.runner import plan as plan_pretrained
 

@@ -118,11 +118,7 @@ class Study(Strict):
     @field_validator("models")
     @classmethod
     def _distinct_names(cls, entries: list[ModelEntry]) -> list[ModelEntry]:
-        labels = [e.label for e in entries]
-        duplicated = sorted({x for x in labels if labels.count(x) > 1})
-        if duplicated:
-            raise ValueError(f"model name {duplicated[0]!r} appears twice; give entries distinct names")
-        return entries
+        return distinct_models(entries)
 
     @model_validator(mode="after")
     def _lengths(self) -> "Study":
@@ -162,14 +158,28 @@ class Study(Strict):
             differing = [f.name for f in dataclasses.fields(task)
                          if any(getattr(other, f.name) != getattr(task, f.name) for other in same_name)]
             labels.append(" ".join([task.name] + [f"{k}={_short(getattr(task, k))}" for k in differing]))
-        repeated = sorted({x for x in labels if labels.count(x) > 1})
-        if repeated:
-            raise ValueError(f"eval.tasks: two tasks are labelled {repeated[0]!r}; give them distinct labels")
+        twice = repeated(labels)
+        if twice is not None:
+            raise ValueError(f"eval.tasks: two tasks are labelled {twice!r}; give them distinct labels")
         return list(zip(labels, made))
 
     def vocab_size(self) -> int:
         """Symbols every task of the study needs: models are built with the largest."""
         return max(task.vocab_size for task in [t for t, _ in self.train_tasks()] + [t for _, t in self.eval_tasks()])
+
+
+def repeated(labels: list[str]) -> str | None:
+    """The first label (in sorted order) that appears more than once, or None."""
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    return twice[0] if twice else None
+
+
+def distinct_models(entries: list) -> list:
+    """Model entries whose labels (names) are distinct, else a ValueError naming the repeated one."""
+    twice = repeated([e.label for e in entries])
+    if twice is not None:
+        raise ValueError(f"model name {twice!r} appears twice; give entries distinct names")
+    return entries
 
 
 def _short(value) -> str:

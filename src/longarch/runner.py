@@ -262,7 +262,6 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
     core) runs them in a pool of N processes with cores / N torch threads each; "ray" runs them
     as Ray tasks (address None: a local Ray instance). A failing job is tried 1 + retries times.
     """
-    from .analysis.report import build_report, summary_table  # analysis reads the store only
     from .backends import cores
 
     console = console or Console()
@@ -357,6 +356,13 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
         failed = store.failures()
         log.info("run %s ended: %d cells stored of %d, %d failed", study.name, len(store.cell_ids()), len(cells),
                  len(failed))
+    return finish(out, console, failed)
+
+
+def finish(out: Path, console: Console, failed: list) -> Path:
+    """After a run: the report, its summary table, what failed; returns the path of report.md."""
+    from .analysis.report import build_report, summary_table  # analysis reads the store only
+
     paths = build_report(out)
     console.print(summary_table(out))
     if failed:

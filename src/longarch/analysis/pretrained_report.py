@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from rich.table import Table
 
 from ..store import Store
@@ -197,15 +196,10 @@ def _blocks(data: PretrainedData, figures: dict[str, str], summary: dict) -> lis
         "length are kept in `predictions/<model>/<task>-<length>[-d<depth>].jsonl`.")]
     blocks.append(("h2", "Reproducibility"))
     commit = data.meta.get("git_commit")
-    blocks.append(("p", f"Git commit: {f'`{commit}`' if commit else 'not recorded'}. Command:"))
-    blocks.append(("code", str(data.meta.get("command") or "not recorded"), "sh"))
-    versions = data.meta.get("versions")
-    if isinstance(versions, dict) and versions:
-        blocks.append(("table", ["package", "version"], [[str(k), str(v)] for k, v in versions.items()]))
-    if config:
-        blocks.append(("p", "Configuration:"))
-        blocks.append(("code", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip(), "yaml"))
-    return blocks
+    blocks.append(("p", f"Git commit: {f'`{commit}`' if commit else 'not recorded'}."))
+    from .report import reproducibility  # report.py hands pretrained directories to this module
+
+    return blocks + reproducibility(data.meta, config)
 
 
 def _reference_averages(data: PretrainedData, reference: dict) -> list[Block]:

@@ -271,9 +271,13 @@ def _blocks(data: StudyData, figures: dict[str, str]) -> list[Block]:
     commit = data.meta.get("git_commit")
     blocks.append(("p", f"Seeds: {', '.join(map(str, seeds)) or MISSING}. Git commit: "
                         f"{f'`{commit}`' if commit else 'not recorded'}."))
-    blocks.append(("p", "Command:"))
-    blocks.append(("code", str(data.meta.get("command") or "not recorded"), "sh"))
-    versions = data.meta.get("versions")
+    return blocks + reproducibility(data.meta, config)
+
+
+def reproducibility(meta: dict, config: dict) -> list[Block]:
+    """The command, the package versions and the configuration of a run, as blocks."""
+    blocks: list[Block] = [("p", "Command:"), ("code", str(meta.get("command") or "not recorded"), "sh")]
+    versions = meta.get("versions")
     if isinstance(versions, dict) and versions:
         blocks.append(("table", ["package", "version"], [[str(k), str(v)] for k, v in versions.items()]))
     if config:

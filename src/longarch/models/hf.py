@@ -60,20 +60,21 @@ _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16
 TEMPLATES = ("base", "chat")
 
 
-def _parse(spec: str) -> str:
-    """The local path or hub id in ``hf:<path or hub id>``; a missing local path is an error."""
-    if not isinstance(spec, str) or not spec.startswith("hf:"):
-        raise ValueError(f"model spec {spec!r} must look like 'hf:<path or hub id>'")
-    target = spec[3:].strip()
+def _parse(spec: str, scheme: str = "hf", owner_required: bool = False) -> str:
+    """The local path or hub id in ``<scheme>:<path or hub id>``; a missing local path is an error.
+    A hub id is "name" or "owner/name" ("owner/name" only, with `owner_required`)."""
+    if not isinstance(spec, str) or not spec.startswith(f"{scheme}:"):
+        raise ValueError(f"model spec {spec!r} must look like '{scheme}:<path or hub id>'")
+    target = spec[len(scheme) + 1:].strip()
     if not target:
-        raise ValueError(f"model spec {spec!r} names no path or hub id after 'hf:'")
+        raise ValueError(f"model spec {spec!r} names no path or hub id after '{scheme}:'")
     local = os.path.expanduser(target)
     if os.path.exists(local):
         if not os.path.isdir(local):
             raise ValueError(f"model path {target} is not a folder")
         return local
-    # A hub id is "name" or "owner/name"; anything else must be a local folder.
-    if target.startswith(("/", ".", "~")) or target.count("/") > 1 or os.sep != "/" and os.sep in target:
+    slashes_ok = target.count("/") == 1 if owner_required else target.count("/") <= 1
+    if target.startswith(("/", ".", "~")) or not slashes_ok or os.sep != "/" and os.sep in target:
         raise ValueError(f"model path {target} does not exist")
     return target
 

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..mixers.mamba2 import Mamba2Config
 from .hf import _DTYPE_ALIASES, HFModel
+from .hf import _parse as hf_parse
 from .mamba_ssm_model import AttentionSpec, CheckpointConfig, CheckpointLM, merge_states
 
 DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"  # what the state-spaces models were trained with
@@ -246,20 +247,8 @@ def _deinterleave_order(spec: AttentionSpec) -> Tensor:
 
 
 def _parse(spec: str) -> str:
-    """The local folder or hub id in ``mamba_ssm:<folder or hub id>``; a missing local path is an error."""
-    if not isinstance(spec, str) or not spec.startswith("mamba_ssm:"):
-        raise ValueError(f"model spec {spec!r} must look like 'mamba_ssm:<path or hub id>'")
-    target = spec[len("mamba_ssm:"):].strip()
-    if not target:
-        raise ValueError(f"model spec {spec!r} names no path or hub id after 'mamba_ssm:'")
-    local = os.path.expanduser(target)
-    if os.path.exists(local):
-        if not os.path.isdir(local):
-            raise ValueError(f"model path {target} is not a folder")
-        return local
-    if target.startswith(("/", ".", "~")) or target.count("/") != 1:  # a hub id is "owner/name"
-        raise ValueError(f"model path {target} does not exist")
-    return target
+    """The local folder or hub id ("owner/name") in ``mamba_ssm:<folder or hub id>``."""
+    return hf_parse(spec, "mamba_ssm", owner_required=True)
 
 
 def _download(repo_id: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import Strict
+from ..config import Strict, distinct_models, repeated
 from ..tasks import text
 
 SCHEMES = ("hf", "mamba_ssm")
@@ -134,18 +134,13 @@ class PretrainedStudy(Strict):
     @field_validator("models")
     @classmethod
     def _distinct(cls, entries):
-        labels = [e.label for e in entries]
-        twice = sorted({x for x in labels if labels.count(x) > 1})
-        if twice:
-            raise ValueError(f"model name {twice[0]!r} appears twice; give entries distinct names")
-        return entries
+        return distinct_models(entries)
 
     @model_validator(mode="after")
     def _tasks(self) -> "PretrainedStudy":
-        labels = [label for label, _ in self.task_entries()]
-        twice = sorted({x for x in labels if labels.count(x) > 1})
-        if twice:
-            raise ValueError(f"tasks: two entries are labelled {twice[0]!r}; give them distinct labels")
+        twice = repeated([label for label, _ in self.task_entries()])
+        if twice is not None:
+            raise ValueError(f"tasks: two entries are labelled {twice!r}; give them distinct labels")
         return self
 
     def task_entries(self) -> list[tuple[str, TextTaskEntry]]:

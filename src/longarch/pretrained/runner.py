@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..backends import describe_error, make_backend
-from ..runner import _logger, _progress, content_id, eval_seed, provenance
+from ..runner import _logger, _progress, content_id, eval_seed, finish, provenance
 from ..store import ResultRow, Store
 from ..studydir import StudyLock
 from ..tasks import text
@@ -230,8 +230,6 @@ def run_pretrained(study: PretrainedStudy, out: Path, console: Console | None = 
                    cache_dir: str | None = None) -> Path:
     """Run (or continue) a pretrained study into `out`; return the path of report.md.
     workers 0 (the default here: one accelerator, models loaded once) runs in this process."""
-    from ..analysis.pretrained_report import build_report, summary_table
-
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
     cells, skipped = plan(study)
@@ -298,10 +296,4 @@ def run_pretrained(study: PretrainedStudy, out: Path, console: Console | None = 
         failed = store.failures()
         log.info("run %s ended: %d cells stored of %d, %d failed", study.name, len(store.cell_ids()), len(cells),
                  len(failed))
-    paths = build_report(out)
-    console.print(summary_table(out))
-    if failed:
-        console.print(f"[red]{len(failed)} cells failed; `longarch status {out}` lists them with their last error, "
-                      "and running the same command again retries them.[/red]")
-    console.print(f"report: {paths['md']}  and  {paths['html']}")
-    return paths["md"]
+    return finish(out, console, failed)
