@@ -256,3 +256,31 @@ def test_bootstrap_over_seeds_shows_seed_spread():
     assert pooled_high - pooled_low < 0.25
     assert grouped_low < pooled_low and grouped_high > pooled_high
     assert bootstrap_ci([np.ones(4), np.ones(6)]) == (1.0, 1.0)
+
+
+def test_findings_section_checks_the_four_claims(study):
+    out, paths = study
+    report = paths["md"].read_text()
+    section = report.split("## Findings")[1].split("## How to read")[0]
+    assert [int(n) for n in re.findall(r"### Claim (\d):", section)] == [1, 2, 3, 4]
+    assert len(re.findall(r"\*\*Verdict: (supported|not supported|inconclusive at this sample size)\.\*\*", section)) == 4
+    findings = json.loads(paths["summary"].read_text())["findings"]
+    assert [f["claim"] for f in findings] == [1, 2, 3, 4]
+    for finding in findings:  # beta did not learn its task (0.81 < 0.95): never used as evidence
+        assert [x["model"] for x in finding["excluded"]] == ["beta"]
+        assert all(e["model"] == "alpha" for e in finding["evidence"])
+    degradation = findings[0]["evidence"][0]  # alpha: T = 16 against 64, pooled over depths and seeds
+    assert degradation["cells"] and {c[2] for c in degradation["cells"]} == {16, 64}
+
+
+def test_findings_say_when_planned_cells_are_missing(tmp_path):
+    write_study(tmp_path)
+    with Store(tmp_path / "results.sqlite") as store:
+        store.set_meta("planned_tasks", ["needle"])
+        store.db.execute("DELETE FROM results WHERE cell_id IN ('alpha-0-64-50.0', 'alpha-1-64-50.0')")
+        store.db.commit()
+    paths = build_report(tmp_path)
+    degradation = json.loads(paths["summary"].read_text())["findings"][0]
+    assert degradation["verdict"] == "inconclusive" and not degradation["complete"]
+    assert degradation["covered_cells"] == degradation["expected_cells"] - 1
+    assert "planned cells this claim needs are not stored" in paths["md"].read_text()

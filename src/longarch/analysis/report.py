@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ..store import Store
 from . import plots
+from .findings_report import check_claims, findings_blocks
 from .render import MISSING, Block, render_html, render_markdown
 from .stats import (DEFAULT_MIN_TRAIN_ACCURACY, Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells,
                     mean_ci, summarise_models)
@@ -198,7 +199,7 @@ def _comparison_table(data: StudyData) -> Block:
     return ("table", headers, rows)
 
 
-def _blocks(data: StudyData, figures: dict[str, str]) -> list[Block]:
+def _blocks(data: StudyData, figures: dict[str, str], claims: list | None = None) -> list[Block]:
     config, unsolved = data.config, {m.name for m in data.unsolved()}
     task = _trained_on(config, data)
     train_lengths = data.train_lengths
@@ -257,6 +258,9 @@ def _blocks(data: StudyData, figures: dict[str, str]) -> list[Block]:
         blocks.append(("h2", "Accuracy by length and needle depth"))
         for key in heatmaps:
             blocks.append(("figure", figures[key], f"{key.removeprefix('heatmap ')}: accuracy by length and depth"))
+
+    if claims:
+        blocks += findings_blocks(claims)
 
     blocks += [("h2", "How to read this report"), ("p",
         "At the training length (the column marked T) a model that learned the task scores near 100%; the "
@@ -335,9 +339,11 @@ def build_report(out_dir: Path) -> dict[str, Path]:
                 _depth_grid(data, model.name, task_label), data.lengths, data.depths, model.train_length,
                 figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))
 
+    claims = check_claims(data.meta, data.models, data.cells, data.threshold)
     paths["summary"] = out_dir / "summary.json"
-    paths["summary"].write_text(json.dumps(build_summary(data), indent=2) + "\n")
-    blocks = _blocks(data, figures)
+    summary = {**build_summary(data), "findings": [finding.as_dict() for finding in claims]}
+    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    blocks = _blocks(data, figures, claims)
     paths["md"] = out_dir / "report.md"
     paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"] = out_dir / "report.html"

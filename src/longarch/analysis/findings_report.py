@@ -1,0 +1,63 @@
+"""The "Findings" section of a controlled study's report: the paper's four claims checked against
+this run's results (findings.py), with the evidence per model as a table.
+
+The planned grid comes from the store's metadata (tasks, lengths, depths), so a claim whose
+cells are not all stored says so and is judged inconclusive rather than on what happens to
+be there.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .findings import Finding, Settings, findings
+from .measures import Plan
+from .render import MISSING, Block
+
+VERDICT = {"supported": "supported", "not supported": "not supported", "inconclusive": "inconclusive at this sample size"}
+
+
+def plan_of(meta: dict, cells: dict) -> Plan | None:
+    """The planned grid: each planned task label with the planned depths when the label was
+    evaluated with a needle depth (seen in its stored cells), else without one."""
+    labels, lengths = meta.get("planned_tasks"), meta.get("planned_lengths")
+    if not labels or not lengths:
+        return None
+    with_depth = {label for (_, label, _, depth) in cells if depth is not None}
+    depths = tuple(float(d) for d in meta.get("planned_depths") or []) or (None,)
+    return Plan(tuple(labels), tuple(int(n) for n in lengths),
+                {label: depths if label in with_depth else (None,) for label in labels})
+
+
+def check_claims(meta: dict, models, cells: dict, min_train_accuracy: float) -> list[Finding]:
+    return findings(models, cells, plan_of(meta, cells), Settings(min_train_accuracy=min_train_accuracy))
+
+
+def _estimate(e) -> str:
+    if e.n == 0 or math.isnan(e.value):
+        return MISSING
+    return f"{100 * e.value:.1f} [{100 * e.low:.1f}, {100 * e.high:.1f}]"
+
+
+def findings_blocks(result: list[Finding]) -> list[Block]:
+    blocks: list[Block] = [("h2", "Findings"), ("p",
+        "The four claims of the study this product is built on (Huang, COLING 2025), each checked against this "
+        "run: the measure per model with its 95% bootstrap interval (seeds, then samples), the rule, and a "
+        "verdict computed from the intervals. A model that did not learn its training task is left out.")]
+    for finding in result:
+        blocks.append(("h3", f"Claim {finding.number}: {finding.claim}"))
+        blocks.append(("p", f"**Verdict: {VERDICT.get(finding.verdict, finding.verdict)}.** Rule: {finding.rule}"))
+        if not finding.complete:
+            coverage = finding.coverage
+            blocks.append(("warn", f"{coverage.expected - coverage.covered} of the {coverage.expected} planned cells "
+                                   "this claim needs are not stored; the models missing cells are inconclusive."))
+        rows = [[e.model, e.family, e.quantity, _estimate(e.estimate), e.verdict or "shown only", e.reason,
+                 f"{e.coverage.covered} of {e.coverage.expected}"] for e in finding.evidence]
+        if rows:
+            blocks.append(("table", ["model", "family", "measure", "% [95% CI]", "verdict", "why", "cells"], rows))
+        lines = finding.explanation.splitlines()
+        if lines and lines[0].startswith("Verdict:"):  # already given in bold above
+            lines = lines[1:]
+        if lines:  # per family, and the models left out with the reason
+            blocks.append(("p", "\n".join(lines)))
+    return blocks
