@@ -55,9 +55,8 @@ def findings_blocks(result: list[Finding]) -> list[Block]:
                  f"{e.coverage.covered} of {e.coverage.expected}"] for e in finding.evidence]
         if rows:
             blocks.append(("table", ["model", "family", "measure", "% [95% CI]", "verdict", "why", "cells"], rows))
-        lines = finding.explanation.splitlines()
-        if lines and lines[0].startswith("Verdict:"):  # already given in bold above
-            lines = lines[1:]
+        shown = tuple(f"- {e.model} (" for e in finding.evidence)  # per-model lines: already in the table
+        lines = [line for line in finding.explanation.splitlines()[1:] if not line.startswith(shown)]
         if lines:  # per family, and the models left out with the reason
             blocks.append(("p", "\n".join(lines)))
     return blocks
