@@ -273,3 +273,48 @@ def test_count_params_equals_the_built_model(name):
         config = models.config(name, vocab_size=50, **overrides)
         built = models.build(name, vocab_size=50, **overrides)
         assert models.count_params(config) == built.num_params() == sum(p.numel() for p in built.parameters())
+
+
+# ---------------------------------------------------------------- init and head options
+
+
+def test_default_init_and_tied_head_leave_config_ids_unchanged():
+    config = models.config("transformer", vocab_size=VOCAB)
+    assert config.init == "gpt2" and config.tie_head is True
+    assert "init" not in config.to_dict() and "tie_head" not in config.to_dict()  # ids as before
+    torch.manual_seed(0)
+    model = LanguageModel(config)
+    assert model.head is None and "head.weight" not in model.state_dict()
+    assert abs(model.embedding.weight.std().item() - 0.02) < 0.003
+
+
+@pytest.mark.parametrize("name", ["transformer", "mamba2", "gla"])
+def test_torch_init_and_untied_head(name):
+    torch.manual_seed(0)
+    model = models.build(name, vocab_size=VOCAB, d_model=32, init="torch", tie_head=False)
+    config = model.config
+    assert config.to_dict()["init"] == "torch" and config.to_dict()["tie_head"] is False
+    assert ModelConfig(**config.to_dict()) == config
+    assert model.head.weight.shape == (VOCAB, 32) and model.head.weight is not model.embedding.weight
+    assert abs(model.embedding.weight.std().item() - 1.0) < 0.1  # PyTorch's N(0, 1)
+    tied = models.build(name, vocab_size=VOCAB, d_model=32, init="torch")
+    assert model.num_params() == tied.num_params() + VOCAB * 32 == models.count_params(config)
+    tokens = _tokens(2, 40)
+    with torch.no_grad():
+        whole, _ = model(tokens)
+        pieces, _ = _feed(model, tokens, [13, 9])
+    torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        model.head.weight.zero_()  # the logits come from the head, not the embedding
+        assert model(tokens)[0].abs().max() == 0
+
+
+def test_init_and_tie_head_are_checked_and_size_to_budget_keeps_them():
+    with pytest.raises(ValueError, match="init must be one of"):
+        models.config("transformer", init="xavier")
+    with pytest.raises(ValueError, match="tie_head"):
+        models.config("transformer", tie_head="no")
+    sized = models.size_to_budget("transformer", 100_000, vocab_size=50, init="torch", tie_head=False)
+    assert sized["init"] == "torch" and sized["tie_head"] is False
+    built = models.build("transformer", vocab_size=50, **sized)
+    assert abs(built.num_params() - 100_000) <= 0.02 * 100_000

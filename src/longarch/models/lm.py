@@ -1,4 +1,5 @@
-"""LanguageModel: token embedding -> a stack of blocks from a layer pattern -> tied output head.
+"""LanguageModel: token embedding -> a stack of blocks from a layer pattern -> output head
+(tied to the embedding unless `tie_head=False`).
 
 The pattern names one mixer per layer by letter ("A" attention, "M" Mamba-2, ...), repeated
 to `n_layers`: pattern "MA" with 4 layers is M, A, M, A. Hybrids need nothing more.
@@ -26,8 +27,20 @@ class ModelConfig:
     n_layers: int = 2
     mlp_ratio: float = 0.0  # hidden width of the SwiGLU MLP after each mixer, as a multiple of d_model; 0 = none
     mixer: dict = field(default_factory=dict)  # options passed to the mixers that have them (n_heads, d_state, ...)
+    # How weights start, and whether the head is the embedding. "gpt2": every nn.Linear and the
+    # embedding N(0, 0.02) (GPT-2, nanoGPT, Zoology). "torch": PyTorch's own init (embedding
+    # N(0, 1), nn.Linear uniform +-1/sqrt(fan_in)). With "gpt2", Adam's steps (~lr per weight, so
+    # ~15% of a 0.02 weight at lr 3e-3) soon swamp the random embeddings with the gradient all key
+    # symbols share; keys become near-parallel (cosine ~0.9) and MQAR stalls at the value prior.
+    # init="torch" with tie_head=False learns it in a few hundred steps; either alone does not.
+    init: str = "gpt2"
+    tie_head: bool = True
 
     def __post_init__(self):
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, not {self.init!r}")
+        if not isinstance(self.tie_head, bool):
+            raise ValueError(f"tie_head must be true or false, not {self.tie_head!r}")
         unknown_letters = set(self.pattern) - set(MIXERS)
         if not self.pattern or unknown_letters:
             raise ValueError(f"layer pattern {self.pattern!r}: unknown mixer letters {sorted(unknown_letters)}; "
@@ -47,7 +60,17 @@ class ModelConfig:
         return (self.pattern * reps)[: self.n_layers]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; init and tie_head only when not at their defaults, so that the ids of
+        models configured before they existed stay the same."""
+        data = asdict(self)
+        for name in ("init", "tie_head"):
+            if data[name] == _DEFAULTS[name]:
+                del data[name]
+        return data
+
+
+INITS = ("gpt2", "torch")
+_DEFAULTS = {"init": "gpt2", "tie_head": True}
 
 
 class SwiGLU(nn.Module):
@@ -88,7 +111,10 @@ class LanguageModel(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(letter, config) for letter in config.layers)
         self.final_norm = nn.RMSNorm(config.d_model)
-        self.apply(_init_weights)
+        # an untied head: its own (V, D) weight; tied: the embedding's
+        self.head = None if config.tie_head else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.init == "gpt2":
+            self.apply(_init_weights)
 
     def forward(self, tokens: Tensor, state: list | None = None, last_only: bool = False
                 ) -> tuple[Tensor, list]:
@@ -101,7 +127,8 @@ class LanguageModel(nn.Module):
             new_states.append(layer_state)
         if last_only:
             x = x[:, -1:]
-        logits = self.final_norm(x) @ self.embedding.weight.T  # (B, L, V): head tied to the embedding
+        head = self.embedding.weight if self.head is None else self.head.weight  # (V, D)
+        logits = self.final_norm(x) @ head.T  # (B, L, V)
         return logits, new_states
 
     def set_context(self, train_length: int, length: int) -> None:

@@ -26,6 +26,8 @@ class ArchSpec:
     n_layers: int
     mlp_ratio: float = 0.0
     mixer: dict = field(default_factory=dict)
+    init: str = "gpt2"     # ModelConfig.init: "gpt2" (N(0, 0.02)) or "torch" (PyTorch's defaults)
+    tie_head: bool = True  # ModelConfig.tie_head: the output head is the embedding
     # Alternative values of width options that `size_to_budget` may use besides d_model, for
     # mixers whose parameter count moves in steps (Mamba-2 adds a whole head at a time).
     size_knobs: dict = field(default_factory=dict)
@@ -136,9 +138,10 @@ def spec(name: str) -> ArchSpec:
 
 def config(name: str, vocab_size: int = 64, **overrides) -> ModelConfig:
     """The ModelConfig of a registered architecture. Overrides are ModelConfig fields
-    (d_model, n_layers, pattern, mlp_ratio) or mixer options (n_heads, d_state, ...)."""
+    (d_model, n_layers, pattern, mlp_ratio, init, tie_head) or mixer options (n_heads, d_state, ...)."""
     arch = spec(name)
-    top = {"d_model": 64, "pattern": arch.pattern, "n_layers": arch.n_layers, "mlp_ratio": arch.mlp_ratio}
+    top = {"d_model": 64, "pattern": arch.pattern, "n_layers": arch.n_layers, "mlp_ratio": arch.mlp_ratio,
+           "init": arch.init, "tie_head": arch.tie_head}
     mixer = dict(arch.mixer)
     for key, value in overrides.items():
         target = top if key in _CONFIG_FIELDS else mixer
