@@ -274,3 +274,30 @@ def test_cells_missing_a_seed_still_give_an_estimate():
     second = [Cell("m", "x", T, 50.0, {1: exact(0.4, 50)})]
     estimate = difference(first, second, resamples=200)
     assert np.isfinite([estimate.value, estimate.low, estimate.high]).all()
+
+
+# --------------------------------------------------------------------------------------------
+# gating by label: models trained on a mixture enter each claim with the formats they solved
+# --------------------------------------------------------------------------------------------
+def test_label_gate_judges_each_model_on_the_formats_it_solved_at_t():
+    lengths = {T: 1.0, 2 * T: 0.1, 4 * T: 0.0}
+    table = {**curve("ssm", lengths, "noise"), **curve("ssm", {T: 0.5, 2 * T: 0.5, 4 * T: 0.5}, "text"),
+             **curve("attn", {T: 0.3, 2 * T: 0.3, 4 * T: 0.3}, "noise"),
+             **curve("attn", {T: 0.2, 2 * T: 0.2, 4 * T: 0.2}, "text")}
+    cells = cells_from(table)
+    models = [summary("ssm", "state-space", train_accuracy=0.75), summary("attn", "attention", train_accuracy=0.25)]
+    plan = Plan(("noise", "text"), (T, 2 * T, 4 * T))
+    # by model: both models' mixture accuracy is below 0.95, so nothing is judged
+    by_model = claim_degradation(models, cells, plan, FAST)
+    assert by_model.verdict == INCONCLUSIVE and not by_model.evidence and len(by_model.excluded) == 2
+    # by label: ssm is judged on noise only (text at T is 0.5), and degrades there; attn solved nothing
+    gated = claim_degradation(models, cells, plan, Settings(resamples=400, gate="label"))
+    assert [e.model for e in gated.evidence] == ["ssm"] and gated.verdict == SUPPORTED
+    assert {k[1] for k in gated.evidence[0].cells} == {"noise"}
+    assert gated.evidence[0].estimate.value == pytest.approx(1.0)
+    reasons = {x.model: x.reason for x in gated.excluded}
+    assert reasons["ssm"].startswith("labels below 0.950 at T=64: text 0.500")
+    assert reasons["attn"].startswith("every label below 0.950") and "noise 0.300" in reasons["attn"]
+    # the verdict flips when the data does: ssm keeps its accuracy on noise
+    kept = cells_from({**table, **curve("ssm", {T: 1.0, 2 * T: 1.0, 4 * T: 0.98}, "noise")})
+    assert claim_degradation(models, kept, plan, Settings(resamples=400, gate="label")).verdict == NOT_SUPPORTED

@@ -77,6 +77,8 @@ CONFIGS = [
     dict(haystack="needles", key="uuid", value="symbol", values_per_key=2),
     dict(haystack="noise", key="symbol", value="uuid", needle_keys=2, values_per_key=2),
     dict(haystack="random", key="number", value="number", number_length=3, needle_keys=4, values_per_key=3, queries=3),
+    dict(haystack="text", key="uuid", value="uuid", uuid_length=5, needle_keys=2, queries=2),
+    dict(haystack="needles", value="uuid", uuid_length=8),
 ]
 
 
@@ -285,3 +287,14 @@ def test_knobs_leave_out_the_counts_at_their_defaults():
 def test_bad_knobs_are_clear_errors(knobs, message):
     with pytest.raises(ValueError, match=f"^needle: .*{message}"):
         _task(**knobs)
+
+
+def test_uuid_length_sets_the_hex_string_and_joins_the_knobs_only_when_changed():
+    full, short = _task(value="uuid"), _task(value="uuid", uuid_length=8)
+    assert "uuid_length" not in full.knobs and short.knobs["uuid_length"] == 8  # old ids unchanged
+    assert full.item_length == 32 and short.item_length == 8
+    samples = short.generate(64, 50, seed=3)
+    hex0 = short._hex0
+    assert samples.answers.shape == (50, 8) and ((samples.answers >= hex0) & (samples.answers < hex0 + 16)).all()
+    with pytest.raises(ValueError, match="uuid_length must be >= 1"):
+        _task(value="uuid", uuid_length=0)

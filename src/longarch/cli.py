@@ -84,7 +84,8 @@ def run(study: StudyArg = "quick",
         retries: Annotated[int, typer.Option(help="times a failing cell is retried before it is reported", min=0)] = 2,
         squad: Annotated[Optional[Path], typer.Option(help="pretrained studies: SQuAD v2 dev file for qa_1")] = None,
         hotpotqa: Annotated[Optional[Path], typer.Option(help="pretrained studies: HotpotQA dev file for qa_2")] = None,
-        trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="pretrained studies: let checkpoints that ship code run it")] = False):
+        trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="pretrained studies: let checkpoints that ship code run it")] = False,
+        scale: Annotated[Optional[int], typer.Option(help="controlled studies: k times the seeds and the evaluation samples, for bigger machines [default: the YAML's scale, else 1]", min=1)] = None):
     """Train and evaluate a study, or evaluate a pretrained one; rerunning it continues where it stopped."""
     from .runner import run_study
 
@@ -92,7 +93,7 @@ def run(study: StudyArg = "quick",
         raise ValueError(f"--backend must be local or ray, not {backend!r}")
     if address is not None and backend != "ray":
         raise ValueError("--address is for --backend ray")
-    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code)
+    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale)
     target = out or Path("runs") / loaded.name
     if getattr(loaded, "kind", None) == "pretrained":
         _run_pretrained(loaded, target, backend, 0 if workers is None else workers, address, retries)
@@ -111,7 +112,8 @@ def _interruptible(target: Path, run) -> None:
         raise typer.Exit(130)
 
 
-def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | None, trust_remote_code: bool):
+def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | None, trust_remote_code: bool,
+          scale: int | None = None):
     """The study of `run` and `plan`; the options of pretrained studies are refused for a
     controlled one."""
     from .config import _read_yaml, load_study
@@ -121,7 +123,7 @@ def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | 
     if extra and _read_yaml(study)[0].get("kind") != "pretrained":
         flag = "--" + next(iter(extra)).replace("_", "-")
         raise ValueError(f"{flag} is for pretrained studies (kind: pretrained); {study} trains its models")
-    return load_study(study, overrides=extra, corpus=None if corpus is None else str(corpus))
+    return load_study(study, overrides=extra, corpus=None if corpus is None else str(corpus), scale=scale)
 
 
 def _check_out(target: Path) -> None:
@@ -204,11 +206,12 @@ def plan_command(study: StudyArg = "quick",
                  corpus: Annotated[Optional[Path], typer.Option(help="as for run")] = None,
                  squad: Annotated[Optional[Path], typer.Option(help="as for run")] = None,
                  hotpotqa: Annotated[Optional[Path], typer.Option(help="as for run")] = None,
-                 trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="as for run")] = False):
+                 trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="as for run")] = False,
+                 scale: Annotated[Optional[int], typer.Option(help="as for run", min=1)] = None):
     """Print a study's grid: what is stored, what remains, and what the rest will cost."""
     from .studydir import cost, grid_state
 
-    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code)
+    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale)
     if getattr(loaded, "kind", None) == "pretrained":
         from .pretrained.runner import plan as plan_pretrained
 
@@ -235,7 +238,9 @@ def plan_command(study: StudyArg = "quick",
             what = f"{len({c.model.label for c in mine})} models x {lengths}{depths}" if mine else "skipped"
             table.add_row(f"evaluate {label} ({what})", str(len(mine)), str(stored), str(failed), str(len(mine) - stored))
             continue
-        depths = f" x {len(loaded.eval.depths)} depths" if task.uses_depth else ""
+        n_depths = len(loaded.task_depths()[label])
+        depths = f" x {n_depths} depths" if n_depths > 1 else ""
+        depths = " x 1 depth" if loaded.task_depths()[label] != [None] and n_depths == 1 else depths
         table.add_row(f"evaluate {label} ({len(loaded.models) * len(loaded.seeds)} models x "
                       f"{len(loaded.eval_lengths())} lengths{depths})", str(len(mine)), str(stored), str(failed),
                       str(len(mine) - stored))

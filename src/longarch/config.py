@@ -12,9 +12,10 @@ work starts.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,6 +46,44 @@ class TrainTask(TaskConfig):
 
 class EvalTask(TaskConfig):
     label: str | None = Field(None, description="its name in tables and plots; default: name and the knobs that differ")
+    depths: list[float] | Literal["random"] | None = Field(
+        None, description="needle depths for this task instead of eval.depths; 'random': one cell per length, "
+                          "each sample's needle at a uniformly random depth (RULER's default)")
+
+    @field_validator("depths")
+    @classmethod
+    def _task_depths_in_range(cls, depths):
+        if isinstance(depths, list):
+            return _check_depths(depths)
+        return depths
+
+
+class AnalysisConfig(Strict):
+    """How the report judges the results (never part of a result's id): accuracies are fractions
+    except `threshold`, a percentage as RULER writes it."""
+
+    threshold: float = Field(85.6, ge=0, le=100, description="effective length: the longest length scoring above this (%)")
+    labels: list[str] | None = Field(None, min_length=1, description="the eval task labels the claims pool over [default: all]")
+    gate: Literal["model", "label"] | None = Field(
+        None, description="leave out a model whose training accuracy is below min_train_accuracy ('model'), or judge "
+                          "each model only on the labels it solved at T ('label') [default: 'label' for a mixture]")
+    chance: float | dict[str, float] = Field(0.0, description="chance accuracy, overall or per label (claim 2)")
+    level: float = Field(0.95, gt=0, lt=1, description="interval coverage")
+    min_drop: float = Field(0.2, ge=0, le=1, description="claim 1: a sharp drop from T to the longest length")
+    factor: int = Field(2, ge=2, description="claim 2: 'past T' is this many times T")
+    nontrivial: float = Field(0.10, ge=0, le=1, description="claim 2: recurrent accuracy above chance + this")
+    collapsed: float = Field(0.05, ge=0, le=1, description="claim 2: attention accuracy at most chance + this")
+    small_spread: float = Field(0.10, ge=0, le=1, description="claim 4: format spread at T below this")
+    large_spread: float = Field(0.30, ge=0, le=1, description="claim 4: and past T above this")
+
+    @field_validator("chance")
+    @classmethod
+    def _chance_is_a_fraction(cls, chance):
+        values = chance.values() if isinstance(chance, dict) else [chance]
+        bad = [x for x in values if not 0 <= x <= 1]
+        if bad:
+            raise ValueError(f"chance {bad[0]} is not a fraction in [0, 1]")
+        return chance
 
 
 class ModelEntry(Strict):
@@ -80,12 +119,16 @@ class EvalConfig(Strict):
     @field_validator("depths")
     @classmethod
     def _depths_in_range(cls, depths: list[float]) -> list[float]:
-        bad = [d for d in depths if not 0 <= d <= 100]
-        if bad:
-            raise ValueError(f"depth {bad[0]} is outside 0-100")
-        if not depths:
-            raise ValueError("at least one depth is needed")
-        return depths
+        return _check_depths(depths)
+
+
+def _check_depths(depths: list[float]) -> list[float]:
+    bad = [d for d in depths if not 0 <= d <= 100]
+    if bad:
+        raise ValueError(f"depth {bad[0]} is outside 0-100")
+    if not depths:
+        raise ValueError("at least one depth is needed")
+    return depths
 
 
 class Study(Strict):
@@ -106,6 +149,7 @@ class Study(Strict):
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     min_train_accuracy: float = Field(0.95, ge=0, le=1)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -162,6 +206,16 @@ class Study(Strict):
         if twice is not None:
             raise ValueError(f"eval.tasks: two tasks are labelled {twice!r}; give them distinct labels")
         return list(zip(labels, made))
+
+    def task_depths(self) -> dict[str, list[float | None]]:
+        """label -> the depths each of its cells is evaluated at: the entry's own `depths`, else
+        eval.depths; [None] for 'random' and for tasks without a needle depth."""
+        entries = self.eval.tasks or [EvalTask(name=self.task.name, knobs=self.task.knobs)]
+        out = {}
+        for entry, (label, task) in zip(entries, self.eval_tasks()):
+            depths = self.eval.depths if entry.depths is None else entry.depths
+            out[label] = [None] if depths == "random" or not task.uses_depth else list(depths)
+        return out
 
     def vocab_size(self) -> int:
         """Symbols every task of the study needs: models are built with the largest."""
@@ -228,15 +282,20 @@ def _one_line(error: ValidationError, origin: str) -> str:
     return f"{origin}: {where}: {message}" if where else f"{origin}: {message}"
 
 
-def load_study(source: str, overrides: dict | None = None, corpus: str | None = None):
+def load_study(source: str, overrides: dict | None = None, corpus: str | None = None, scale: int | None = None):
     """Load a preset name or a YAML path, validate it fully, and return the Study (or, for
     `kind: pretrained`, the PretrainedStudy). `corpus`: a text file read by every task of the
-    study whose haystack is `text` or `essay` (the CLI's --corpus)."""
+    study whose haystack is `text` or `essay` (the CLI's --corpus). `scale` (the CLI's --scale,
+    else the YAML's `scale`, else 1): see `scaled`."""
     data, origin = _read_yaml(source)
     data.update(overrides or {})
     if data.get("kind") == "pretrained":
+        if scale is not None:
+            raise ConfigError("--scale is for controlled studies; a pretrained study sets eval.samples itself")
         return load_pretrained(data, origin, corpus)
     try:
+        in_yaml = data.pop("scale", 1)
+        data = scaled(data, in_yaml if scale is None else scale)
         study = Study.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_one_line(error, origin)) from None
@@ -244,6 +303,27 @@ def load_study(source: str, overrides: dict | None = None, corpus: str | None = 
         study = with_corpus(study, corpus, origin)
     check(study, origin)
     return study
+
+
+def scaled(data: dict, scale) -> dict:
+    """A controlled study's YAML scaled up by an integer factor k, for bigger machines: k times
+    the seeds (the listed ones, then the next unused integers) and k times eval.samples. Models,
+    data and lengths are unchanged, so the models and cells of the unscaled study are reused;
+    only the intervals narrow. The result names its seeds and samples, so it reproduces alone."""
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ConfigError(f"scale must be an integer >= 1, not {scale!r}")
+    if scale == 1:
+        return data
+    data = dict(data)
+    seeds = list(data.get("seeds") or [0])
+    unused = (x for x in itertools.count() if x not in seeds)
+    data["seeds"] = seeds + [next(unused) for _ in range((scale - 1) * len(seeds))]
+    evaluation = dict(data.get("eval") or {})
+    samples = evaluation.get("samples", EvalConfig.model_fields["samples"].default)
+    if isinstance(samples, int) and not isinstance(samples, bool):
+        evaluation["samples"] = samples * scale
+    data["eval"] = evaluation
+    return data
 
 
 def load_pretrained(data: dict, origin: str, corpus: str | None = None):
@@ -291,6 +371,12 @@ def check(study: Study, origin: str) -> None:
         too_short = [n for n in study.eval_lengths() if n < task.min_length]
         if too_short:
             raise ConfigError(f"{origin}: length {too_short[0]} is below the {task.name} task's minimum {task.min_length}")
+    labels = [label for label, _ in study.eval_tasks()]
+    chance = study.analysis.chance
+    named = list(study.analysis.labels or []) + (list(chance) if isinstance(chance, dict) else [])
+    unknown = [label for label in named if label not in labels]
+    if unknown:
+        raise ConfigError(f"{origin}: analysis: {unknown[0]!r} is not an eval task label (labels: {', '.join(labels)})")
     vocab_size = study.vocab_size()
     for entry in study.models:
         try:

@@ -94,10 +94,11 @@ def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
         for seed in study.seeds:
             model_id = content_id({"model": config.to_dict(), "train": spec.to_dict(), "task": trained_on, "seed": seed})
             model_plans.append(ModelPlan(entry.label, entry.arch, seed, config, spec, model_id))
+    task_depths = study.task_depths()
     for model_plan in model_plans:
         for label, task in study.eval_tasks():
             for length in study.eval_lengths():
-                for depth in study.eval.depths if task.uses_depth else [None]:
+                for depth in task_depths[label]:
                     cell_id = content_id({"model_id": model_plan.model_id, "task": task_id(task), "length": length,
                                           "depth": depth, "n": study.eval.samples, "seed": study.eval.seed})
                     cells.append(EvalCell(model_plan, label, task, length, depth, cell_id))
@@ -253,6 +254,15 @@ def _write_checkpoint(path: Path, weights: bytes) -> None:
     tmp.replace(path)
 
 
+def _same_samples(stored: dict | None, study: Study, out: Path) -> None:
+    """Refuse to add cells of a different sample count to a store (a cell's samples would then be
+    counted twice in the report); everything stored stays as it is."""
+    before = ((stored or {}).get("eval") or {}).get("samples")
+    if isinstance(before, int) and before != study.eval.samples:
+        raise ValueError(f"{out} holds results with eval.samples {before}; this study has {study.eval.samples} "
+                         "(a different --scale?): give it another --out")
+
+
 def run_study(study: Study, out: Path, console: Console | None = None, command: str | None = None,
               backend: str = "local", workers: int | None = 0, address: str | None = None,
               retries: int = 2) -> Path:
@@ -273,11 +283,13 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
     with StudyLock(out), Store(out / "results.sqlite") as store:
         log = _logger(out)
         store.clear_running()
+        _same_samples(store.meta().get("config"), study, out)
         store.set_meta("name", study.name)
         store.set_meta("config", study.model_dump(mode="json"))
         store.set_meta("planned_cells", len(cells))
         store.set_meta("planned_lengths", study.eval_lengths())
         store.set_meta("planned_depths", study.eval.depths)
+        store.set_meta("planned_task_depths", study.task_depths())
         store.set_meta("planned_tasks", [label for label, _ in study.eval_tasks()])
         for key, value in provenance(command or shlex.join(sys.argv)).items():
             store.set_meta(key, value)

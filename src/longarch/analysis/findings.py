@@ -49,6 +49,11 @@ class Settings:
     seed: int = 0
     labels: tuple[str, ...] | None = None   # the formats pooled over; None: every label
     allow_incomplete: bool = False           # decide a model even when planned cells are missing
+    # "model": a model whose training accuracy is below min_train_accuracy is left out of every
+    # claim. "label": a model enters each claim only with the labels (formats) it solved at T,
+    # accuracy pooled over seeds and depths at or above min_train_accuracy (for studies trained on
+    # a mixture, whose training accuracy averages tasks), and is left out when it solved none.
+    gate: str = "model"
     min_drop: float = 0.2                    # claim 1: accuracy at T minus at the longest length
     factor: int = 2                          # claim 2: "past T" is the length factor * T
     chance: float | Mapping[str, float] = 0.0  # claim 2: chance accuracy, overall or per label
@@ -153,17 +158,56 @@ def some(verdicts: Iterable[str]) -> str:
     return NOT_SUPPORTED if verdicts and all(v == NOT_SUPPORTED for v in verdicts) else INCONCLUSIVE
 
 
-def split_models(models: Sequence[ModelSummary], settings: Settings) -> tuple[list[ModelSummary], list[Exclusion]]:
-    """Models fit to judge, and those below the training-accuracy bar (unknown accuracy counts as fit,
-    as in the report)."""
+@dataclass(frozen=True)
+class Judged:
+    """A model as a claim sees it: its summary's fields, plus the labels it is judged on (None:
+    the settings' labels)."""
+
+    name: str
+    family: str
+    train_length: int
+    labels: tuple[str, ...] | None
+
+
+def split_models(models: Sequence[ModelSummary], settings: Settings, cells: list[Cell] = (),
+                 plan: Plan | None = None) -> tuple[list[Judged], list[Exclusion]]:
+    """Models fit to judge, and those left out with the reason (see `Settings.gate`; an unknown
+    training accuracy counts as fit, as in the report)."""
     kept, excluded = [], []
+    bar = settings.min_train_accuracy
     for model in models:
-        if not np.isnan(model.train_accuracy) and model.train_accuracy < settings.min_train_accuracy:
-            reason = f"training accuracy {model.train_accuracy:.3f} below {settings.min_train_accuracy:.3f}"
-            excluded.append(Exclusion(model.name, model.family, reason))
+        if settings.gate == "label":
+            solved, failed = solved_labels(cells, model, plan, settings)
+            if failed:
+                listed = ", ".join(f"{label} {accuracy:.3f}" for label, accuracy in failed)
+                what = "every label" if not solved else "labels"
+                excluded.append(Exclusion(model.name, model.family, f"{what} below {bar:.3f} at T={model.train_length}: "
+                                                                    f"{listed}"))
+            if solved:
+                kept.append(Judged(model.name, model.family, model.train_length, tuple(solved)))
+        elif not np.isnan(model.train_accuracy) and model.train_accuracy < bar:
+            excluded.append(Exclusion(model.name, model.family,
+                                      f"training accuracy {model.train_accuracy:.3f} below {bar:.3f}"))
         else:
-            kept.append(model)
+            kept.append(Judged(model.name, model.family, model.train_length, settings.labels))
     return kept, excluded
+
+
+def solved_labels(cells: list[Cell], model: ModelSummary, plan: Plan | None,
+                  settings: Settings) -> tuple[list[str], list[tuple[str, float]]]:
+    """The labels (of `settings.labels`, else all) whose accuracy at T, pooled over seeds and depths,
+    reaches min_train_accuracy, and the others with their accuracy (nan: nothing stored at T)."""
+    labels = settings.labels or (plan.labels if plan is not None else sorted({c.task for c in cells}))
+    solved, failed = [], []
+    for label in labels:
+        at_t = [c for c in cells if c.model == model.name and c.task == label and c.length == model.train_length]
+        n = sum(c.n for c in at_t)
+        accuracy = sum(c.accuracy * c.n for c in at_t) / n if n else float("nan")
+        if accuracy >= settings.min_train_accuracy:
+            solved.append(label)
+        else:
+            failed.append((label, accuracy))
+    return solved, failed
 
 
 def _gate(verdict: str, coverage: Coverage, settings: Settings) -> tuple[str, str]:
@@ -189,7 +233,8 @@ def _explain(verdict: str, evidence: list[Evidence], excluded: list[Exclusion], 
     lines = [f"Verdict: {verdict}. {summary}".rstrip()]
     lines += [f"- {e.model} ({e.family}): {e.quantity} {_fmt(e.estimate)} -> {e.verdict or 'not judged'}: {e.reason}"
               for e in evidence]
-    lines += [f"- {x.model} ({x.family}) excluded: {x.reason}" for x in excluded]
+    lines += [f"- {x.model} ({x.family}) left out on {x.reason}" if x.reason.startswith("labels") else
+              f"- {x.model} ({x.family}) excluded: {x.reason}" for x in excluded]
     return "\n".join(lines)
 
 
@@ -230,17 +275,17 @@ def claim_degradation(models: Sequence[ModelSummary], cells, plan: Plan | None =
     (pooled over seeds, depths and the chosen labels; a paired interval). The model degrades when the
     whole interval is above `min_drop`, does not when it is at or below it."""
     cells = cell_list(cells)
-    kept, excluded = split_models(models, settings)
+    kept, excluded = split_models(models, settings, cells, plan)
     evidence = []
     for model in kept:
         T, name = model.train_length, model.name
-        past = [length for length in _lengths(cells, name, plan, settings.labels) if length > T]
+        past = [length for length in _lengths(cells, name, plan, model.labels) if length > T]
         if not past:
             evidence.append(Evidence(name, model.family, "accuracy drop", NO_ESTIMATE, INCONCLUSIVE,
                                      f"no length past T={T} evaluated or planned"))
             continue
-        at_t = select(cells, name, plan, settings.labels, [T])
-        at_longest = select(cells, name, plan, settings.labels, [max(past)])
+        at_t = select(cells, name, plan, model.labels, [T])
+        at_longest = select(cells, name, plan, model.labels, [max(past)])
         drop = difference(at_t.cells, at_longest.cells, settings.level, settings.resamples, settings.seed)
         coverage = at_t.coverage + at_longest.coverage
         verdict, note = _gate(decide(drop, settings.min_drop, SUPPORTED), coverage, settings)
@@ -265,11 +310,11 @@ def claim_recurrent_vs_attention(models: Sequence[ModelSummary], cells, plan: Pl
     model collapses when its interval is at or below chance + `collapsed`. Other families are shown
     but not judged."""
     cells = cell_list(cells)
-    kept, excluded = split_models(models, settings)
+    kept, excluded = split_models(models, settings, cells, plan)
     evidence, roles = [], set()
     for model in kept:
         name, length = model.name, settings.factor * model.train_length
-        chosen = select(cells, name, plan, settings.labels, [length])
+        chosen = select(cells, name, plan, model.labels, [length])
         accuracy = pooled_estimate(chosen.cells, settings.level, settings.resamples, settings.seed)
         chance = _chance(chosen.cells, settings.chance)
         quantity = f"accuracy at {settings.factor}T={length}"
@@ -306,11 +351,11 @@ def claim_lost_in_the_middle(models: Sequence[ModelSummary], cells, plan: Plan |
     [40, 60], pooled over seeds and labels (a paired interval). Lost in the middle when the
     interval is above `min_middle_gap`; not when it is at or below it."""
     cells = cell_list(cells)
-    kept, excluded = split_models(models, settings)
+    kept, excluded = split_models(models, settings, cells, plan)
     evidence = []
     for model in kept:
         T, name = model.train_length, model.name
-        found = middle_index(cells, name, T, plan, settings.labels, level=settings.level,
+        found = middle_index(cells, name, T, plan, model.labels, level=settings.level,
                              resamples=settings.resamples, seed=settings.seed)
         if not found.ends or not found.middle:
             evidence.append(Evidence(name, model.family, "lost-in-the-middle index", NO_ESTIMATE, INCONCLUSIVE,
@@ -337,15 +382,15 @@ def claim_format_inconsistency(models: Sequence[ModelSummary], cells, plan: Plan
     `large_spread`; it does not when the spread at T is decided not small or every spread past T is
     decided not large."""
     cells = cell_list(cells)
-    kept, excluded = split_models(models, settings)
+    kept, excluded = split_models(models, settings, cells, plan)
     evidence = []
     for model in kept:
         T, name = model.train_length, model.name
-        args = dict(plan=plan, labels=settings.labels, level=settings.level, resamples=settings.resamples,
+        args = dict(plan=plan, labels=model.labels, level=settings.level, resamples=settings.resamples,
                     seed=settings.seed)
         at_t = format_spread(cells, name, T, **args)
         past = [format_spread(cells, name, length, **args)
-                for length in _lengths(cells, name, plan, settings.labels) if length > T]
+                for length in _lengths(cells, name, plan, model.labels) if length > T]
         coverage = sum((s.coverage for s in past), at_t.coverage)
         used = at_t.cells + [k for s in past for k in s.cells]
         if at_t.best is None or not past or any(s.best is None for s in past):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,8 @@ from rich.table import Table
 
 from ..store import Store
 from . import plots
-from .findings_report import check_claims, findings_blocks
+from .findings_report import check_claims, findings_blocks, plan_of
+from .measures_report import PARTIAL, analysis_of, measures, partial_seed_cells, settings_of
 from .render import MISSING, Block, render_html, render_markdown
 from .stats import (DEFAULT_MIN_TRAIN_ACCURACY, Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells,
                     mean_ci, summarise_models)
@@ -39,6 +40,7 @@ class StudyData:
     curves: dict[str, list[LengthPoint]]  # per model, pooled over tasks
     tasks: list[str]                   # evaluated task labels, in the study's order
     task_curves: dict[str, dict[str, list[LengthPoint]]]  # task label -> model -> curve
+    partial: dict = field(default_factory=dict)  # cell key -> stored seeds, for cells missing planned seeds
 
     @property
     def name(self) -> str:
@@ -85,7 +87,9 @@ def load(out_dir: Path) -> StudyData:
     planned = [str(t) for t in meta.get("planned_tasks") or []]
     tasks = planned + sorted({c.task for c in cells.values()} - set(planned))
     task_curves = {t: {m.name: accuracy_by_length(cells.values(), m.name, task=t) for m in models} for t in tasks}
-    return StudyData(meta, models, cells, len(results), float(threshold), lengths, depths, curves, tasks, task_curves)
+    seeds = [s for s in config.get("seeds") or [] if isinstance(s, int)]
+    return StudyData(meta, models, cells, len(results), float(threshold), lengths, depths, curves, tasks, task_curves,
+                     partial_seed_cells(cells, models, seeds))
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,13 +174,15 @@ def _trained_on(config: dict, data: StudyData) -> str:
     return ", ".join(f"`{t}`" for t in data.tasks) or "?"
 
 
-def _length_table(data: StudyData, curves: dict[str, list[LengthPoint]], unsolved: set[str]) -> Block:
+def _length_table(data: StudyData, curves: dict[str, list[LengthPoint]], unsolved: set[str],
+                  task: str | None = None) -> Block:
     headers = ["model"] + [_length_header(x, data.train_lengths) for x in data.lengths]
     rows = []
     for model in data.models:
         points = {p.length: p for p in curves[model.name]}
-        cells = [f"{_percent(p.accuracy)} [{_percent(p.low)}, {_percent(p.high)}]" if (p := points.get(x)) else MISSING
-                 for x in data.lengths]
+        partial = {(length) for (m, label, length, _) in data.partial if m == model.name and task in (None, label)}
+        cells = [f"{_percent(p.accuracy)} [{_percent(p.low)}, {_percent(p.high)}]" + (f" {PARTIAL}" if x in partial else "")
+                 if (p := points.get(x)) else MISSING for x in data.lengths]
         rows.append([model.name + (" (did not learn)" if model.name in unsolved else "")] + cells)
     return ("table", headers, rows)
 
@@ -199,7 +205,8 @@ def _comparison_table(data: StudyData) -> Block:
     return ("table", headers, rows)
 
 
-def _blocks(data: StudyData, figures: dict[str, str], claims: list | None = None) -> list[Block]:
+def _blocks(data: StudyData, figures: dict[str, str], claims: list | None = None,
+            measure_blocks: list[Block] | None = None) -> list[Block]:
     config, unsolved = data.config, {m.name for m in data.unsolved()}
     task = _trained_on(config, data)
     train_lengths = data.train_lengths
@@ -232,9 +239,12 @@ def _blocks(data: StudyData, figures: dict[str, str], claims: list | None = None
     else:
         for task_label in data.tasks:
             blocks.append(("h3", f"Evaluated on {task_label}"))
-            blocks.append(_length_table(data, data.task_curves[task_label], unsolved))
+            blocks.append(_length_table(data, data.task_curves[task_label], unsolved, task_label))
     blocks.append(("p", "Accuracy (%) averaged over needle depths and seeds, with its 95% bootstrap interval; "
                         "(T) marks the training length."))
+    if data.partial:
+        blocks.append(("p", f"{PARTIAL} rests on cells stored for only some of the planned seeds "
+                            f"({len(data.partial)} cells; listed under Per-model measures)."))
     if data.missing_cells():
         blocks.append(("p", f"**{data.missing_cells()} of {data.meta['planned_cells']} planned evaluation cells "
                             "are missing from the store** (the run was interrupted or is still going). Averages "
@@ -259,6 +269,7 @@ def _blocks(data: StudyData, figures: dict[str, str], claims: list | None = None
         for key in heatmaps:
             blocks.append(("figure", figures[key], f"{key.removeprefix('heatmap ')}: accuracy by length and depth"))
 
+    blocks += measure_blocks or []
     if claims:
         blocks += findings_blocks(claims)
 
@@ -339,11 +350,19 @@ def build_report(out_dir: Path) -> dict[str, Path]:
                 _depth_grid(data, model.name, task_label), data.lengths, data.depths, model.train_length,
                 figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))
 
-    claims = check_claims(data.meta, data.models, data.cells, data.threshold)
+    settings = settings_of(data.config, data.threshold)
+    plan = plan_of(data.meta, data.cells)
+    claims = check_claims(data.meta, data.models, data.cells, settings)
+    analysis = analysis_of(data.config)
+    measure_blocks, measure_summary = measures(data.models, data.cells, plan, data.tasks, analysis.threshold,
+                                               settings, data.partial)
     paths["summary"] = out_dir / "summary.json"
-    summary = {**build_summary(data), "findings": [finding.as_dict() for finding in claims]}
+    summary = {**build_summary(data), "measures": measure_summary,
+               "partial_seeds": [{"model": m, "task": t, "length": n, "depth": d, "seeds": s}
+                                 for (m, t, n, d), s in data.partial.items()],
+               "findings": [finding.as_dict() for finding in claims]}
     paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
-    blocks = _blocks(data, figures, claims)
+    blocks = _blocks(data, figures, claims, measure_blocks)
     paths["md"] = out_dir / "report.md"
     paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"] = out_dir / "report.html"

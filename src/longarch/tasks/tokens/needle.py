@@ -12,7 +12,8 @@ in a sample are distinct); the tail queries the first `queries` of them (the key
 they are a random choice). The correct answer is, for each queried key in tail order, all its
 values in the order they stand in the body: queries * values_per_key items of one value each,
 scored as a set (RULER's string_match_all). A key or a value is one symbol of its own alphabet
-(`symbol`), a `number` of `number_length` digits or a `uuid` of 32 hex digits.
+(`symbol`), a `number` of `number_length` digits or a `uuid` of `uuid_length` hex digits (32,
+as a real UUID written without dashes).
 
 Depth: needle 0 (a needle of the first queried key; meta needle_position, and needle_positions
 (n, S) for all, needle i * values_per_key + j holding key i's value j, needle_queried marking
@@ -75,6 +76,7 @@ class NeedleTask(TokenTask):
     key: Literal["symbol", "number", "uuid"] = "symbol"
     value: Literal["symbol", "number", "uuid"] = "symbol"
     number_length: int = 7
+    uuid_length: int = UUID_LENGTH
     needle_keys: int = 1
     values_per_key: int = 1
     queries: int = 1
@@ -87,6 +89,7 @@ class NeedleTask(TokenTask):
     def __post_init__(self):
         self.check_integers(n_keys=self.n_keys, n_values=self.n_values, n_filler=self.n_filler,
                             pattern_length=self.pattern_length, number_length=self.number_length,
+                            uuid_length=self.uuid_length,
                             needle_keys=self.needle_keys, values_per_key=self.values_per_key, queries=self.queries)
         for knob in ("key", "value"):
             if getattr(self, knob) not in FORMATS:
@@ -121,17 +124,19 @@ class NeedleTask(TokenTask):
         if self.key == self.value == "symbol":
             for knob in ("key", "value", "number_length"):
                 del knobs[knob]
+        if knobs["uuid_length"] == UUID_LENGTH:
+            del knobs["uuid_length"]
         for knob, default in COUNTS.items():
             if knobs[knob] == default:
                 del knobs[knob]
         return knobs
 
     def _format_length(self, fmt: str) -> int:
-        return {"symbol": 1, "number": self.number_length, "uuid": UUID_LENGTH}[fmt]
+        return {"symbol": 1, "number": self.number_length, "uuid": self.uuid_length}[fmt]
 
     def _space(self, fmt: str, alphabet: int) -> int:
         """How many different keys or values a format can write."""
-        return {"symbol": alphabet, "number": 10 ** self.number_length, "uuid": 16 ** UUID_LENGTH}[fmt]
+        return {"symbol": alphabet, "number": 10 ** self.number_length, "uuid": 16 ** self.uuid_length}[fmt]
 
     @property
     def item_length(self) -> int:
