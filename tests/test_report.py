@@ -284,3 +284,13 @@ def test_findings_say_when_planned_cells_are_missing(tmp_path):
     assert degradation["verdict"] == "inconclusive" and not degradation["complete"]
     assert degradation["covered_cells"] == degradation["expected_cells"] - 1
     assert "planned cells this claim needs are not stored" in paths["md"].read_text()
+
+
+def test_models_are_reported_in_the_studys_order_not_the_order_they_finished(tmp_path):
+    write_study(tmp_path)  # alpha's rows are stored first
+    with Store(tmp_path / "results.sqlite") as store:
+        config = store.meta()["config"]
+        store.set_meta("config", {**config, "models": [{"arch": "b", "name": "beta"}, {"arch": "alpha", "name": None}]})
+    summary = json.loads(build_report(tmp_path)["summary"].read_text())
+    assert [m["name"] for m in summary["models"]] == ["beta", "alpha"]
+    assert list(summary["measures"]) == ["beta", "alpha"]

@@ -214,7 +214,8 @@ def _gate(verdict: str, coverage: Coverage, settings: Settings) -> tuple[str, st
     """A decided verdict becomes inconclusive when planned cells are missing."""
     if coverage.complete or settings.allow_incomplete or verdict == INCONCLUSIVE:
         return verdict, ""
-    return INCONCLUSIVE, f"; {coverage.expected - coverage.covered} of {coverage.expected} planned cells missing"
+    missing = coverage.expected - coverage.covered
+    return INCONCLUSIVE, f"; decided on the stored cells, but {missing} of {coverage.expected} planned cells are missing"
 
 
 def _by_family(evidence: list[Evidence]) -> str:
@@ -288,17 +289,19 @@ def claim_degradation(models: Sequence[ModelSummary], cells, plan: Plan | None =
         at_longest = select(cells, name, plan, model.labels, [max(past)])
         drop = difference(at_t.cells, at_longest.cells, settings.level, settings.resamples, settings.seed)
         coverage = at_t.coverage + at_longest.coverage
-        verdict, note = _gate(decide(drop, settings.min_drop, SUPPORTED), coverage, settings)
+        decided = decide(drop, settings.min_drop, SUPPORTED)
+        verdict, note = _gate(decided, coverage, settings)
         first = pooled_estimate(at_t.cells, settings.level, settings.resamples, settings.seed)
         last = pooled_estimate(at_longest.cells, settings.level, settings.resamples, settings.seed)
         reason = (f"{_fmt(first)} at T={T}, {_fmt(last)} at {max(past)}; "
-                  + _reason(verdict, settings.min_drop, "degrades", "does not degrade sharply") + note)
+                  + _reason(decided, settings.min_drop, "degrades", "does not degrade sharply") + note)
         evidence.append(Evidence(name, model.family, f"accuracy drop T={T} -> {max(past)}", drop, verdict, reason,
                                  at_t.keys + at_longest.keys, coverage,
                                  {"accuracy_at_T": first.value, "accuracy_at_longest": last.value,
                                   "longest": float(max(past))}))
     rule = (f"per model, drop = accuracy at T minus at the longest length past T; supported when every model's "
-            f"95% interval of the drop is above {settings.min_drop:.2f}, not supported when any is at or below it")
+            f"{100 * settings.level:g}% interval of the drop is above {settings.min_drop:.2f}, not supported when "
+            "any is at or below it")
     verdict = every(e.verdict for e in evidence)
     return _finish(1, rule, verdict, evidence, excluded, _by_family(evidence))
 
@@ -321,13 +324,15 @@ def claim_recurrent_vs_attention(models: Sequence[ModelSummary], cells, plan: Pl
         if model.family in settings.recurrent_families:
             roles.add("recurrent")
             bar = chance + settings.nontrivial
-            verdict, note = _gate(decide(accuracy, bar, SUPPORTED), chosen.coverage, settings)
-            reason = _reason(verdict, bar, "keeps non-trivial accuracy", "does not keep non-trivial accuracy") + note
+            decided = decide(accuracy, bar, SUPPORTED)
+            verdict, note = _gate(decided, chosen.coverage, settings)
+            reason = _reason(decided, bar, "keeps non-trivial accuracy", "does not keep non-trivial accuracy") + note
         elif model.family in settings.attention_families:
             roles.add("attention")
             bar = chance + settings.collapsed
-            verdict, note = _gate(decide(accuracy, bar, NOT_SUPPORTED), chosen.coverage, settings)
-            reason = _reason(verdict, bar, "collapses to near chance", "does not collapse") + note
+            decided = decide(accuracy, bar, NOT_SUPPORTED)
+            verdict, note = _gate(decided, chosen.coverage, settings)
+            reason = _reason(decided, bar, "collapses to near chance", "does not collapse") + note
         else:
             verdict, reason = None, f"family {model.family} is not part of the claim"
         if np.isnan(accuracy.value) and verdict is not None:
@@ -361,11 +366,12 @@ def claim_lost_in_the_middle(models: Sequence[ModelSummary], cells, plan: Plan |
             evidence.append(Evidence(name, model.family, "lost-in-the-middle index", NO_ESTIMATE, INCONCLUSIVE,
                                      f"no end and middle depths at T={T}", found.cells, found.coverage))
             continue
-        verdict, note = _gate(decide(found.index, settings.min_middle_gap, SUPPORTED), found.coverage, settings)
+        decided = decide(found.index, settings.min_middle_gap, SUPPORTED)
+        verdict, note = _gate(decided, found.coverage, settings)
         ends = "/".join(f"{d:g}" for d in found.ends)
         middle = "/".join(f"{d:g}" for d in found.middle)
         reason = (f"ends ({ends}) {found.ends_accuracy:.2f}, middle ({middle}) {found.middle_accuracy:.2f}; "
-                  + _reason(verdict, settings.min_middle_gap, "worse in the middle", "not worse in the middle") + note)
+                  + _reason(decided, settings.min_middle_gap, "worse in the middle", "not worse in the middle") + note)
         evidence.append(Evidence(name, model.family, f"ends minus middle at T={T}", found.index, verdict, reason,
                                  found.cells, found.coverage,
                                  {"ends_accuracy": found.ends_accuracy, "middle_accuracy": found.middle_accuracy}))

@@ -44,13 +44,13 @@ def _estimate(e) -> str:
     return f"{100 * e.value:.1f} [{100 * e.low:.1f}, {100 * e.high:.1f}]"
 
 
-def findings_blocks(result: list[Finding]) -> list[Block]:
+def findings_blocks(result: list[Finding], level: float = 0.95) -> list[Block]:
     blocks: list[Block] = [("h2", "Findings"), ("p",
         "The four claims of the study this product is built on (Huang, COLING 2025), each checked against this "
-        "run: the measure per model with its 95% bootstrap interval (seeds, then samples), the rule, and a "
-        "verdict computed from the intervals. A model that did not learn its training task is left out; for a study "
-        "trained on a mixture, a model enters each claim only with the formats it solved at T (accuracy pooled over "
-        "seeds and depths at or above the training bar), and the formats and models left out are named.")]
+        f"run: the measure per model with its {100 * level:g}% bootstrap interval (seeds, then samples), the rule, "
+        "and a verdict computed from the intervals. A model that did not learn its training task is left out; for a "
+        "study trained on a mixture, a model enters each claim only with the formats it solved at T (accuracy pooled "
+        "over seeds and depths at or above the training bar), and the formats and models left out are named.")]
     for finding in result:
         blocks.append(("h3", f"Claim {finding.number}: {finding.claim}"))
         blocks.append(("p", f"**Verdict: {VERDICT.get(finding.verdict, finding.verdict)}.** Rule: {finding.rule}"))
@@ -61,7 +61,8 @@ def findings_blocks(result: list[Finding]) -> list[Block]:
         rows = [[e.model, e.family, e.quantity, _estimate(e.estimate), e.verdict or "shown only", e.reason,
                  f"{e.coverage.covered} of {e.coverage.expected}"] for e in finding.evidence]
         if rows:
-            blocks.append(("table", ["model", "family", "measure", "% [95% CI]", "verdict", "why", "cells"], rows))
+            blocks.append(("table", ["model", "family", "measure", f"% [{100 * level:g}% CI]", "verdict", "why",
+                                     "cells"], rows))
         shown = tuple(f"- {e.model} (" for e in finding.evidence)  # per-model lines: already in the table
         lines = [line for line in finding.explanation.splitlines()[1:]
                  if not line.startswith(shown) or " left out on " in line or " excluded: " in line]

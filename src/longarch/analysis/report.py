@@ -20,8 +20,7 @@ from rich.table import Table
 
 from ..store import Store
 from . import plots
-from .findings_report import check_claims, findings_blocks, plan_of
-from .measures_report import PARTIAL, analysis_of, measures, partial_seed_cells, settings_of
+from .measures_report import PARTIAL, analysis_sections, partial_seed_cells
 from .render import MISSING, Block, render_html, render_markdown
 from .stats import (DEFAULT_MIN_TRAIN_ACCURACY, Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells,
                     mean_ci, summarise_models)
@@ -40,7 +39,7 @@ class StudyData:
     curves: dict[str, list[LengthPoint]]  # per model, pooled over tasks
     tasks: list[str]                   # evaluated task labels, in the study's order
     task_curves: dict[str, dict[str, list[LengthPoint]]]  # task label -> model -> curve
-    partial: dict = field(default_factory=dict)  # cell key -> stored seeds, for cells missing planned seeds
+    partial: dict = field(default_factory=dict)  # cell key -> SeedGap, for cells missing planned seeds
 
     @property
     def name(self) -> str:
@@ -77,7 +76,10 @@ def load(out_dir: Path) -> StudyData:
     threshold = config.get("min_train_accuracy")
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
         threshold = DEFAULT_MIN_TRAIN_ACCURACY
-    models = summarise_models(model_rows, results)
+    # in the study's order, not the order training happened to finish in
+    order = [e.get("name") or e.get("arch") if isinstance(e, dict) else e for e in config.get("models") or []]
+    models = sorted(summarise_models(model_rows, results),
+                    key=lambda m: order.index(m.name) if m.name in order else len(order))
     cells = collect_cells(results)
     # The runner records the planned grid, so cells not yet evaluated still show as missing.
     lengths = sorted({c.length for c in cells.values()} | {int(x) for x in meta.get("planned_lengths") or []})
@@ -174,16 +176,26 @@ def _trained_on(config: dict, data: StudyData) -> str:
     return ", ".join(f"`{t}`" for t in data.tasks) or "?"
 
 
+def _point(point: LengthPoint | None, partial: set[int]) -> str:
+    """Accuracy (%) with its interval, marked when a cell it pools lacks planned seeds."""
+    if point is None:
+        return MISSING
+    mark = f" {PARTIAL}" if point.length in partial else ""
+    return f"{_percent(point.accuracy)} [{_percent(point.low)}, {_percent(point.high)}]{mark}"
+
+
+def _partial_lengths(data: StudyData, model: str, task: str | None) -> set[int]:
+    return {length for (m, label, length, _) in data.partial if m == model and task in (None, label)}
+
+
 def _length_table(data: StudyData, curves: dict[str, list[LengthPoint]], unsolved: set[str],
                   task: str | None = None) -> Block:
     headers = ["model"] + [_length_header(x, data.train_lengths) for x in data.lengths]
     rows = []
     for model in data.models:
-        points = {p.length: p for p in curves[model.name]}
-        partial = {(length) for (m, label, length, _) in data.partial if m == model.name and task in (None, label)}
-        cells = [f"{_percent(p.accuracy)} [{_percent(p.low)}, {_percent(p.high)}]" + (f" {PARTIAL}" if x in partial else "")
-                 if (p := points.get(x)) else MISSING for x in data.lengths]
-        rows.append([model.name + (" (did not learn)" if model.name in unsolved else "")] + cells)
+        points, partial = {p.length: p for p in curves[model.name]}, _partial_lengths(data, model.name, task)
+        rows.append([model.name + (" (did not learn)" if model.name in unsolved else "")]
+                    + [_point(points.get(x), partial) for x in data.lengths])
     return ("table", headers, rows)
 
 
@@ -198,15 +210,13 @@ def _comparison_table(data: StudyData) -> Block:
         row = [model.name]
         for task in data.tasks:
             points = {p.length: p for p in data.task_curves[task][model.name]}
-            for length in (model.train_length, longest):
-                p = points.get(length)
-                row.append(f"{_percent(p.accuracy)} [{_percent(p.low)}, {_percent(p.high)}]" if p else MISSING)
+            row += [_point(points.get(length), _partial_lengths(data, model.name, task))
+                    for length in (model.train_length, longest)]
         rows.append(row)
     return ("table", headers, rows)
 
 
-def _blocks(data: StudyData, figures: dict[str, str], claims: list | None = None,
-            measure_blocks: list[Block] | None = None) -> list[Block]:
+def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Block] | None = None) -> list[Block]:
     config, unsolved = data.config, {m.name for m in data.unsolved()}
     task = _trained_on(config, data)
     train_lengths = data.train_lengths
@@ -242,9 +252,10 @@ def _blocks(data: StudyData, figures: dict[str, str], claims: list | None = None
             blocks.append(_length_table(data, data.task_curves[task_label], unsolved, task_label))
     blocks.append(("p", "Accuracy (%) averaged over needle depths and seeds, with its 95% bootstrap interval; "
                         "(T) marks the training length."))
+    seed_note = ("p", f"{PARTIAL} pools a cell stored for only some of the planned seeds (such cells: "
+                         f"{len(data.partial)}, listed under Per-model measures).")
     if data.partial:
-        blocks.append(("p", f"{PARTIAL} rests on cells stored for only some of the planned seeds "
-                            f"({len(data.partial)} cells; listed under Per-model measures)."))
+        blocks.append(seed_note)
     if data.missing_cells():
         blocks.append(("p", f"**{data.missing_cells()} of {data.meta['planned_cells']} planned evaluation cells "
                             "are missing from the store** (the run was interrupted or is still going). Averages "
@@ -259,7 +270,7 @@ def _blocks(data: StudyData, figures: dict[str, str], claims: list | None = None
             f"The same trained models evaluated on {len(data.tasks)} tasks or formats ({', '.join(data.tasks)}): "
             "accuracy (%) with its 95% interval at the training length and at the longest length. A model whose "
             "accuracy holds on one format and falls on another extrapolates inconsistently across formats."),
-            _comparison_table(data),
+            _comparison_table(data), *([seed_note] if data.partial else []),
             ("figure", figures["format_comparison"], "Accuracy against context length, one panel per model, "
                                                      "one line per evaluated task or format")]
 
@@ -269,9 +280,7 @@ def _blocks(data: StudyData, figures: dict[str, str], claims: list | None = None
         for key in heatmaps:
             blocks.append(("figure", figures[key], f"{key.removeprefix('heatmap ')}: accuracy by length and depth"))
 
-    blocks += measure_blocks or []
-    if claims:
-        blocks += findings_blocks(claims)
+    blocks += analysis_blocks or []  # Per-model measures, then Findings
 
     blocks += [("h2", "How to read this report"), ("p",
         "At the training length (the column marked T) a model that learned the task scores near 100%; the "
@@ -350,19 +359,11 @@ def build_report(out_dir: Path) -> dict[str, Path]:
                 _depth_grid(data, model.name, task_label), data.lengths, data.depths, model.train_length,
                 figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))
 
-    settings = settings_of(data.config, data.threshold)
-    plan = plan_of(data.meta, data.cells)
-    claims = check_claims(data.meta, data.models, data.cells, settings)
-    analysis = analysis_of(data.config)
-    measure_blocks, measure_summary = measures(data.models, data.cells, plan, data.tasks, analysis.threshold,
-                                               settings, data.partial)
+    analysis_blocks, analysis_summary = analysis_sections(data.meta, data.config, data.models, data.cells, data.tasks,
+                                                          data.threshold, data.partial)
     paths["summary"] = out_dir / "summary.json"
-    summary = {**build_summary(data), "measures": measure_summary,
-               "partial_seeds": [{"model": m, "task": t, "length": n, "depth": d, "seeds": s}
-                                 for (m, t, n, d), s in data.partial.items()],
-               "findings": [finding.as_dict() for finding in claims]}
-    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
-    blocks = _blocks(data, figures, claims, measure_blocks)
+    paths["summary"].write_text(json.dumps({**build_summary(data), **analysis_summary}, indent=2) + "\n")
+    blocks = _blocks(data, figures, analysis_blocks)
     paths["md"] = out_dir / "report.md"
     paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"] = out_dir / "report.html"
