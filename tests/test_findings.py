@@ -294,7 +294,8 @@ def test_label_gate_judges_each_model_on_the_formats_it_solved_at_t():
     assert by_model.verdict == INCONCLUSIVE and not by_model.evidence and len(by_model.excluded) == 2
     # by label: ssm is judged on noise only (text at T is 0.5), and degrades there; attn solved nothing
     gated = claim_degradation(models, cells, plan, Settings(resamples=400, gate="label"))
-    assert [e.model for e in gated.evidence] == ["ssm"] and gated.verdict == SUPPORTED
+    assert [e.model for e in gated.evidence] == ["ssm"] and gated.evidence[0].verdict == SUPPORTED
+    assert gated.verdict == INCONCLUSIVE  # the attention family has no judged model
     assert {k[1] for k in gated.evidence[0].cells} == {"noise"}
     assert gated.evidence[0].estimate.value == pytest.approx(1.0)
     reasons = {x.model: x.reason for x in gated.excluded}
@@ -303,3 +304,13 @@ def test_label_gate_judges_each_model_on_the_formats_it_solved_at_t():
     # the verdict flips when the data does: ssm keeps its accuracy on noise
     kept = cells_from({**table, **curve("ssm", {T: 1.0, 2 * T: 1.0, 4 * T: 0.98}, "noise")})
     assert claim_degradation(models, kept, plan, Settings(resamples=400, gate="label")).verdict == NOT_SUPPORTED
+
+
+def test_an_every_family_claim_is_inconclusive_while_a_family_is_not_judged():
+    table = {**curve("ssm", {T: 1.0, 2 * T: 0.2, 4 * T: 0.0}), **curve("lin", {T: 0.5, 2 * T: 0.1, 4 * T: 0.0})}
+    models = [summary("ssm", "state-space"), summary("lin", "linear-recurrent", train_accuracy=0.5)]
+    plan = Plan(("needle",), (T, 2 * T, 4 * T))
+    found = claim_degradation(models, cells_from(table), plan, FAST)
+    assert found.verdict == INCONCLUSIVE and "no model of linear-recurrent could be judged" in found.explanation
+    alone = claim_degradation(models[:1], cells_from(table), plan, FAST)  # the same data, one family in the study
+    assert alone.verdict == SUPPORTED

@@ -218,6 +218,17 @@ def _gate(verdict: str, coverage: Coverage, settings: Settings) -> tuple[str, st
     return INCONCLUSIVE, f"; decided on the stored cells, but {missing} of {coverage.expected} planned cells are missing"
 
 
+def every_family(verdict: str, evidence: list[Evidence], models: Sequence[ModelSummary], summary: str) -> tuple[str, str]:
+    """An "every family" claim supported by the judged models is only inconclusive while a family
+    of the study has no judged model (all left out, or none with a decided measure)."""
+    judged = {e.family for e in evidence if e.verdict is not None}
+    unjudged = sorted({m.family for m in models} - judged)
+    if verdict != SUPPORTED or not unjudged:
+        return verdict, summary
+    return INCONCLUSIVE, (f"supported by every family judged, but no model of {', '.join(unjudged)} could be judged. "
+                          + summary)
+
+
 def _by_family(evidence: list[Evidence]) -> str:
     families: dict[str, list[Evidence]] = {}
     for e in evidence:
@@ -302,8 +313,8 @@ def claim_degradation(models: Sequence[ModelSummary], cells, plan: Plan | None =
     rule = (f"per model, drop = accuracy at T minus at the longest length past T; supported when every model's "
             f"{100 * settings.level:g}% interval of the drop is above {settings.min_drop:.2f}, not supported when "
             "any is at or below it")
-    verdict = every(e.verdict for e in evidence)
-    return _finish(1, rule, verdict, evidence, excluded, _by_family(evidence))
+    verdict, summary = every_family(every(e.verdict for e in evidence), evidence, models, _by_family(evidence))
+    return _finish(1, rule, verdict, evidence, excluded, summary)
 
 
 def claim_recurrent_vs_attention(models: Sequence[ModelSummary], cells, plan: Plan | None = None,
@@ -377,7 +388,8 @@ def claim_lost_in_the_middle(models: Sequence[ModelSummary], cells, plan: Plan |
                                  {"ends_accuracy": found.ends_accuracy, "middle_accuracy": found.middle_accuracy}))
     rule = (f"per model at T, index = accuracy at the extreme depths minus at depths 40-60%; supported when every "
             f"model's interval is above {settings.min_middle_gap:.2f}, not supported when any is at or below it")
-    return _finish(3, rule, every(e.verdict for e in evidence), evidence, excluded, _by_family(evidence))
+    verdict, summary = every_family(every(e.verdict for e in evidence), evidence, models, _by_family(evidence))
+    return _finish(3, rule, verdict, evidence, excluded, summary)
 
 
 def claim_format_inconsistency(models: Sequence[ModelSummary], cells, plan: Plan | None = None,

@@ -146,7 +146,7 @@ def measures(models: list[ModelSummary], cells: Mapping, plan: Plan | None, labe
     rows, lim_rows, spread_rows, summary = [], [], [], {}
     for model in models:
         T = model.train_length
-        name = model.name + (" (did not learn)" if not math.isnan(model.train_accuracy)
+        name = model.name + (" (did not learn)" if settings.gate == "model" and not math.isnan(model.train_accuracy)
                              and not model.solved(settings.min_train_accuracy) else "")
         mine = summary.setdefault(model.name, {"effective_length": {}, "middle_index": {}, "format_spread": []})
         for label in labels:
@@ -154,12 +154,15 @@ def measures(models: list[ModelSummary], cells: Mapping, plan: Plan | None, labe
             if not found.points:  # neither planned nor evaluated
                 continue
             at_t = next((p for p in found.points if p.length == T), None)
+            shown = label
+            if settings.gate == "label" and at_t is not None and at_t.accuracy.value < settings.min_train_accuracy:
+                shown = f"{label} (below {100 * settings.min_train_accuracy:g}% at T)"
             keys = [k for p in found.points for k in p.cells]
             stored = any(p.accuracy.n for p in found.points)
             length = MISSING if not stored else "none" if found.length is None else str(found.length)
             if found.length is not None and not found.contiguous:
                 length += " (not contiguous)"
-            rows.append([name, label, str(T),
+            rows.append([name, shown, str(T),
                          _ci(at_t.accuracy) + _marks(at_t.coverage, at_t.cells, partial) if at_t else MISSING,
                          length + _marks(found.coverage, keys, partial), _ratio(found) if stored else MISSING,
                          "none" if found.conservative is None else str(found.conservative),
@@ -175,7 +178,7 @@ def measures(models: list[ModelSummary], cells: Mapping, plan: Plan | None, labe
             index = middle_index(cell_values, model.name, T, plan, [label], **args)
             if not index.ends or not index.middle:
                 continue
-            lim_rows.append([name, label, _pct(index.ends_accuracy), _pct(index.middle_accuracy),
+            lim_rows.append([name, shown, _pct(index.ends_accuracy), _pct(index.middle_accuracy),
                              _ci(index.index) + _marks(index.coverage, index.cells, partial)])
             mine["middle_index"][label] = {**index.index.as_dict(), "ends": list(index.ends),
                                            "middle": list(index.middle),

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ..store import Store
 from . import plots
-from .measures_report import PARTIAL, analysis_sections, partial_seed_cells
+from .measures_report import PARTIAL, analysis_sections, partial_seed_cells, settings_of
 from .render import MISSING, Block, render_html, render_markdown
 from .stats import (DEFAULT_MIN_TRAIN_ACCURACY, Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells,
                     mean_ci, summarise_models)
@@ -54,9 +54,26 @@ class StudyData:
     def train_lengths(self) -> set[int]:
         return {m.train_length for m in self.models}
 
-    def unsolved(self) -> list[ModelSummary]:
-        """Models whose mean training accuracy is below the threshold (unknown counts as fine)."""
-        return [m for m in self.models if not math.isnan(m.train_accuracy) and not m.solved(self.threshold)]
+    @property
+    def by_task(self) -> bool:
+        """Judged task by task (the claims' label gate, the default for a study trained on a
+        mixture, whose training accuracy averages its tasks), not by the training accuracy."""
+        return settings_of(self.config, self.threshold).gate == "label"
+
+    def unsolved(self, task: str | None = None) -> list[ModelSummary]:
+        """Models below the threshold: by mean training accuracy (unknown counts as fine), or, when
+        judged by task, by accuracy at T on `task` pooled over seeds and depths (none for task None)."""
+        if not self.by_task:
+            return [m for m in self.models if not math.isnan(m.train_accuracy) and not m.solved(self.threshold)]
+        if task is None:
+            return []
+        out = []
+        for m in self.models:
+            at_t = [c for c in self.cells.values() if c.model == m.name and c.task == task and c.length == m.train_length]
+            n = sum(c.n for c in at_t)
+            if n and sum(c.accuracy * c.n for c in at_t) / n < self.threshold:
+                out.append(m)
+        return out
 
     def missing_cells(self) -> int:
         planned = self.meta.get("planned_cells")
@@ -192,9 +209,10 @@ def _length_table(data: StudyData, curves: dict[str, list[LengthPoint]], unsolve
                   task: str | None = None) -> Block:
     headers = ["model"] + [_length_header(x, data.train_lengths) for x in data.lengths]
     rows = []
+    marker = f" (below {100 * data.threshold:g}% at T)" if data.by_task else " (did not learn)"
     for model in data.models:
         points, partial = {p.length: p for p in curves[model.name]}, _partial_lengths(data, model.name, task)
-        rows.append([model.name + (" (did not learn)" if model.name in unsolved else "")]
+        rows.append([model.name + (marker if model.name in unsolved else "")]
                     + [_point(points.get(x), partial) for x in data.lengths])
     return ("table", headers, rows)
 
@@ -242,6 +260,11 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
                              "training length", "training accuracy (%)", "seeds", "training time (per seed)"], rows))
     for model in data.unsolved():
         blocks.append(("warn", _warning(model, data.threshold)))
+    if data.by_task:
+        blocks.append(("p", f"Trained on a mixture: the training accuracy is the mean over its tasks, so models are "
+                            f"judged task by task. In each task's table, \"(below {100 * data.threshold:g}% at T)\" marks "
+                            "a model that did not solve that task at T (accuracy pooled over seeds and depths); its "
+                            "accuracy past T on that task is not interpreted, and the findings leave it out there."))
 
     blocks.append(("h2", "Accuracy by length"))
     if len(data.tasks) <= 1:
@@ -249,7 +272,9 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
     else:
         for task_label in data.tasks:
             blocks.append(("h3", f"Evaluated on {task_label}"))
-            blocks.append(_length_table(data, data.task_curves[task_label], unsolved, task_label))
+            blocks.append(_length_table(data, data.task_curves[task_label],
+                                        {m.name for m in data.unsolved(task_label)} if data.by_task else unsolved,
+                                        task_label))
     blocks.append(("p", "Accuracy (%) averaged over needle depths and seeds, with its 95% bootstrap interval; "
                         "(T) marks the training length."))
     seed_note = ("p", f"{PARTIAL} pools a cell stored for only some of the planned seeds (such cells: "
@@ -345,7 +370,8 @@ def build_report(out_dir: Path) -> dict[str, Path]:
         for task_label in data.tasks:
             record(f"accuracy_vs_length {task_label}", plots.plot_accuracy_vs_length(
                 data.task_curves[task_label], train_lengths, figure_dir / f"accuracy_vs_length_{_slug(task_label)}",
-                title=f"{data.name}, {task_label}: accuracy vs context length (95% CI)", unsolved=unsolved))
+                title=f"{data.name}, {task_label}: accuracy vs context length (95% CI)",
+                unsolved=[m.name for m in data.unsolved(task_label)] if data.by_task else unsolved))
         record("format_comparison", plots.plot_task_comparison(
             data.task_curves, train_lengths, figure_dir / "format_comparison",
             title=f"{data.name}: accuracy vs context length by evaluated task or format (95% CI)"))
@@ -406,8 +432,10 @@ def summary_table(out_dir: Path) -> Table:
     for length in data.lengths:
         table.add_column(_length_header(length, data.train_lengths), justify="right")
     for model in data.models:
-        label = f"{model.name} [red](did not learn)[/red]" if model.name in unsolved else model.name
         for task_label in data.tasks if several else [None]:
+            below = model.name in ({m.name for m in data.unsolved(task_label)} if data.by_task else unsolved)
+            label = f"{model.name} [red]({'below bar at T' if data.by_task else 'did not learn'})[/red]" if below \
+                else model.name
             curve = data.task_curves[task_label][model.name] if several else data.curves[model.name]
             points = {p.length: p.accuracy for p in curve}
             cells = []
