@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .measures import (NO_ESTIMATE, CellKey, Coverage, Estimate, Plan, cell_list, difference, format_spread,
-                       middle_index, pooled_estimate, select)
+                       middle_index, pooled_estimate, pooled_mean, select)
 from .stats import DEFAULT_MIN_TRAIN_ACCURACY, Cell, ModelSummary
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -193,6 +193,11 @@ def split_models(models: Sequence[ModelSummary], settings: Settings, cells: list
     return kept, excluded
 
 
+def accuracy_at(cells: Iterable[Cell], model: str, label: str, length: int) -> float:
+    """Accuracy of one model on one label at one length, pooled over seeds and depths; nan if none."""
+    return pooled_mean(c for c in cells if c.model == model and c.task == label and c.length == length)
+
+
 def solved_labels(cells: list[Cell], model: ModelSummary, plan: Plan | None,
                   settings: Settings) -> tuple[list[str], list[tuple[str, float]]]:
     """The labels (of `settings.labels`, else all) whose accuracy at T, pooled over seeds and depths,
@@ -200,9 +205,7 @@ def solved_labels(cells: list[Cell], model: ModelSummary, plan: Plan | None,
     labels = settings.labels or (plan.labels if plan is not None else sorted({c.task for c in cells}))
     solved, failed = [], []
     for label in labels:
-        at_t = [c for c in cells if c.model == model.name and c.task == label and c.length == model.train_length]
-        n = sum(c.n for c in at_t)
-        accuracy = sum(c.accuracy * c.n for c in at_t) / n if n else float("nan")
+        accuracy = accuracy_at(cells, model.name, label, model.train_length)
         if accuracy >= settings.min_train_accuracy:
             solved.append(label)
         else:

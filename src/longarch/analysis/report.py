@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ..store import Store
 from . import plots
+from .findings import accuracy_at
 from .measures_report import PARTIAL, analysis_sections, partial_seed_cells, settings_of
 from .render import MISSING, Block, render_html, render_markdown
 from .stats import (DEFAULT_MIN_TRAIN_ACCURACY, Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells,
@@ -67,13 +68,8 @@ class StudyData:
             return [m for m in self.models if not math.isnan(m.train_accuracy) and not m.solved(self.threshold)]
         if task is None:
             return []
-        out = []
-        for m in self.models:
-            at_t = [c for c in self.cells.values() if c.model == m.name and c.task == task and c.length == m.train_length]
-            n = sum(c.n for c in at_t)
-            if n and sum(c.accuracy * c.n for c in at_t) / n < self.threshold:
-                out.append(m)
-        return out
+        return [m for m in self.models
+                if accuracy_at(self.cells.values(), m.name, task, m.train_length) < self.threshold]  # nan: not below
 
     def missing_cells(self) -> int:
         planned = self.meta.get("planned_cells")
