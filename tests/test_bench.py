@@ -45,6 +45,34 @@ def test_peak_memory_sees_a_temporary_allocation():
     assert 0.9 * size <= m.peak_bytes <= 1.5 * size
 
 
+class _HandsAViewOfItsWeightOn(torch.nn.Module):
+    """As transformers' hub-kernel layers do (Mamba's causal_conv1d_forward since 5.25): a view of
+    a parameter, taken inside the forward, passed as an argument to a submodule."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(8, 8, 4, groups=8)
+        self.inner = _Scale()
+
+    def forward(self, x):
+        return self.inner(x, self.conv.weight.squeeze(1))
+
+
+class _Scale(torch.nn.Module):
+    def forward(self, x, weight):
+        return x * weight.sum()
+
+
+@pytest.mark.parametrize("mode", bench.MODES)
+def test_a_parameter_view_handed_to_a_submodule_is_measured_in_both_modes(mode):
+    # Under no_grad alone the view still says requires_grad, and the FLOP counter's module
+    # tracker failed on it ("Expected gradient function to be set").
+    module, x = _HandsAViewOfItsWeightOn(), torch.randn(2, 8)
+    m = bench.measure("view", mode, 1, 2, bench._calls(lambda: module(x), module, mode), repeats=1)
+    assert m.error is None and m.seconds > 0
+    assert all(p.requires_grad == (mode == "fwd+bwd") for p in module.parameters())
+
+
 def test_matmul_peak_is_a_rate():
     assert bench.matmul_peak(n=128, repeats=2) > 1e6
 

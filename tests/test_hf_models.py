@@ -2,11 +2,11 @@
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+import tokenizers
+import torch
+import transformers
 
-from longarch.models import hf  # noqa: E402
+from longarch.models import hf
 
 WORDS = ("the cat dog bird sat ran on under a mat tree house key value is was red blue green "
          "one two three four five what where who answer question").split()
@@ -263,7 +263,6 @@ def test_dtype_is_passed_through(zoo, tmp_path):
 def test_a_fitted_text_task_runs_through_a_model_and_is_scored(zoo, kind, tmp_path, monkeypatch):
     """The README's example end to end: a RULER-style sample fitted to the model's tokenizer, a
     greedy answer decoded through chunked prefill, scored as RULER scores it."""
-    pytest.importorskip("wonderwords")
     from longarch.tasks import text
 
     monkeypatch.setenv("LONGARCH_TEXT_CACHE", str(tmp_path))

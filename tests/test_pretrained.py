@@ -11,17 +11,16 @@ import sqlite3
 import pytest
 import yaml
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("wonderwords")
-from typer.testing import CliRunner  # noqa: E402
+import torch
+import transformers
+from typer.testing import CliRunner
 
-from longarch.analysis import pretrained_report  # noqa: E402
-from longarch.cli import app  # noqa: E402
-from longarch.config import ConfigError, load_study  # noqa: E402
-from longarch.pretrained import runner as pretrained_runner  # noqa: E402
-from longarch.store import ResultRow, Store  # noqa: E402
-from test_hf_models import KINDS, _config, word_tokenizer  # noqa: E402
+from longarch.analysis import pretrained_report
+from longarch.cli import app
+from longarch.config import ConfigError, load_study
+from longarch.pretrained import runner as pretrained_runner
+from longarch.store import ResultRow, Store
+from test_hf_models import KINDS, _config, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,6 +110,7 @@ def test_every_kind_end_to_end_with_marks_predictions_and_resume(checkpoints, tm
         assert {r.cell_id: r.seconds for r in store.results()} == {r.cell_id: r.seconds for r in results}
 
 
+@pytest.mark.slow
 def test_a_process_pool_gives_the_same_predictions_as_this_process(checkpoints, tmp_path):
     study = _write_study(tmp_path / "s.yaml", [{"model": f"hf:{checkpoints['mamba2']}", "name": "m"}],
                          [{"name": "niah_single_1", "knobs": {"max_new_tokens": 5}}], lengths=(1024,), samples=3)

@@ -31,6 +31,7 @@ def test_every_parameter_gets_a_gradient(name):
 
 
 @pytest.mark.parametrize("name", models.names())
+@pytest.mark.slow
 def test_short_training_lowers_the_loss(name):
     torch.manual_seed(0)
     model = models.build(name, vocab_size=TASK.vocab_size, d_model=24)

@@ -1,7 +1,10 @@
-"""The needle task's RULER family (niah single, multi-key, multi-value, multi-query; noise,
-random, text and needle haystacks): the layout, a reference solver finding every answer, fixed
-depths honoured within half a needle, random depths uniform, and the default samples pinned
-bit for bit to what the single-needle task generated before the family existed."""
+"""The needle task, RULER's NIAH family (single, multi-key, multi-value and multi-query needles;
+noise, random, text and needles haystacks; symbol, number and uuid keys and values): the layout
+and its disjoint alphabets, a reference solver finding every answer, exact lengths, what each
+haystack is made of, fixed depths honoured (one needle exactly, several within half a needle),
+random depths uniform, scoring, knobs and clear errors, and the default samples pinned bit for
+bit to what the single-needle task generated before the family existed. The checks every task
+shares are in test_task_registry.py."""
 
 from __future__ import annotations
 
@@ -13,34 +16,25 @@ import pytest
 from longarch import tasks
 from longarch.tasks.tokens.needle import QUERY
 
-# Hashes of tokens, answers and needle positions, taken from the single-needle generator before
-# the multi-needle knobs were added: existing knobs must keep generating the same samples.
-PINNED = [
-    ({}, 64, 100, 0, None, "9ceb20ac19120cec"),
-    ({}, 4096, 8, 1, None, "915ae8e5cb773c75"),
-    ({}, 300, 50, 2, 37.5, "95738acca65f9358"),
-    ({"haystack": "random"}, 200, 40, 3, None, "13962a94fc4ed243"),
-    ({"haystack": "text"}, 200, 40, 4, None, "cb9742b7e9a1681a"),
-    ({"haystack": "random", "key": "number", "value": "uuid"}, 300, 20, 5, None, "c2ece1efa9585e21"),
-    ({"haystack": "noise", "key": "uuid", "value": "number", "number_length": 5}, 300, 20, 6, 80, "320d93c2631aad99"),
-    ({"n_keys": 5, "n_values": 7, "n_filler": 3, "pattern_length": 3}, 100, 20, 7, None, "32342f61a8699f89"),
-]
-
-
-@pytest.mark.parametrize("knobs, length, n, seed, depth, digest", PINNED)
-def test_existing_knobs_generate_the_same_samples_as_before(knobs, length, n, seed, depth, digest):
-    samples = tasks.get("needle", **knobs).generate(length, n, seed=seed, depth=depth)
-    h = hashlib.sha256()
-    for array in (samples.tokens, samples.answers, samples.meta["needle_position"]):
-        h.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
-    assert h.hexdigest()[:16] == digest
-
-
+HAYSTACKS = ["noise", "random", "text"]
 FORMAT_LENGTH = {"symbol": 1, "number": 7, "uuid": 32}
 
 
 def _task(**knobs):
     return tasks.get("needle", **knobs)
+
+
+def _where(tokens: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return (tokens >= lo) & (tokens < hi)
+
+
+def _haystacks(samples) -> np.ndarray:
+    """Each single-needle sample with its needle and the final QUERY KEY removed."""
+    tokens, position = samples.tokens, samples.meta["needle_position"]
+    keep = np.ones(tokens.shape, dtype=bool)
+    keep[np.arange(len(samples)), position] = keep[np.arange(len(samples)), position + 1] = False
+    keep[:, -2:] = False
+    return tokens[keep].reshape(len(samples), -1)
 
 
 def _solve(task, tokens: np.ndarray) -> tuple[list, dict]:
@@ -63,6 +57,89 @@ def _solve(task, tokens: np.ndarray) -> tuple[list, dict]:
         found.setdefault(tuple(kept[i:i + k]), []).append(tuple(kept[i + k:i + k + v]))
     return [tuple(int(t) for t in row[1:]) for row in tail], found
 
+
+# ---------------------------------------------------------------- pinned samples
+
+# Hashes of tokens, answers and needle positions, taken from the single-needle generator before
+# the multi-needle knobs were added: existing knobs must keep generating the same samples.
+PINNED = [
+    ({}, 64, 100, 0, None, "9ceb20ac19120cec"),
+    ({}, 4096, 8, 1, None, "915ae8e5cb773c75"),
+    ({}, 300, 50, 2, 37.5, "95738acca65f9358"),
+    ({"haystack": "random"}, 200, 40, 3, None, "13962a94fc4ed243"),
+    ({"haystack": "text"}, 200, 40, 4, None, "cb9742b7e9a1681a"),
+    ({"haystack": "random", "key": "number", "value": "uuid"}, 300, 20, 5, None, "c2ece1efa9585e21"),
+    ({"haystack": "noise", "key": "uuid", "value": "number", "number_length": 5}, 300, 20, 6, 80, "320d93c2631aad99"),
+    ({"n_keys": 5, "n_values": 7, "n_filler": 3, "pattern_length": 3}, 100, 20, 7, None, "32342f61a8699f89"),
+]
+
+
+@pytest.mark.parametrize("knobs, length, n, seed, depth, digest", PINNED)
+def test_existing_knobs_generate_the_same_samples_as_before(knobs, length, n, seed, depth, digest):
+    samples = _task(**knobs).generate(length, n, seed=seed, depth=depth)
+    h = hashlib.sha256()
+    for array in (samples.tokens, samples.answers, samples.meta["needle_position"]):
+        h.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    assert h.hexdigest()[:16] == digest
+
+
+def test_generation_is_deterministic_in_the_seed():
+    task = _task(haystack="needles", needle_keys=3, values_per_key=2, queries=2)
+    a, b, c = (task.generate(300, 20, seed=s) for s in (1, 1, 2))
+    for key in ("tokens", "answers"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    for key in a.meta:
+        np.testing.assert_array_equal(a.meta[key], b.meta[key])
+    assert not np.array_equal(a.tokens, c.tokens)
+
+
+# ---------------------------------------------------------------- layout and alphabets
+
+
+@pytest.mark.parametrize("haystack", HAYSTACKS)
+def test_needle_alphabets_are_disjoint(haystack):
+    task = _task(haystack=haystack, n_keys=5, n_values=7, n_filler=3)
+    samples = task.generate(120, 50, seed=5)
+    tokens = samples.tokens
+    key0, value0, filler0 = 2, 2 + task.n_keys, 2 + task.n_keys + task.n_values
+    assert task.vocab_size == filler0 + task.n_filler
+    keys, values = _where(tokens, key0, value0), _where(tokens, value0, filler0)
+    fillers, queries = _where(tokens, filler0, task.vocab_size), tokens == QUERY
+    assert (keys | values | fillers | queries).all()  # nothing else, no padding 0
+    assert (keys.sum(1) == 2).all() and keys[:, -1].all()  # the needle key and the query key only
+    assert (values.sum(1) == 1).all()
+    assert (queries.sum(1) == 1).all() and queries[:, -2].all()
+    assert _where(samples.answers, value0, filler0).all()
+    if haystack != "text":  # text fillers print as words
+        assert {task.symbol(t)[0] for t in np.unique(tokens)} <= {"k", "v", "f", "Q"}
+
+
+def test_a_multi_needle_sample_decodes_symbol_by_symbol():
+    task = _task(needle_keys=3, values_per_key=2, queries=2, pattern_length=5)
+    samples = task.generate(41, 1, seed=3, depth=40)
+    tokens, meta = samples.tokens[0].tolist(), samples.meta
+    position = meta["needle_positions"][0].tolist()  # needle i*V + j: key i, value j
+    keys = [tokens[position[2 * i]] for i in range(3)]
+    values = [tokens[p + 1] for p in position]
+    assert len(set(keys)) == 3 and len(set(values)) == 6
+    assert all(2 <= key < 18 for key in keys) and all(18 <= value < 34 for value in values)
+    for i, p in enumerate(position):
+        assert tokens[p] == keys[i // 2]
+    assert tokens[-4:] == [QUERY, keys[0], QUERY, keys[1]]  # queries: the first two keys
+    assert meta["needle_queried"][0].tolist() == [True] * 4 + [False] * 2
+    # depth 40 of span 35 (body 37 - needle 2) is 14, inside the needle that without needle 0
+    # would start at 13: needle 0 moves to that needle's start and the other follows it
+    assert round(0.4 * (41 - 4 - 2)) == 14 and position[0] == 13 and position[3] == 15
+    haystack = [t for i, t in enumerate(tokens[:-4]) if not any(p <= i < p + 2 for p in position)]
+    assert len(haystack) == 41 - 4 - 12
+    assert haystack == list(np.resize(haystack[:5], len(haystack)))  # the repeated noise pattern
+    first = sorted(position[:2])  # key 0's values in body order, then key 1's
+    second = sorted(position[2:4])
+    assert samples.answers[0].tolist() == [tokens[p + 1] for p in first + second]
+    assert task.answer_length == 4 and task.item_length == 1 and task.min_length == 6 * 2 + 4 + 1
+
+
+# ---------------------------------------------------------------- the reference solver
 
 CONFIGS = [
     dict(),
@@ -105,30 +182,145 @@ def test_the_reference_solver_finds_every_answer(knobs):
         assert (samples.meta["needle_position"] == position[:, 0]).all()
 
 
-def test_a_multi_needle_sample_decodes_symbol_by_symbol():
-    task = _task(needle_keys=3, values_per_key=2, queries=2, pattern_length=5)
-    samples = task.generate(41, 1, seed=3, depth=40)
-    tokens, meta = samples.tokens[0].tolist(), samples.meta
-    position = meta["needle_positions"][0].tolist()  # needle i*V + j: key i, value j
-    keys = [tokens[position[2 * i]] for i in range(3)]
-    values = [tokens[p + 1] for p in position]
-    assert len(set(keys)) == 3 and len(set(values)) == 6
-    assert all(2 <= key < 18 for key in keys) and all(18 <= value < 34 for value in values)
-    for i, p in enumerate(position):
-        assert tokens[p] == keys[i // 2]
-    assert tokens[-4:] == [QUERY, keys[0], QUERY, keys[1]]  # queries: the first two keys
-    assert meta["needle_queried"][0].tolist() == [True] * 4 + [False] * 2
-    # depth 40 of span 35 (body 37 - needle 2) is 14, inside the needle that without needle 0
-    # would start at 13: needle 0 moves to that needle's start and the other follows it
-    assert round(0.4 * (41 - 4 - 2)) == 14 and position[0] == 13 and position[3] == 15
-    haystack = [t for i, t in enumerate(tokens[:-4]) if not any(p <= i < p + 2 for p in position)]
-    assert len(haystack) == 41 - 4 - 12
-    assert haystack == list(np.resize(haystack[:5], len(haystack)))  # the repeated noise pattern
-    first = sorted(position[:2])  # key 0's values in body order, then key 1's
-    second = sorted(position[2:4])
-    assert samples.answers[0].tolist() == [tokens[p + 1] for p in first + second]
-    assert task.answer_length == 4 and task.item_length == 1 and task.min_length == 6 * 2 + 4 + 1
+def test_values_and_keys_stay_distinct_in_a_small_space():
+    task = _task(key="number", value="number", number_length=1, needle_keys=9, values_per_key=1, queries=9,
+                 haystack="needles")
+    samples = task.generate(400, 200, seed=8)
+    keys = samples.tokens[:, -9 * 2:].reshape(200, 9, 2)[:, :, 1]
+    assert all(len(set(row)) == 9 for row in keys.tolist())
+    assert all(len(set(row)) == 9 for row in samples.answers.tolist())
+    for tokens, answer in zip(samples.tokens[:20], samples.answers[:20]):
+        queried, found = _solve(task, tokens)
+        assert answer.tolist() == [t for key in queried for value in found[key] for t in value]
 
+
+# ---------------------------------------------------------------- formats and exact lengths
+
+
+@pytest.mark.parametrize("key, value", [("number", "symbol"), ("symbol", "uuid"), ("uuid", "number"),
+                                        ("number", "number")])
+@pytest.mark.parametrize("length", [None, 64, 1000])  # None: the format's minimum
+def test_number_and_uuid_formats_have_exact_lengths_and_find_their_needle(key, value, length):
+    task = _task(haystack="random", key=key, value=value)
+    k, v = FORMAT_LENGTH[key], FORMAT_LENGTH[value]
+    assert task.min_length == 2 * k + v + 2 and task.answer_length == v
+    length = max(length or 0, task.min_length)
+    samples = task.generate(length, 30, seed=12, depth=50)
+    assert samples.tokens.shape == (30, length) and samples.answers.shape == (30, v)
+    rows = np.arange(30)[:, None]
+    position = samples.meta["needle_position"][:, None]
+    needle = samples.tokens[rows, position + np.arange(k + v)]
+    assert np.array_equal(needle[:, :k], samples.tokens[:, -k:])  # the queried key is the needle's
+    assert np.array_equal(needle[:, k:], samples.answers)
+    assert (samples.tokens[:, -k - 1] == QUERY).all()
+    digits = {"symbol": None, "number": set("0123456789"), "uuid": set("0123456789abcdef")}
+    for fmt, part in ((key, needle[:, :k]), (value, samples.answers)):
+        if digits[fmt]:
+            assert {task.symbol(int(t)) for t in part.ravel()} <= digits[fmt]
+    assert task.vocab_size == 2 + 16 * 3 + 16 and samples.tokens.max() < task.vocab_size
+    with pytest.raises(ValueError, match=f"minimum {task.min_length}"):
+        task.generate(task.min_length - 1, 1, seed=0)
+
+
+def test_exact_lengths_and_the_minimum():
+    task = _task(haystack="needles", key="number", needle_keys=3, values_per_key=2, queries=2)
+    m = 7 + 1
+    assert task.min_length == 6 * m + 2 * (1 + 7) + 1
+    for length in (task.min_length, task.min_length + 1, task.min_length + 7, 999):
+        assert task.generate(length, 5, seed=length).tokens.shape == (5, length)
+    big = task.generate(1_000_000, 2, seed=7)
+    assert big.tokens.shape == (2, 1_000_000) and big.answers.shape == (2, 4)
+    for tokens, answer in zip(big.tokens, big.answers):
+        queried, found = _solve(task, tokens)
+        assert answer.tolist() == [t for key in queried for value in found[key] for t in value]
+    with pytest.raises(ValueError, match=f"minimum {task.min_length}"):
+        task.generate(task.min_length - 1, 2, seed=0)
+
+
+def test_uuid_length_sets_the_hex_string_and_joins_the_knobs_only_when_changed():
+    full, short = _task(value="uuid"), _task(value="uuid", uuid_length=8)
+    assert "uuid_length" not in full.knobs and short.knobs["uuid_length"] == 8  # old ids unchanged
+    assert full.item_length == 32 and short.item_length == 8
+    samples = short.generate(64, 50, seed=3)
+    hex0 = short._hex0
+    assert samples.answers.shape == (50, 8) and ((samples.answers >= hex0) & (samples.answers < hex0 + 16)).all()
+    with pytest.raises(ValueError, match="uuid_length must be >= 1"):
+        _task(value="uuid", uuid_length=0)
+
+
+# ---------------------------------------------------------------- haystacks
+
+
+def test_noise_haystack_is_one_fixed_pattern():
+    task = _task(haystack="noise", pattern_length=5)
+    a = _haystacks(task.generate(60, 20, seed=6))
+    b = _haystacks(task.generate(60, 20, seed=7, depth=30))
+    assert (a == a[0]).all() and (b == a[0]).all()
+    np.testing.assert_array_equal(a[0], np.resize(a[0][:5], 56))  # a repeated 5-symbol pattern
+
+
+def test_random_haystack_differs_between_samples():
+    haystacks = _haystacks(_task(haystack="random").generate(60, 20, seed=6))
+    assert len({row.tobytes() for row in haystacks}) == 20
+
+
+def test_text_haystack_is_running_english_from_the_corpus():
+    from longarch.tasks.corpus import load_corpus
+
+    task = _task(haystack="text", n_filler=101)
+    stream = load_corpus(n_words=100)
+    absolute = _haystacks(task.generate(300, 8, seed=10, depth=40))
+    haystacks = absolute - (task.vocab_size - task.n_filler)  # as corpus ids
+    assert haystacks.min() >= 0 and haystacks.max() <= 100
+    assert len({row.tobytes() for row in haystacks}) == 8  # different passages per sample
+    k = 32  # every haystack's opening words occur in this order in the corpus
+    windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([stream.ids, stream.ids[:k]]), k)
+    for row in haystacks:
+        assert (windows[:len(stream.ids)] == row[:k]).all(axis=1).any()
+    words = {task.symbol(int(t)) for t in absolute.ravel()}
+    assert {"the", "a", "<unk>"} <= words
+
+
+def test_text_haystack_from_a_user_corpus(tmp_path):
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("alpha beta gamma delta " * 50, encoding="utf-8")
+    task = _task(haystack="text", corpus=str(corpus), n_filler=5)
+    samples = task.generate(64, 4, seed=11)
+    words = [task.symbol(int(t)) for t in _haystacks(samples)[0]]
+    cycle = ["alpha", "beta", "gamma", "delta"]
+    start = cycle.index(words[0])
+    assert words == [cycle[(start + i) % 4] for i in range(len(words))]
+    assert samples.knobs["corpus"] == str(corpus)
+
+
+def test_a_missing_corpus_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _task(haystack="text", corpus=str(tmp_path / "missing.txt"))
+
+
+def test_a_needle_haystack_is_distractor_needles_after_some_filler():
+    task = _task(haystack="needles", n_keys=3, needle_keys=2, key="symbol")
+    samples = task.generate(50, 100, seed=5, depth=30)  # body 48: 2 needles, H = 44: 22 distractors
+    assert (samples.meta["distractors"] == 22).all()
+    pairs = samples.tokens[:, :-2].reshape(100, 24, 2)  # the whole body is KEY VALUE pairs
+    assert ((pairs[:, :, 0] >= 2) & (pairs[:, :, 0] < 5)).all() and ((pairs[:, :, 1] >= 5) & (pairs[:, :, 1] < 21)).all()
+    assert ((pairs[:, :, 0] == samples.tokens[:, -1:]).sum(axis=1) == 1).all()  # the queried key once
+    real = samples.tokens[np.arange(100)[:, None], samples.meta["needle_positions"]]  # (n, 2) the two keys
+    third = 2 + 3 + 4 - real.sum(axis=1)  # three key symbols, two real: every distractor has the third
+    assert ((pairs[:, :, 0] == third[:, None]).sum(axis=1) == 22).all()
+    odd = task.generate(51, 100, seed=6)  # H = 45: one filler symbol, then 22 distractors
+    position = odd.meta["needle_positions"]
+    keep = np.ones(odd.tokens.shape, dtype=bool)
+    for j in range(2):
+        keep[np.arange(100), position[:, j]] = keep[np.arange(100), position[:, j] + 1] = False
+    haystack = odd.tokens[keep].reshape(100, -1)[:, :-2]  # (n, 45)
+    assert (haystack[:, 0] >= 21).all() and (haystack[:, 1:] < 21).all()
+    body = odd.tokens[:, :-2]
+    pairs = body[body < 21].reshape(100, 24, 2)  # no needle splits a pair: less the filler, all pairs
+    assert ((pairs[:, :, 0] < 5) & (pairs[:, :, 1] >= 5)).all()
+
+
+# ---------------------------------------------------------------- depth
 
 DEPTH_CONFIGS = [
     dict(), dict(haystack="needles"), dict(haystack="text", needle_keys=3, values_per_key=2),
@@ -138,29 +330,36 @@ DEPTH_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("knobs", DEPTH_CONFIGS)
-def test_fixed_depths_are_honoured_within_half_a_needle(knobs):
+def depth_seed(length: int, depth: float) -> int:
+    return length * 1000 + int(depth * 10)
+
+
+@pytest.mark.parametrize("knobs", DEPTH_CONFIGS + [dict(haystack="random"), dict(haystack="text")])
+def test_fixed_depths_are_honoured_within_half_a_needle_and_exactly_for_one(knobs):
     task = _task(**knobs)
-    m = task._needle_length
-    for length in sorted({task.min_length, task.min_length + 1, task.min_length + 7, 1000, 4097, 100_000}):
+    m, k = task._needle_length, task._format_length(task.key)
+    alone = task.needle_keys * task.values_per_key == 1 and task.haystack != "needles"  # nothing moves it
+    low = task.min_length
+    for length in sorted({low, low + 1, low + 2, low + 7, 1000, 4097, 100_000}):
         n = 2 if length > 5000 else 40
-        span = length - task._tail_length - m  # the first queried needle starts in 0..span
+        tail = length - task._tail_length
+        span = tail - m  # the first queried needle starts in 0..span
         for depth in (0, 1, 10, 25, 33.3, 50, 66.7, 90, 99, 100):
             samples = task.generate(length, n, seed=depth_seed(length, depth), depth=depth)
             position = samples.meta["needle_position"]
+            assert ((0 <= position) & (position <= span)).all(), (length, depth)
             assert (np.abs(position - depth / 100 * span) <= m / 2 + 0.5).all(), (length, depth)
+            if alone:  # round half to even: span 1 at depth 50 is 0, span 3 is 2
+                assert (position == np.rint(depth / 100 * span)).all(), (length, depth)
             assert (np.abs(samples.meta["needle_depth"] - depth) <= 100 * m / span).all()  # within one needle
             np.testing.assert_allclose(samples.meta["needle_depth"], 100 * position / span)
             rows = np.arange(n)[:, None]
             needle = samples.tokens[rows, position[:, None] + np.arange(m)]
-            k = m - task.item_length
-            assert (needle[:, :k] == samples.tokens[:, length - task._tail_length + 1:][:, :k]).all()
+            assert (needle[:, :k] == samples.tokens[:, tail + 1:tail + 1 + k]).all()  # the first queried key
+            assert (samples.tokens[:, tail] == QUERY).all()
             items = samples.answers.reshape(n, -1, task.item_length)  # its value is an answer item
             assert (needle[:, None, k:] == items).all(axis=2).any(axis=1).all()
-
-
-def depth_seed(length: int, depth: float) -> int:
-    return length * 1000 + int(depth * 10)
+            assert (samples.meta["length"] == length).all()
 
 
 def _ks_uniform(x: np.ndarray) -> float:
@@ -186,6 +385,33 @@ def test_random_depths_are_uniform(knobs):
     others = samples.meta["needle_depths"][:, 1:] / 100  # the other needles spread too
     if others.size:
         assert others.min() < 0.02 and others.max() > 0.98
+    k, tail = task._format_length(task.key), length - task._tail_length  # and the needle is where meta says
+    key = samples.tokens[np.arange(n)[:, None], samples.meta["needle_position"][:, None] + np.arange(k)]
+    assert (key == samples.tokens[:, tail + 1:tail + 1 + k]).all() and (samples.tokens[:, tail] == QUERY).all()
+
+
+def test_random_depths_reach_every_start():
+    samples = _task().generate(204, 4000, seed=8)  # span 200: starts 0..200, depths 0..100
+    np.testing.assert_array_equal(np.unique(samples.meta["needle_position"]), np.arange(201))
+
+
+@pytest.mark.parametrize("depth", [101, -0.001, float("nan")])  # -1 and 100.5: test_task_registry.py
+def test_needle_depth_outside_range_is_an_error(depth):
+    with pytest.raises(ValueError, match="^needle: depth .* is outside 0-100"):
+        _task().generate(20, 2, seed=0, depth=depth)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def test_multi_symbol_values_are_scored_all_or_nothing():
+    task = _task(value="number")
+    samples = task.generate(40, 3, seed=13)
+    digit0 = task.vocab_size - 16
+    predictions = samples.answers.copy()
+    predictions[1, 3] = digit0 + (predictions[1, 3] - digit0 + 1) % 10  # one digit wrong
+    predictions[2] = digit0 + (predictions[2] - digit0 + 1) % 10  # every digit wrong
+    assert task.score(samples, predictions).tolist() == [1.0, 0.0, 0.0]
 
 
 def test_multi_value_answers_are_scored_as_a_set():
@@ -206,67 +432,27 @@ def test_multi_value_answers_are_scored_as_a_set():
     np.testing.assert_allclose(task.score(samples, twice.reshape(50, 42)), np.full(50, 5 / 6))
 
 
-def test_a_needle_haystack_is_distractor_needles_after_some_filler():
-    task = _task(haystack="needles", n_keys=3, needle_keys=2, key="symbol")
-    samples = task.generate(50, 100, seed=5, depth=30)  # body 48: 2 needles, H = 44: 22 distractors
-    assert (samples.meta["distractors"] == 22).all()
-    pairs = samples.tokens[:, :-2].reshape(100, 24, 2)  # the whole body is KEY VALUE pairs
-    assert ((pairs[:, :, 0] >= 2) & (pairs[:, :, 0] < 5)).all() and ((pairs[:, :, 1] >= 5) & (pairs[:, :, 1] < 21)).all()
-    assert ((pairs[:, :, 0] == samples.tokens[:, -1:]).sum(axis=1) == 1).all()  # the queried key once
-    real = samples.tokens[np.arange(100)[:, None], samples.meta["needle_positions"]]  # (n, 2) the two keys
-    third = 2 + 3 + 4 - real.sum(axis=1)  # three key symbols, two real: every distractor has the third
-    assert ((pairs[:, :, 0] == third[:, None]).sum(axis=1) == 22).all()
-    odd = task.generate(51, 100, seed=6)  # H = 45: one filler symbol, then 22 distractors
-    position = odd.meta["needle_positions"]
-    keep = np.ones(odd.tokens.shape, dtype=bool)
-    for j in range(2):
-        keep[np.arange(100), position[:, j]] = keep[np.arange(100), position[:, j] + 1] = False
-    haystack = odd.tokens[keep].reshape(100, -1)[:, :-2]  # (n, 45)
-    assert (haystack[:, 0] >= 21).all() and (haystack[:, 1:] < 21).all()
-    body = odd.tokens[:, :-2]
-    pairs = body[body < 21].reshape(100, 24, 2)  # no needle splits a pair: less the filler, all pairs
-    assert ((pairs[:, :, 0] < 5) & (pairs[:, :, 1] >= 5)).all()
+def test_exact_match_averages_all_or_nothing_items():
+    from longarch.tasks import exact_match
+
+    answers = np.array([[1, 2, 3, 4], [1, 2, 3, 4]])
+    predictions = np.array([[1, 2, 3, 0], [1, 2, 3, 4]])
+    assert exact_match(answers, predictions).tolist() == [0.75, 1.0]  # items of one symbol
+    assert exact_match(answers, predictions, item_length=2).tolist() == [0.5, 1.0]
+    assert exact_match(answers, predictions, item_length=4).tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="items of 3"):
+        exact_match(answers, predictions, item_length=3)
 
 
-def test_exact_lengths_and_the_minimum():
-    task = _task(haystack="needles", key="number", needle_keys=3, values_per_key=2, queries=2)
-    m = 7 + 1
-    assert task.min_length == 6 * m + 2 * (1 + 7) + 1
-    for length in (task.min_length, task.min_length + 1, task.min_length + 7, 999):
-        assert task.generate(length, 5, seed=length).tokens.shape == (5, length)
-    big = task.generate(1_000_000, 2, seed=7)
-    assert big.tokens.shape == (2, 1_000_000) and big.answers.shape == (2, 4)
-    for tokens, answer in zip(big.tokens, big.answers):
-        queried, found = _solve(task, tokens)
-        assert answer.tolist() == [t for key in queried for value in found[key] for t in value]
-    with pytest.raises(ValueError, match=f"minimum {task.min_length}"):
-        task.generate(task.min_length - 1, 2, seed=0)
+# ---------------------------------------------------------------- knobs and errors
 
 
-def test_generation_is_deterministic_in_the_seed():
-    task = _task(haystack="needles", needle_keys=3, values_per_key=2, queries=2)
-    a, b, c = (task.generate(300, 20, seed=s) for s in (1, 1, 2))
-    for key in ("tokens", "answers"):
-        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
-    for key in a.meta:
-        np.testing.assert_array_equal(a.meta[key], b.meta[key])
-    assert not np.array_equal(a.tokens, c.tokens)
-
-
-def test_values_and_keys_stay_distinct_in_a_small_space():
-    task = _task(key="number", value="number", number_length=1, needle_keys=9, values_per_key=1, queries=9,
-                 haystack="needles")
-    samples = task.generate(400, 200, seed=8)
-    keys = samples.tokens[:, -9 * 2:].reshape(200, 9, 2)[:, :, 1]
-    assert all(len(set(row)) == 9 for row in keys.tolist())
-    assert all(len(set(row)) == 9 for row in samples.answers.tolist())
-    for tokens, answer in zip(samples.tokens[:20], samples.answers[:20]):
-        queried, found = _solve(task, tokens)
-        assert answer.tolist() == [t for key in queried for value in found[key] for t in value]
-
-
-def test_knobs_leave_out_the_counts_at_their_defaults():
+def test_knobs_leave_out_what_is_at_its_default():
+    """Stored results are keyed by the task's knobs: a knob added later (the corpus, the formats,
+    the counts) must not change the key of a study that leaves it at its default."""
     assert set(_task().knobs) == {"n_keys", "n_values", "n_filler", "haystack", "pattern_length"}
+    assert "corpus" not in _task(haystack="text").knobs
+    assert _task(value="uuid").knobs["value"] == "uuid"
     knobs = _task(needle_keys=3, queries=2).knobs
     assert knobs["needle_keys"] == 3 and knobs["queries"] == 2 and "values_per_key" not in knobs
     assert _task(haystack="needles").knobs["haystack"] == "needles"
@@ -274,27 +460,24 @@ def test_knobs_leave_out_the_counts_at_their_defaults():
 
 
 @pytest.mark.parametrize("knobs, message", [
+    (dict(n_keys=0), "n_keys must be >= 1"),
+    (dict(n_values=0), "n_values must be >= 1"),
+    (dict(n_filler=0), "n_filler must be >= 1"),
+    (dict(pattern_length=0), "pattern_length must be >= 1"),
+    (dict(value="number", number_length=0), "number_length must be >= 1"),
     (dict(needle_keys=0), "needle_keys must be >= 1"),
     (dict(values_per_key=0), "values_per_key must be >= 1"),
     (dict(queries=True), "queries must be an integer"),
+    (dict(key="hex"), "key must be one of symbol, number, uuid"),
+    (dict(haystack="zeros"), "haystack must be one of noise, random, text, needles"),
+    (dict(haystack="text", n_filler=1), "a text haystack needs n_filler >= 2"),
+    (dict(haystack="noise", corpus="x.txt"), "corpus is only used with haystack='text'"),
     (dict(needle_keys=2, queries=3), r"queries \(3\) must be <= needle_keys \(2\)"),
     (dict(n_keys=4, needle_keys=5, queries=1), "5 distinct keys need 5 keys, but key='symbol' has 4"),
     (dict(n_keys=4, needle_keys=4, haystack="needles"), "plus distractor keys need 5 keys"),
     (dict(key="number", number_length=1, needle_keys=10, haystack="needles"), "has 10"),
     (dict(n_values=5, needle_keys=2, values_per_key=3), "6 distinct values do not fit value='symbol'"),
-    (dict(haystack="zeros"), "haystack must be one of noise, random, text, needles"),
 ])
 def test_bad_knobs_are_clear_errors(knobs, message):
     with pytest.raises(ValueError, match=f"^needle: .*{message}"):
         _task(**knobs)
-
-
-def test_uuid_length_sets_the_hex_string_and_joins_the_knobs_only_when_changed():
-    full, short = _task(value="uuid"), _task(value="uuid", uuid_length=8)
-    assert "uuid_length" not in full.knobs and short.knobs["uuid_length"] == 8  # old ids unchanged
-    assert full.item_length == 32 and short.item_length == 8
-    samples = short.generate(64, 50, seed=3)
-    hex0 = short._hex0
-    assert samples.answers.shape == (50, 8) and ((samples.answers >= hex0) & (samples.answers < hex0 + 16)).all()
-    with pytest.raises(ValueError, match="uuid_length must be >= 1"):
-        _task(value="uuid", uuid_length=0)

@@ -8,12 +8,9 @@ import re
 
 import pytest
 
-pytest.importorskip("wonderwords")
-pytest.importorskip("tokenizers")
-
-from longarch.tasks import text as T  # noqa: E402
-from longarch.tasks.text.fit import largest_fitting  # noqa: E402
-from test_text_support import bpe_tokenizer, n_tokens, write_hotpot, write_squad  # noqa: E402
+from longarch.tasks import text as T
+from longarch.tasks.text.fit import largest_fitting
+from test_text_support import bpe_tokenizer, n_tokens, write_hotpot, write_squad
 
 LENGTHS = [1024, 2048, 4096, 8192, 16384]
 SEEDS = [0, 1]

@@ -7,13 +7,10 @@ import re
 
 import pytest
 
-pytest.importorskip("wonderwords")
-pytest.importorskip("tokenizers")
-
-from longarch.tasks import text as T  # noqa: E402
-from longarch.tasks.text import haystack  # noqa: E402
-from longarch.tasks.text.aggregation import zeta  # noqa: E402
-from test_text_support import bpe_tokenizer, n_tokens  # noqa: E402
+from longarch.tasks import text as T
+from longarch.tasks.text import haystack
+from longarch.tasks.text.aggregation import zeta
+from test_text_support import bpe_tokenizer, n_tokens
 
 
 @pytest.fixture(scope="module")

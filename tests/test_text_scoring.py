@@ -5,11 +5,9 @@ of predictions (scripts/eval/evaluate.py: strip, control characters to newlines,
 
 import pytest
 
-pytest.importorskip("wonderwords")
-
-from longarch.tasks import text as T  # noqa: E402
-from longarch.tasks.text.scoring import postprocess, score, string_match_all, string_match_part  # noqa: E402
-from test_text_support import write_hotpot, write_squad  # noqa: E402
+from longarch.tasks import text as T
+from longarch.tasks.text.scoring import postprocess, score, string_match_all, string_match_part
+from test_text_support import write_hotpot, write_squad
 
 
 @pytest.fixture(scope="module")

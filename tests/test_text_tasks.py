@@ -4,12 +4,9 @@ metrics in test_text_scoring.py, template files in test_text_templates.py."""
 
 import pytest
 
-pytest.importorskip("wonderwords")
-pytest.importorskip("tokenizers")
-
-from longarch.tasks import text as T  # noqa: E402
-from longarch.tasks.text import fit as fitmod  # noqa: E402
-from test_text_support import bpe_tokenizer, write_hotpot, write_squad  # noqa: E402
+from longarch.tasks import text as T
+from longarch.tasks.text import fit as fitmod
+from test_text_support import bpe_tokenizer, write_hotpot, write_squad
 
 SYNTHETIC = [n for n in T.names() if not n.startswith("qa_")]
 

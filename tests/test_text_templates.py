@@ -4,10 +4,8 @@ import json
 
 import pytest
 
-pytest.importorskip("wonderwords")
-
-from longarch.tasks import text as T  # noqa: E402
-from test_text_support import write_squad  # noqa: E402
+from longarch.tasks import text as T
+from test_text_support import bpe_tokenizer, write_squad
 
 MADE_UP = """
 niah:
@@ -66,7 +64,7 @@ def test_prompts_use_the_file(table, tmp_path):
 
 
 def test_fitting_with_a_template_file(table):
-    tokenizer = pytest.importorskip("test_text_support").bpe_tokenizer()
+    tokenizer = bpe_tokenizer()
     s = T.fit_sample(T.get("niah_multiquery", **table["niah_multiquery"]), tokenizer, 2048, seed=0)
     assert 0.95 * 2048 <= s.metadata["total_tokens"] <= 2048 and s.prompt.startswith("Some hidden numbers")
 

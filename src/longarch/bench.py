@@ -144,12 +144,18 @@ def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
 def _calls(module_call: Callable[[], torch.Tensor], module: torch.nn.Module, mode: str) -> Callable[[], None]:
     """A call that runs the forward (and backward) of `module_call`, which runs `module`."""
     def forward():
+        # No parameter asks for a gradient, so no tensor of the call does. no_grad alone is not
+        # enough: a view of a parameter taken under no_grad still says requires_grad, and torch's
+        # module tracker (inside the FLOP counter) then fails on it when the view is handed to a
+        # submodule, as transformers' hub-kernel layers do with a convolution's weight.
         module.eval()
+        module.requires_grad_(False)
         with torch.no_grad():
             module_call()
 
     def forward_backward():
         module.train()
+        module.requires_grad_(True)
         module.zero_grad(set_to_none=True)
         module_call().float().square().mean().backward()
 

@@ -37,7 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load as load_weights
 from safetensors.torch import save as save_weights
 
-from . import models
+from . import faults, models
 from .backends import describe_error, make_backend
 from .config import Study, resolve_overrides
 from .evaluate import evaluate_samples
@@ -172,7 +172,7 @@ def train_job(job: TrainJob) -> Trained:
     torch.manual_seed(plan_.seed)  # identical initialisation for a given seed
     model = models.LanguageModel(plan_.config)
     spec = plan_.train_spec
-    result = train(model, job.task, spec, plan_.seed)
+    result = train(model, job.task, spec, plan_.seed, on_step=lambda step, loss: faults.reached("step"))
     weights = save_weights({k: v.contiguous() for k, v in model.state_dict().items()},
                            metadata={"model_id": plan_.model_id, "arch": plan_.arch})
     row = ModelRow(
@@ -248,7 +248,7 @@ def _write_checkpoint(path: Path, weights: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as file:
-        file.write(weights)
+        faults.write(file, weights)
         file.flush()
         os.fsync(file.fileno())
     tmp.replace(path)
@@ -349,6 +349,7 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
                             _write_checkpoint(path, result.weights)
                             result.row.checkpoint = str(path)
                             store.put_model(result.row)
+                            faults.reached("model")
                             store.clear_failure(item_id)
                             weights[item.model_id] = result.weights
                             log.info("%s: training accuracy %.4f in %.1f s", _what(item), result.row.train_accuracy,
@@ -358,6 +359,7 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
                             submit_cells(item)
                         else:
                             store.put_result(result)
+                            faults.reached("cell")
                             store.clear_failure(item_id)
                             log.info("%s: accuracy %.4f", _what(item), result.accuracy)
                             progress.update(eval_bar, advance=1, info=_what(item))

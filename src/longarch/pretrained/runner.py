@@ -23,6 +23,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .. import faults
 from ..backends import describe_error, make_backend
 from ..runner import _logger, _progress, content_id, eval_seed, finish, provenance
 from ..store import ResultRow, Store
@@ -286,6 +287,7 @@ def run_pretrained(study: PretrainedStudy, out: Path, console: Console | None = 
                                              {**result.model_info, "template": cell.model.template or study.eval.template,
                                               "tokenizer": cell.model.tokenizer})
                         store.put_result(result.row)
+                        faults.reached("cell")
                         store.clear_failure(cell.cell_id)
                         log.info("%s: score %.2f", _what(cell), 100 * result.row.accuracy)
                         progress.update(bar, advance=1, info=f"{_what(cell)}: {100 * result.row.accuracy:.1f}")

@@ -1,0 +1,59 @@
+"""The install: every dependency pyproject.toml declares is importable here in its declared range
+(a missing one fails the suite instead of skipping tests), and the committed lock
+(requirements/*.txt, `make lock`) pins each of them inside that range, one version per package
+across the three files."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+LOCKS = {"runtime": [], "test": ["test"], "ray": ["ray"]}
+
+
+def declared(extras: list[str]) -> list[Requirement]:
+    lines = PROJECT["dependencies"] + [r for extra in extras for r in PROJECT["optional-dependencies"][extra]]
+    return [Requirement(line) for line in lines]
+
+
+def pins(lock: str) -> dict[str, str]:
+    """name -> version of every `name==version` line of requirements/<lock>.txt."""
+    out = {}
+    for line in (ROOT / "requirements" / f"{lock}.txt").read_text().splitlines():
+        if line and not line.startswith((" ", "#", "-")):
+            name, version = line.split("==")
+            out[canonicalize_name(name)] = version.strip()
+    return out
+
+
+@pytest.mark.parametrize("requirement", declared(["test"]), ids=str)
+def test_every_declared_dependency_is_installed_in_its_range(requirement):
+    version = metadata.version(requirement.name)  # PackageNotFoundError: the install is broken
+    assert requirement.specifier.contains(version, prereleases=True), (requirement, version)
+
+
+@pytest.mark.parametrize("lock, extras", LOCKS.items())
+def test_the_lock_pins_every_declared_dependency_in_its_range(lock, extras):
+    pinned = pins(lock)
+    for requirement in declared(extras):
+        name = canonicalize_name(requirement.name)
+        if name == "torch":  # pinned exactly by pyproject.toml itself, so a CUDA build can stand in
+            assert str(requirement.specifier).startswith("=="), requirement
+            continue
+        assert name in pinned, f"{name} is missing from requirements/{lock}.txt: run `make lock`"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (lock, requirement, pinned[name])
+    assert "setuptools" in pinned  # the build backend, installed before the package
+
+
+def test_the_locks_agree_on_every_shared_package():
+    test = pins("test")
+    for lock in ("runtime", "ray"):
+        differ = {n: (v, test.get(n)) for n, v in pins(lock).items() if test.get(n, v) != v}
+        assert not differ, f"requirements/{lock}.txt and test.txt differ: {differ}"
