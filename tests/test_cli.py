@@ -109,3 +109,22 @@ def test_bad_study_leaves_stored_results_alone(tmp_path):
     assert result.exit_code == 2
     assert (out / "results.sqlite").read_bytes() == b"kept"
     assert sorted(p.name for p in out.iterdir()) == ["results.sqlite"]
+
+
+def test_status_reads_a_store_written_before_issue_15(tmp_path):
+    """A stored config with the old names (top-level min_train_accuracy, analysis.threshold in
+    percent, claim-2 settings that no longer exist) is still a study `status` can read."""
+    from longarch.config import load_study
+    from longarch.store import Store
+
+    old = {k: v for k, v in load_study("smoke").model_dump(mode="json").items() if k != "analysis"}
+    old.update(min_train_accuracy=0.95, analysis={"threshold": 85.6, "labels": None, "gate": None, "chance": 0.0,
+                                                  "level": 0.95, "min_drop": 0.2, "factor": 2, "nontrivial": 0.1,
+                                                  "collapsed": 0.05, "small_spread": 0.1, "large_spread": 0.3})
+    out = tmp_path / "old"
+    out.mkdir()
+    with Store(out / "results.sqlite") as store:
+        store.set_meta("config", old)
+    result = cli.invoke(app, ["status", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "smoke" in result.output and "0 of 2 trained" in result.output

@@ -180,6 +180,21 @@ MALFORMED = [
     ("missing-eval-corpus", _set("eval.tasks", [{"name": "needle", "knobs": {"haystack": "text",
                                                                              "corpus": "/no/such/corpus.txt"}}]),
      ["/no/such/corpus.txt", "does not exist"]),
+    # the analysis settings (analysis/settings.py): a name from before issue 15 is refused with its new name
+    ("renamed-min-train-accuracy", _set("min_train_accuracy", 0.9),
+     ["'min_train_accuracy' was renamed", "use analysis.learned_bar_fraction"]),
+    ("renamed-analysis-threshold", _set("analysis", {"threshold": 85.6}),
+     ["analysis: 'threshold' was renamed", "effective_length_bar_fraction", "85.6 -> 0.856"]),
+    ("renamed-analysis-level", _set("analysis", {"level": 0.9}), ["'level' was renamed", "interval_level_fraction"]),
+    ("renamed-analysis-min-drop", _set("analysis", {"min_drop": 0.3}), ["'min_drop' was renamed", "sharp_drop_fraction"]),
+    ("retired-analysis-chance", _set("analysis", {"chance": 0.1}), ["'chance' was renamed", "none: claim 2"]),
+    ("analysis-bar-as-percent", _set("analysis", {"effective_length_bar_fraction": 85.6}),
+     ["analysis.effective_length_bar_fraction", "less than or equal to 1"]),
+    ("analysis-learned-bar-above-one", _set("analysis", {"learned_bar_fraction": 1.5}),
+     ["analysis.learned_bar_fraction", "less than or equal to 1"]),
+    ("analysis-unknown-key", _set("analysis", {"learned_bar": 0.9}), ["unknown key", "analysis.learned_bar"]),
+    ("analysis-bad-gate", _set("analysis", {"gate": "seed"}), ["analysis.gate"]),
+    ("analysis-unknown-label", _set("analysis", {"labels": ["nedle"]}), ["analysis: 'nedle' is not an eval task label"]),
     ("invalid-yaml", "name: [tiny\ntrain: {length: 16}\n", ["not valid YAML"]),
     ("invalid-yaml-indent", "name: tiny\n  train: 3\n", ["not valid YAML", "line 2"]),
     ("yaml-list", "- transformer\n- mamba2\n", ["mapping"]),
@@ -261,3 +276,36 @@ def test_corpus_option_reaches_every_text_task(tmp_path):
         load_study(str(_write(tmp_path, VALID)), corpus=str(corpus))
     with pytest.raises(ConfigError, match="does not exist"):
         load_study(str(_write(tmp_path, data)), corpus=str(tmp_path / "absent.txt"))
+
+
+# ---------------------------------------------------------------- the analysis settings
+
+
+def test_the_analysis_block_is_the_one_definition(tmp_path):
+    from longarch.analysis.settings import AnalysisSettings
+
+    study = load_study(str(_write(tmp_path, {**VALID, "analysis": {
+        "learned_bar_fraction": 0.9, "effective_length_bar_fraction": 0.5, "labels": ["needle"], "gate": "label"}})))
+    assert isinstance(study.analysis, AnalysisSettings)
+    assert (study.analysis.learned_bar_fraction, study.analysis.effective_length_bar_fraction) == (0.9, 0.5)
+    assert study.analysis.labels == ["needle"] and study.analysis.gate == "label"
+    assert load_study(str(_write(tmp_path, VALID))).analysis == AnalysisSettings()
+    assert "min_train_accuracy" not in Study.model_fields
+
+
+def test_controlled_preset_sets_its_formats_and_keeps_the_default_bars():
+    analysis = load_study("controlled").analysis
+    assert analysis.labels == ["noise-number", "text-number", "text-uuid", "needles"] and analysis.gate == "label"
+    assert analysis.learned_bar_fraction == 0.95 and analysis.effective_length_bar_fraction == 0.856
+
+
+def test_a_config_stored_before_issue_15_still_reads():
+    """`longarch status` reads a store's config: the old names are read as their new ones."""
+    stored = {**load_study("smoke").model_dump(mode="json"), "min_train_accuracy": 0.8,
+              "analysis": {"threshold": 50, "level": 0.9, "min_drop": 0.3, "factor": 2, "chance": 0.0}}
+    study = config.stored_study(stored)
+    assert study.analysis.learned_bar_fraction == 0.8 and study.analysis.effective_length_bar_fraction == 0.5
+    assert study.analysis.interval_level_fraction == 0.9 and study.analysis.sharp_drop_fraction == 0.3
+    assert config.stored_study({**stored, "analysis": {"retired": 1}}).name == "smoke"  # defaults, but it reads
+    new = load_study("smoke")
+    assert config.stored_study(new.model_dump(mode="json")) == new  # a current store reads back as it was written

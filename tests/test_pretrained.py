@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from longarch.analysis import pretrained_report
 from longarch.cli import app
-from longarch.config import ConfigError, load_study
+from longarch.config import ConfigError, load_study, stored_study
 from longarch.pretrained import runner as pretrained_runner
 from longarch.store import ResultRow, Store
 from test_hf_models import KINDS, _config, word_tokenizer
@@ -128,10 +128,12 @@ def test_eval_command_flags_and_a_model_that_fails_to_load(checkpoints, tmp_path
     out = tmp_path / "out"
     result = _invoke("eval", "--model", f"hf:{checkpoints['llama']}", "--model", f"hf:{broken}",
                      "--tasks", "niah_single_1", "--lengths", "1024", "--samples", "2", "--train-length", "1000",
-                     "--out", out)
+                     "--effective-length-bar", "0.5", "--out", out)
     assert result.exit_code == 0, result.output
     with Store(out / "results.sqlite") as store:
         results, failures, rows = store.results(), store.failures(), store.pretrained()
+        assert store.meta()["config"]["analysis"]["effective_length_bar_fraction"] == 0.5
+    assert json.loads((out / "summary.json").read_text())["effective_length_bar_fraction"] == 0.5
     assert [(r.model, r.length, r.n) for r in results] == [(checkpoints["llama"].name, 1024, 2)]  # named after its folder
     assert rows[0]["train_length"] == 1000 and rows[0]["train_length_source"] == "study"
     # a checkpoint that cannot be loaded fails its cells once each, without retries
@@ -248,12 +250,42 @@ def test_qa_is_skipped_without_its_file_and_runs_with_it(checkpoints, tmp_path):
     (["eval", "--model", "hf:org/name", "--template", "fancy"], "eval.template"),
     (["eval", "--model", "hf:org/name", "--squad", "/no/such.json"], "squad file /no/such.json does not exist"),
     (["run", "quick", "--squad", "x.json"], "--squad is for pretrained studies"),
+    (["eval", "--model", "hf:org/name", "--effective-length-bar", "85.6"],
+     "--effective-length-bar is an accuracy as a fraction in [0, 1], not 85.6 (a percent? 85.6% is 0.856)"),
+    (["eval", "--model", "hf:org/name", "--effective-length-bar", "-0.1"], "fraction in [0, 1], not -0.1"),
+    (["eval", "--model", "hf:org/name", "--threshold", "85.6"],
+     "--threshold was renamed: use --effective-length-bar, a fraction (85.6 -> 0.856)"),
 ])
 def test_bad_input_is_one_line_and_status_2(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = _invoke(*args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"eval": {"threshold": 85.6}}, "eval: 'threshold' was renamed: use analysis.effective_length_bar_fraction, "
+                                    "a fraction (85.6 -> 0.856)"),
+    ({"analysis": {"threshold": 85.6}}, "analysis: 'threshold' was renamed: use effective_length_bar_fraction"),
+    ({"analysis": {"effective_length_bar_fraction": 85.6}}, "analysis.effective_length_bar_fraction"),
+    ({"analysis": {"labels": ["niah"]}}, "analysis: 'niah' is not a task averaged over the study's lengths "
+                                         "(those are: vt)"),
+])
+def test_bad_analysis_settings_of_a_pretrained_study(tmp_path, extra, message):
+    study = _write_study(tmp_path / "s.yaml", ["hf:org/name"], ["vt"], **extra)
+    with pytest.raises(ConfigError) as error:
+        load_study(str(study))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_pretrained_study_takes_the_same_analysis_settings(tmp_path):
+    from longarch.analysis.settings import AnalysisSettings
+
+    study = load_study(str(_write_study(tmp_path / "s.yaml", ["hf:org/name"], ["vt", "cwe"],
+                                        analysis={"effective_length_bar_fraction": 0.5, "labels": ["vt"]})))
+    assert isinstance(study.analysis, AnalysisSettings)
+    assert study.analysis.effective_length_bar_fraction == 0.5 and study.analysis.labels == ["vt"]
+    assert load_study("paper").analysis == AnalysisSettings()
 
 
 def test_relative_lengths_need_a_training_length(tmp_path):
@@ -291,7 +323,7 @@ def test_paper_preset_plans_the_papers_grid():
 def _fake_store(out, scores, suite, config_extra=None, train_lengths=None):
     """scores: (model, task, length) -> list of per-sample scores."""
     config = {"kind": "pretrained", "name": "fake", "tasks": [{"name": t} for t in suite],
-              "eval": {"lengths": sorted({n for _, _, n in scores}), "threshold": 85.6}, **(config_extra or {})}
+              "eval": {"lengths": sorted({n for _, _, n in scores})}, **(config_extra or {})}
     with Store(out / "results.sqlite") as store:
         store.set_meta("config", config)
         store.set_meta("name", "fake")
@@ -305,28 +337,77 @@ def _fake_store(out, scores, suite, config_extra=None, train_lengths=None):
                                        accuracy=sum(values) / len(values), scores=values, seconds=0.1))
 
 
+def _right(n: int, of: int = 100) -> list[float]:
+    return [1.0] * n + [0.0] * (of - n)
+
+
+# good: 100% at 1K, 85% at 2K (below RULER's 85.6), 97.5% at 4K; hole: 100% wherever stored, b missing at 2K;
+# gap: only a at 1K
+SCORES = {("good", "a", 1024): _right(100), ("good", "b", 1024): _right(100),
+          ("good", "a", 2048): _right(90), ("good", "b", 2048): _right(80),
+          ("good", "a", 4096): _right(100), ("good", "b", 4096): _right(95),
+          **{("hole", t, n): _right(100) for t in "ab" for n in (1024, 2048, 4096) if (t, n) != ("b", 2048)},
+          ("gap", "a", 1024): _right(100)}
+
+
 def test_averages_effective_length_and_incomplete_cells(tmp_path):
-    suite = ["a", "b"]
-    scores = {("good", "a", 1024): [1.0] * 10, ("good", "b", 1024): [1.0] * 9 + [0.0],   # 95.0
-              ("good", "a", 2048): [1.0] * 9 + [0.0], ("good", "b", 2048): [1.0] * 8 + [0.0] * 2,  # 85.0
-              ("good", "a", 4096): [1.0] * 10, ("good", "b", 4096): [1.0] * 8 + [0.5] * 2,  # 95.0
-              ("gap", "a", 1024): [1.0] * 10}  # b at 1024 is missing
-    _fake_store(tmp_path, scores, suite, train_lengths={"good": 2048})
+    _fake_store(tmp_path, SCORES, ["a", "b"], train_lengths={"good": 2048})
     pretrained_report.build_report(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["effective_length_bar_fraction"] == 0.856 and summary["interval_level_fraction"] == 0.95
     good = summary["models"]["good"]
-    assert good["average"] == {"1024": 95.0, "2048": 85.0, "4096": 95.0}
-    assert good["effective_length"] == 4096  # the longest length above 85.6, as RULER defines it
+    assert good["average"] == {"1024": 100.0, "2048": 85.0, "4096": 97.5}
+    low, high = good["average_interval"]["1024"]
+    assert 98 < low < 100 and high == 100.0  # 200 of 200: the interval keeps its width
+    # by the lower bounds: 1K only (2K falls below the bar); RULER's rule on the averages: 4K, past the dip
+    assert (good["effective_length"], good["ruler_effective_length"]) == (1024, 4096)
+    assert good["effective_length_from_upper_bounds"] == 4096  # 2K's interval reaches above 85.6
+    hole = summary["models"]["hole"]  # an incomplete average is not effective: 2K ends the run, 4K still counts
+    assert hole["tasks_in_average"] == {"1024": 2, "2048": 1, "4096": 2}
+    assert (hole["effective_length"], hole["ruler_effective_length"]) == (1024, 4096)
     gap = summary["models"]["gap"]
-    assert gap["tasks_in_average"]["1024"] == 1 and gap["effective_length"] is None  # incomplete: not counted
+    assert gap["tasks_in_average"]["1024"] == 1 and gap["average"]["1024"] == 100.0
+    assert gap["effective_length"] is None and gap["ruler_effective_length"] is None  # incomplete: not counted
     report = (tmp_path / "report.md").read_text()
-    assert "(1 of 2 tasks)" in report
+    assert "(1 of 2 tasks)" in report and "bootstrap" not in report
     averages = report.split("## Average over 2 tasks")[1]
     row = next(line for line in averages.splitlines() if line.startswith("| good |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[:2] == ["good", "2048"] and cells[-1] == "4K"
-    assert re.fullmatch(r"95\.0 \[[\d.]+, [\d.]+\]", cells[2]) and re.fullmatch(r"85\.0 \[[\d.]+, [\d.]+\]", cells[3])
-    assert re.fullmatch(r"95\.0 \[[\d.]+, [\d.]+\] †", cells[4])  # past the training length
+    assert cells[:2] == ["good", "2048"] and cells[-2:] == ["1K", "4K"]
+    assert re.fullmatch(r"100\.0 \[98\.\d, 100\.0\]", cells[2]) and re.fullmatch(r"85\.0 \[[\d.]+, [\d.]+\]", cells[3])
+    assert re.fullmatch(r"97\.5 \[[\d.]+, [\d.]+\] †", cells[4])  # past the training length
+    assert "lower end of the average's 95% interval is above 85.6" in averages
+    assert "95% Jeffreys interval" in report
+
+
+def test_the_effective_length_bar_comes_from_the_analysis_block(tmp_path):
+    _fake_store(tmp_path, SCORES, ["a", "b"], config_extra={"analysis": {"effective_length_bar_fraction": 0.75}})
+    summary = pretrained_report.build_report(tmp_path)["summary"]
+    good = json.loads(summary.read_text())["models"]["good"]
+    assert (good["effective_length"], good["ruler_effective_length"]) == (4096, 4096)  # 85% now clears the bar
+    assert "above 75 (`analysis.effective_length_bar_fraction` 0.75" in (tmp_path / "report.md").read_text()
+
+
+def test_a_store_with_the_old_percent_threshold_still_reports(tmp_path):
+    _fake_store(tmp_path, SCORES, ["a", "b"], config_extra={"eval": {"lengths": [1024, 2048, 4096], "threshold": 75}})
+    pretrained_report.build_report(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["effective_length_bar_fraction"] == 0.75  # 75 (a percent) read as a fraction
+    assert summary["models"]["good"]["effective_length"] == 4096
+    report = (tmp_path / "report.md").read_text()
+    assert ("this study was stored before issue 15: its eval.threshold 75 (a percent) is read as "
+            "analysis.effective_length_bar_fraction 0.75") in report.lower()
+    with Store(tmp_path / "results.sqlite") as store:  # `longarch status` reads it too
+        config = {**store.meta()["config"], "models": ["hf:org/good"]}
+    assert stored_study(config).analysis.effective_length_bar_fraction == 0.75
+
+
+def test_analysis_labels_choose_the_tasks_averaged(tmp_path):
+    _fake_store(tmp_path, SCORES, ["a", "b"], config_extra={"analysis": {"labels": ["a"]}})
+    pretrained_report.build_report(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["suite"] == ["a"] and summary["models"]["good"]["average"]["2048"] == 90.0
+    assert summary["models"]["gap"]["effective_length"] == 1024  # complete now: a is all it averages
 
 
 def test_published_averages_are_shown_beside_the_runs_own(tmp_path):

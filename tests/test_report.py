@@ -12,7 +12,6 @@ import pytest
 from rich.console import Console
 
 from longarch.analysis.report import build_report, summary_table
-from longarch.analysis.stats import bootstrap_ci
 from longarch.store import ModelRow, ResultRow, Store
 
 LENGTHS = [16, 32, 64]
@@ -24,7 +23,7 @@ def written_scores(name: str, seed: int, length: int, depth: float) -> list[floa
     """The per-sample scores written for each cell: known, uneven, and different per seed.
 
     alpha seed 0 has 4 samples per cell and seed 1 has 6, so pooling by sample differs from
-    averaging the two seeds' accuracies; beta has 3 samples, so some accuracies are thirds.
+    averaging the two seeds' accuracies (the report does the latter); beta has 3 samples, so some accuracies are thirds.
     """
     level = LENGTHS.index(length) + DEPTHS.index(depth)  # 0..4
     if name == "alpha" and seed == 0:
@@ -38,14 +37,15 @@ SEEDS = {"alpha": [0, 1], "beta": [0]}
 TRAIN_ACCURACY = {("alpha", 0): 1.0, ("alpha", 1): 0.96, ("beta", 0): 0.81}
 
 
-def write_study(out: Path, planned_cells: int | None = None, min_train_accuracy: float = 0.95,
+def write_study(out: Path, planned_cells: int | None = None, learned_bar_fraction: float = 0.95,
                 max_factor: int = 4, meta: bool = True) -> int:
     """A store written row by row, as the runner would; returns the number of result rows."""
     stored = 0
     with Store(out / "results.sqlite") as store:
         if meta:
             store.set_meta("name", "unit-study")
-            store.set_meta("config", {"name": "unit-study", "seeds": [0, 1], "min_train_accuracy": min_train_accuracy,
+            store.set_meta("config", {"name": "unit-study", "seeds": [0, 1],
+                                      "analysis": {"learned_bar_fraction": learned_bar_fraction},
                                       "task": {"name": "needle", "knobs": {}},
                                       "train": {"length": TRAIN_LENGTH, "steps": 10},
                                       "eval": {"max_factor": max_factor, "lengths": None, "depths": DEPTHS}})
@@ -82,7 +82,7 @@ def study(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     return tmp_path, build_report(tmp_path)
 
 
-def test_summary_pools_seeds_by_sample(study):
+def test_summary_averages_seed_means(study):
     out, paths = study
     summary = json.loads(paths["summary"].read_text())
     assert summary["study"] == "unit-study"
@@ -98,10 +98,11 @@ def test_summary_pools_seeds_by_sample(study):
     by_cell = {(s["length"], s["depth"]): s for s in alpha["scores"]}
     # (16, 0): seed 0 scores 4/4, seed 1 scores 6/6
     assert by_cell[16, 0.0]["accuracy"] == 1.0 and by_cell[16, 0.0]["n"] == 10
-    # (32, 50): level 2 -> seed 0 has 2 of 4, seed 1 has 4 of 6: 6/10 (the mean of seed means would be 0.5833)
-    assert by_cell[32, 50.0]["accuracy"] == 0.6 and by_cell[32, 50.0]["n"] == 10
-    # (64, 100): level 4 -> seed 0 has 0 of 4, seed 1 has 2 of 6: 2/10
-    assert by_cell[64, 100.0]["accuracy"] == 0.2
+    # (32, 50): level 2 -> seed 0 has 2 of 4, seed 1 has 4 of 6: the mean of the seed means, 0.5833,
+    # which the interval is centred on (pooling by sample would give 6/10)
+    assert by_cell[32, 50.0]["accuracy"] == pytest.approx(7 / 12, abs=1e-6) and by_cell[32, 50.0]["n"] == 10
+    # (64, 100): level 4 -> seed 0 has 0 of 4, seed 1 has 2 of 6: (0 + 1/3) / 2
+    assert by_cell[64, 100.0]["accuracy"] == pytest.approx(1 / 6, abs=1e-6)
     beta_cells = {(s["length"], s["depth"]): s for s in beta["scores"]}
     assert beta_cells[16, 0.0]["accuracy"] == 0.333333 and beta_cells[16, 0.0]["n"] == 3
     assert beta_cells[16, 50.0]["accuracy"] == 0.0
@@ -110,27 +111,46 @@ def test_summary_pools_seeds_by_sample(study):
         keys = [(s["task"], s["length"], s["depth"]) for s in model["scores"]]
         assert keys == sorted(keys) and len(keys) == len(LENGTHS) * len(DEPTHS)
         for cell in model["scores"]:
-            pooled = sum((written_scores(model["name"], seed, cell["length"], cell["depth"])
-                          for seed in SEEDS[model["name"]]), [])
-            assert cell["n"] == len(pooled)
-            assert cell["accuracy"] == round(sum(pooled) / len(pooled), 6)
+            per_seed = [written_scores(model["name"], seed, cell["length"], cell["depth"])
+                        for seed in SEEDS[model["name"]]]
+            assert cell["n"] == sum(len(scores) for scores in per_seed)
+            assert cell["accuracy"] == round(float(np.mean([np.mean(scores) for scores in per_seed])), 6)
             assert 0 <= cell["accuracy"] <= 1
 
 
 def test_warning_names_only_the_unsolved_model(study):
     out, paths = study
     md, page = paths["md"].read_text(), paths["html"].read_text()
-    assert ("**beta did not learn the task**: 81.0% at its training length 16 (threshold 95%). Its accuracy "
-            "past the training length says nothing about extrapolation and is not interpreted.") in md
-    assert "<strong>beta did not learn the task</strong>: 81.0% at its training length 16 (threshold 95%)" in page
+    assert ("**beta did not learn the task**: 81.0% at its training length 16 (learned means at least 95%: "
+            "`analysis.learned_bar_fraction`). Its accuracy past the training length says nothing about "
+            "extrapolation and is not interpreted.") in md
+    assert "<strong>beta did not learn the task</strong>: 81.0% at its training length 16 (learned means at least 95%" \
+        in page
     assert "alpha did not learn" not in md and "alpha did not learn" not in page
 
 
-def test_threshold_comes_from_the_config(tmp_path):
-    write_study(tmp_path, min_train_accuracy=0.8)
+def test_the_learned_bar_comes_from_the_analysis_settings(tmp_path):
+    write_study(tmp_path, learned_bar_fraction=0.8)
     paths = build_report(tmp_path)
     assert "did not learn the task" not in paths["md"].read_text()
-    assert all(m["solved_at_train_length"] for m in json.loads(paths["summary"].read_text())["models"])
+    summary = json.loads(paths["summary"].read_text())
+    assert all(m["solved_at_train_length"] for m in summary["models"]) and summary["learned_bar_fraction"] == 0.8
+    assert summary["analysis"]["learned_bar_fraction"] == 0.8
+
+
+def test_a_store_from_before_issue_15_keeps_its_bar_and_says_so(tmp_path):
+    """The old top-level min_train_accuracy is read as analysis.learned_bar_fraction, with a warning."""
+    write_study(tmp_path)
+    with Store(tmp_path / "results.sqlite") as store:
+        config = {k: v for k, v in store.meta()["config"].items() if k != "analysis"}
+        store.set_meta("config", {**config, "min_train_accuracy": 0.8, "analysis": {"threshold": 85.6, "level": 0.95}})
+    paths = build_report(tmp_path)
+    md = paths["md"].read_text()
+    assert "did not learn the task" not in md  # beta's 0.81 reaches the old bar 0.8
+    assert json.loads(paths["summary"].read_text())["learned_bar_fraction"] == 0.8
+    section = md.split("## Per-model measures")[1].split("## Findings")[0]
+    assert "names from before issue 15 (threshold, level)" in section
+    assert "top-level min_train_accuracy from before issue 15 (0.8), read as analysis.learned_bar_fraction" in section
 
 
 def test_report_tables(study):
@@ -138,10 +158,10 @@ def test_report_tables(study):
     md = paths["md"].read_text()
     assert "| alpha | ssm | 1,000 | 256 | constant | 16 |" in md  # setup row, thousands separator
     assert "| model | 16 (T) | 32 | 64 |" in md                     # training length column marked
-    # alpha at length 16 pooled over depths: levels 0, 1, 2 -> (4+3+2) + (6+5+4) of 30 samples = 80%
-    assert "| alpha | 80.0 [" in md
+    # alpha at length 16 over depths: levels 0, 1, 2 -> seed 0 (4+3+2)/12, seed 1 (6+5+4)/18; their mean 79.2%
+    assert "| alpha | 79.2 [" in md
     assert "longarch run unit.yaml" in md and "0123abcd" in md and "torch" in md
-    assert "min_train_accuracy: 0.95" in md  # the config as YAML
+    assert "learned_bar_fraction: 0.95" in md  # the config as YAML
 
 
 def test_files_and_figures_exist(study):
@@ -172,7 +192,7 @@ def test_missing_cells_are_noted_and_dashed(tmp_path):
     md = build_report(tmp_path)["md"].read_text()
     assert f"{40 - stored} of 40 planned evaluation cells are missing" in md
     assert "| model | 16 (T) | 32 | 64 | 128 |" in md
-    alpha_row = next(line for line in md.splitlines() if line.startswith("| alpha | 80.0"))
+    alpha_row = next(line for line in md.splitlines() if line.startswith("| alpha | 79.2"))
     assert alpha_row.endswith("| — |")
 
 
@@ -188,7 +208,7 @@ def test_report_without_metadata(tmp_path):
     paths = build_report(tmp_path)
     summary = json.loads(paths["summary"].read_text())
     assert summary["study"] == "study"
-    assert "beta did not learn the task" in paths["md"].read_text()  # default threshold 0.95
+    assert "beta did not learn the task" in paths["md"].read_text()  # the default learned bar, 0.95
     assert "not recorded" in paths["md"].read_text()
 
 
@@ -197,7 +217,7 @@ def test_summary_table_for_the_terminal(study):
     console = Console(record=True, width=200)
     console.print(summary_table(out))
     text = console.export_text()
-    assert "16 (T)" in text and "80.0" in text and "did not learn" in text
+    assert "16 (T)" in text and "79.2" in text and "did not learn" in text
 
 
 def test_missing_store_is_an_error(tmp_path):
@@ -206,56 +226,37 @@ def test_missing_store_is_an_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# bootstrap
+# the intervals of the length tables
 # ---------------------------------------------------------------------------------------------
-def test_bootstrap_contains_mean_and_is_deterministic():
-    scores = (np.random.default_rng(3).random(200) < 0.7).astype(float)
-    low, high = bootstrap_ci(scores)
-    assert low < scores.mean() < high
-    assert bootstrap_ci(scores, seed=5) == bootstrap_ci(scores, seed=5)
-    assert bootstrap_ci(scores, seed=5) != bootstrap_ci(np.random.default_rng(0).random(200), seed=5)
-    assert bootstrap_ci(list(scores)) == (low, high)  # a flat list is one group
+def test_length_tables_use_the_intervals_for_these_seeds(study):
+    """The accuracy-by-length table and summary.json show the Jeffreys interval for these seeds
+    (counts pooled over seeds), never a bootstrap's, and say so."""
+    out, paths = study
+    summary = json.loads(paths["summary"].read_text())
+    alpha = next(m for m in summary["models"] if m["name"] == "alpha")
+    full = next(c for c in alpha["scores"] if (c["length"], c["depth"]) == (16, 0.0))  # 10 of 10 correct
+    assert full["accuracy"] == 1.0 and full["interval"][1] == 1.0 and 0.75 < full["interval"][0] < 0.9  # not [1, 1]
+    assert summary["interval_level_fraction"] == 0.95 and summary["learned_bar_fraction"] == 0.95
+    md = paths["md"].read_text()
+    assert "bootstrap interval" not in md
+    assert "Jeffreys interval for the mean accuracy of these trained seeds" in md
 
 
-def test_bootstrap_seed_changes_the_draw():
-    scores = np.random.default_rng(4).random(50)
-    assert bootstrap_ci(scores, seed=0) != bootstrap_ci(scores, seed=1)
-
-
-def test_bootstrap_narrows_with_more_samples():
-    rng = np.random.default_rng(1)
-    widths = []
-    for n in (20, 200, 2000):
-        low, high = bootstrap_ci((rng.random(n) < 0.5).astype(float))
-        widths.append(high - low)
-    assert widths[0] > widths[1] > widths[2] > 0
-
-
-def test_bootstrap_matches_resampling_indices():
-    """The multinomial shortcut gives the same interval as drawing sample indices."""
-    scores = (np.random.default_rng(2).random(300) < 0.8).astype(float)
-    rng = np.random.default_rng(9)
-    means = scores[rng.integers(0, scores.size, size=(20000, scores.size))].mean(axis=1)
-    expected = np.quantile(means, [0.025, 0.975])
-    assert np.allclose(bootstrap_ci(scores, resamples=20000), expected, atol=0.01)
-
-
-def test_bootstrap_edge_cases():
-    assert bootstrap_ci(np.ones(7)) == (1.0, 1.0)
-    assert bootstrap_ci(np.full(3, 0.1)) == (0.1, 0.1)
-    assert all(np.isnan(bootstrap_ci(np.array([]))))
-    with pytest.raises(ValueError):
-        bootstrap_ci(np.ones(3), level=1.5)
-
-
-def test_bootstrap_over_seeds_shows_seed_spread():
-    """Two seeds that disagree completely: pooled samples look precise, resampling seeds does not."""
-    seeds = [np.zeros(100), np.ones(100)]
-    pooled_low, pooled_high = bootstrap_ci(np.concatenate(seeds))
-    grouped_low, grouped_high = bootstrap_ci(seeds)
-    assert pooled_high - pooled_low < 0.25
-    assert grouped_low < pooled_low and grouped_high > pooled_high
-    assert bootstrap_ci([np.ones(4), np.ones(6)]) == (1.0, 1.0)
+def test_the_interval_level_comes_from_the_analysis_settings(tmp_path):
+    levels = {}
+    for level in (0.95, 0.5):
+        out = tmp_path / str(level)
+        out.mkdir()
+        write_study(out)
+        with Store(out / "results.sqlite") as store:
+            store.set_meta("config", {**store.meta()["config"], "analysis": {"interval_level_fraction": level}})
+        paths = build_report(out)
+        summary = json.loads(paths["summary"].read_text())
+        levels[level] = next(m for m in summary["models"] if m["name"] == "alpha")["by_length"][1]["interval"]
+        assert summary["interval_level_fraction"] == level
+        assert f"{100 * level:g}% interval for these seeds" in paths["md"].read_text()
+    (wide_low, wide_high), (low, high) = levels[0.95], levels[0.5]
+    assert wide_low < low < high < wide_high
 
 
 def test_findings_section_checks_the_four_claims(study):
@@ -269,8 +270,8 @@ def test_findings_section_checks_the_four_claims(study):
     for finding in findings:  # beta did not learn its task (0.81 < 0.95): never used as evidence
         assert [x["model"] for x in finding["excluded"]] == ["beta"]
         assert all(e["model"] == "alpha" for e in finding["evidence"])
-    degradation = findings[0]["evidence"][0]  # alpha: T = 16 against 64, pooled over depths and seeds
-    assert degradation["cells"] and {c[2] for c in degradation["cells"]} == {16, 64}
+    degradation = findings[0]["evidence"][0]  # alpha: T = 16 against every length past it, pooled over depths, seeds
+    assert degradation["cells"] and {c[2] for c in degradation["cells"]} == {16, 32, 64}
 
 
 def test_findings_say_when_planned_cells_are_missing(tmp_path):

@@ -166,7 +166,8 @@ def eval_command(
         squad: Annotated[Optional[Path], typer.Option(help="SQuAD v2 dev file for qa_1 (without it qa_1 is skipped)")] = None,
         hotpotqa: Annotated[Optional[Path], typer.Option(help="HotpotQA dev file for qa_2 (without it qa_2 is skipped)")] = None,
         seed: Annotated[int, typer.Option(min=0)] = 0,
-        threshold: Annotated[float, typer.Option(help="effective length: the longest length scoring above this")] = 85.6,
+        effective_length_bar: Annotated[float, typer.Option(help="effective length: the longest length up to which every length's lower bound is above this accuracy, a fraction (RULER's 85.6% is 0.856)")] = 0.856,
+        threshold: Annotated[Optional[str], typer.Option(hidden=True, help="renamed --effective-length-bar")] = None,
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="let transformers run code shipped with a checkpoint")] = False,
         retries: Annotated[int, typer.Option(help="times a failing cell is retried", min=0)] = 2):
     """Evaluate pretrained checkpoints on RULER-style text tasks; rerunning continues where it stopped."""
@@ -174,13 +175,21 @@ def eval_command(
     from .config import ConfigError, _one_line
     from .pretrained.config import PretrainedStudy, check
 
+    if threshold is not None:
+        raise ValueError(f"--threshold was renamed: use --effective-length-bar, a fraction "
+                         f"(85.6 -> 0.856), not {threshold}")
+    if not 0 <= effective_length_bar <= 1:
+        hint = f" (a percent? {effective_length_bar:g}% is {effective_length_bar / 100:g})" \
+            if 1 < effective_length_bar <= 100 else ""
+        raise ValueError(f"--effective-length-bar is an accuracy as a fraction in [0, 1], not "
+                         f"{effective_length_bar:g}{hint}")
     data = {"kind": "pretrained", "name": name,
             "models": [{"model": m, "train_length": train_length,
                         "tokenizer": tokenizer if m.startswith("mamba_ssm:") else None} for m in model],
             "tasks": _csv(tasks, "--tasks"),
             "eval": {"lengths": parse_lengths(lengths), "samples": samples, "seed": seed, "template": template,
-                     "dtype": dtype, "device": device, "chunk": chunk, "batch_tokens": batch_tokens,
-                     "threshold": threshold},
+                     "dtype": dtype, "device": device, "chunk": chunk, "batch_tokens": batch_tokens},
+            "analysis": {"effective_length_bar_fraction": effective_length_bar},
             "corpus": None if corpus is None else str(corpus), "squad": None if squad is None else str(squad),
             "hotpotqa": None if hotpotqa is None else str(hotpotqa), "trust_remote_code": trust_remote_code}
     try:
@@ -255,7 +264,7 @@ def plan_command(study: StudyArg = "quick",
 @clean_errors
 def status(directory: Annotated[Path, typer.Argument(help="a study's output directory")]):
     """Done, running and failed cells of a study directory, with each failure's last error."""
-    from .config import Study, ConfigError
+    from .config import ConfigError, stored_study
     from .studydir import grid_state
     from .store import Store
 
@@ -264,12 +273,7 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
     with Store(directory / "results.sqlite") as store:
         config = store.meta().get("config")
     try:
-        if isinstance(config, dict) and config.get("kind") == "pretrained":
-            from .pretrained.config import PretrainedStudy
-
-            study = PretrainedStudy.model_validate(config)
-        else:
-            study = Study.model_validate(config)
+        study = stored_study(config)
     except Exception:
         raise ConfigError(f"{directory}: the stored study configuration is missing or unreadable") from None
     state = grid_state(study, directory)

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import models, tasks
+from .analysis.settings import RENAMED, AnalysisSettings, from_stored
 
 
 class ConfigError(ValueError):
@@ -56,34 +57,6 @@ class EvalTask(TaskConfig):
         if isinstance(depths, list):
             return _check_depths(depths)
         return depths
-
-
-class AnalysisConfig(Strict):
-    """How the report judges the results (never part of a result's id): accuracies are fractions
-    except `threshold`, a percentage as RULER writes it."""
-
-    threshold: float = Field(85.6, ge=0, le=100, description="effective length: the longest length scoring above this (%)")
-    labels: list[str] | None = Field(None, min_length=1, description="the eval task labels the claims pool over [default: all]")
-    gate: Literal["model", "label"] | None = Field(
-        None, description="leave out a model whose training accuracy is below min_train_accuracy ('model'), or judge "
-                          "each model only on the labels it solved at T ('label') [default: 'label' for a mixture]")
-    chance: float | dict[str, float] = Field(0.0, description="chance accuracy, overall or per label (claim 2)")
-    level: float = Field(0.95, gt=0, lt=1, description="interval coverage")
-    min_drop: float = Field(0.2, ge=0, le=1, description="claim 1: a sharp drop from T to the longest length")
-    factor: int = Field(2, ge=2, description="claim 2: 'past T' is this many times T")
-    nontrivial: float = Field(0.10, ge=0, le=1, description="claim 2: recurrent accuracy above chance + this")
-    collapsed: float = Field(0.05, ge=0, le=1, description="claim 2: attention accuracy at most chance + this")
-    small_spread: float = Field(0.10, ge=0, le=1, description="claim 4: format spread at T below this")
-    large_spread: float = Field(0.30, ge=0, le=1, description="claim 4: and past T above this")
-
-    @field_validator("chance")
-    @classmethod
-    def _chance_is_a_fraction(cls, chance):
-        values = chance.values() if isinstance(chance, dict) else [chance]
-        bad = [x for x in values if not 0 <= x <= 1]
-        if bad:
-            raise ValueError(f"chance {bad[0]} is not a fraction in [0, 1]")
-        return chance
 
 
 class ModelEntry(Strict):
@@ -148,8 +121,17 @@ class Study(Strict):
         return seeds
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    min_train_accuracy: float = Field(0.95, ge=0, le=1)
-    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings,
+                                       description="how the report judges the results (never part of a result's id)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        """A top-level name from before issue 15 is refused with its new name (inside `analysis:`
+        the settings do the same)."""
+        if isinstance(data, dict) and "min_train_accuracy" in data:
+            raise ValueError(f"'min_train_accuracy' was renamed: use {RENAMED['min_train_accuracy']}")
+        return data
 
     @field_validator("models", mode="before")
     @classmethod
@@ -340,6 +322,28 @@ def load_pretrained(data: dict, origin: str, corpus: str | None = None):
     return study
 
 
+def stored_study(config: dict):
+    """The Study (or, for `kind: pretrained`, the PretrainedStudy) of a configuration stored with
+    results. A store written before issue 15 still reads: its top-level `min_train_accuracy` and
+    its `analysis:` names are read as their new equivalents (`analysis.settings.from_stored`), a
+    pretrained study's `eval.threshold` (a percent) as `analysis.effective_length_bar_fraction`.
+    Anything else that does not validate raises pydantic's ValidationError."""
+    data = {**config}
+    if data.get("kind") == "pretrained":
+        from .analysis.pretrained_report import stored_settings
+        from .pretrained.config import PretrainedStudy
+
+        settings, _ = stored_settings(data)
+        evaluation = data.get("eval")
+        if isinstance(evaluation, dict):
+            data["eval"] = {k: v for k, v in evaluation.items() if k != "threshold"}
+        return PretrainedStudy.model_validate({**data, "analysis": settings.model_dump()})
+    bar = data.pop("min_train_accuracy", None)
+    bar = bar if isinstance(bar, (int, float)) and not isinstance(bar, bool) else None
+    settings, _ = from_stored(data.get("analysis") if isinstance(data.get("analysis"), dict) else None, bar)
+    return Study.model_validate({**data, "analysis": settings.model_dump()})
+
+
 def with_corpus(study: Study, corpus: str, origin: str) -> Study:
     """The study with `corpus` set on each task that reads text (knob haystack: text)."""
     if Path(corpus).is_dir():
@@ -372,9 +376,7 @@ def check(study: Study, origin: str) -> None:
         if too_short:
             raise ConfigError(f"{origin}: length {too_short[0]} is below the {task.name} task's minimum {task.min_length}")
     labels = [label for label, _ in study.eval_tasks()]
-    chance = study.analysis.chance
-    named = list(study.analysis.labels or []) + (list(chance) if isinstance(chance, dict) else [])
-    unknown = [label for label in named if label not in labels]
+    unknown = [label for label in study.analysis.labels or () if label not in labels]
     if unknown:
         raise ConfigError(f"{origin}: analysis: {unknown[0]!r} is not an eval task label (labels: {', '.join(labels)})")
     vocab_size = study.vocab_size()

@@ -100,15 +100,24 @@ def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
             for length in study.eval_lengths():
                 for depth in task_depths[label]:
                     cell_id = content_id({"model_id": model_plan.model_id, "task": task_id(task), "length": length,
-                                          "depth": depth, "n": study.eval.samples, "seed": study.eval.seed})
+                                          "depth": depth, "n": study.eval.samples, "seed": study.eval.seed,
+                                          "samples": "per-seed"})
                     cells.append(EvalCell(model_plan, label, task, length, depth, cell_id))
     return model_plans, cells
 
 
-def eval_seed(base: int, length: int, depth: float | None) -> int:
-    """The same samples for every model at a given (length, depth): comparisons are paired."""
+def eval_seed(base: int, length: int, depth: float | None, model_seed: int | None = None) -> int:
+    """The seed of the samples of one evaluation cell.
+
+    Every model trained with the same seed sees the same samples at a given (length, depth), so
+    comparisons between models are paired; models of different training seeds see independent
+    samples, so a model's seeds add up to seeds x samples distinct samples per cell, as the
+    intervals of `analysis.intervals` assume. `model_seed` None (pretrained checkpoints, which have
+    no training seed) keeps one set of samples per (length, depth).
+    """
     depth_part = 10**9 if depth is None else int(round(depth * 1000))
-    return int(np.random.SeedSequence([base, length, depth_part]).generate_state(1)[0])
+    parts = [base, length, depth_part] + ([] if model_seed is None else [1, model_seed])
+    return int(np.random.SeedSequence(parts).generate_state(1)[0])
 
 
 def provenance(command: str) -> dict:
@@ -314,8 +323,8 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
         def submit_cells(model_plan: ModelPlan):
             for cell in cells_of[model_plan.model_id]:
                 submit(cell, eval_job, EvalJob(cell, weights[model_plan.model_id], study.eval.samples,
-                                               eval_seed(study.eval.seed, cell.length, cell.depth), study.eval.chunk,
-                                               study.train.length, threads))
+                                               eval_seed(study.eval.seed, cell.length, cell.depth, cell.model.seed),
+                                               study.eval.chunk, study.train.length, threads))
 
         try:
             with _progress(console) as progress:

@@ -1,18 +1,20 @@
 """The paper's four claims (reference/paper.md), each tested on the study's results.
 
-Every claim is decided per model first, from a measure with a 95% bootstrap interval (see
-`measures`), and the model verdicts are then combined:
+Every claim is decided per model (per pair of models for claim 2) from measures with intervals
+(see `measures`: Jeffreys intervals for these trained seeds, MOVER for differences, Bonferroni
+where one statement reads several lengths or depths), and the verdicts are then combined:
 
-- a model's verdict is 'supported' or 'not supported' only when the interval lies wholly on one
-  side of the claim's bar, 'inconclusive' otherwise, and also 'inconclusive' when any planned cell
-  it needs is missing (unless `Settings.allow_incomplete`);
+- a model's verdict is 'supported' or 'not supported' only when its intervals decide it, and
+  'inconclusive' otherwise, or when a planned cell it needs is missing (unless
+  `AnalysisSettings.allow_incomplete`);
 - "every family ..." claims (1, 2, 3): 'not supported' when any model is, 'supported' when all
-  are (and there is at least one), 'inconclusive' otherwise; a family holds when all its models do;
+  are and every family of the study has a judged model, 'inconclusive' otherwise;
 - "at least one model ..." claims (4): 'supported' when any model is, 'not supported' when all
   are not, 'inconclusive' otherwise.
 
-Models whose training accuracy (mean over seeds) is below `Settings.min_train_accuracy` never
-enter a verdict; each finding lists them with the reason.
+Only models that learned their task at T are read: a model whose training accuracy is below
+`learned_bar_fraction` (gate 'model'), or each model on the formats it learned at T (gate
+'label'). Each finding lists what it left out and why, and states its rule in one sentence.
 """
 
 from __future__ import annotations
@@ -22,48 +24,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .measures import (NO_ESTIMATE, CellKey, Coverage, Estimate, Plan, cell_list, difference, format_spread,
-                       middle_index, pooled_estimate, pooled_mean, select)
-from .stats import DEFAULT_MIN_TRAIN_ACCURACY, Cell, ModelSummary
+from .measures import (NO_ESTIMATE, CellKey, Coverage, Estimate, Plan, answer_length_groups, cell_list, difference,
+                       effective_length, format_spread, lengths_of, middle_index, pooled_estimate, pooled_mean, select,
+                       simultaneous_level)
+from .settings import AnalysisSettings
+from .stats import Cell, ModelSummary
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
 
 CLAIMS = {
     1: "Every family degrades sharply past its training length.",
-    2: "Linear-recurrent and state-space models keep non-trivial accuracy past their training length; "
-       "pure attention collapses to near zero.",
-    3: "At the training length every family does worse in the middle of the context than at the ends.",
-    4: "Extrapolation is inconsistent across formats: for some model the spread between formats is "
-       "large past the training length while small at it.",
+    2: "Linear-recurrent and state-space models keep accuracy past their training length where pure attention "
+       "collapses.",
+    3: "Every family does worse in the middle of the context than at both ends (read at and just past the training "
+       "length, where accuracy is off the ceiling).",
+    4: "Extrapolation is inconsistent across formats: for some model, formats of equal answer length that score "
+       "alike at the training length score far apart at a fixed length past it.",
 }
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The bars the claims are judged against; accuracies are fractions in [0, 1]."""
-
-    min_train_accuracy: float = DEFAULT_MIN_TRAIN_ACCURACY
-    level: float = 0.95
-    resamples: int = 2000
-    seed: int = 0
-    labels: tuple[str, ...] | None = None   # the formats pooled over; None: every label
-    allow_incomplete: bool = False           # decide a model even when planned cells are missing
-    # "model": a model whose training accuracy is below min_train_accuracy is left out of every
-    # claim. "label": a model enters each claim only with the labels (formats) it solved at T,
-    # accuracy pooled over seeds and depths at or above min_train_accuracy (for studies trained on
-    # a mixture, whose training accuracy averages tasks), and is left out when it solved none.
-    gate: str = "model"
-    min_drop: float = 0.2                    # claim 1: accuracy at T minus at the longest length
-    factor: int = 2                          # claim 2: "past T" is the length factor * T
-    chance: float | Mapping[str, float] = 0.0  # claim 2: chance accuracy, overall or per label
-    nontrivial: float = 0.10                 # claim 2: recurrent accuracy must exceed chance + this
-    collapsed: float = 0.05                  # claim 2: attention accuracy must stay within chance + this
-    recurrent_families: tuple[str, ...] = ("state-space", "linear-recurrent")
-    attention_families: tuple[str, ...] = ("attention",)
-    min_middle_gap: float = 0.0              # claim 3: ends minus middle must exceed this
-    small_spread: float = 0.10               # claim 4: format spread at T must be below this
-    large_spread: float = 0.30               # claim 4: and above this at some length past T
 
 
 @dataclass
@@ -80,13 +58,14 @@ class Evidence:
     cells: list[CellKey] = field(default_factory=list)
     coverage: Coverage = Coverage(0, 0)
     numbers: dict[str, float] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)   # JSON-ready: per-length values, lengths ahead, ...
 
     def as_dict(self) -> dict:
         return {"model": self.model, "family": self.family, "quantity": self.quantity,
                 "estimate": self.estimate.as_dict(), "verdict": self.verdict, "reason": self.reason,
                 "cells": [list(k) for k in self.cells], "expected_cells": self.coverage.expected,
                 "covered_cells": self.coverage.covered, "complete": self.coverage.complete,
-                "numbers": {k: _round(v) for k, v in self.numbers.items()}}
+                "numbers": {k: _round(v) for k, v in self.numbers.items()}, "details": self.details}
 
 
 @dataclass
@@ -130,8 +109,11 @@ def _round(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else round(float(x), 4)
 
 
-def _fmt(e: Estimate) -> str:
-    return "n/a" if np.isnan(e.value) else f"{e.value:.2f} [{e.low:.2f}, {e.high:.2f}]"
+def _fmt(e: Estimate, unit: str = " points") -> str:
+    """An estimate in percent (an accuracy, unit "%") or percentage points (a difference)."""
+    if np.isnan(e.value):
+        return "n/a"
+    return f"{100 * e.value:.1f}{unit} [{100 * e.low:.1f}, {100 * e.high:.1f}]"
 
 
 def decide(estimate: Estimate, bar: float, above_means: str) -> str:
@@ -169,12 +151,12 @@ class Judged:
     labels: tuple[str, ...] | None
 
 
-def split_models(models: Sequence[ModelSummary], settings: Settings, cells: list[Cell] = (),
+def split_models(models: Sequence[ModelSummary], settings: AnalysisSettings, cells: list[Cell] = (),
                  plan: Plan | None = None) -> tuple[list[Judged], list[Exclusion]]:
-    """Models fit to judge, and those left out with the reason (see `Settings.gate`; an unknown
+    """Models fit to judge, and those left out with the reason (see `AnalysisSettings.gate`; an unknown
     training accuracy counts as fit, as in the report)."""
     kept, excluded = [], []
-    bar = settings.min_train_accuracy
+    bar = settings.learned_bar_fraction
     for model in models:
         if settings.gate == "label":
             solved, failed = solved_labels(cells, model, plan, settings)
@@ -189,7 +171,8 @@ def split_models(models: Sequence[ModelSummary], settings: Settings, cells: list
             excluded.append(Exclusion(model.name, model.family,
                                       f"training accuracy {model.train_accuracy:.3f} below {bar:.3f}"))
         else:
-            kept.append(Judged(model.name, model.family, model.train_length, settings.labels))
+            kept.append(Judged(model.name, model.family, model.train_length,
+                              None if settings.labels is None else tuple(settings.labels)))
     return kept, excluded
 
 
@@ -199,21 +182,21 @@ def accuracy_at(cells: Iterable[Cell], model: str, label: str, length: int) -> f
 
 
 def solved_labels(cells: list[Cell], model: ModelSummary, plan: Plan | None,
-                  settings: Settings) -> tuple[list[str], list[tuple[str, float]]]:
+                  settings: AnalysisSettings) -> tuple[list[str], list[tuple[str, float]]]:
     """The labels (of `settings.labels`, else all) whose accuracy at T, pooled over seeds and depths,
-    reaches min_train_accuracy, and the others with their accuracy (nan: nothing stored at T)."""
+    reaches learned_bar_fraction, and the others with their accuracy (nan: nothing stored at T)."""
     labels = settings.labels or (plan.labels if plan is not None else sorted({c.task for c in cells}))
     solved, failed = [], []
     for label in labels:
         accuracy = accuracy_at(cells, model.name, label, model.train_length)
-        if accuracy >= settings.min_train_accuracy:
+        if accuracy >= settings.learned_bar_fraction:
             solved.append(label)
         else:
             failed.append((label, accuracy))
     return solved, failed
 
 
-def _gate(verdict: str, coverage: Coverage, settings: Settings) -> tuple[str, str]:
+def _gate(verdict: str, coverage: Coverage, settings: AnalysisSettings) -> tuple[str, str]:
     """A decided verdict becomes inconclusive when planned cells are missing."""
     if coverage.complete or settings.allow_incomplete or verdict == INCONCLUSIVE:
         return verdict, ""
@@ -246,33 +229,11 @@ def _by_family(evidence: list[Evidence]) -> str:
 
 def _explain(verdict: str, evidence: list[Evidence], excluded: list[Exclusion], summary: str) -> str:
     lines = [f"Verdict: {verdict}. {summary}".rstrip()]
-    lines += [f"- {e.model} ({e.family}): {e.quantity} {_fmt(e.estimate)} -> {e.verdict or 'not judged'}: {e.reason}"
+    lines += [f"- {e.model} ({e.family}): {e.quantity} {_fmt(e.estimate, '')} -> {e.verdict or 'not judged'}: {e.reason}"
               for e in evidence]
     lines += [f"- {x.model} ({x.family}) left out on {x.reason}" if x.reason.startswith("labels") else
               f"- {x.model} ({x.family}) excluded: {x.reason}" for x in excluded]
     return "\n".join(lines)
-
-
-def _chance(cells: Iterable[Cell], chance: float | Mapping[str, float]) -> float:
-    """Chance accuracy of pooled cells: per label, weighted by each cell's samples."""
-    if not isinstance(chance, Mapping):
-        return float(chance)
-    cells = list(cells)
-    total = sum(c.n for c in cells)
-    return float(sum(chance.get(c.task, 0.0) * c.n for c in cells) / total) if total else 0.0
-
-
-def _lengths(cells: list[Cell], model: str, plan: Plan | None, labels) -> list[int]:
-    everything = select(cells, model, plan, labels)
-    return sorted({k[2] for k in everything.keys} | {k[2] for k in everything.coverage.missing})
-
-
-def _reason(verdict: str, bar: float, yes: str, no: str) -> str:
-    if verdict == SUPPORTED:
-        return f"{yes} (interval clear of {bar:.2f})"
-    if verdict == NOT_SUPPORTED:
-        return f"{no} (interval clear of {bar:.2f})"
-    return f"interval straddles {bar:.2f}"
 
 
 def _finish(number: int, rule: str, verdict: str, evidence: list[Evidence], excluded: list[Exclusion],
@@ -284,161 +245,306 @@ def _finish(number: int, rule: str, verdict: str, evidence: list[Evidence], excl
 # --------------------------------------------------------------------------------------------
 # the claims
 # --------------------------------------------------------------------------------------------
+def _pct(x: float) -> str:
+    return "n/a" if x is None or np.isnan(x) else f"{100 * x:.0f}%"
+
+
+def _lengths_text(lengths: Sequence[int], T: int) -> str:
+    return ", ".join(f"{length} ({length / T:g}T)" for length in lengths) or "none"
+
+
+def _triple(e: Estimate) -> list[float | None]:
+    return [_round(e.value), _round(e.low), _round(e.high)]
+
+
 def claim_degradation(models: Sequence[ModelSummary], cells, plan: Plan | None = None,
-                      settings: Settings = Settings()) -> Finding:
-    """Claim 1. Per model: drop = accuracy at T minus accuracy at the longest planned length past T
-    (pooled over seeds, depths and the chosen labels; a paired interval). The model degrades when the
-    whole interval is above `min_drop`, does not when it is at or below it."""
+                      settings: AnalysisSettings = AnalysisSettings()) -> Finding:
+    """Claim 1. Per model, at every evaluated length L past T: drop(L) = accuracy at T minus at L
+    (pooled over seeds, depths and the model's labels), each interval at the Bonferroni level
+    over the k lengths. The model degrades sharply when some drop is decided above
+    `sharp_drop_fraction`, does not when every drop's upper bound is at or below it."""
     cells = cell_list(cells)
     kept, excluded = split_models(models, settings, cells, plan)
+    level, bar = settings.interval_level_fraction, settings.sharp_drop_fraction
     evidence = []
     for model in kept:
         T, name = model.train_length, model.name
-        past = [length for length in _lengths(cells, name, plan, model.labels) if length > T]
+        past = [length for length in lengths_of(cells, name, plan, model.labels) if length > T]
         if not past:
             evidence.append(Evidence(name, model.family, "accuracy drop", NO_ESTIMATE, INCONCLUSIVE,
                                      f"no length past T={T} evaluated or planned"))
             continue
+        each = simultaneous_level(level, len(past))
         at_t = select(cells, name, plan, model.labels, [T])
-        at_longest = select(cells, name, plan, model.labels, [max(past)])
-        drop = difference(at_t.cells, at_longest.cells, settings.level, settings.resamples, settings.seed)
-        coverage = at_t.coverage + at_longest.coverage
-        decided = decide(drop, settings.min_drop, SUPPORTED)
+        drops, coverage, keys = {}, at_t.coverage, list(at_t.keys)
+        for length in past:
+            at_length = select(cells, name, plan, model.labels, [length])
+            drops[length] = difference(at_t.cells, at_length.cells, each)
+            coverage, keys = coverage + at_length.coverage, keys + at_length.keys
+        sharp = [length for length, d in drops.items() if d.compare(bar) == "above"]
+        if sharp:
+            decided = SUPPORTED
+        elif all(d.compare(bar) == "below" for d in drops.values()):
+            decided = NOT_SUPPORTED
+        else:
+            decided = INCONCLUSIVE
         verdict, note = _gate(decided, coverage, settings)
-        first = pooled_estimate(at_t.cells, settings.level, settings.resamples, settings.seed)
-        last = pooled_estimate(at_longest.cells, settings.level, settings.resamples, settings.seed)
-        reason = (f"{_fmt(first)} at T={T}, {_fmt(last)} at {max(past)}; "
-                  + _reason(decided, settings.min_drop, "degrades", "does not degrade sharply") + note)
-        evidence.append(Evidence(name, model.family, f"accuracy drop T={T} -> {max(past)}", drop, verdict, reason,
-                                 at_t.keys + at_longest.keys, coverage,
-                                 {"accuracy_at_T": first.value, "accuracy_at_longest": last.value,
-                                  "longest": float(max(past))}))
-    rule = (f"per model, drop = accuracy at T minus at the longest length past T; supported when every model's "
-            f"{100 * settings.level:g}% interval of the drop is above {settings.min_drop:.2f}, not supported when "
-            "any is at or below it")
+        shown = drops[sharp[0]] if sharp else max(drops.values(), key=lambda d: -np.inf if np.isnan(d.value) else d.value)
+        shown_at = sharp[0] if sharp else max(drops, key=lambda L: -np.inf if np.isnan(drops[L].value) else drops[L].value)
+        effective = effective_length(cells, name, T, plan, model.labels, settings.effective_length_bar_fraction, level)
+        first = pooled_estimate(at_t.cells, level)
+        if decided == SUPPORTED:
+            why = f"drop above {bar:.2f} from {_lengths_text(sharp, T)}"
+        elif decided == NOT_SUPPORTED:
+            why = f"every drop up to {max(past)} is at most {bar:.2f}"
+        else:
+            why = f"no drop is decided above {bar:.2f}, and not every one is decided at or below it"
+        reason = (f"{_fmt(first, '%')} at T={T}; largest drop {_fmt(shown)} at {shown_at}; {why}; effective length "
+                  f"{effective.length if effective.length is not None else 'none'}" + note)
+        evidence.append(Evidence(
+            name, model.family, f"drop from T={T} ({'first sharp' if sharp else 'largest'}, at {shown_at})", shown,
+            verdict, reason, keys, coverage,
+            {"accuracy_at_T": first.value, "length": float(shown_at),
+             "effective_length": float("nan") if effective.length is None else float(effective.length)},
+            {"drops": {str(length): _triple(d) for length, d in drops.items()}, "sharp_from": sharp,
+             "interval_level_each": each, "effective_length": effective.length,
+             "ruler_effective_length": effective.ruler_length}))
+    rule = (f"A model degrades sharply when, at some length past T, its accuracy at T minus its accuracy there has "
+            f"an interval wholly above {bar:.2f} ({100 * level:g}% over all lengths together), and does not when "
+            f"every such interval ends at or below {bar:.2f}; the claim holds when every family's judged models "
+            "degrade.")
     verdict, summary = every_family(every(e.verdict for e in evidence), evidence, models, _by_family(evidence))
     return _finish(1, rule, verdict, evidence, excluded, summary)
 
 
 def claim_recurrent_vs_attention(models: Sequence[ModelSummary], cells, plan: Plan | None = None,
-                                 settings: Settings = Settings()) -> Finding:
-    """Claim 2. At L = factor * T, pooled over seeds, depths and labels: a recurrent or state-space
-    model keeps non-trivial accuracy when its interval is above chance + `nontrivial`; an attention
-    model collapses when its interval is at or below chance + `collapsed`. Other families are shown
-    but not judged."""
+                                 settings: AnalysisSettings = AnalysisSettings()) -> Finding:
+    """Claim 2. For every recurrent/state-space model R and every attention model A, at every
+    evaluated length past T, the difference acc_R - acc_A on the labels both models are judged
+    on (pooled over seeds and depths; MOVER intervals at the Bonferroni level over the lengths).
+    R is ahead at a length when the interval is wholly above `lead_margin_fraction`, A is ahead
+    when it is wholly below minus that margin. A pair supports the claim when R is ahead
+    somewhere and A nowhere; it contradicts it when A is ahead somewhere, or when R cannot be
+    ahead anywhere (every upper bound at or below the margin). Other families are not judged."""
     cells = cell_list(cells)
     kept, excluded = split_models(models, settings, cells, plan)
-    evidence, roles = [], set()
+    level, margin = settings.interval_level_fraction, settings.lead_margin_fraction
+    recurrent = [m for m in kept if m.family in settings.recurrent_families]
+    attention = [m for m in kept if m.family in settings.attention_families]
+    evidence = []
     for model in kept:
-        name, length = model.name, settings.factor * model.train_length
-        chosen = select(cells, name, plan, model.labels, [length])
-        accuracy = pooled_estimate(chosen.cells, settings.level, settings.resamples, settings.seed)
-        chance = _chance(chosen.cells, settings.chance)
-        quantity = f"accuracy at {settings.factor}T={length}"
-        if model.family in settings.recurrent_families:
-            roles.add("recurrent")
-            bar = chance + settings.nontrivial
-            decided = decide(accuracy, bar, SUPPORTED)
-            verdict, note = _gate(decided, chosen.coverage, settings)
-            reason = _reason(decided, bar, "keeps non-trivial accuracy", "does not keep non-trivial accuracy") + note
-        elif model.family in settings.attention_families:
-            roles.add("attention")
-            bar = chance + settings.collapsed
-            decided = decide(accuracy, bar, NOT_SUPPORTED)
-            verdict, note = _gate(decided, chosen.coverage, settings)
-            reason = _reason(decided, bar, "collapses to near chance", "does not collapse") + note
-        else:
-            verdict, reason = None, f"family {model.family} is not part of the claim"
-        if np.isnan(accuracy.value) and verdict is not None:
-            verdict, reason = INCONCLUSIVE, f"no results at {length}"
-        evidence.append(Evidence(name, model.family, quantity, accuracy, verdict, reason, chosen.keys,
-                                 chosen.coverage, {"chance": chance, "length": float(length)}))
+        if model not in recurrent and model not in attention:
+            evidence.append(Evidence(model.name, model.family, "not compared", NO_ESTIMATE, None,
+                                     f"family {model.family} is neither recurrent nor attention"))
+    for r in recurrent:
+        for a in attention:
+            evidence.append(_pair(cells, plan, settings, r, a, level, margin))
     verdict = every(e.verdict for e in evidence if e.verdict is not None)
-    summary = _by_family(evidence)
-    if verdict == SUPPORTED and roles != {"recurrent", "attention"}:
-        verdict, summary = INCONCLUSIVE, f"needs both recurrent and attention models; has {sorted(roles)}. " + summary
-    rule = (f"at {settings.factor}T, pooled over formats and depths: supported when every recurrent/state-space "
-            f"model's interval is above chance + {settings.nontrivial:.2f} and every attention model's is at or below "
-            f"chance + {settings.collapsed:.2f} (at least one of each); not supported when any model is decided the "
-            "other way")
+    summary = "; ".join(_pair_summary(e) for e in evidence if e.verdict is not None)
+    if not recurrent or not attention:
+        have = "a recurrent" if recurrent else "an attention" if attention else "no"
+        verdict, summary = INCONCLUSIVE, f"needs a judged recurrent and a judged attention model; has {have} model only. "
+    rule = (f"For each recurrent or state-space model paired with each attention model, the difference in accuracy "
+            f"(recurrent minus attention, on the formats both learned) is read at every length past T with "
+            f"{100 * level:g}% intervals over all lengths together: a family is ahead where its interval clears a "
+            f"margin of {margin:.2f}, and the claim holds when every recurrent model is ahead somewhere and attention "
+            "nowhere.")
     return _finish(2, rule, verdict, evidence, excluded, summary)
 
 
+def _pair(cells: list[Cell], plan: Plan | None, settings: AnalysisSettings, r: Judged, a: Judged, level: float,
+          margin: float) -> Evidence:
+    T = r.train_length
+    labels = _shared_labels(r.labels, a.labels)
+    name = f"{r.name} vs {a.name}"
+    if labels is not None and not labels:
+        return Evidence(name, r.family, "recurrent minus attention", NO_ESTIMATE, INCONCLUSIVE,
+                        "no format both models learned at T")
+    if a.train_length != T:
+        return Evidence(name, r.family, "recurrent minus attention", NO_ESTIMATE, INCONCLUSIVE,
+                        f"trained at different lengths ({T} and {a.train_length})")
+    lengths = sorted(set(lengths_of(cells, r.name, plan, labels)) & set(lengths_of(cells, a.name, plan, labels)))
+    past = [length for length in lengths if length > T]
+    if not past:
+        return Evidence(name, r.family, "recurrent minus attention", NO_ESTIMATE, INCONCLUSIVE,
+                        f"no length past T={T} evaluated for both")
+    each = simultaneous_level(level, len(past))
+    diffs, coverage, keys = {}, Coverage(0, 0), []
+    for length in past:
+        mine = select(cells, r.name, plan, labels, [length])
+        theirs = select(cells, a.name, plan, labels, [length])
+        diffs[length] = difference(mine.cells, theirs.cells, each)
+        coverage, keys = coverage + mine.coverage + theirs.coverage, keys + mine.keys + theirs.keys
+    r_ahead = [length for length, d in diffs.items() if d.compare(margin) == "above"]
+    a_ahead = [length for length, d in diffs.items() if not np.isnan(d.high) and d.high < -margin]
+    if a_ahead:
+        decided = NOT_SUPPORTED
+    elif r_ahead:
+        decided = SUPPORTED
+    elif all(not np.isnan(d.high) and d.high <= margin for d in diffs.values()):
+        decided = NOT_SUPPORTED
+    else:
+        decided = INCONCLUSIVE
+    verdict, note = _gate(decided, coverage, settings)
+    longest = max(past)
+    reason = (f"{r.name} ahead at {_lengths_text(r_ahead, T)}; {a.name} ahead at {_lengths_text(a_ahead, T)}; "
+              f"at {longest}: {_fmt(diffs[longest])}"
+              + ("" if labels is None else f"; on {', '.join(labels)}") + note)
+    return Evidence(name, r.family, f"{r.name} minus {a.name} at {longest} ({longest / T:g}T)", diffs[longest],
+                    verdict, reason, keys, coverage, {"length": float(longest)},
+                    {"recurrent": r.name, "attention": a.name, "recurrent_ahead": r_ahead, "attention_ahead": a_ahead,
+                     "differences": {str(length): _triple(d) for length, d in diffs.items()},
+                     "labels": None if labels is None else list(labels), "interval_level_each": each})
+
+
+def _shared_labels(first: tuple[str, ...] | None, second: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if first is None or second is None:
+        return first if second is None else second
+    return tuple(label for label in first if label in second)
+
+
+def _pair_summary(e: Evidence) -> str:
+    d = e.details
+    if not d:
+        return f"{e.model}: {e.verdict}"
+    return (f"{e.model}: {e.verdict} ({d['recurrent']} ahead at {', '.join(map(str, d['recurrent_ahead'])) or 'no length'}"
+            f", {d['attention']} ahead at {', '.join(map(str, d['attention_ahead'])) or 'no length'})")
+
+
 def claim_lost_in_the_middle(models: Sequence[ModelSummary], cells, plan: Plan | None = None,
-                             settings: Settings = Settings()) -> Finding:
-    """Claim 3. At T: index = accuracy at the two extreme depths minus accuracy at depths in
-    [40, 60], pooled over seeds and labels (a paired interval). Lost in the middle when the
-    interval is above `min_middle_gap`; not when it is at or below it."""
+                             settings: AnalysisSettings = AnalysisSettings()) -> Finding:
+    """Claim 3. Per model at the first `middle_lengths_read` lengths from T on whose accuracy over all
+    depths is off the ceiling and floor: the U index min(start, end) - middle,
+    with primacy (start - middle) and recency (end - middle) apart, intervals at the Bonferroni
+    level over the lengths read. Lost in the middle when some U index is decided above
+    `middle_gap_fraction`; not when every one's upper bound is at or below it. Recency alone
+    (the start no better than the middle) is not lost in the middle."""
     cells = cell_list(cells)
     kept, excluded = split_models(models, settings, cells, plan)
+    level, gap = settings.interval_level_fraction, settings.middle_gap_fraction
     evidence = []
     for model in kept:
         T, name = model.train_length, model.name
-        found = middle_index(cells, name, T, plan, model.labels, level=settings.level,
-                             resamples=settings.resamples, seed=settings.seed)
-        if not found.ends or not found.middle:
+        candidates = [L for L in lengths_of(cells, name, plan, model.labels) if L >= T]
+        measured = {L: middle_index(cells, name, L, plan, model.labels, settings.middle_depths_percent, level)
+                    for L in candidates}
+        measured = {L: m for L, m in measured.items() if m.measured}
+        if not measured:
             evidence.append(Evidence(name, model.family, "lost-in-the-middle index", NO_ESTIMATE, INCONCLUSIVE,
-                                     f"no end and middle depths at T={T}", found.cells, found.coverage))
+                                     f"no start, end and middle depths from T={T} on"))
             continue
-        decided = decide(found.index, settings.min_middle_gap, SUPPORTED)
-        verdict, note = _gate(decided, found.coverage, settings)
-        ends = "/".join(f"{d:g}" for d in found.ends)
-        middle = "/".join(f"{d:g}" for d in found.middle)
-        reason = (f"ends ({ends}) {found.ends_accuracy:.2f}, middle ({middle}) {found.middle_accuracy:.2f}; "
-                  + _reason(decided, settings.min_middle_gap, "worse in the middle", "not worse in the middle") + note)
-        evidence.append(Evidence(name, model.family, f"ends minus middle at T={T}", found.index, verdict, reason,
-                                 found.cells, found.coverage,
-                                 {"ends_accuracy": found.ends_accuracy, "middle_accuracy": found.middle_accuracy}))
-    rule = (f"per model at T, index = accuracy at the extreme depths minus at depths 40-60%; supported when every "
-            f"model's interval is above {settings.min_middle_gap:.2f}, not supported when any is at or below it")
+        inside = [L for L, m in measured.items()
+                  if settings.floor_fraction <= m.overall.value <= settings.ceiling_fraction]
+        read = inside[:settings.middle_lengths_read]
+        skipped = [L for L in measured if L < (read[-1] if read else max(measured) + 1) and L not in read]
+        limits = {str(L): _round(measured[L].overall.value) for L in skipped}
+        used = [measured[L] for L in read + skipped]
+        coverage = sum((m.coverage for m in used), Coverage(0, 0))
+        keys = [k for m in used for k in m.cells]
+        if not read:
+            evidence.append(Evidence(name, model.family, "lost-in-the-middle index", NO_ESTIMATE, INCONCLUSIVE,
+                                     f"accuracy over all depths is above {_pct(settings.ceiling_fraction)} or below "
+                                     f"{_pct(settings.floor_fraction)} at every length from T={T} on: no depth can "
+                                     "differ there", keys, coverage, details={"skipped": limits}))
+            continue
+        each = simultaneous_level(level, len(read))
+        again = {L: middle_index(cells, name, L, plan, model.labels, settings.middle_depths_percent, each) for L in read}
+        lost = [L for L, m in again.items() if m.u_index.compare(gap) == "above"]
+        if lost:
+            decided = SUPPORTED
+        elif all(m.u_index.compare(gap) == "below" for m in again.values()):
+            decided = NOT_SUPPORTED
+        else:
+            decided = INCONCLUSIVE
+        verdict, note = _gate(decided, coverage, settings)
+        shown_at = lost[0] if lost else max(again, key=lambda L: again[L].u_index.value)
+        shown = again[shown_at]
+        reason = (f"at {shown_at} ({shown_at / T:g}T): start {_pct(shown.start.value)}, middle "
+                  f"{_pct(shown.middle_accuracy.value)}, end {_pct(shown.end.value)}; primacy {_fmt(shown.primacy)}, "
+                  f"recency {_fmt(shown.recency)}; "
+                  + ("worse in the middle than at both ends" if decided == SUPPORTED else
+                     "not worse in the middle than at both ends" if decided == NOT_SUPPORTED else
+                     "undecided")
+                  + (f"; not read (at the ceiling or floor) at {', '.join(limits)}" if limits else "") + note)
+        evidence.append(Evidence(
+            name, model.family, f"min(start, end) minus middle at {shown_at} ({shown_at / T:g}T)", shown.u_index,
+            verdict, reason, keys, coverage,
+            {"primacy": shown.primacy.value, "recency": shown.recency.value, "length": float(shown_at)},
+            {"read_lengths": read, "lost_at": lost, "skipped": limits, "interval_level_each": each,
+             "by_length": {str(L): {"start": _round(m.start.value), "middle": _round(m.middle_accuracy.value),
+                                    "end": _round(m.end.value), "primacy": _triple(m.primacy),
+                                    "recency": _triple(m.recency), "u_index": _triple(m.u_index)}
+                           for L, m in again.items()}}))
+    rule = (f"At the first {settings.middle_lengths_read} lengths from T on where a model's accuracy over all depths "
+            f"is off the ceiling and floor ({_pct(settings.floor_fraction)}-{_pct(settings.ceiling_fraction)}), "
+            f"the worse of its two ends minus its middle (depths {settings.middle_depths_percent[0]:g}-"
+            f"{settings.middle_depths_percent[1]:g}%) must have an interval wholly above {settings.middle_gap_fraction:.2f} "
+            f"at some length ({100 * level:g}% over the lengths together) for the model to be lost in the middle, so "
+            "that a rise toward the question alone (recency) does not count; the claim holds when every family's judged "
+            "models are.")
     verdict, summary = every_family(every(e.verdict for e in evidence), evidence, models, _by_family(evidence))
     return _finish(3, rule, verdict, evidence, excluded, summary)
 
 
 def claim_format_inconsistency(models: Sequence[ModelSummary], cells, plan: Plan | None = None,
-                               settings: Settings = Settings()) -> Finding:
-    """Claim 4. Per model, the spread (max - min) of accuracy across formats, each pooled over seeds
-    and depths: at T, and at each planned length past T. A model shows the inconsistency when the
-    spread at T is decided below `small_spread` and at some length past T decided above
-    `large_spread`; it does not when the spread at T is decided not small or every spread past T is
-    decided not large."""
+                               settings: AnalysisSettings = AnalysisSettings()) -> Finding:
+    """Claim 4. Per model and per group of its labels with equal answer length (so that a longer
+    answer cannot make a format look worse): the spread (max - min) of accuracy across the group
+    at T and at the fixed length `format_length_factor` * T. Inconsistent when for some group
+    the spread at T is decided below `small_spread_fraction` and at the fixed length decided
+    above `large_spread_fraction`; consistent when no group can be."""
     cells = cell_list(cells)
     kept, excluded = split_models(models, settings, cells, plan)
+    level = settings.interval_level_fraction
+    small, large = settings.small_spread_fraction, settings.large_spread_fraction
     evidence = []
     for model in kept:
         T, name = model.train_length, model.name
-        args = dict(plan=plan, labels=model.labels, level=settings.level, resamples=settings.resamples,
-                    seed=settings.seed)
-        at_t = format_spread(cells, name, T, **args)
-        past = [format_spread(cells, name, length, **args)
-                for length in _lengths(cells, name, plan, model.labels) if length > T]
-        coverage = sum((s.coverage for s in past), at_t.coverage)
-        used = at_t.cells + [k for s in past for k in s.cells]
-        if at_t.best is None or not past or any(s.best is None for s in past):
+        fixed = settings.format_length_factor * T
+        labels = model.labels or tuple(sorted({c.task for c in cells if c.model == name}))
+        groups = [g for g in answer_length_groups(labels, plan) if len(g) >= 2]
+        if not groups:
             evidence.append(Evidence(name, model.family, "format spread", NO_ESTIMATE, INCONCLUSIVE,
-                                     "needs two or more formats at T and at a length past T", used, coverage))
+                                     "needs two or more learned formats of equal answer length"))
             continue
-        small = at_t.spread.compare(settings.small_spread)          # 'below' = small
-        large = [s.spread.compare(settings.large_spread) for s in past]  # 'above' = large
-        if small == "below" and "above" in large:
-            verdict = SUPPORTED
-        elif small == "above" or all(x == "below" for x in large):
-            verdict = NOT_SUPPORTED
+        if fixed not in lengths_of(cells, name, plan, labels):
+            evidence.append(Evidence(name, model.family, "format spread", NO_ESTIMATE, INCONCLUSIVE,
+                                     f"the fixed length {fixed} ({settings.format_length_factor}T) was not evaluated"))
+            continue
+        each = simultaneous_level(level, 2 * len(groups))  # every group, at T and at the fixed length
+        results = []
+        for group in groups:
+            at_t = format_spread(cells, name, T, plan, group, each)
+            at_fixed = format_spread(cells, name, fixed, plan, group, each)
+            yes = at_t.spread.compare(small) == "below" and at_fixed.spread.compare(large) == "above"
+            no = ((not np.isnan(at_t.spread.low) and at_t.spread.low >= small)
+                  or at_fixed.spread.compare(large) == "below")
+            results.append((group, at_t, at_fixed, yes, no))
+        if any(yes for *_, yes, _ in results):
+            decided = SUPPORTED
+        elif all(no for *_, no in results):
+            decided = NOT_SUPPORTED
         else:
-            verdict = INCONCLUSIVE
-        verdict, note = _gate(verdict, coverage, settings)
-        widest = max(past, key=lambda s: s.spread.value)
-        ranking = (f"{widest.best} best, {widest.worst} worst" if widest.spread.value > 0 else "formats equal")
-        reason = (f"spread at T={T} {_fmt(at_t.spread)} (small below {settings.small_spread:.2f}: {small}); widest "
-                  f"past T at {widest.length}: {_fmt(widest.spread)}, {ranking} "
-                  f"(large above {settings.large_spread:.2f}: {', '.join(large)})" + note)
-        evidence.append(Evidence(name, model.family, f"widest format spread past T (at {widest.length})",
-                                 widest.spread, verdict, reason, used, coverage,
-                                 {"spread_at_T": at_t.spread.value, "spread_at_T_low": at_t.spread.low,
-                                  "spread_at_T_high": at_t.spread.high, "length": float(widest.length)}))
-    rule = (f"per model, spread across formats; supported when for some model the spread at T is decided below "
-            f"{settings.small_spread:.2f} and at some length past T decided above {settings.large_spread:.2f}; "
-            "not supported when no model can be (every model decided otherwise)")
+            decided = INCONCLUSIVE
+        verdict, note = _gate(decided, sum((r[1].coverage + r[2].coverage for r in results), Coverage(0, 0)), settings)
+        group, at_t, at_fixed, *_ = max(results, key=lambda r: (r[3], -np.inf if np.isnan(r[2].spread.value)
+                                                                else r[2].spread.value))
+        ranking = f"{at_fixed.best} best, {at_fixed.worst} worst" if at_fixed.spread.value > 0 else "formats equal"
+        reason = (f"formats {', '.join(group)}: spread at T={T} {_fmt(at_t.spread)}, at {fixed} "
+                  f"({settings.format_length_factor}T) {_fmt(at_fixed.spread)}, {ranking}" + note)
+        coverage = sum((r[1].coverage + r[2].coverage for r in results), Coverage(0, 0))
+        keys = [k for r in results for k in r[1].cells + r[2].cells]
+        evidence.append(Evidence(
+            name, model.family, f"format spread at {fixed} ({settings.format_length_factor}T)", at_fixed.spread,
+            verdict, reason, keys, coverage,
+            {"spread_at_T": at_t.spread.value, "spread_at_T_low": at_t.spread.low,
+             "spread_at_T_high": at_t.spread.high, "length": float(fixed)},
+            {"groups": [{"labels": list(g), "spread_at_T": _triple(t.spread), "spread_at_fixed": _triple(f.spread),
+                         "by_label_at_fixed": {k: _triple(v) for k, v in f.by_label.items()}}
+                        for g, t, f, *_ in results], "interval_level_each": each}))
+    rule = (f"Among formats of equal answer length, a model is inconsistent when their spread in accuracy is decided "
+            f"below {small:.2f} at T and above {large:.2f} at {settings.format_length_factor}T (a length fixed in "
+            f"advance; {100 * level:g}% intervals over every comparison together); the claim holds when some model is.")
     return _finish(4, rule, some(e.verdict for e in evidence), evidence, excluded)
 
 
@@ -447,7 +553,7 @@ CLAIM_FUNCTIONS = {1: claim_degradation, 2: claim_recurrent_vs_attention, 3: cla
 
 
 def findings(models: Sequence[ModelSummary], cells, plan: Plan | None = None,
-             settings: Settings = Settings()) -> list[Finding]:
+             settings: AnalysisSettings = AnalysisSettings()) -> list[Finding]:
     """All four claims, in order."""
     cells = cell_list(cells)
     return [CLAIM_FUNCTIONS[number](models, cells, plan, settings) for number in sorted(CLAIM_FUNCTIONS)]

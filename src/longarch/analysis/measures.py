@@ -1,12 +1,16 @@
-"""Measures over stored cells: per-cell intervals, effective length, lost-in-the-middle index and
-format sensitivity, each with a bootstrap interval and a count of the planned cells it covers.
+"""Measures over stored cells: per-cell intervals, effective length, the lost-in-the-middle index
+(primacy and recency apart) and format spread, each with its interval and a count of the planned
+cells it rests on.
 
 Everything works on `Cell`s (results pooled over seeds, see `stats.collect_cells`); nothing reads
-or writes the store. Accuracies are fractions in [0, 1]. Wherever a measure compares or combines
-several groups of cells (ends vs middle, one length vs another, one format vs the others) the
-groups are resampled together: one draw of seeds, and within each seed one draw of sample
-indices shared by every cell with the same number of samples. Differences then keep what the
-groups share (the model seed above all) out of their interval.
+or writes the store. Accuracies are fractions in [0, 1].
+
+Intervals (see `intervals` for why these and their coverage, proven by simulation): an accuracy
+gets the Jeffreys interval of its counts pooled over seeds, which covers the mean true accuracy of
+the seeds that were trained; a difference of two accuracies gets Newcombe's MOVER interval built
+from the two. A quantity read at several lengths or depths at once (the worse of two ends, the
+widest of several formats, "at some length past T") takes its intervals at a Bonferroni-corrected
+level, so the whole statement holds at the nominal level.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .stats import Cell, mean_ci
+from . import intervals
+from .stats import Cell
 
 CellKey = tuple[str, str, int, "float | None"]  # (model, label, length, depth), as `collect_cells` keys them
-RULER_THRESHOLD = 0.856  # Llama-2-7B's RULER average at 4K, the bar RULER's effective length uses
+RULER_BAR = 0.856  # Llama-2-7B's RULER average at 4K, the bar of RULER's effective length
 MIDDLE = (40.0, 60.0)    # needle depths (percent) that count as the middle of the context
 
 
@@ -28,7 +33,7 @@ MIDDLE = (40.0, 60.0)    # needle depths (percent) that count as the middle of t
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its bootstrap interval; n is the number of per-sample scores used."""
+    """A point estimate with its interval; n is the number of per-sample scores used."""
 
     value: float
     low: float
@@ -72,11 +77,14 @@ class Coverage:
 @dataclass(frozen=True)
 class Plan:
     """The planned evaluation grid, the same for every model. `depths` applies to every label, or
-    is a mapping label -> depths; (None,) marks a label evaluated without a needle depth."""
+    is a mapping label -> depths; (None,) marks a label evaluated without a needle depth.
+    `answer_lengths`: how many symbols each label's answer has (claim 4 compares only formats of
+    equal answer length)."""
 
     labels: tuple[str, ...]
     lengths: tuple[int, ...]
     depths: tuple[float | None, ...] | Mapping[str, tuple[float | None, ...]] = (None,)
+    answer_lengths: Mapping[str, int] | None = None  # answer symbols per sample, per label; None: unknown
 
     def depths_of(self, label: str) -> tuple[float | None, ...]:
         depths = self.depths.get(label, (None,)) if isinstance(self.depths, Mapping) else self.depths
@@ -142,7 +150,7 @@ def select(cells: Iterable[Cell], model: str, plan: Plan | None = None, labels: 
 # intervals
 # --------------------------------------------------------------------------------------------
 def seed_groups(cells: Iterable[Cell]) -> list[np.ndarray]:
-    """Per-seed arrays of every score of `cells`, for `mean_ci`'s two-stage bootstrap."""
+    """Per-seed arrays of every score of `cells`, in seed order."""
     by_seed: dict[int, list[np.ndarray]] = {}
     for cell in cells:
         for seed, scores in cell.per_seed.items():
@@ -150,82 +158,56 @@ def seed_groups(cells: Iterable[Cell]) -> list[np.ndarray]:
     return [np.concatenate(parts) for _, parts in sorted(by_seed.items())]
 
 
+def seed_counts(cells: Iterable[Cell]) -> tuple[np.ndarray, np.ndarray]:
+    """(k, n) per seed over every score of `cells`: the sum of the scores and their number
+    (seeds with no score left out); see `intervals.counts`."""
+    return intervals.counts([g for g in seed_groups(cells) if g.size])
+
+
 def pooled_mean(cells: Iterable[Cell]) -> float:
-    """Mean over every score of `cells`; nan when there is none."""
-    groups = seed_groups(cells)
-    flat = np.concatenate(groups) if groups else np.zeros(0)
-    return float(flat.mean()) if flat.size else float("nan")
+    """Mean of the seeds' accuracies over every score of `cells` (the value of `pooled_estimate`;
+    with as many samples in every seed, the mean over all scores); nan when there is none."""
+    k, n = seed_counts(cells)
+    return float(np.mean(k / n)) if n.size else float("nan")
 
 
-def pooled_estimate(cells: Iterable[Cell], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Estimate:
-    """Accuracy over every score of `cells` (seeds weighted by their samples), with the two-stage
-    bootstrap interval of `mean_ci` (seeds resampled, then samples within each seed)."""
-    groups = [g for g in seed_groups(cells) if g.size]
-    if not groups:
+def pooled_estimate(cells: Iterable[Cell], level: float = 0.95) -> Estimate:
+    """Accuracy over every score of `cells` with its interval for these trained seeds.
+
+    The value is the mean of the per-seed accuracies (the pooled accuracy when every seed has as
+    many samples); the interval is `intervals.these_seeds_interval`: the Jeffreys interval of the
+    counts pooled over seeds, which covers the mean true accuracy of the seeds that were trained
+    (seed-to-seed spread is shown apart, never in it). It never has zero width: 48 of 48 correct
+    gives [0.949, 1]."""
+    k, n = seed_counts(cells)
+    if not n.size:
         return NO_ESTIMATE
-    mean, low, high = mean_ci(groups, level=level, resamples=resamples, seed=seed)
-    return Estimate(mean, low, high, int(sum(g.size for g in groups)))
+    low, high = intervals.these_seeds_interval(k, n, level)
+    return Estimate(float(np.mean(k / n)), float(low), float(high), int(n.sum()))
 
 
-def cell_estimate(cell: Cell, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Estimate:
-    """One cell's accuracy with a 95% interval over samples and seeds."""
-    return pooled_estimate([cell], level=level, resamples=resamples, seed=seed)
+def cell_estimate(cell: Cell, level: float = 0.95) -> Estimate:
+    """One cell's accuracy with its interval (see `pooled_estimate`)."""
+    return pooled_estimate([cell], level)
 
 
-def resampled_means(groups: Sequence[Sequence[Cell]], resamples: int = 2000,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The pooled accuracy of each group of cells, observed (G,) and under one shared bootstrap
-    (resamples, G): seeds are drawn once for all groups, and within a seed every cell with the
-    same number of samples reuses the same draw of sample indices (a paired resample)."""
-    rng = np.random.default_rng(seed)
-    seeds = sorted({s for group in groups for cell in group for s in cell.per_seed})
-    observed_sum = np.zeros(len(groups))
-    observed_n = np.zeros(len(groups))
-    sums = np.zeros((resamples, len(groups)))
-    counts = np.zeros((resamples, len(groups)))
-    if seeds:
-        seed_draws = rng.multinomial(len(seeds), np.full(len(seeds), 1 / len(seeds)), size=resamples)  # (R, S)
-    for s, model_seed in enumerate(seeds):
-        by_size: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for g, group in enumerate(groups):
-            for cell in group:
-                scores = np.asarray(cell.per_seed.get(model_seed, ()), dtype=float).ravel()
-                if scores.size:
-                    by_size.setdefault(scores.size, []).append((g, scores))
-        for size, members in sorted(by_size.items()):
-            copies = seed_draws[:, s]  # (R,)
-            weights = rng.multinomial(copies * size, np.full(size, 1 / size))  # (R, size): index counts
-            for g, scores in members:
-                sums[:, g] += weights @ scores
-                counts[:, g] += copies * size
-                observed_sum[g] += scores.sum()
-                observed_n[g] += size
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return observed_sum / observed_n, sums / counts
-
-
-def statistic_estimate(groups: Sequence[Sequence[Cell]], statistic, level: float = 0.95, resamples: int = 2000,
-                       seed: int = 0) -> Estimate:
-    """`statistic` (a function of the group means, applied along the last axis) with a
-    percentile interval from the shared resample of `resampled_means`. Resamples that drew no
-    score of some group (possible with few seeds) are left out."""
-    if not groups or any(not group for group in groups):
+def difference(first: Sequence[Cell], second: Sequence[Cell], level: float = 0.95) -> Estimate:
+    """Accuracy of `first` minus accuracy of `second` (each pooled as in `pooled_estimate`), with
+    Newcombe's MOVER interval built from the two intervals (`intervals.these_seeds_difference`).
+    It assumes the two groups' samples are independent given the seeds; where they share samples
+    (two models of one seed see the same samples) and score alike, it errs wide."""
+    k_a, n_a = seed_counts(first)
+    k_b, n_b = seed_counts(second)
+    if not n_a.size or not n_b.size:
         return NO_ESTIMATE
-    observed, draws = resampled_means(groups, resamples=resamples, seed=seed)
-    if np.isnan(observed).any():
-        return NO_ESTIMATE
-    draws = draws[~np.isnan(draws).any(axis=1)]
-    values = statistic(draws)
-    tail = (1 - level) / 2
-    low, high = np.quantile(values, [tail, 1 - tail]) if values.size else (np.nan, np.nan)
-    n = int(sum(cell.n for group in groups for cell in group))
-    return Estimate(float(statistic(observed[None, :])[0]), float(low), float(high), n)
+    a, b = float(np.mean(k_a / n_a)), float(np.mean(k_b / n_b))
+    low, high = intervals.these_seeds_difference(k_a, n_a, k_b, n_b, level)
+    return Estimate(a - b, float(low), float(high), int(n_a.sum() + n_b.sum()))
 
 
-def difference(first: Sequence[Cell], second: Sequence[Cell], level: float = 0.95, resamples: int = 2000,
-               seed: int = 0) -> Estimate:
-    """Accuracy of `first` minus accuracy of `second`, with a paired bootstrap interval."""
-    return statistic_estimate([first, second], lambda m: m[:, 0] - m[:, 1], level, resamples, seed)
+def simultaneous_level(level: float, tests: int) -> float:
+    """The level of each of `tests` intervals that hold together at `level` (Bonferroni)."""
+    return 1 - (1 - level) / max(1, tests)
 
 
 def _plain(x: float) -> float | None:
@@ -245,18 +227,24 @@ class LengthAccuracy:
 
 @dataclass
 class EffectiveLength:
-    """The longest evaluated length whose accuracy (pooled over seeds, depths and the chosen
-    labels) is strictly above `threshold`; None when no length is. `contiguous` says whether every
-    shorter evaluated length is above it too. `conservative` / `optimistic` apply the same rule to
-    the lower / upper ends of the intervals. `ratio` is length / training length."""
+    """How far a model's accuracy (pooled over seeds, depths and the chosen labels) stays above
+    `bar`, by two rules:
+
+    - `length`: the longest evaluated length up to which the interval's lower bound is above
+      `bar` at every evaluated length (contiguous from the shortest); None when the shortest
+      already fails. One lucky point past a failing length cannot extend it.
+    - `ruler_length`: RULER's rule, the longest length whose point accuracy is above `bar`,
+      contiguous or not (what RULER's tables report; compare with it).
+    - `optimistic`: the contiguous rule on the upper bounds (the most the data allow).
+
+    `ratio` is `length` / training length."""
 
     model: str
     labels: tuple[str, ...] | None   # None: pooled over every label
-    threshold: float
+    bar: float
     train_length: int
     length: int | None
-    contiguous: bool
-    conservative: int | None
+    ruler_length: int | None
     optimistic: int | None
     points: list[LengthAccuracy]
     coverage: Coverage
@@ -266,38 +254,52 @@ class EffectiveLength:
         return None if self.length is None else self.length / self.train_length
 
 
-def _longest_above(values: list[tuple[int, float]], threshold: float) -> int | None:
-    above = [length for length, value in values if not np.isnan(value) and value > threshold]
+def _contiguous(values: list[tuple[int, float]], bar: float) -> int | None:
+    """The longest length up to which every value (in length order) is above `bar`."""
+    last = None
+    for length, value in sorted(values):
+        if np.isnan(value) or value <= bar:
+            break
+        last = length
+    return last
+
+
+def _longest_above(values: list[tuple[int, float]], bar: float) -> int | None:
+    above = [length for length, value in values if not np.isnan(value) and value > bar]
     return max(above) if above else None
 
 
 def accuracy_at_lengths(cells, model: str, plan: Plan | None = None, labels: Iterable[str] | None = None,
-                        level: float = 0.95, resamples: int = 2000, seed: int = 0) -> list[LengthAccuracy]:
+                        level: float = 0.95) -> list[LengthAccuracy]:
     """Accuracy at every planned or evaluated length, pooled over seeds, depths and `labels`."""
     cells = cell_list(cells)
     labels = None if labels is None else tuple(labels)
-    everything = select(cells, model, plan, labels)
-    lengths = sorted({k[2] for k in everything.keys} | {k[2] for k in everything.coverage.missing})
     points = []
-    for length in lengths:
+    for length in lengths_of(cells, model, plan, labels):
         chosen = select(cells, model, plan, labels, [length])
-        points.append(LengthAccuracy(length, pooled_estimate(chosen.cells, level, resamples, seed), chosen.keys,
-                                     chosen.coverage))
+        points.append(LengthAccuracy(length, pooled_estimate(chosen.cells, level), chosen.keys, chosen.coverage))
     return points
 
 
+def lengths_of(cells, model: str, plan: Plan | None = None, labels: Iterable[str] | None = None) -> list[int]:
+    """Every planned or evaluated length of `model` (on `labels`), sorted."""
+    everything = select(cell_list(cells), model, plan, labels)
+    return sorted({k[2] for k in everything.keys} | {k[2] for k in everything.coverage.missing})
+
+
 def effective_length(cells, model: str, train_length: int, plan: Plan | None = None,
-                     labels: Iterable[str] | None = None, threshold: float = RULER_THRESHOLD, level: float = 0.95,
-                     resamples: int = 2000, seed: int = 0) -> EffectiveLength:
-    """RULER's effective length of one model (per label set, or pooled over every label)."""
-    points = accuracy_at_lengths(cells, model, plan, labels, level, resamples, seed)
-    length = _longest_above([(p.length, p.accuracy.value) for p in points], threshold)
-    contiguous = length is not None and all(p.accuracy.value > threshold for p in points if p.length < length)
+                     labels: Iterable[str] | None = None, bar: float = RULER_BAR,
+                     level: float = 0.95) -> EffectiveLength:
+    """Effective length of one model (per label set, or pooled over every label); see
+    `EffectiveLength`. A length with a planned cell missing counts for neither rule: it ends the
+    contiguous run, and RULER's rule skips it."""
+    points = accuracy_at_lengths(cells, model, plan, labels, level)
+    lows = [(p.length, p.accuracy.low if p.coverage.complete else float("nan")) for p in points]
     coverage = sum((p.coverage for p in points), Coverage(0, 0))
     return EffectiveLength(
-        model, None if labels is None else tuple(labels), threshold, int(train_length), length, contiguous,
-        _longest_above([(p.length, p.accuracy.low) for p in points], threshold),
-        _longest_above([(p.length, p.accuracy.high) for p in points], threshold), points, coverage)
+        model, None if labels is None else tuple(labels), bar, int(train_length), _contiguous(lows, bar),
+        _longest_above([(p.length, p.accuracy.value) for p in points if p.coverage.complete], bar),
+        _contiguous([(p.length, p.accuracy.high) for p in points], bar), points, coverage)
 
 
 def extrapolation_ratio(effective: EffectiveLength) -> float | None:
@@ -307,42 +309,65 @@ def extrapolation_ratio(effective: EffectiveLength) -> float | None:
 
 @dataclass
 class MiddleIndex:
-    """Lost in the middle: accuracy at the two extreme depths present minus accuracy at depths in
-    [40, 60], at one length, pooled over seeds and the chosen labels; a paired interval."""
+    """Lost in the middle at one length, pooled over seeds and the chosen labels.
+
+    primacy = accuracy at the first depth minus at the middle depths (40-60%), recency = at the
+    last depth minus at the middle; `u_index` = min(start, end) - middle = min(primacy, recency),
+    which is above zero only when BOTH ends beat the middle (a U), not when accuracy just rises
+    toward the question (recency alone). The intervals of primacy and recency are each taken at
+    level 1 - (1 - level) / 2, so `u_index`'s interval [min of lows, min of highs] holds at
+    `level`."""
 
     model: str
     length: int
-    ends: tuple[float, ...]
+    start_depth: float | None
+    end_depth: float | None
     middle: tuple[float, ...]
-    index: Estimate
-    ends_accuracy: float
-    middle_accuracy: float
+    start: Estimate
+    end: Estimate
+    middle_accuracy: Estimate
+    overall: Estimate
+    primacy: Estimate
+    recency: Estimate
+    u_index: Estimate
     cells: list[CellKey]
     coverage: Coverage
 
+    @property
+    def measured(self) -> bool:
+        return self.start_depth is not None and bool(self.middle) and not np.isnan(self.u_index.value)
+
 
 def middle_index(cells, model: str, length: int, plan: Plan | None = None, labels: Iterable[str] | None = None,
-                 middle: tuple[float, float] = MIDDLE, level: float = 0.95, resamples: int = 2000,
-                 seed: int = 0) -> MiddleIndex:
+                 middle: tuple[float, float] = MIDDLE, level: float = 0.95) -> MiddleIndex:
     cells = cell_list(cells)
     labels = None if labels is None else tuple(labels)
     at_length = select(cells, model, plan, labels, [length], depth=lambda d: d is not None)
     depths = sorted({k[3] for k in at_length.keys} | {k[3] for k in at_length.coverage.missing})
-    ends = (depths[0], depths[-1]) if len(depths) >= 2 else ()
-    mids = tuple(d for d in depths if middle[0] <= d <= middle[1] and d not in ends)
-    end_cells = [c for c in at_length.cells if c.depth in ends]
-    mid_cells = [c for c in at_length.cells if c.depth in mids]
-    used = select(cells, model, plan, labels, [length], depth=lambda d: d in ends or d in mids)
-    index = difference(end_cells, mid_cells, level, resamples, seed) if ends and mids else NO_ESTIMATE
-    return MiddleIndex(model, int(length), tuple(ends), mids, index, pooled_mean(end_cells), pooled_mean(mid_cells),
-                       used.keys, used.coverage)
+    first, last = (depths[0], depths[-1]) if len(depths) >= 2 else (None, None)
+    mids = tuple(d for d in depths if middle[0] <= d <= middle[1] and d not in (first, last))
+    start = [c for c in at_length.cells if c.depth == first]
+    end = [c for c in at_length.cells if c.depth == last]
+    mid = [c for c in at_length.cells if c.depth in mids]
+    used = select(cells, model, plan, labels, [length], depth=lambda d: d in (first, last) or d in mids)
+    half = simultaneous_level(level, 2)
+    if first is not None and mids and start and end and mid:
+        primacy, recency = difference(start, mid, half), difference(end, mid, half)
+        u_index = Estimate(min(primacy.value, recency.value), min(primacy.low, recency.low),
+                           min(primacy.high, recency.high), primacy.n + recency.n)
+    else:
+        primacy = recency = u_index = NO_ESTIMATE
+    return MiddleIndex(model, int(length), first, last, mids, pooled_estimate(start, level),
+                       pooled_estimate(end, level), pooled_estimate(mid, level),
+                       pooled_estimate(at_length.cells, level), primacy, recency, u_index, used.keys, used.coverage)
 
 
 @dataclass
 class FormatSpread:
-    """Spread (max - min) across labels of the accuracy at one length (each label pooled over seeds
-    and depths), with a paired interval; the best and worst label. The percentile interval of a
-    maximum is biased upward when the labels are truly equal: read a small spread as 'at most'."""
+    """Spread (max - min) across labels of the accuracy at one length (each label pooled over
+    seeds and depths), with the best and worst label. Its interval comes from the labels'
+    intervals taken together (each at level 1 - (1 - level) / k for k labels):
+    [max(0, max low - min high), max high - min low]."""
 
     model: str
     length: int
@@ -355,24 +380,40 @@ class FormatSpread:
 
 
 def format_spread(cells, model: str, length: int, plan: Plan | None = None, labels: Iterable[str] | None = None,
-                  level: float = 0.95, resamples: int = 2000, seed: int = 0) -> FormatSpread:
+                  level: float = 0.95) -> FormatSpread:
     cells = cell_list(cells)
     chosen = select(cells, model, plan, labels, [length])
     names = sorted({c.task for c in chosen.cells})
-    groups = [[c for c in chosen.cells if c.task == name] for name in names]
-    by_label = {name: pooled_estimate(group, level, resamples, seed) for name, group in zip(names, groups)}
+    groups = {name: [c for c in chosen.cells if c.task == name] for name in names}
+    by_label = {name: pooled_estimate(group, level) for name, group in groups.items()}
     if len(names) < 2:
         return FormatSpread(model, int(length), NO_ESTIMATE, None, None, by_label, chosen.keys, chosen.coverage)
-    spread = statistic_estimate(groups, lambda m: m.max(axis=1) - m.min(axis=1), level, resamples, seed)
+    joint = {name: pooled_estimate(group, simultaneous_level(level, len(names))) for name, group in groups.items()}
+    values = [e.value for e in joint.values()]
+    low = max(0.0, max(e.low for e in joint.values()) - min(e.high for e in joint.values()))
+    high = max(e.high for e in joint.values()) - min(e.low for e in joint.values())
+    spread = Estimate(max(values) - min(values), low, high, sum(e.n for e in joint.values()))
     best = max(names, key=lambda name: by_label[name].value)
     worst = min(names, key=lambda name: by_label[name].value)
     return FormatSpread(model, int(length), spread, best, worst, by_label, chosen.keys, chosen.coverage)
 
 
 def format_sensitivity(cells, model: str, plan: Plan | None = None, labels: Iterable[str] | None = None,
-                       level: float = 0.95, resamples: int = 2000, seed: int = 0) -> list[FormatSpread]:
+                       level: float = 0.95) -> list[FormatSpread]:
     """`format_spread` at every planned or evaluated length of `model`, sorted by length."""
     cells = cell_list(cells)
-    everything = select(cells, model, plan, labels)
-    lengths = sorted({k[2] for k in everything.keys} | {k[2] for k in everything.coverage.missing})
-    return [format_spread(cells, model, length, plan, labels, level, resamples, seed) for length in lengths]
+    return [format_spread(cells, model, length, plan, labels, level) for length in lengths_of(cells, model, plan,
+                                                                                                labels)]
+
+
+def answer_length_groups(labels: Iterable[str], plan: Plan | None) -> list[tuple[str, ...]]:
+    """`labels` grouped by equal answer length (symbols per answer), in order; every label in one
+    group when the plan does not know the answer lengths."""
+    labels = list(labels)
+    known = None if plan is None else plan.answer_lengths
+    if not known:
+        return [tuple(labels)] if labels else []
+    groups: dict[int | None, list[str]] = {}
+    for label in labels:
+        groups.setdefault(known.get(label), []).append(label)
+    return [tuple(group) for group in groups.values()]

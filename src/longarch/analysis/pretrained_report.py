@@ -2,11 +2,14 @@
 training context. Built from `<out>/results.sqlite` alone, like the controlled study's report,
 with the same renderers (report.md, a self-contained report.html, summary.json, PNG + SVG).
 
-Scores are RULER's (string_match_all, string_match_part for QA) x100. A model's average at a
-length is the mean over the suite tasks stored there; an average over fewer tasks than planned
-says how many it covers, and a model's effective length (the longest length whose average is
-above the threshold, 85.6 by default as in RULER) is computed only from complete averages.
-Cells past a model's training length are marked with †.
+Scores are RULER's (string_match_all, string_match_part for QA) x100. Every average, interval and
+effective length comes from `measures`, judged with the study's `analysis:` settings (the same
+`AnalysisSettings` as a controlled study's; a pretrained study reads its effective-length bar, its
+interval level and its labels). A model's average at a length pools the averaged tasks stored
+there; an average over fewer tasks than planned says how many it covers and never counts towards
+an effective length. The effective length is shown twice: by the lower bounds of the intervals
+(every length up to it is above the bar) and by RULER's rule on the averages themselves (what
+RULER reports). Cells past a model's training length are marked with †.
 """
 
 from __future__ import annotations
@@ -14,17 +17,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from rich.table import Table
 
 from ..store import Store
 from . import plots
+from .measures import EffectiveLength, Estimate, LengthAccuracy, Plan, accuracy_at_lengths, cell_estimate, \
+    effective_length, pooled_estimate
 from .reference import REFERENCES
 from .render import MISSING, Block, render_html, render_markdown
-from .stats import Cell, LengthPoint, collect_cells, mean_ci
+from .settings import AnalysisSettings, from_stored
+from .stats import Cell, LengthPoint, collect_cells
 
 BEYOND = "†"
 
@@ -37,6 +42,8 @@ class PretrainedData:
     suite: list[str]          # task labels averaged (entries without fixed depths or relative lengths)
     ablation: list[str]       # task labels with fixed depths
     lengths: list[int]
+    settings: AnalysisSettings = field(default_factory=AnalysisSettings)
+    settings_note: str = ""   # how the stored settings were read, when not as they are (else "")
 
     @property
     def name(self) -> str:
@@ -47,21 +54,53 @@ class PretrainedData:
         return self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
 
     @property
-    def threshold(self) -> float:
-        return float(self.config.get("eval", {}).get("threshold", 85.6))
+    def bar(self) -> float:
+        """The effective length's bar, a fraction (`analysis.effective_length_bar_fraction`)."""
+        return self.settings.effective_length_bar_fraction
+
+    @property
+    def level(self) -> float:
+        return self.settings.interval_level_fraction
+
+    @property
+    def plan(self) -> Plan:
+        """The averaged grid: every suite task at every length, without a needle depth."""
+        return Plan(tuple(self.suite), tuple(self.lengths), (None,))
 
     def train_length(self, model: str) -> int | None:
         return next((m.get("train_length") for m in self.models if m["name"] == model), None)
+
+
+def stored_settings(config: dict) -> tuple[AnalysisSettings, str]:
+    """The analysis settings of a stored pretrained study config, and a note when they had to be
+    read leniently (else ""). A study stored before issue 15 has no `analysis:` block but an
+    `eval.threshold` in percent: it is read as `effective_length_bar_fraction` (85.6 -> 0.856)."""
+    block = config.get("analysis")
+    evaluation = config.get("eval") if isinstance(config.get("eval"), dict) else {}
+    threshold = evaluation.get("threshold")
+    if block is not None or threshold is None:
+        return from_stored(block if isinstance(block, dict) else None)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        return AnalysisSettings(), (f"the stored eval.threshold {threshold!r} is not a number; the default analysis "
+                                    "settings are used")
+    settings, note = from_stored({"threshold": threshold})  # percent -> fraction, validated
+    if "does not validate" in note:
+        return settings, note.replace("the stored `analysis:` block", f"the stored eval.threshold {threshold!r}")
+    return settings, (f"this study was stored before issue 15: its eval.threshold {threshold:g} (a percent) is read as "
+                      f"analysis.effective_length_bar_fraction {settings.effective_length_bar_fraction:g}")
 
 
 def load(out_dir: Path) -> PretrainedData:
     with Store(Path(out_dir) / "results.sqlite") as store:
         meta, rows, results = store.meta(), store.pretrained(), store.results()
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    settings, note = stored_settings(config)
     entries = config.get("tasks", [])
     skipped = {label for label, _ in meta.get("skipped", [])}
     suite = [e.get("label") or e["name"] for e in entries
              if not e.get("depths") and not e.get("length_factors") and (e.get("label") or e["name"]) not in skipped]
+    if settings.labels:
+        suite = [label for label in suite if label in settings.labels]
     ablation = [e.get("label") or e["name"] for e in entries if e.get("depths")]
     named = {r["name"] for r in rows}
     for model in dict.fromkeys(r.model for r in results):
@@ -69,24 +108,45 @@ def load(out_dir: Path) -> PretrainedData:
             rows.append({"name": model, "spec": "?", "kind": "?", "family": "?", "params": None, "train_length": None})
     lengths = sorted(set(config.get("eval", {}).get("lengths", [])) | {r.length for r in results
                                                                        if r.label in suite})
-    return PretrainedData(meta, rows, collect_cells(results), suite, ablation, lengths)
+    return PretrainedData(meta, rows, collect_cells(results), suite, ablation, lengths, settings, note)
 
 
-def average(data: PretrainedData, model: str, length: int) -> tuple[float, float, float, int]:
-    """(mean, low, high, tasks stored) of the suite average, x100; the interval is a bootstrap over
-    the samples of every stored task (equal samples per task, so the pooled mean is the average)."""
-    parts = [data.cells[(model, t, length, None)].scores for t in data.suite if (model, t, length, None) in data.cells]
-    if not parts:
-        return math.nan, math.nan, math.nan, 0
-    mean, low, high = mean_ci(np.concatenate(parts))
-    means = [float(p.mean()) for p in parts]
-    return 100 * float(np.mean(means)), 100 * low, 100 * high, len(parts)
+def averages(data: PretrainedData, model: str) -> dict[int, LengthAccuracy]:
+    """length -> the suite average of `model` there (a fraction with its interval, from
+    `measures.accuracy_at_lengths`: the scores of every stored suite task pooled, which is the mean
+    of the task scores when every task has as many samples), and the tasks it covers."""
+    return {p.length: p for p in accuracy_at_lengths(data.cells.values(), model, data.plan, data.suite,
+                                                     level=data.level)}
 
 
-def effective_length(scores: dict[int, float], threshold: float) -> int | None:
-    """The longest length whose score is above `threshold` (None when none is)."""
-    above = [length for length, score in scores.items() if not math.isnan(score) and score > threshold]
-    return max(above) if above else None
+def _stored(point: LengthAccuracy | None) -> int:
+    """How many suite tasks an average covers."""
+    return 0 if point is None else point.coverage.covered
+
+
+def effective(data: PretrainedData, model: str) -> EffectiveLength:
+    """The effective length of `model` (`measures.effective_length` at the study's bar and level)
+    over complete averages only: a length where some suite task has no stored cell has no average
+    here, so it is not effective and ends the lower-bound rule's run of lengths."""
+    complete = {n for n, p in averages(data, model).items() if p.coverage.complete and p.accuracy.n}
+    cells = [c for c in data.cells.values() if c.model == model and c.length in complete]
+    return effective_length(cells, model, data.train_length(model) or 0, data.plan, data.suite, bar=data.bar,
+                            level=data.level)
+
+
+def _interval(e: Estimate) -> str:
+    """x100 with its interval, as RULER writes scores."""
+    if e.n == 0 or math.isnan(e.value):
+        return MISSING
+    return f"{100 * e.value:.1f} [{100 * e.low:.1f}, {100 * e.high:.1f}]"
+
+
+def _tasks(n: int) -> str:
+    return f"{n} task" + ("" if n == 1 else "s")
+
+
+def _plain(x: float, digits: int = 2) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x), digits)
 
 
 def _fmt(x: float) -> str:
@@ -103,22 +163,26 @@ def _slug(name: str) -> str:
 
 
 def build_summary(data: PretrainedData) -> dict:
+    """Per model: the suite average at each length (x100, with its interval), the tasks it covers,
+    the effective length by both rules, and each task's score (x100)."""
     models = {}
     for m in data.models:
         name = m["name"]
-        averages = {n: average(data, name, n) for n in data.lengths}
-        complete = {n: a[0] for n, a in averages.items() if a[3] == len(data.suite)}
+        points, found = averages(data, name), effective(data, name)
         models[name] = {
             "spec": m.get("spec"), "kind": m.get("kind"), "family": m.get("family"), "params": m.get("params"),
             "train_length": m.get("train_length"),
-            "average": {str(n): None if math.isnan(a[0]) else round(a[0], 2) for n, a in averages.items()},
-            "tasks_in_average": {str(n): a[3] for n, a in averages.items()},
-            "effective_length": effective_length(complete, data.threshold),
+            "average": {str(n): _plain(100 * points[n].accuracy.value) if n in points else None for n in data.lengths},
+            "average_interval": {str(n): [_plain(100 * points[n].accuracy.low), _plain(100 * points[n].accuracy.high)]
+                                 if n in points and points[n].accuracy.n else None for n in data.lengths},
+            "tasks_in_average": {str(n): _stored(points.get(n)) for n in data.lengths},
+            "effective_length": found.length, "ruler_effective_length": found.ruler_length,
+            "effective_length_from_upper_bounds": found.optimistic,
             "tasks": {t: {str(n): round(100 * c.accuracy, 2) for (mm, tt, n, d), c in sorted(data.cells.items(),
                                                                                               key=lambda kv: kv[0][2])
                           if mm == name and tt == t and d is None} for t in data.suite}}
-    return {"name": data.name, "kind": "pretrained", "threshold": data.threshold, "suite": data.suite,
-            "lengths": data.lengths, "models": models}
+    return {"name": data.name, "kind": "pretrained", "effective_length_bar_fraction": data.bar,
+            "interval_level_fraction": data.level, "suite": data.suite, "lengths": data.lengths, "models": models}
 
 
 def _ablation_grid(data: PretrainedData, model: str, label: str) -> dict[tuple[int, float], float]:
@@ -137,8 +201,10 @@ def _blocks(data: PretrainedData, figures: dict[str, str], summary: dict) -> lis
         f"tokens: {ev.get('samples', '?')} samples per cell, each prompt fitted with the model's own tokenizer so "
         "that prompt plus the task's generation budget is at most the length (never truncated), greedy decoding, "
         f"the `{ev.get('template', 'base')}` prompt template. Scores are RULER's string_match_all (string_match_part "
-        "for QA) x100; intervals are 95% percentile bootstrap intervals over samples. "
-        f"{BEYOND} marks a length past the model's training length.")]
+        f"for QA) x100; intervals are {100 * data.level:g}% Jeffreys intervals over the samples (a partial score "
+        f"counts as that fraction of a correct answer). {BEYOND} marks a length past the model's training length.")]
+    if data.settings_note:
+        blocks.append(("warn", data.settings_note[0].upper() + data.settings_note[1:] + "."))
     for label, reason in data.meta.get("skipped", []):
         blocks.append(("warn", f"{label} was skipped: {reason}"))
 
@@ -151,27 +217,39 @@ def _blocks(data: PretrainedData, figures: dict[str, str], summary: dict) -> lis
                              "template", "dtype"], rows))
 
     if data.suite:
-        blocks.append(("h2", f"Average over {len(data.suite)} tasks"))
-        headers = ["model", "T"] + [plots.format_length(n) for n in data.lengths] + ["effective length"]
+        level = f"{100 * data.level:g}%"
+        blocks.append(("h2", f"Average over {_tasks(len(data.suite))}"))
+        headers = ["model", "T"] + [plots.format_length(n) for n in data.lengths] + \
+            ["effective length (lower bounds)", "RULER's rule"]
         rows = []
         for m in data.models:
-            name, cells = m["name"], []
+            name, cells, points = m["name"], [], averages(data, m["name"])
             for n in data.lengths:
-                mean, low, high, stored = average(data, name, n)
-                text = MISSING if math.isnan(mean) else f"{mean:.1f} [{low:.1f}, {high:.1f}]"
-                if stored and stored < len(data.suite):
-                    text += f" ({stored} of {len(data.suite)} tasks)"
+                point = points.get(n)
+                text = MISSING if point is None else _interval(point.accuracy)
+                if _stored(point) and _stored(point) < len(data.suite):
+                    text += f" ({_stored(point)} of {len(data.suite)} tasks)"
                 cells.append(_mark(data, name, n, text))
-            eff = summary["models"][name]["effective_length"]
+            found = summary["models"][name]
             rows.append([name, str(m.get("train_length") or MISSING), *cells,
-                         plots.format_length(eff) if eff else f"none above {data.threshold:g}"])
+                         *(plots.format_length(found[key]) if found[key] else "none"
+                           for key in ("effective_length", "ruler_effective_length"))])
         blocks.append(("table", headers, rows))
-        blocks.append(("p", f"Effective length: the longest length whose average is above {data.threshold:g} "
-                            "(RULER's threshold), over complete averages only."))
+        blocks.append(("p",
+            f"Each average pools the scores of the {_tasks(len(data.suite))} at that length (with as many samples per "
+            f"task, the mean of the task scores), with its {level} Jeffreys interval over those samples: one "
+            "evaluation of one checkpoint, so the interval is about these prompts' sampling, not about other "
+            f"checkpoints. Effective length (lower bounds): the longest length L such that at every evaluated length "
+            f"up to L the lower end of the average's {level} interval is above {100 * data.bar:g} "
+            f"(`analysis.effective_length_bar_fraction` {data.bar:g}; RULER's bar is Llama-2-7B's 85.6 at 4K); "
+            "\"none\" when the shortest length already falls short. RULER's rule, what RULER reports: the longest "
+            f"length whose average itself is above {100 * data.bar:g}, whether or not a shorter length falls below "
+            "it. Both read complete averages only: a length where a task's cell is missing is not effective."))
         blocks.append(("figure", figures["average"], "Average score against context length"))
         if reference:
             blocks += _reference_averages(data, reference)
-        blocks.append(("h2", "Per task"))
+        blocks += [("h2", "Per task"), ("p", f"Each task's score x100 with its {level} Jeffreys interval over the "
+                                             "samples.")]
         for label in data.suite:
             blocks.append(("h3", label))
             rows = []
@@ -179,11 +257,8 @@ def _blocks(data: PretrainedData, figures: dict[str, str], summary: dict) -> lis
                 cells = []
                 for n in data.lengths:
                     cell = data.cells.get((m["name"], label, n, None))
-                    if cell is None:
-                        cells.append(MISSING)
-                        continue
-                    mean, low, high = mean_ci(cell.scores)
-                    cells.append(_mark(data, m["name"], n, f"{100 * mean:.1f} [{100 * low:.1f}, {100 * high:.1f}]"))
+                    cells.append(MISSING if cell is None else
+                                 _mark(data, m["name"], n, _interval(cell_estimate(cell, data.level))))
                 rows.append([m["name"], *cells])
             blocks.append(("table", ["model"] + [plots.format_length(n) for n in data.lengths], rows))
         blocks.append(("figure", figures["tasks"], "Each task's score against context length, one panel per model"))
@@ -210,10 +285,11 @@ def _reference_averages(data: PretrainedData, reference: dict) -> list[Block]:
         if m["name"] not in published:
             continue
         cells = []
+        points = averages(data, m["name"])
         for n in lengths:
-            ours = average(data, m["name"], n)
+            ours = 100 * points[n].accuracy.value if n in points else math.nan
             theirs = published[m["name"]].get(n)
-            cells.append(f"{_fmt(ours[0])} / {MISSING if theirs is None else f'{theirs:g}'}")
+            cells.append(f"{_fmt(ours)} / {MISSING if theirs is None else f'{theirs:g}'}")
         rows.append([m["name"], *cells])
     if not rows:
         return []
@@ -235,8 +311,8 @@ def _ablation_blocks(data: PretrainedData, figures: dict[str, str], reference: d
         for n in lengths:
             cells = []
             for d in depths:
-                parts = [data.cells[(name, t, n, d)].accuracy for t in data.ablation if (name, t, n, d) in data.cells]
-                text = MISSING if not parts else f"{100 * np.mean(parts):.1f}"
+                parts = [data.cells[(name, t, n, d)] for t in data.ablation if (name, t, n, d) in data.cells]
+                text = MISSING if not parts else f"{100 * pooled_estimate(parts, data.level).value:.1f}"
                 if parts and len(parts) < len(data.ablation):
                     text += f" ({len(parts)} of {len(data.ablation)} formats)"
                 cells.append(text)
@@ -273,17 +349,14 @@ def build_report(out_dir: Path) -> dict[str, Path]:
 
     train_lengths = {m["name"]: m.get("train_length") or 0 for m in data.models}
     if data.suite:
+        level = f"{100 * data.level:g}%"
         curves = {}
         for m in data.models:
-            points = []
-            for n in data.lengths:
-                mean, low, high, stored = average(data, m["name"], n)
-                if stored:
-                    points.append(LengthPoint(n, mean / 100, low / 100, high / 100, stored))
-            curves[m["name"]] = points
+            curves[m["name"]] = [LengthPoint(n, p.accuracy.value, p.accuracy.low, p.accuracy.high, _stored(p))
+                                 for n, p in sorted(averages(data, m["name"]).items()) if p.accuracy.n]
         record("average", plots.plot_accuracy_vs_length(
             curves, {k: v for k, v in train_lengths.items() if v}, figure_dir / "average",
-            title=f"{data.name}: average over {len(data.suite)} tasks (95% CI)"))
+            title=f"{data.name}: average over {_tasks(len(data.suite))} ({level} Jeffreys intervals)"))
         task_curves = {}
         for label in data.suite:
             task_curves[label] = {}
@@ -291,12 +364,12 @@ def build_report(out_dir: Path) -> dict[str, Path]:
                 points = []
                 for n in data.lengths:
                     cell = data.cells.get((m["name"], label, n, None))
-                    if cell is not None:
-                        mean, low, high = mean_ci(cell.scores)
-                        points.append(LengthPoint(n, mean, low, high, cell.n))
+                    if cell is not None and cell.n:
+                        e = cell_estimate(cell, data.level)
+                        points.append(LengthPoint(n, e.value, e.low, e.high, cell.n))
                 task_curves[label][m["name"]] = points
         record("tasks", plots.plot_task_comparison(task_curves, train_lengths, figure_dir / "tasks",
-                                                   title=f"{data.name}: score by task (95% CI)"))
+                                                   title=f"{data.name}: score by task ({level} Jeffreys intervals)"))
     for label in data.ablation:
         for m in data.models:
             grid = _ablation_grid(data, m["name"], label)
@@ -319,15 +392,16 @@ def build_report(out_dir: Path) -> dict[str, Path]:
 def summary_table(out_dir: Path) -> Table:
     """The suite average (x100) by model and length for the terminal; † past the training length."""
     data = load(Path(out_dir))
-    table = Table(title=f"{data.name}: average score over {len(data.suite)} tasks by context length")
+    table = Table(title=f"{data.name}: average score over {_tasks(len(data.suite))} by context length")
     table.add_column("model")
     for n in data.lengths:
         table.add_column(plots.format_length(n), justify="right")
     for m in data.models:
-        cells = []
+        cells, points = [], averages(data, m["name"])
         for n in data.lengths:
-            mean, _, _, stored = average(data, m["name"], n)
-            text = _mark(data, m["name"], n, _fmt(mean))
+            point = points.get(n)
+            stored = _stored(point)
+            text = _mark(data, m["name"], n, _fmt(100 * point.accuracy.value if point else math.nan))
             cells.append(text + (f" ({stored}/{len(data.suite)})" if stored and stored < len(data.suite) else ""))
         table.add_row(m["name"], *cells)
     return table

@@ -21,10 +21,11 @@ from rich.table import Table
 from ..store import Store
 from . import plots
 from .findings import accuracy_at
-from .measures_report import PARTIAL, analysis_sections, partial_seed_cells, settings_of
+from .measures import cell_estimate
+from .measures_report import INTERVAL, PARTIAL, analysis_sections, partial_seed_cells, settings_of
 from .render import MISSING, Block, render_html, render_markdown
-from .stats import (DEFAULT_MIN_TRAIN_ACCURACY, Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells,
-                    mean_ci, summarise_models)
+from .settings import AnalysisSettings
+from .stats import Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells, summarise_models
 
 @dataclass
 class StudyData:
@@ -34,7 +35,7 @@ class StudyData:
     models: list[ModelSummary]
     cells: dict[tuple[str, str, int, float | None], Cell]
     stored_cells: int                  # result rows in the store (model x seed x task x length x depth)
-    threshold: float                   # minimum training accuracy to count as having learned the task
+    settings: AnalysisSettings         # the study's analysis settings as stored, gate resolved (settings_of)
     lengths: list[int]                 # evaluated or planned lengths
     depths: list[float]                # needle depths (tasks without one have none)
     curves: dict[str, list[LengthPoint]]  # per model, pooled over tasks
@@ -56,20 +57,32 @@ class StudyData:
         return {m.train_length for m in self.models}
 
     @property
+    def learned_bar_fraction(self) -> float:
+        """The accuracy a model (or, judged by task, a task at T) must reach to count as learned
+        (`analysis.learned_bar_fraction`, a fraction)."""
+        return self.settings.learned_bar_fraction
+
+    @property
+    def level(self) -> float:
+        """The coverage of every interval (`analysis.interval_level_fraction`)."""
+        return self.settings.interval_level_fraction
+
+    @property
     def by_task(self) -> bool:
         """Judged task by task (the claims' label gate, the default for a study trained on a
         mixture, whose training accuracy averages its tasks), not by the training accuracy."""
-        return settings_of(self.config, self.threshold).gate == "label"
+        return self.settings.gate == "label"
 
     def unsolved(self, task: str | None = None) -> list[ModelSummary]:
-        """Models below the threshold: by mean training accuracy (unknown counts as fine), or, when
+        """Models below the learned bar: by mean training accuracy (unknown counts as fine), or, when
         judged by task, by accuracy at T on `task` pooled over seeds and depths (none for task None)."""
+        bar = self.learned_bar_fraction
         if not self.by_task:
-            return [m for m in self.models if not math.isnan(m.train_accuracy) and not m.solved(self.threshold)]
+            return [m for m in self.models if not math.isnan(m.train_accuracy) and not m.solved(bar)]
         if task is None:
             return []
         return [m for m in self.models
-                if accuracy_at(self.cells.values(), m.name, task, m.train_length) < self.threshold]  # nan: not below
+                if accuracy_at(self.cells.values(), m.name, task, m.train_length) < bar]  # nan: not below
 
     def missing_cells(self) -> int:
         planned = self.meta.get("planned_cells")
@@ -86,9 +99,8 @@ def load(out_dir: Path) -> StudyData:
     with Store(path) as store:
         meta, model_rows, results = store.meta(), store.models(), store.results()
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    threshold = config.get("min_train_accuracy")
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
-        threshold = DEFAULT_MIN_TRAIN_ACCURACY
+    settings = settings_of(config)
+    level = settings.interval_level_fraction
     # in the study's order, not the order training happened to finish in
     order = [e.get("name") or e.get("arch") if isinstance(e, dict) else e for e in config.get("models") or []]
     models = sorted(summarise_models(model_rows, results),
@@ -98,13 +110,14 @@ def load(out_dir: Path) -> StudyData:
     lengths = sorted({c.length for c in cells.values()} | {int(x) for x in meta.get("planned_lengths") or []})
     depths = sorted({c.depth for c in cells.values() if c.depth is not None}
                     | {float(d) for d in meta.get("planned_depths") or []})
-    curves = {m.name: accuracy_by_length(cells.values(), m.name) for m in models}
+    curves = {m.name: accuracy_by_length(cells.values(), m.name, level=level) for m in models}
     planned = [str(t) for t in meta.get("planned_tasks") or []]
     tasks = planned + sorted({c.task for c in cells.values()} - set(planned))
-    task_curves = {t: {m.name: accuracy_by_length(cells.values(), m.name, task=t) for m in models} for t in tasks}
+    task_curves = {t: {m.name: accuracy_by_length(cells.values(), m.name, level=level, task=t) for m in models}
+                   for t in tasks}
     seeds = [s for s in config.get("seeds") or [] if isinstance(s, int)]
-    return StudyData(meta, models, cells, len(results), float(threshold), lengths, depths, curves, tasks, task_curves,
-                     partial_seed_cells(cells, models, seeds))
+    return StudyData(meta, models, cells, len(results), settings, lengths, depths, curves, tasks,
+                     task_curves, partial_seed_cells(cells, models, seeds))
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,18 +135,21 @@ def build_summary(data: StudyData) -> dict:
                        key=lambda c: (c.task, c.length, -1.0 if c.depth is None else c.depth))
         scores = []
         for cell in cells:
-            _, low, high = mean_ci(cell.scores)
+            interval = cell_estimate(cell, data.level)
             scores.append({"task": cell.task, "length": cell.length, "depth": cell.depth,
-                           "accuracy": rounded(cell.accuracy), "n": cell.n, "ci95": [rounded(low), rounded(high)]})
+                           "accuracy": rounded(cell.accuracy), "n": cell.n,
+                           "interval": [rounded(interval.low), rounded(interval.high)]})
         models.append({
             "name": model.name, "family": model.family, "params": model.params, "train_length": model.train_length,
             "train_accuracy": rounded(model.train_accuracy),
-            "solved_at_train_length": model.solved(data.threshold),
+            "solved_at_train_length": model.solved(data.learned_bar_fraction),
             "seeds": model.seeds, "state_floats": model.state_floats, "state_growth": model.state_growth,
-            "by_length": [{"length": p.length, "accuracy": rounded(p.accuracy), "ci95": [rounded(p.low), rounded(p.high)],
+            "by_length": [{"length": p.length, "accuracy": rounded(p.accuracy), "interval": [rounded(p.low),
+                                                                                              rounded(p.high)],
                            "n": p.n} for p in data.curves[model.name]],
             "scores": scores})
-    return {"study": data.name, "min_train_accuracy": data.threshold, "planned_cells": data.meta.get("planned_cells"),
+    return {"study": data.name, "learned_bar_fraction": data.learned_bar_fraction, "interval_level_fraction": data.level,
+            "planned_cells": data.meta.get("planned_cells"),
             "stored_cells": data.stored_cells, "missing_cells": data.missing_cells(), "models": models}
 
 
@@ -158,11 +174,12 @@ def _length_header(length: int, train_lengths: set[int]) -> str:
     return f"{plots.format_length(length)} (T)" if length in train_lengths else plots.format_length(length)
 
 
-def _warning(model: ModelSummary, threshold: float) -> str:
+def _warning(model: ModelSummary, learned_bar: float) -> str:
     seeds = f" (mean over {len(model.seeds)} seeds)" if len(model.seeds) > 1 else ""
     return (f"**{model.name} did not learn the task**: {100 * model.train_accuracy:.1f}% at its training length "
-            f"{model.train_length}{seeds} (threshold {100 * threshold:g}%). Its accuracy past the training length "
-            f"says nothing about extrapolation and is not interpreted.")
+            f"{model.train_length}{seeds} (learned means at least {100 * learned_bar:g}%: "
+            "`analysis.learned_bar_fraction`). Its accuracy past the training length says nothing about "
+            "extrapolation and is not interpreted.")
 
 
 def _slug(name: str) -> str:
@@ -205,7 +222,7 @@ def _length_table(data: StudyData, curves: dict[str, list[LengthPoint]], unsolve
                   task: str | None = None) -> Block:
     headers = ["model"] + [_length_header(x, data.train_lengths) for x in data.lengths]
     rows = []
-    marker = f" (below {100 * data.threshold:g}% at T)" if data.by_task else " (did not learn)"
+    marker = f" (below {100 * data.learned_bar_fraction:g}% at T)" if data.by_task else " (did not learn)"
     for model in data.models:
         points, partial = {p.length: p for p in curves[model.name]}, _partial_lengths(data, model.name, task)
         rows.append([model.name + (marker if model.name in unsolved else "")]
@@ -245,7 +262,7 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
         f"then evaluated at T and at longer contexts (up to {longest} tokens) on "
         f"{', '.join(f'`{t}`' for t in data.tasks) or 'its task'}, with any needle placed at several depths. "
         "Accuracy is the exact match of every answer item, averaged over items as RULER's string_match_all. "
-        "The 95% intervals are percentile bootstrap intervals over the evaluated samples.")]
+        f"Every interval is a {100 * data.level:g}% {INTERVAL} (`analysis.interval_level_fraction`).")]
 
     blocks.append(("h2", "Setup"))
     rows = [[m.name, m.family, f"{m.params:,}", f"{m.state_floats:,}",
@@ -255,10 +272,10 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
     blocks.append(("table", ["model", "family", "parameters", "state size (floats at T)", "state size with length",
                              "training length", "training accuracy (%)", "seeds", "training time (per seed)"], rows))
     for model in data.unsolved():
-        blocks.append(("warn", _warning(model, data.threshold)))
+        blocks.append(("warn", _warning(model, data.learned_bar_fraction)))
     if data.by_task:
         blocks.append(("p", f"Trained on a mixture: the training accuracy is the mean over its tasks, so models are "
-                            f"judged task by task. In each task's table, \"(below {100 * data.threshold:g}% at T)\" marks "
+                            f"judged task by task. In each task's table, \"(below {100 * data.learned_bar_fraction:g}% at T)\" marks "
                             "a model that did not solve that task at T (accuracy pooled over seeds and depths); its "
                             "accuracy past T on that task is not interpreted, and the findings leave it out there."))
 
@@ -271,8 +288,8 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
             blocks.append(_length_table(data, data.task_curves[task_label],
                                         {m.name for m in data.unsolved(task_label)} if data.by_task else unsolved,
                                         task_label))
-    blocks.append(("p", "Accuracy (%) averaged over needle depths and seeds, with its 95% bootstrap interval; "
-                        "(T) marks the training length."))
+    blocks.append(("p", f"Accuracy (%) averaged over needle depths and seeds, with its {100 * data.level:g}% "
+                        "interval for these seeds; (T) marks the training length."))
     seed_note = ("p", f"{PARTIAL} pools a cell stored for only some of the planned seeds (such cells: "
                          f"{len(data.partial)}, listed under Per-model measures).")
     if data.partial:
@@ -289,7 +306,8 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
                            f"Accuracy against context length, evaluated on {task_label}"))
         blocks += [("h2", "Format comparison"), ("p",
             f"The same trained models evaluated on {len(data.tasks)} tasks or formats ({', '.join(data.tasks)}): "
-            "accuracy (%) with its 95% interval at the training length and at the longest length. A model whose "
+            f"accuracy (%) with its {100 * data.level:g}% interval at the training length and at the longest length. "
+            "A model whose "
             "accuracy holds on one format and falls on another extrapolates inconsistently across formats."),
             _comparison_table(data), *([seed_note] if data.partial else []),
             ("figure", figures["format_comparison"], "Accuracy against context length, one panel per model, "
@@ -361,16 +379,18 @@ def build_report(out_dir: Path) -> dict[str, Path]:
     if not several:
         record("accuracy_vs_length", plots.plot_accuracy_vs_length(
             data.curves, train_lengths, figure_dir / "accuracy_vs_length",
-            title=f"{data.name}: accuracy vs context length (mean over depths, 95% CI)", unsolved=unsolved))
+            title=f"{data.name}: accuracy vs context length (mean over depths, {100 * data.level:g}% interval)",
+            unsolved=unsolved))
     else:
         for task_label in data.tasks:
             record(f"accuracy_vs_length {task_label}", plots.plot_accuracy_vs_length(
                 data.task_curves[task_label], train_lengths, figure_dir / f"accuracy_vs_length_{_slug(task_label)}",
-                title=f"{data.name}, {task_label}: accuracy vs context length (95% CI)",
+                title=f"{data.name}, {task_label}: accuracy vs context length ({100 * data.level:g}% interval)",
                 unsolved=[m.name for m in data.unsolved(task_label)] if data.by_task else unsolved))
         record("format_comparison", plots.plot_task_comparison(
             data.task_curves, train_lengths, figure_dir / "format_comparison",
-            title=f"{data.name}: accuracy vs context length by evaluated task or format (95% CI)"))
+            title=f"{data.name}: accuracy vs context length by evaluated task or format "
+                  f"({100 * data.level:g}% interval)"))
     for task_label in data.tasks:
         if not any(c.task == task_label and c.depth is not None for c in data.cells.values()) and data.cells:
             continue  # a task without a needle depth has no depth heatmap
@@ -382,7 +402,7 @@ def build_report(out_dir: Path) -> dict[str, Path]:
                 figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))
 
     analysis_blocks, analysis_summary = analysis_sections(data.meta, data.config, data.models, data.cells, data.tasks,
-                                                          data.threshold, data.partial)
+                                                          data.partial)
     paths["summary"] = out_dir / "summary.json"
     paths["summary"].write_text(json.dumps({**build_summary(data), **analysis_summary}, indent=2) + "\n")
     blocks = _blocks(data, figures, analysis_blocks)

@@ -1,4 +1,4 @@
-"""Statistics over stored results: bootstrap intervals and aggregation over seeds.
+"""Statistics over stored results: aggregation over seeds, and the interval of a curve point.
 
 Everything here works on plain rows read from the store (`ModelRow`, `ResultRow`) and numpy
 arrays; nothing trains or evaluates. Accuracies are fractions in [0, 1] throughout; the
@@ -13,64 +13,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..store import ModelRow, ResultRow
+from . import intervals
 
 DEFAULT_MIN_TRAIN_ACCURACY = 0.95
 
 
 # --------------------------------------------------------------------------------------------
-# bootstrap
+# intervals
 # --------------------------------------------------------------------------------------------
-def bootstrap_ci(scores: np.ndarray | Sequence[np.ndarray], level: float = 0.95, resamples: int = 2000,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval for the mean of per-sample scores.
-
-    `scores` is either one array (or flat list) of per-sample scores, resampled with replacement
-    `resamples` times, or a list of per-seed arrays: then the seeds are resampled first and the samples
-    within each drawn seed next (a two-stage bootstrap), so the interval also reflects the
-    spread between training seeds. The statistic is always the mean over all resampled samples.
-    Returns (lower, upper); (nan, nan) when there are no scores. Deterministic given `seed`.
-    """
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+def mean_ci(scores: np.ndarray | Sequence[np.ndarray], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lower, upper) of per-sample scores in [0, 1]: one array (one seed), or a list of
+    per-seed arrays. The mean is that of the seed means; the interval is
+    `intervals.these_seeds_interval` (Jeffreys, for the mean accuracy of these seeds, never zero
+    width). (nan, nan, nan) when there are no scores."""
     groups = [g for g in _groups(scores) if g.size]
     if not groups:
-        return float("nan"), float("nan")
-    pooled = np.concatenate(groups)
-    if np.all(pooled == pooled[0]):
-        return float(pooled[0]), float(pooled[0])  # exact, without rounding noise from the sums
-    rng = np.random.default_rng(seed)
-    if len(groups) == 1:
-        totals, sizes = _resampled_sums(groups[0], np.full(resamples, 1), rng), np.full(resamples, pooled.size)
-    else:
-        # how often each seed is drawn in each resample: (resamples, seeds)
-        draws = rng.multinomial(len(groups), np.full(len(groups), 1 / len(groups)), size=resamples)
-        totals = sum(_resampled_sums(g, draws[:, i], rng) for i, g in enumerate(groups))
-        sizes = draws @ np.array([g.size for g in groups])
-    means = totals / sizes  # (resamples,)
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
-
-
-def _resampled_sums(values: np.ndarray, copies: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Sum of `copies[r]` bootstrap resamples of `values`, for each resample r.
-
-    Resampling n values with replacement only matters through how often each distinct value is
-    drawn, which is multinomial; drawing those counts instead of n indices per resample costs
-    (resamples x distinct values) rather than (resamples x n), which for exact-match scores
-    (two distinct values) is tiny whatever n is.
-    """
-    distinct, counts = np.unique(values, return_counts=True)
-    drawn = rng.multinomial(copies * values.size, counts / values.size)  # (resamples, distinct)
-    return drawn @ distinct
-
-
-def mean_ci(scores: np.ndarray | Sequence[np.ndarray], level: float = 0.95, resamples: int = 2000,
-            seed: int = 0) -> tuple[float, float, float]:
-    """(mean, lower, upper) of per-sample scores; the interval is `bootstrap_ci`'s."""
-    flat = _flatten(scores)
-    mean = float(flat.mean()) if flat.size else float("nan")
-    return (mean, *bootstrap_ci(scores, level=level, resamples=resamples, seed=seed))
+        return float("nan"), float("nan"), float("nan")
+    k, n = intervals.counts(groups)
+    low, high = intervals.these_seeds_interval(k, n, level)
+    return float(np.mean(k / n)), float(low), float(high)
 
 
 def _groups(scores: np.ndarray | Sequence) -> list[np.ndarray]:
@@ -81,11 +42,6 @@ def _groups(scores: np.ndarray | Sequence) -> list[np.ndarray]:
     if all(np.ndim(item) == 0 for item in items):
         return [np.asarray(items, dtype=float)]
     return [np.asarray(item, dtype=float).ravel() for item in items]
-
-
-def _flatten(scores: np.ndarray | Sequence) -> np.ndarray:
-    parts = _groups(scores)
-    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,9 +87,11 @@ class Cell:
 
     @property
     def accuracy(self) -> float:
-        """Mean over every per-sample score of every seed (seeds weighted by their samples)."""
-        scores = self.scores
-        return float(scores.mean()) if scores.size else float("nan")
+        """Mean of the seeds' accuracies (each seed's mean score): the estimate every interval of
+        the analysis is centred on. With as many samples in every seed (the runner's design) it is
+        the mean over all scores."""
+        means = [np.mean(s) for s in self.per_seed.values() if np.size(s)]
+        return float(np.mean(means)) if means else float("nan")
 
 
 def summarise_models(models: Iterable[ModelRow], results: Iterable[ResultRow] = ()) -> list[ModelSummary]:
@@ -191,9 +149,20 @@ def scores_by_length(cells: Iterable[Cell], model: str, task: str | None = None)
     return {length: np.concatenate(parts) for length, parts in sorted(pooled.items())}
 
 
+def seeds_by_length(cells: Iterable[Cell], model: str, task: str | None = None) -> dict[int, list[np.ndarray]]:
+    """Like `scores_by_length`, but one array per training seed at each length."""
+    pooled: dict[int, dict[int, list[np.ndarray]]] = {}
+    for cell in cells:
+        if cell.model == model and (task is None or cell.task == task):
+            for seed, scores in cell.per_seed.items():
+                pooled.setdefault(cell.length, {}).setdefault(seed, []).append(np.asarray(scores, dtype=float))
+    return {length: [np.concatenate(parts) for _, parts in sorted(by_seed.items())]
+            for length, by_seed in sorted(pooled.items())}
+
+
 @dataclass
 class LengthPoint:
-    """Accuracy of one model at one length with its bootstrap interval, all in [0, 1]."""
+    """Accuracy of one model at one length with its interval (`mean_ci`), all in [0, 1]."""
 
     length: int
     accuracy: float
@@ -206,7 +175,7 @@ def accuracy_by_length(cells: Iterable[Cell], model: str, level: float = 0.95,
                        task: str | None = None) -> list[LengthPoint]:
     """The accuracy-vs-length curve of one model (on one task label, or all pooled), sorted by length."""
     points = []
-    for length, scores in scores_by_length(cells, model, task).items():
-        mean, low, high = mean_ci(scores, level=level)
-        points.append(LengthPoint(length, mean, low, high, int(scores.size)))
+    for length, groups in seeds_by_length(cells, model, task).items():
+        mean, low, high = mean_ci(groups, level=level)
+        points.append(LengthPoint(length, mean, low, high, int(sum(g.size for g in groups))))
     return points

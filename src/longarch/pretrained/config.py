@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..analysis.settings import AnalysisSettings
 from ..config import Strict, distinct_models, repeated
 from ..tasks import text
 
@@ -86,7 +87,14 @@ class PretrainedEval(Strict):
     device: str = Field("cpu", description="cpu, cuda, cuda:1, mps ...")
     chunk: int | None = Field(None, ge=1, description="prefill chunk in tokens, where exact [default: whole prompt]")
     batch_tokens: int = Field(16384, ge=1, description="prompt tokens per generation batch")
-    threshold: float = Field(85.6, ge=0, le=100, description="effective length: the longest length scoring above it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "threshold" in data:
+            raise ValueError("'threshold' was renamed: use analysis.effective_length_bar_fraction, a fraction "
+                             "(85.6 -> 0.856)")
+        return data
 
     @field_validator("lengths")
     @classmethod
@@ -109,6 +117,10 @@ class PretrainedStudy(Strict):
     hotpotqa: str | None = Field(None, description="HotpotQA dev file for qa_2 (without it qa_2 is skipped)")
     trust_remote_code: bool = False
     reference: Literal["huang2025"] | None = Field(None, description="published numbers shown beside this run's")
+    analysis: AnalysisSettings = Field(
+        default_factory=AnalysisSettings,
+        description="how the report judges the results, as for a controlled study; a pretrained study reads "
+                    "effective_length_bar_fraction, interval_level_fraction and labels (the tasks averaged)")
 
     @field_validator("models", mode="before")
     @classmethod
@@ -142,6 +154,11 @@ class PretrainedStudy(Strict):
         if twice is not None:
             raise ValueError(f"tasks: two entries are labelled {twice!r}; give them distinct labels")
         return self
+
+    def averaged_labels(self) -> list[str]:
+        """The labels of the tasks the report averages at each length (entries with neither fixed
+        depths nor relative lengths), in the study's order."""
+        return [label for label, entry in self.task_entries() if not entry.depths and not entry.length_factors]
 
     def task_entries(self) -> list[tuple[str, TextTaskEntry]]:
         """(label, entry); a default label is the task's name (with its depths' format when fixed)."""
@@ -188,6 +205,11 @@ def check(study: PretrainedStudy, origin: str) -> None:
             raise ConfigError(f"{origin}: task {label!r}: {error}") from None
         if entry.depths is not None and not hasattr(task, "depth"):
             raise ConfigError(f"{origin}: task {label!r}: only the niah tasks take fixed depths")
+    averaged = study.averaged_labels()
+    unknown = [label for label in study.analysis.labels or () if label not in averaged]
+    if unknown:
+        raise ConfigError(f"{origin}: analysis: {unknown[0]!r} is not a task averaged over the study's lengths "
+                          f"(those are: {', '.join(averaged) or 'none'})")
     for model in study.models:
         target = model.model.partition(":")[2].strip()
         local = Path(target).expanduser()
