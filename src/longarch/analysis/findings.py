@@ -289,8 +289,8 @@ def claim_degradation(models: Sequence[ModelSummary], cells, plan: Plan | None =
         else:
             decided = INCONCLUSIVE
         verdict, note = _gate(decided, coverage, settings)
-        shown = drops[sharp[0]] if sharp else max(drops.values(), key=lambda d: -np.inf if np.isnan(d.value) else d.value)
         shown_at = sharp[0] if sharp else max(drops, key=lambda L: -np.inf if np.isnan(drops[L].value) else drops[L].value)
+        shown = drops[shown_at]
         effective = effective_length(cells, name, T, plan, model.labels, settings.effective_length_bar_fraction, level)
         first = pooled_estimate(at_t.cells, level)
         if decided == SUPPORTED:
