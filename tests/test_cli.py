@@ -65,6 +65,15 @@ def test_sample_prints_the_needle_and_answer():
     task = tasks.get("needle")
     assert f"answer: {task.symbol(int(generated.answers[0, 0]))}" in result.output
     assert "needle_position: 10" in result.output  # round(0.5 * (24 - 4))
+    assert "unknown words" not in result.output  # a noise haystack has no words
+
+
+def test_sample_of_a_text_haystack_prints_its_unknown_word_share():
+    result = cli.invoke(app, ["sample", "needle", "--length", "200", "--seed", "1", "--knob", "haystack=text"])
+    assert result.exit_code == 0, result.output
+    task = tasks.get("needle", haystack="text")
+    share = task.unknown_share(task.generate(length=200, n=1, seed=1))
+    assert f"unknown words: {100 * share:.1f}% of the haystack" in result.output
 
 
 def _study(tmp_path: Path, **changes) -> str:

@@ -40,11 +40,13 @@ def _changed(change):
 
 
 def _sized(study: Study) -> dict[str, int]:
-    task = study.make_task()
+    """Each model's parameters as the budget counts them (params_count), at the study's vocabulary."""
+    vocab_size = study.vocab_size()
     out = {}
     for entry in study.models:
-        overrides = config.resolve_overrides(study, entry, task.vocab_size)
-        out[entry.label] = models.build(entry.arch, vocab_size=task.vocab_size, **overrides).num_params()
+        overrides = config.resolve_overrides(study, entry, vocab_size)
+        built = models.config(entry.arch, vocab_size=vocab_size, **overrides)
+        out[entry.label] = models.count_params(built, embeddings=study.params_count == "all")
     return out
 
 
@@ -97,7 +99,8 @@ def test_quick_compares_the_trained_noise_haystack_with_text():
     evaluated = dict(study.eval_tasks())
     assert trained.haystack == "noise" and set(evaluated) == {"noise", "text"}
     assert evaluated["noise"] == trained  # the noise evaluation is the training distribution
-    assert evaluated["text"].haystack == "text" and evaluated["text"].vocab_size == trained.vocab_size
+    assert evaluated["text"].haystack == "text" and evaluated["text"].n_filler > 1000  # a real word vocabulary
+    assert study.vocab_size() == evaluated["text"].vocab_size and study.params_count == "non-embedding"
 
 
 def test_overrides_replace_top_level_keys():

@@ -5,7 +5,7 @@ import collections
 import numpy as np
 import pytest
 
-from longarch.tasks.corpus import DEFAULT_SOURCE, WORD, load_corpus
+from longarch.tasks.corpus import DEFAULT_SOURCE, WORD, load_corpus, words_for_unknown_share
 
 
 def test_default_corpus_is_python_help_prose_and_loads_offline():
@@ -34,6 +34,22 @@ def test_frequency_order_matches_a_direct_count():
     counts = collections.Counter(stream.ids.tolist())
     frequencies = [counts[i] for i in range(stream.n_words)]
     assert frequencies == sorted(frequencies, reverse=True)
+
+
+def test_words_for_an_unknown_share_is_the_smallest_vocabulary_that_meets_it(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("a a a a b b b c c d", encoding="utf-8")  # unknown with 1, 2, 3, 4 words: 6, 3, 1, 0 of 10
+    assert [words_for_unknown_share(corpus, share) for share in (1.0, 0.6, 0.59, 0.3, 0.1, 0.05, 0.0)] == \
+        [1, 1, 2, 2, 3, 4, 4]
+    for share in (0.05, 0.03):  # the default corpus: the share is met with one word to spare, not with one less
+        n = words_for_unknown_share(None, share)
+        unknown = [np.mean(load_corpus(n_words=k).ids == k) for k in (n - 1, n)]
+        assert unknown[0] > share >= unknown[1]
+    assert words_for_unknown_share(None, 0.03) == 1771 and words_for_unknown_share(None, 0.05) == 1380
+    with pytest.raises(ValueError, match="share must be a fraction"):
+        words_for_unknown_share(None, 5)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        words_for_unknown_share(tmp_path / "missing.txt", 0.05)
 
 
 @pytest.mark.parametrize("length", [1, 7, 4096, 200_000])  # the last is longer than the corpus

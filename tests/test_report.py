@@ -295,3 +295,31 @@ def test_models_are_reported_in_the_studys_order_not_the_order_they_finished(tmp
     summary = json.loads(build_report(tmp_path)["summary"].read_text())
     assert [m["name"] for m in summary["models"]] == ["beta", "alpha"]
     assert list(summary["measures"]) == ["beta", "alpha"]
+
+
+def test_setup_gives_the_unknown_word_share_of_each_text_haystack(tmp_path):
+    """Rebuilt from the stored configuration: a line for the text task at T and at the longest
+    length, measured on 64 samples of seed 0; none for the noise task."""
+    from longarch import tasks
+    from longarch.tasks.corpus import load_corpus
+
+    write_study(tmp_path)
+    with Store(tmp_path / "results.sqlite") as store:
+        config = store.meta()["config"]
+        store.set_meta("config", {**config, "models": ["transformer"], "eval": {**config["eval"], "tasks": [
+            {"name": "needle", "label": "noise", "knobs": {}},
+            {"name": "needle", "label": "prose", "knobs": {"haystack": "text"}}]}})
+    md = build_report(tmp_path)["md"].read_text()
+    task = tasks.get("needle", haystack="text")
+    stream = load_corpus(n_words=task.n_filler - 1)
+    shares = []
+    for length in (TRAIN_LENGTH, 64):  # max_factor 4
+        tokens = task.generate(length, 64, seed=0).tokens
+        filler = tokens[tokens >= 2 + task.n_keys + task.n_values]  # the haystack: filler symbols only
+        shares.append(np.mean(filler == 2 + task.n_keys + task.n_values + stream.unknown))
+    assert 0 < shares[1] < 0.05
+    line = (f"Unknown words in the `prose` haystack: {100 * shares[0]:.1f}% at T = 16, {100 * shares[1]:.1f}% at 64 "
+            f"(words outside its {task.n_filler - 1:,}-word vocabulary, all one symbol; 64 samples).")
+    assert line in md
+    setup = md.split("## Setup")[1].split("## Accuracy by length")[0]
+    assert line in setup and "`noise` haystack" not in md

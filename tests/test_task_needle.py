@@ -67,7 +67,8 @@ PINNED = [
     ({}, 4096, 8, 1, None, "915ae8e5cb773c75"),
     ({}, 300, 50, 2, 37.5, "95738acca65f9358"),
     ({"haystack": "random"}, 200, 40, 3, None, "13962a94fc4ed243"),
-    ({"haystack": "text"}, 200, 40, 4, None, "cb9742b7e9a1681a"),
+    ({"haystack": "text", "n_filler": 16}, 200, 40, 4, None, "cb9742b7e9a1681a"),  # the text default before
+    ({"haystack": "text"}, 200, 40, 4, None, "6d62354c815b8d52"),  # the default vocabulary since (n_filler 1772)
     ({"haystack": "random", "key": "number", "value": "uuid"}, 300, 20, 5, None, "c2ece1efa9585e21"),
     ({"haystack": "noise", "key": "uuid", "value": "number", "number_length": 5}, 300, 20, 6, 80, "320d93c2631aad99"),
     ({"n_keys": 5, "n_values": 7, "n_filler": 3, "pattern_length": 3}, 100, 20, 7, None, "32342f61a8699f89"),
@@ -281,6 +282,45 @@ def test_text_haystack_is_running_english_from_the_corpus():
     assert {"the", "a", "<unk>"} <= words
 
 
+def test_default_text_vocabulary_keeps_unknown_words_under_5_percent_at_every_length():
+    """n_filler left out: the smallest vocabulary leaving at most 3% of the corpus unknown, so that
+    a batch's haystack stays under 5% unknown from 64 to 4096 tokens, seed after seed."""
+    from longarch.tasks.corpus import words_for_unknown_share
+    from longarch.tasks.tokens.needle import TEXT_UNKNOWN_SHARE
+
+    task = _task(haystack="text")
+    assert task.n_filler == words_for_unknown_share(None, TEXT_UNKNOWN_SHARE) + 1 == 1772
+    for length in [64 * 2 ** k for k in range(7)]:  # 64 .. 4096
+        shares = [task.unknown_share(task.generate(length, 64, seed=seed)) for seed in range(4)]
+        assert 0.02 < min(shares) and max(shares) <= 0.05, (length, shares)
+    old = _task(haystack="text", n_filler=16)  # the default before: 15 words
+    assert old.unknown_share(old.generate(1024, 64, seed=0)) > 0.6
+    assert _task().unknown_share(_task().generate(64, 4, seed=0)) is None  # no text, no share
+
+
+def test_default_text_vocabulary_changes_only_which_words_are_unknown():
+    wide, narrow = _task(haystack="text"), _task(haystack="text", n_filler=16)
+    a, b = wide.generate(300, 20, seed=12), narrow.generate(300, 20, seed=12)
+    np.testing.assert_array_equal(a.answers, b.answers)
+    np.testing.assert_array_equal(a.meta["needle_position"], b.meta["needle_position"])
+    filler = a.tokens >= 2 + wide.n_keys + wide.n_values
+    np.testing.assert_array_equal(filler, b.tokens >= 2 + narrow.n_keys + narrow.n_values)
+    np.testing.assert_array_equal(a.tokens[~filler], b.tokens[~filler])
+    for x, y in zip(a.tokens[filler], b.tokens[filler]):  # the same passage, fewer words unknown
+        assert narrow.symbol(int(y)) in (wide.symbol(int(x)), "<unk>")
+
+
+def test_unknown_share_counts_the_unknown_symbol_among_haystack_symbols(tmp_path):
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("the cat the dog the cat a " * 30, encoding="utf-8")  # the 3, cat 2, a 1, dog 1 of 7
+    task = _task(haystack="text", corpus=str(corpus), n_filler=3)  # "the", "cat" and the unknown word
+    samples = task.generate(7 * 30 + 2 + 2, 5, seed=0)  # a haystack of the whole corpus once
+    assert task.unknown_share(samples) == pytest.approx(2 / 7)
+    every = _task(haystack="text", corpus=str(corpus))
+    assert every.n_filler == 5  # 3% unknown needs every word: nothing is unknown
+    assert every.unknown_share(every.generate(64, 5, seed=0)) == 0
+
+
 def test_text_haystack_from_a_user_corpus(tmp_path):
     corpus = tmp_path / "mine.txt"
     corpus.write_text("alpha beta gamma delta " * 50, encoding="utf-8")
@@ -452,6 +492,10 @@ def test_knobs_leave_out_what_is_at_its_default():
     the counts) must not change the key of a study that leaves it at its default."""
     assert set(_task().knobs) == {"n_keys", "n_values", "n_filler", "haystack", "pattern_length"}
     assert "corpus" not in _task(haystack="text").knobs
+    # n_filler left out is resolved when the task is made: 16, or for text the default vocabulary
+    assert all(_task(haystack=h).knobs["n_filler"] == 16 for h in ("noise", "random", "needles"))
+    assert _task(haystack="text").knobs["n_filler"] == 1772 and _task(haystack="text") == _task(haystack="text",
+                                                                                                n_filler=1772)
     assert _task(value="uuid").knobs["value"] == "uuid"
     knobs = _task(needle_keys=3, queries=2).knobs
     assert knobs["needle_keys"] == 3 and knobs["queries"] == 2 and "values_per_key" not in knobs

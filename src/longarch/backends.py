@@ -5,7 +5,8 @@ finishes; it never touches the store (the driver alone writes). Every backend ru
 functions with the same torch thread count per job, so a study gives the same numbers on each.
 
     backend.submit(fn, job) -> handle
-    backend.wait() -> [(handle, result, error)]   # at least one finished job; error is None or the exception
+    backend.wait(timeout=None) -> [(handle, result, error)]   # finished jobs (at least one unless
+                                                   # `timeout` seconds passed); error is None or the exception
     backend.close(abort=False)                    # abort: stop running jobs now
 """
 
@@ -48,7 +49,7 @@ class InProcess:
         self._queue.append((self._next, fn, job))
         return self._next
 
-    def wait(self):
+    def wait(self, timeout: float | None = None):
         handle, fn, job = self._queue.pop(0)
         try:
             return [(handle, fn(job), None)]
@@ -84,8 +85,8 @@ class LocalPool:
         self._pending.add(future)
         return future
 
-    def wait(self):
-        finished, self._pending = futures.wait(self._pending, return_when=futures.FIRST_COMPLETED)
+    def wait(self, timeout: float | None = None):
+        finished, self._pending = futures.wait(self._pending, timeout=timeout, return_when=futures.FIRST_COMPLETED)
         out = []
         for future in finished:
             error = future.exception()
@@ -146,8 +147,8 @@ class RayBackend:
         self._pending.append(ref)
         return ref
 
-    def wait(self):
-        finished, self._pending = self.ray.wait(self._pending, num_returns=1)
+    def wait(self, timeout: float | None = None):
+        finished, self._pending = self.ray.wait(self._pending, num_returns=1, timeout=timeout)
         out = []
         for ref in finished:
             try:

@@ -389,6 +389,9 @@ def sample(task: Annotated[str, typer.Argument(help="task name (see `longarch ta
         console.print(f"  {key}: {value:g}" if isinstance(value, float) else f"  {key}: {value}", markup=False)
     console.print(" ".join(shown))
     console.print("answer: " + " ".join(chosen.symbol(int(t)) for t in samples.answers[0]))
+    unknown = getattr(chosen, "unknown_share", lambda _: None)(samples)
+    if unknown is not None:  # a text haystack: how much of it is the one unknown-word symbol
+        console.print(f"unknown words: {100 * unknown:.1f}% of the haystack")
 
 
 @app.command()

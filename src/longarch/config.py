@@ -4,6 +4,8 @@ A study is data: which architectures, which task, one training recipe, one evalu
 `task` is the task trained on and evaluated; `train.tasks` (a weighted mixture) and
 `eval.tasks` (several tasks or formats, each with a label) replace it on either side, so
 "train on a noise haystack, evaluate on noise and on text" is one `eval.tasks` list.
+A study of several task names (a mixture of needle, copy, ...) gives each name its own, disjoint
+range of symbol ids (`Study.id_offsets`), so that no id means two things; one name keeps its ids.
 Every key is checked against the schema (a typo is an error naming the key, never a silent
 default), and values are checked against what the task and the registry accept before any
 work starts.
@@ -21,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import models, tasks
+from .tasks.shifted import Shifted
 from .analysis.settings import RENAMED, AnalysisSettings, from_stored
 
 
@@ -63,21 +66,59 @@ class ModelEntry(Strict):
     arch: str
     name: str | None = None  # label in tables and plots; defaults to arch
     overrides: dict[str, Any] = Field(default_factory=dict)
+    lr: float | None = Field(None, gt=0, allow_inf_nan=False,
+                             description="this model's learning rate instead of train.lr (part of its id; reported)")
 
     @property
     def label(self) -> str:
         return self.name or self.arch
 
 
+class PhaseConfig(Strict):
+    length: int = Field(ge=1, description="the length of every sample of this phase")
+    steps: int = Field(ge=1)
+
+
+class UntilConfig(Strict):
+    accuracy: float = Field(gt=0, le=1, description="held-out accuracy at T (a fraction) every judged task must reach")
+    max_steps: int = Field(ge=1, description="steps at most, the planned ones included")
+    labels: list[str] | None = Field(None, min_length=1, description="the trained tasks judged (eval labels); default: all")
+
+
+class CheckConfig(Strict):
+    every: int | None = Field(None, ge=1, description="steps between held-out checks at T; default: a tenth of the planned steps")
+    samples: int = Field(64, ge=1, description="held-out samples per task at each check")
+
+
 class TrainConfig(Strict):
     length: int = Field(ge=1, description="training length T")
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(1000, ge=1, description="planned steps; with `phases`, their sum (leave `steps` out)")
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
+    lr: float = Field(3e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.1, ge=0, allow_inf_nan=False)
     warmup: int = Field(50, ge=0)
     eval_samples: int = Field(200, ge=1)
+    phases: list[PhaseConfig] | None = Field(None, min_length=1, description="a length curriculum: phases in order, "
+                                             "each a length and steps; the last at `length`")
+    until: UntilConfig | None = Field(None, description="train to a criterion, checked at T in the last phase")
+    check: CheckConfig = Field(default_factory=CheckConfig, description="held-out checks at T, for the curve and `until`")
+    checkpoint_every: int = Field(200, ge=0, description="steps between mid-training checkpoints (0: none); "
+                                  "an interrupted training resumes from the last one")
     tasks: list[TrainTask] | None = Field(None, min_length=1, description="a weighted mixture to train on instead of `task`")
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "TrainConfig":
+        if self.phases is not None:
+            total = sum(phase.steps for phase in self.phases)
+            if "steps" in self.model_fields_set and self.steps != total:
+                raise ValueError(f"steps ({self.steps}) is not the phases' sum ({total}): leave steps out with phases")
+            if self.phases[-1].length != self.length:
+                raise ValueError(f"the last phase is at length {self.phases[-1].length}; it must be at the "
+                                 f"training length {self.length}")
+            self.steps = total
+        if self.until is not None and self.until.max_steps < self.steps:
+            raise ValueError(f"until.max_steps ({self.until.max_steps}) is below the planned steps ({self.steps})")
+        return self
 
 
 class EvalConfig(Strict):
@@ -109,7 +150,10 @@ class Study(Strict):
     description: str = ""
     task: TaskConfig = Field(default_factory=TaskConfig)
     models: list[ModelEntry] = Field(min_length=1)
-    params: int | None = Field(None, ge=1, description="parameter budget every model is sized to (within 5%)")
+    params: int | None = Field(None, ge=1, description="parameter budget every model is sized to (within 2%)")
+    params_count: Literal["all", "non-embedding"] = Field(
+        "all", description="what the budget counts: every parameter, or all but the token embedding and output head "
+                           "(for a large vocabulary, such as a text haystack's words)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
     @field_validator("seeds")
@@ -165,14 +209,38 @@ class Study(Strict):
         return self.task.make()
 
     def train_tasks(self) -> list[tuple[object, float]]:
-        """(task, weight) for each task trained on."""
+        """(task, weight) for each task trained on, in its name's id range (`id_offsets`)."""
+        offsets = self.id_offsets()
+        return [(shifted(task, offsets[task.name]), weight) for task, weight in self._made_train_tasks()]
+
+    def eval_tasks(self) -> list[tuple[str, object]]:
+        """(label, task) for each task evaluated, in its name's id range (`id_offsets`). A default
+        label is the task's name, plus the knobs whose values differ between evaluated tasks of
+        that name."""
+        offsets = self.id_offsets()
+        return [(label, shifted(task, offsets[task.name])) for label, task in self._made_eval_tasks()]
+
+    def id_offsets(self) -> dict[str, int]:
+        """Task name -> the first id of its range. Each task numbers its symbols from 0, so in a
+        study of several task names (train and eval tasks together) each name gets its own range,
+        in order of first appearance, as wide as the largest vocabulary of a task of that name;
+        tasks of one name share it (their symbols mean the same). One name: every offset is 0."""
+        made = [task for task, _ in self._made_train_tasks()] + [task for _, task in self._made_eval_tasks()]
+        widths: dict[str, int] = {}
+        for task in made:
+            widths[task.name] = max(widths.get(task.name, 0), task.vocab_size)
+        if len(widths) == 1:
+            return dict.fromkeys(widths, 0)
+        starts = itertools.accumulate(widths.values(), initial=0)
+        return dict(zip(widths, starts))
+
+    def _made_train_tasks(self) -> list[tuple[object, float]]:
         if self.train.tasks is None:
             return [(self.task.make(), 1.0)]
         return [(entry.make(), entry.weight) for entry in self.train.tasks]
 
-    def eval_tasks(self) -> list[tuple[str, object]]:
-        """(label, task) for each task evaluated. A default label is the task's name, plus
-        the knobs whose values differ between evaluated tasks of that name."""
+    def _made_eval_tasks(self) -> list[tuple[str, object]]:
+        """`eval_tasks` before the id ranges: labels are made from the tasks' own knobs."""
         entries = self.eval.tasks or [EvalTask(name=self.task.name, knobs=self.task.knobs)]
         made = [entry.make() for entry in entries]
         labels = []
@@ -181,8 +249,11 @@ class Study(Strict):
                 labels.append(entry.label)
                 continue
             same_name = [t for t in made if t.name == task.name]
-            differing = [f.name for f in dataclasses.fields(task)
-                         if any(getattr(other, f.name) != getattr(task, f.name) for other in same_name)]
+            # knobs some entry of that name writes: a default resolved per task (a text haystack's
+            # vocabulary) is not what tells the tasks apart
+            written = {k for e, t in zip(entries, made) if t.name == task.name for k in e.knobs}
+            differing = [f.name for f in dataclasses.fields(task) if f.name in written
+                         and any(getattr(other, f.name) != getattr(task, f.name) for other in same_name)]
             labels.append(" ".join([task.name] + [f"{k}={_short(getattr(task, k))}" for k in differing]))
         twice = repeated(labels)
         if twice is not None:
@@ -200,8 +271,14 @@ class Study(Strict):
         return out
 
     def vocab_size(self) -> int:
-        """Symbols every task of the study needs: models are built with the largest."""
+        """Symbols every task of the study needs: the end of the last id range (one task name:
+        the largest vocabulary of its tasks)."""
         return max(task.vocab_size for task in [t for t, _ in self.train_tasks()] + [t for _, t in self.eval_tasks()])
+
+
+def shifted(task, offset: int):
+    """The task in the id range starting at `offset` (the task itself at 0)."""
+    return Shifted(task, offset) if offset else task
 
 
 def repeated(labels: list[str]) -> str | None:
@@ -375,6 +452,16 @@ def check(study: Study, origin: str) -> None:
         too_short = [n for n in study.eval_lengths() if n < task.min_length]
         if too_short:
             raise ConfigError(f"{origin}: length {too_short[0]} is below the {task.name} task's minimum {task.min_length}")
+    for phase in study.train.phases or ():
+        short = [task for task in trained if phase.length < task.min_length]
+        if short:
+            raise ConfigError(f"{origin}: train.phases: length {phase.length} is below the {short[0].name} task's "
+                              f"minimum {short[0].min_length}")
+    unknown = [label for label in (study.train.until.labels if study.train.until else None) or ()
+               if label not in train_labels(study)]
+    if unknown:
+        raise ConfigError(f"{origin}: train.until.labels: {unknown[0]!r} is not a trained task "
+                          f"(trained: {', '.join(train_labels(study))})")
     labels = [label for label, _ in study.eval_tasks()]
     unknown = [label for label in study.analysis.labels or () if label not in labels]
     if unknown:
@@ -391,6 +478,23 @@ def resolve_overrides(study: Study, entry: ModelEntry, vocab_size: int) -> dict:
     """The build overrides of one entry: its own, plus the d_model that meets the budget."""
     overrides = dict(entry.overrides)
     if study.params is not None and "d_model" not in overrides:
-        overrides = models.size_to_budget(entry.arch, study.params, vocab_size=vocab_size, **overrides)
+        overrides = models.size_to_budget(entry.arch, study.params, vocab_size=vocab_size,
+                                          embeddings=study.params_count == "all", **overrides)
     models.config(entry.arch, vocab_size=vocab_size, **overrides)  # raises on unknown options
     return overrides
+
+
+def train_labels(study: Study) -> list[str]:
+    """A name for each trained task, in curves and in `until.labels`: the label of the evaluated
+    task with the same name and knobs, else the task's name (numbered when it repeats)."""
+    trained = study.train.tasks or [TrainTask(name=study.task.name, knobs=study.task.knobs)]
+    evaluated = study.eval.tasks or [EvalTask(name=study.task.name, knobs=study.task.knobs)]
+    eval_labels = [label for label, _ in study.eval_tasks()]
+    labels = []
+    for entry in trained:
+        same = [label for other, label in zip(evaluated, eval_labels)
+                if other.name == entry.name and other.knobs == entry.knobs]
+        labels.append(same[0] if same else entry.name)
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+    return labels

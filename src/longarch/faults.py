@@ -7,6 +7,7 @@ functions here do nothing:
     model:K             after the K-th trained model is committed (checkpoint and store row)
     cell:K              after the K-th evaluation result is committed
     checkpoint:K:BYTES  while writing the K-th checkpoint, after its first BYTES bytes reached disk
+    partial:K:BYTES     the same for the K-th mid-training checkpoint
 
 K counts from 1 within one process, so a test that resumes a killed run chooses the next point
 relative to what that run still has to do. The process kills its whole process group when it
@@ -22,7 +23,8 @@ from collections import Counter
 from typing import BinaryIO
 
 VARIABLE = "LONGARCH_KILL_AT"
-POINTS = ("step", "model", "cell", "checkpoint")
+POINTS = ("step", "model", "cell", "checkpoint", "partial")
+WRITES = ("checkpoint", "partial")  # points that stop a write after BYTES bytes
 
 _seen: Counter = Counter()
 
@@ -32,9 +34,9 @@ def _wanted() -> tuple[str, int, int | None] | None:
     if not spec:
         return None
     point, *numbers = spec.split(":")
-    if point not in POINTS or len(numbers) != (2 if point == "checkpoint" else 1) or not all(
+    if point not in POINTS or len(numbers) != (2 if point in WRITES else 1) or not all(
             n.isdigit() for n in numbers):
-        raise ValueError(f"{VARIABLE}={spec!r}: expected one of step:K, model:K, cell:K, checkpoint:K:BYTES")
+        raise ValueError(f"{VARIABLE}={spec!r}: expected one of step:K, model:K, cell:K, checkpoint:K:BYTES, partial:K:BYTES")
     return point, int(numbers[0]), int(numbers[1]) if len(numbers) == 2 else None
 
 

@@ -16,10 +16,10 @@ the rest of the grid goes on. One run at a time holds a study directory (a lock 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import os
 import platform
 import shlex
 import subprocess
@@ -38,12 +38,13 @@ from safetensors.torch import load as load_weights
 from safetensors.torch import save as save_weights
 
 from . import faults, models
-from .backends import describe_error, make_backend
-from .config import Study, resolve_overrides
+from .backends import InProcess, describe_error, make_backend
+from .checkpoints import write_atomic
+from .config import Study, resolve_overrides, train_labels
 from .evaluate import evaluate_samples
 from .store import ModelRow, ResultRow, Store
 from .studydir import StudyLock
-from .train import Mixture, TrainSpec, train
+from .train import LOSS_EVERY, Mixture, TrainSpec, train
 
 
 def content_id(payload: dict) -> str:
@@ -76,9 +77,11 @@ def task_id(task) -> dict:
 
 
 def training_task(study: Study):
-    """The task trained on: the one task, or a `Mixture`."""
+    """The task trained on: the one task, or a `Mixture` (its tasks named by `train_labels`)."""
     pairs = study.train_tasks()
-    return pairs[0][0] if len(pairs) == 1 else Mixture([t for t, _ in pairs], [w for _, w in pairs])
+    if len(pairs) == 1:
+        return pairs[0][0]
+    return Mixture([t for t, _ in pairs], [w for _, w in pairs], train_labels(study))
 
 
 def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
@@ -87,10 +90,11 @@ def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
     # one task keeps the id it had before mixtures existed, so stored results are found again
     trained_on = task_id(pairs[0][0]) if len(pairs) == 1 else [[task_id(t), w] for t, w in pairs]
     vocab_size = study.vocab_size()
-    spec = TrainSpec(**study.train.model_dump(exclude={"tasks"}))
+    study_spec = TrainSpec(**study.train.model_dump(exclude={"tasks"}))
     model_plans, cells = [], []
     for entry in study.models:
         config = models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(study, entry, vocab_size))
+        spec = study_spec if entry.lr is None else dataclasses.replace(study_spec, lr=entry.lr)
         for seed in study.seeds:
             model_id = content_id({"model": config.to_dict(), "train": spec.to_dict(), "task": trained_on, "seed": seed})
             model_plans.append(ModelPlan(entry.label, entry.arch, seed, config, spec, model_id))
@@ -150,12 +154,57 @@ class TrainJob:
     plan: ModelPlan
     task: object      # the task trained on, or a Mixture
     threads: int | None
+    state_dir: str | None = None  # where the training state and live progress go (None: nowhere)
+    label: str | None = None      # a single trained task's name in the curve
 
 
 @dataclass
 class Trained:
     row: ModelRow     # its checkpoint path is the driver's to fill in
     weights: bytes    # safetensors
+    curve: list = dataclasses.field(default_factory=list)  # (step, kind, label, value) for the store
+
+
+# Live training progress. In the driver's own process (`--workers 0`) a job reports to the hook
+# the driver sets; in a worker process the hook is None and the job writes a small JSON file
+# beside its training state, which the driver reads while it waits.
+_LIVE_HOOK = None
+LIVE_EVERY = 10  # steps between two progress reports
+
+
+def state_path(state_dir: str, model_id: str) -> Path:
+    return Path(state_dir) / f"{model_id}.safetensors"
+
+
+def progress_path(state_dir: str, model_id: str) -> Path:
+    return Path(state_dir) / f"{model_id}.progress.json"
+
+
+class _Live:
+    """A training job's reporter: kill points, and progress (step, loss, last check)."""
+
+    def __init__(self, job: TrainJob):
+        self.job, self.info = job, {"step": 0, "of": job.plan.train_spec.max_steps, "loss": None, "accuracy": None}
+
+    def step(self, step: int, loss: float) -> None:
+        faults.reached("step")
+        self.info.update(step=step + 1, loss=loss)
+        if (step + 1) % LIVE_EVERY == 0:
+            self._report()
+
+    def check(self, step: int, accuracy: dict[str, float]) -> None:
+        self.info.update(step=step, accuracy=min(accuracy.values()))
+        self._report()
+
+    def _report(self) -> None:
+        if _LIVE_HOOK is not None:
+            _LIVE_HOOK(self.job.plan.model_id, dict(self.info))
+        elif self.job.state_dir is not None:
+            path = progress_path(self.job.state_dir, self.job.plan.model_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(self.info))
+            tmp.replace(path)  # no fsync: a lost progress line costs nothing
 
 
 @dataclass(frozen=True)
@@ -181,7 +230,10 @@ def train_job(job: TrainJob) -> Trained:
     torch.manual_seed(plan_.seed)  # identical initialisation for a given seed
     model = models.LanguageModel(plan_.config)
     spec = plan_.train_spec
-    result = train(model, job.task, spec, plan_.seed, on_step=lambda step, loss: faults.reached("step"))
+    live = _Live(job)
+    result = train(model, job.task, spec, plan_.seed, on_step=live.step, on_check=live.check,
+                   state_path=None if job.state_dir is None else state_path(job.state_dir, plan_.model_id),
+                   state_key=plan_.model_id, label=job.label)
     weights = save_weights({k: v.contiguous() for k, v in model.state_dict().items()},
                            metadata={"model_id": plan_.model_id, "arch": plan_.arch})
     row = ModelRow(
@@ -189,9 +241,13 @@ def train_job(job: TrainJob) -> Trained:
         seed=plan_.seed, params=model.num_params(), state_floats=model.state_floats(spec.length),
         state_growth="linear" if model.state_floats(2 * spec.length) > model.state_floats(spec.length) else "constant",
         train_length=spec.length, train_accuracy=result.train_accuracy, train_seconds=result.seconds,
-        final_loss=result.final_loss, config={"model": plan_.config.to_dict(), "train": spec.to_dict()},
-        checkpoint="")
-    return Trained(row, weights)
+        final_loss=result.final_loss, config={"model": plan_.config.to_dict(), "train": spec.to_dict(),
+                                              "task_accuracy": result.task_accuracy},
+        checkpoint="", steps=result.steps, steps_to_criterion=result.steps_to_criterion)
+    curve = [(i * LOSS_EVERY, "loss", "", loss) for i, loss in enumerate(result.losses)]
+    curve += [(check["step"], "accuracy", label, value) for check in result.checks
+              for label, value in check["accuracy"].items()]
+    return Trained(row, weights, curve)
 
 
 def model_from_weights(plan_: ModelPlan, weights: bytes) -> models.LanguageModel:
@@ -254,13 +310,7 @@ def _stored_weights(row: ModelRow | None) -> bytes | None:
 
 def _write_checkpoint(path: Path, weights: bytes) -> None:
     """Written to a temporary file, flushed and renamed, so a crash leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
-        faults.write(file, weights)
-        file.flush()
-        os.fsync(file.fileno())
-    tmp.replace(path)
+    write_atomic(path, weights)
 
 
 def _same_samples(stored: dict | None, study: Study, out: Path) -> None:
@@ -313,6 +363,9 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
                  len(todo), backend)
         runner = make_backend(backend, workers, address, threads or 1)
         task = training_task(study)
+        label = None if study.train.tasks is not None else train_labels(study)[0]
+        # mid-training state on this machine's disk (a remote Ray worker's disk is its own)
+        state_dir = str(out / "checkpoints" / "training") if backend == "local" or address is None else None
         pending: dict = {}  # handle -> (item, job function, job, attempt)
 
         def submit(item, fn, job, attempt=1):
@@ -326,17 +379,22 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
                                                eval_seed(study.eval.seed, cell.length, cell.depth, cell.model.seed),
                                                study.eval.chunk, study.train.length, threads))
 
+        global _LIVE_HOOK
         try:
             with _progress(console) as progress:
                 train_bar = progress.add_task("train", total=len(to_train), info="")
                 eval_bar = progress.add_task("evaluate", total=len(todo), info="")
+                live = _LiveBars(progress, {p.model_id: p for p in to_train}, state_dir)
+                _LIVE_HOOK = live.update if isinstance(runner, InProcess) else None
                 for model_plan in model_plans:
                     if model_plan.model_id in weights:
                         submit_cells(model_plan)
                     else:
-                        submit(model_plan, train_job, TrainJob(model_plan, task, threads))
+                        submit(model_plan, train_job, TrainJob(model_plan, task, threads, state_dir, label))
                 while pending:
-                    for handle, result, error in runner.wait():
+                    finished = runner.wait(timeout=1.0)
+                    live.poll()
+                    for handle, result, error in finished:
                         item, fn, job, attempt = pending.pop(handle)
                         item_id = item.model_id if isinstance(item, ModelPlan) else item.cell_id
                         store.clear_running(item_id)
@@ -357,9 +415,10 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
                             path = out / "checkpoints" / f"{item.label}-s{item.seed}-{item.model_id}.safetensors"
                             _write_checkpoint(path, result.weights)
                             result.row.checkpoint = str(path)
-                            store.put_model(result.row)
+                            store.put_model(result.row, result.curve)
                             faults.reached("model")
                             store.clear_failure(item_id)
+                            live.done(item.model_id)
                             weights[item.model_id] = result.weights
                             log.info("%s: training accuracy %.4f in %.1f s", _what(item), result.row.train_accuracy,
                                      result.row.train_seconds)
@@ -375,11 +434,52 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
         except BaseException:
             runner.close(abort=True)
             raise
+        finally:
+            _LIVE_HOOK = None
         runner.close()
         failed = store.failures()
         log.info("run %s ended: %d cells stored of %d, %d failed", study.name, len(store.cell_ids()), len(cells),
                  len(failed))
     return finish(out, console, failed)
+
+
+class _LiveBars:
+    """One progress bar per model in training, with its step, loss and held-out accuracy: fed
+    by the hook (in-process jobs) or read from the workers' progress files (`poll`)."""
+
+    def __init__(self, progress: Progress, plans: dict[str, ModelPlan], state_dir: str | None):
+        self.progress, self.plans, self.state_dir, self.bars = progress, plans, state_dir, {}
+
+    def update(self, model_id: str, info: dict) -> None:
+        plan_ = self.plans.get(model_id)
+        if plan_ is None:
+            return
+        if model_id not in self.bars:
+            self.bars[model_id] = self.progress.add_task(f"  {plan_.label} s{plan_.seed}", total=info["of"], info="")
+        text = "" if info.get("loss") is None else f"loss {info['loss']:.3f}"
+        if info.get("accuracy") is not None:
+            text += f"  held-out acc@T {info['accuracy']:.0%} (lowest task)"
+        self.progress.update(self.bars[model_id], completed=info["step"], info=text)
+
+    def poll(self) -> None:
+        if self.state_dir is None:
+            return
+        for model_id in self.plans:
+            path = progress_path(self.state_dir, model_id)
+            try:
+                info = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            self.update(model_id, info)
+
+    def done(self, model_id: str) -> None:
+        """A model is stored: its bar goes, and so do its training state and progress files."""
+        if model_id in self.bars:
+            self.progress.remove_task(self.bars.pop(model_id))
+        self.plans.pop(model_id, None)
+        if self.state_dir is not None:
+            for path in (state_path(self.state_dir, model_id), progress_path(self.state_dir, model_id)):
+                path.unlink(missing_ok=True)
 
 
 def finish(out: Path, console: Console, failed: list) -> Path:

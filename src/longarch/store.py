@@ -3,7 +3,9 @@
 Tables
 - study:   key -> JSON value (the validated config, the command, versions, git commit)
 - models:  one row per trained model (architecture x seed): family, parameters, state size,
-           training length and accuracy, checkpoint path
+           training length and accuracy, steps run and steps to the criterion, checkpoint path
+- curves:  per trained model, the training loss every 10 steps and the held-out accuracy of
+           each trained task at T at every check
 - failures: cells that failed every attempt, with the last error (cleared when one succeeds)
 - running:  cells handed to the workers (running or queued) and not finished; meaningful
            while a run holds the study's lock
@@ -45,7 +47,17 @@ CREATE TABLE IF NOT EXISTS models (
     train_seconds  REAL NOT NULL,
     final_loss     REAL NOT NULL,
     config         TEXT NOT NULL,      -- JSON: model config and training spec
-    checkpoint     TEXT NOT NULL
+    checkpoint     TEXT NOT NULL,
+    steps          INTEGER,            -- training steps run (NULL in stores from before curves)
+    steps_to_criterion INTEGER         -- the first check at which train.until was met; NULL: not met or none
+);
+CREATE TABLE IF NOT EXISTS curves (
+    model_id  TEXT NOT NULL,
+    step      INTEGER NOT NULL,        -- steps done
+    kind      TEXT NOT NULL,           -- 'loss' (training batch) or 'accuracy' (held-out, at T)
+    label     TEXT NOT NULL,           -- the trained task's label ('' for the loss)
+    value     REAL NOT NULL,
+    PRIMARY KEY (model_id, step, kind, label)
 );
 CREATE TABLE IF NOT EXISTS pretrained (
     model_id  TEXT PRIMARY KEY,
@@ -101,6 +113,8 @@ class ModelRow:
     final_loss: float
     config: dict
     checkpoint: str
+    steps: int | None = None
+    steps_to_criterion: int | None = None
 
 
 @dataclass
@@ -136,6 +150,11 @@ class Store:
             self.db.close()
             raise StoreError(f"{self.path} is not a longarch results database ({error}); it is left as it is: "
                              "move it away or choose another output directory") from None
+        model_columns = {row[1] for row in self.db.execute("PRAGMA table_info(models)")}
+        for column in ("steps", "steps_to_criterion"):  # a store written before training curves
+            if column not in model_columns:
+                with self.db:
+                    self.db.execute(f"ALTER TABLE models ADD COLUMN {column} INTEGER")
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
         if "label" not in columns:  # a store written before labels: each row's label is its task
             with self.db:
@@ -160,12 +179,25 @@ class Store:
         return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM study")}
 
     # models ---------------------------------------------------------------------------------
-    def put_model(self, row: ModelRow) -> None:
+    def put_model(self, row: ModelRow, curve: list[tuple[int, str, str, float]] | None = None) -> None:
+        """The model's row and, in the same transaction, its curve: (step, kind, label, value)."""
         values = {**row.__dict__, "config": json.dumps(row.config)}
         updates = ", ".join(f"{column} = excluded.{column}" for column in values if column != "model_id")
         with self.db:  # an upsert keeps the row's place, so models stay in the order first trained
             self.db.execute(f"INSERT INTO models ({', '.join(values)}) VALUES ({', '.join('?' * len(values))}) "
                             f"ON CONFLICT(model_id) DO UPDATE SET {updates}", list(values.values()))
+            if curve is not None:
+                self.db.execute("DELETE FROM curves WHERE model_id = ?", (row.model_id,))
+                self.db.executemany("INSERT INTO curves VALUES (?, ?, ?, ?, ?)",
+                                    [(row.model_id, step, kind, label, value) for step, kind, label, value in curve])
+
+    def curves(self) -> dict[str, list[tuple[int, str, str, float]]]:
+        """model_id -> its curve points (step, kind, label, value), by step."""
+        out: dict[str, list] = {}
+        for model_id, step, kind, label, value in self.db.execute(
+                "SELECT model_id, step, kind, label, value FROM curves ORDER BY model_id, step, kind, label"):
+            out.setdefault(model_id, []).append((step, kind, label, value))
+        return out
 
     def model(self, model_id: str) -> ModelRow | None:
         rows = self._models("WHERE model_id = ?", (model_id,))

@@ -3,36 +3,132 @@
 Every architecture sees the same batches (the batch of step s is drawn from seed (seed, s)),
 the same optimizer and the same schedule; only the model differs. The loss is the
 cross-entropy of the answer symbols, the only predictable part of a sample.
+
+A schedule is a list of phases, each a length and a number of steps (a length curriculum:
+short samples first, which are cheaper and where recurrent models leave the digit-prior
+plateau sooner); the last phase is at the training length T. The learning rate warms up and
+then follows one cosine over all planned steps. `Until` trains to a criterion: held-out
+accuracy at T is checked every `Check.every` steps of the last phase, and training stops at the
+first check where every judged task reaches the bar, or goes on past the plan (at the final
+rate) up to `max_steps`.
+
+Along the way: the loss every 10 steps and held-out accuracy per task at T every
+`Check.every` steps (the curve), and, every `checkpoint_every` steps, the whole training state
+(weights, optimizer, step, curve) in one safetensors file, so that an interrupted training
+resumes where it stopped and ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
+from . import faults
+from .checkpoints import write_atomic
 from .evaluate import evaluate_samples
 from .models import LanguageModel
+
+LOSS_EVERY = 10  # steps between two points of the stored loss curve
+
+
+@dataclass(frozen=True)
+class Phase:
+    length: int  # every sample of the phase has exactly this many symbols
+    steps: int
+
+
+@dataclass(frozen=True)
+class Until:
+    """Train to a criterion: stop once held-out accuracy at T reaches `accuracy` on every
+    judged task (`labels`, default all), checked every Check.every steps; at most max_steps."""
+    accuracy: float
+    max_steps: int
+    labels: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    every: int | None = None  # None: a tenth of the planned steps
+    samples: int = 64         # held-out samples per task at each check
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    length: int            # training length T: every training sample has exactly T symbols
-    steps: int = 1000
+    length: int            # training length T: every sample of the last phase has exactly T symbols
+    steps: int = 1000      # planned steps (the sum of the phases' when there are phases)
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.1
     warmup: int = 50
     grad_clip: float = 1.0
-    eval_samples: int = 200  # samples at length T for the training accuracy
+    eval_samples: int = 200  # samples at length T for the final training accuracy
+    phases: tuple[Phase, ...] | None = None  # None: one phase of `steps` at T
+    until: Until | None = None
+    check: Check = Check()
+    checkpoint_every: int = 0  # steps between mid-training checkpoints; 0: none
+
+    def __post_init__(self):
+        if self.phases is not None:
+            object.__setattr__(self, "phases", tuple(p if isinstance(p, Phase) else Phase(**p) for p in self.phases))
+            object.__setattr__(self, "steps", sum(p.steps for p in self.phases))
+        if isinstance(self.until, dict):
+            labels = self.until.get("labels")
+            object.__setattr__(self, "until", Until(**{**self.until, "labels": None if labels is None else tuple(labels)}))
+        if isinstance(self.check, dict):
+            object.__setattr__(self, "check", Check(**self.check))
+
+    @property
+    def schedule(self) -> tuple[Phase, ...]:
+        return self.phases if self.phases is not None else (Phase(self.length, self.steps),)
+
+    @property
+    def max_steps(self) -> int:
+        return self.until.max_steps if self.until is not None else self.steps
+
+    @property
+    def check_every(self) -> int:
+        return self.check.every or max(1, self.steps // 10)
+
+    def length_at(self, step: int) -> int:
+        """The sample length of step `step` (0-based): its phase's; T past the plan."""
+        end = 0
+        for phase in self.schedule:
+            end += phase.steps
+            if step < end:
+                return phase.length
+        return self.length
+
+    @property
+    def last_phase_start(self) -> int:
+        return self.steps - self.schedule[-1].steps
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """What determines the trained weights, for the model's id: the fields of the original
+        recipe as they were, plus phases and until only when set (and then the checks, which
+        decide when training stops). Checks and checkpoints alone do not change the weights."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("phases", "until", "check", "checkpoint_every")}
+        if self.phases is not None:
+            out["phases"] = [asdict(p) for p in self.phases]
+        if self.until is not None:
+            until = asdict(self.until)
+            if until["labels"] is None:
+                del until["labels"]
+            else:
+                until["labels"] = list(until["labels"])
+            out["until"] = until
+            out["check"] = {"every": self.check_every, "samples": self.check.samples}
+        return out
 
 
 @dataclass
@@ -40,12 +136,19 @@ class TrainResult:
     seconds: float
     final_loss: float
     train_accuracy: float  # exact-match accuracy at the training length, on held-out samples
-    losses: list[float] = field(default_factory=list)  # every 10th step
+    losses: list[float] = field(default_factory=list)  # every LOSS_EVERY-th step
+    steps: int = 0  # steps run
+    steps_to_criterion: int | None = None  # the first check at which `until` was met
+    checks: list[dict] = field(default_factory=list)  # {"step": s, "accuracy": {label: acc}}
+    task_accuracy: dict[str, float] = field(default_factory=dict)  # final accuracy per task at T
 
 
 def batch_seed(seed: int, step: int) -> int:
     """Seed of one training batch: identical for every architecture trained with `seed`."""
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+CHECK_SEED = -2 % 2**31  # the step number whose batch seed draws the held-out check samples
 
 
 def answer_loss(model: LanguageModel, tokens: torch.Tensor, answers: torch.Tensor,
@@ -66,10 +169,10 @@ def answer_loss(model: LanguageModel, tokens: torch.Tensor, answers: torch.Tenso
 
 
 def learning_rate(spec: TrainSpec, step: int) -> float:
-    """Linear warmup, then cosine decay to a tenth."""
+    """Linear warmup, then cosine decay to a tenth over the planned steps; a tenth after them."""
     if step < spec.warmup:
         return spec.lr * (step + 1) / spec.warmup
-    progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+    progress = min(1.0, (step - spec.warmup) / max(1, spec.steps - spec.warmup))
     return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -81,54 +184,150 @@ def samples_loss(model: LanguageModel, samples) -> torch.Tensor:
 class Mixture:
     """Several tasks with weights: the batch of each step is one task's, drawn by weight from the
     step's seed (tasks differ in answer layout, so a batch is never mixed). Accuracy is each
-    task's, averaged with the weights."""
+    task's, averaged with the weights. `labels` name the tasks in curves and criteria."""
 
-    def __init__(self, tasks: list, weights: list[float]):
+    def __init__(self, tasks: list, weights: list[float], labels: list[str] | None = None):
         if len(tasks) != len(weights) or not tasks or min(weights) <= 0:
             raise ValueError("a mixture needs one positive weight per task")
         self.tasks = tasks
         self.weights = np.asarray(weights, dtype=float) / sum(weights)
+        self.labels = list(labels) if labels is not None else [t.name for t in tasks]
 
     def pick(self, seed: int):
         return self.tasks[np.random.default_rng(seed).choice(len(self.tasks), p=self.weights)]
 
 
+def _parts(task, label: str | None = None) -> list[tuple[str, object, float]]:
+    """(label, task, weight) for each task trained on."""
+    if isinstance(task, Mixture):
+        return list(zip(task.labels, task.tasks, task.weights))
+    return [(label or task.name, task, 1.0)]
+
+
+def held_out_accuracy(model: LanguageModel, task, length: int, n: int, seed: int,
+                      label: str | None = None) -> dict[str, float]:
+    """Accuracy per task on n held-out samples at `length` (samples from `seed`, never a
+    training batch's)."""
+    model.eval()
+    out = {}
+    for name, part, _ in _parts(task, label):
+        samples = part.generate(length=length, n=n, seed=seed)
+        out[name] = float(evaluate_samples(model, part, samples).mean())
+    model.train()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the training state on disk
+# --------------------------------------------------------------------------------------------
+def state_bytes(model: LanguageModel, optimizer: torch.optim.Optimizer, step: int, progress: dict,
+                key: str) -> bytes:
+    """Weights, optimizer moments, the step reached and the curve so far, as safetensors."""
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    optim = optimizer.state_dict()
+    for index, moments in optim["state"].items():
+        for name, value in moments.items():
+            tensors[f"optimizer.{index}.{name}"] = value.detach().contiguous()
+    meta = {"key": key, "step": step, "progress": progress, "param_groups": optim["param_groups"]}
+    return save_tensors(tensors, metadata={"training": json.dumps(meta)})
+
+
+def load_state(data: bytes, model: LanguageModel, optimizer: torch.optim.Optimizer, key: str) -> tuple[int, dict] | None:
+    """Restore a training state written by `state_bytes` for the same `key`; returns (step,
+    progress), or None, changing nothing, when the bytes are not such a state."""
+    try:
+        tensors = load_tensors(data)
+        header_length = int.from_bytes(data[:8], "little")  # safetensors: 8-byte header size, JSON header
+        meta = json.loads(json.loads(data[8:8 + header_length])["__metadata__"]["training"])
+    except (SafetensorError, ValueError, KeyError, TypeError):
+        return None
+    if meta.get("key") != key:
+        return None
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    state: dict = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, moment = name.split(".", 2)
+            state.setdefault(int(index), {})[moment] = value
+    try:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (RuntimeError, ValueError, KeyError):
+        return None
+    return int(meta["step"]), meta["progress"]
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
 def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train `model` in place on `task` (or a `Mixture`) at length spec.length; return loss and
-    accuracy (a mixture's is the weighted mean of its tasks')."""
+          on_step: Callable[[int, float], None] | None = None,
+          on_check: Callable[[int, dict[str, float]], None] | None = None,
+          state_path: Path | None = None, state_key: str = "", label: str | None = None) -> TrainResult:
+    """Train `model` in place on `task` (or a `Mixture`) with `spec`; return the loss, the
+    accuracy at T (a mixture's is the weighted mean of its tasks') and the curve.
+
+    `state_path`: where the training state is saved every spec.checkpoint_every steps; a state
+    found there for the same `state_key` (the model's id) is resumed from. `label`: a single
+    task's name in the curve (default: its task name)."""
     torch.set_flush_denormal(True)  # denormals slow CPU training about tenfold after a few hundred steps
     torch.manual_seed(seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.98))
+    progress = {"losses": [], "checks": [], "seconds": 0.0, "criterion": None}
+    first = 0
+    if state_path is not None and Path(state_path).is_file():
+        resumed = load_state(Path(state_path).read_bytes(), model, optimizer, state_key)
+        if resumed is not None:
+            first, progress = resumed
     model.train()
-    start = time.perf_counter()
-    losses: list[float] = []
-    loss_value = float("nan")
-    for step in range(spec.steps):
+    start = time.perf_counter() - progress["seconds"]
+    check_seed = batch_seed(seed, CHECK_SEED)
+    loss_value = progress["losses"][-1][1] if progress["losses"] else float("nan")
+    judged = set(spec.until.labels) if spec.until is not None and spec.until.labels else None
+    step = first
+    while step < spec.max_steps and progress["criterion"] is None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(spec, step)
         step_seed = batch_seed(seed, step)
         step_task = task.pick(step_seed) if isinstance(task, Mixture) else task
-        samples = step_task.generate(length=spec.length, n=spec.batch_size, seed=step_seed)
+        samples = step_task.generate(length=spec.length_at(step), n=spec.batch_size, seed=step_seed)
         loss = samples_loss(model, samples)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
         optimizer.step()
         loss_value = loss.item()
-        if step % 10 == 0:
-            losses.append(loss_value)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"the loss diverged at step {step} ({loss_value}); lower the learning rate")
+        if step % LOSS_EVERY == 0:
+            progress["losses"].append([step, loss_value])
+        step += 1
         if on_step is not None:
-            on_step(step, loss_value)
+            on_step(step - 1, loss_value)
+        if step % spec.check_every == 0 or step == spec.max_steps:
+            accuracy = held_out_accuracy(model, task, spec.length, spec.check.samples, check_seed, label)
+            progress["checks"].append({"step": step, "accuracy": accuracy})
+            if on_check is not None:
+                on_check(step, accuracy)
+            if spec.until is not None and step >= spec.last_phase_start + 1 and all(
+                    value >= spec.until.accuracy for name, value in accuracy.items() if judged is None or name in judged):
+                progress["criterion"] = step
+        if state_path is not None and spec.checkpoint_every and step % spec.checkpoint_every == 0 \
+                and step < spec.max_steps and progress["criterion"] is None:
+            progress["seconds"] = time.perf_counter() - start
+            write_atomic(Path(state_path), state_bytes(model, optimizer, step, progress, state_key), point="partial")
     seconds = time.perf_counter() - start
     model.eval()
     held_out_seed = batch_seed(seed, -1 % 2**31)
-    parts = (task.tasks, task.weights) if isinstance(task, Mixture) else ([task], [1.0])
+    task_accuracy = {}
     accuracy = 0.0
-    for part, weight in zip(*parts):
+    for name, part, weight in _parts(task, label):
         held_out = part.generate(length=spec.length, n=spec.eval_samples, seed=held_out_seed)
-        accuracy += weight * float(evaluate_samples(model, part, held_out).mean())
-    return TrainResult(seconds, loss_value, accuracy, losses)
+        task_accuracy[name] = float(evaluate_samples(model, part, held_out).mean())
+        accuracy += weight * task_accuracy[name]
+    return TrainResult(seconds, loss_value, accuracy, [loss for _, loss in progress["losses"]], steps=step,
+                       steps_to_criterion=progress["criterion"], checks=progress["checks"],
+                       task_accuracy=task_accuracy)

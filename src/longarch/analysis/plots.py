@@ -183,3 +183,43 @@ def plot_heatmap(accuracy: Mapping[tuple[int, float], float], lengths: Sequence[
     colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
     colorbar.set_label("accuracy (%)")
     return _save(fig, stem)
+
+
+def plot_training_curves(curves: Mapping[str, Mapping[int, Mapping[str, Sequence[tuple[int, float]]]]],
+                         stem: Path, title: str) -> list[Path]:
+    """The training loss and the held-out accuracy (%) at T of each trained task against the
+    step: one panel for the loss (log scale) and one per task, one colour per model, one line
+    per seed. `curves`: model -> seed -> series name ("loss" or a task label) -> (step, value)."""
+    series = sorted({name for seeds in curves.values() for by_name in seeds.values() for name in by_name} - {"loss"})
+    panels = ["loss"] + series
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, panel in zip(axes.flat, panels):
+        for i, (model, seeds) in enumerate(curves.items()):
+            for j, (seed, by_name) in enumerate(sorted(seeds.items())):
+                points = by_name.get(panel) or []
+                if not points:
+                    continue
+                steps, values = zip(*points)
+                values = np.asarray(values) * (1 if panel == "loss" else 100)
+                ax.plot(steps, values, color=colours(i % 10), linewidth=1, alpha=0.85,
+                        label=model if j == 0 else None)
+        ax.set_title("training loss" if panel == "loss" else f"{panel}: held-out at T", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if panel == "loss":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(-3, 103)
+            ax.set_ylabel("accuracy (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle(title, fontsize=10, y=1.04)
+    fig.tight_layout()
+    return _save(fig, stem)

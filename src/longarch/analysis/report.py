@@ -25,6 +25,7 @@ from .measures import cell_estimate
 from .measures_report import INTERVAL, PARTIAL, analysis_sections, partial_seed_cells, settings_of
 from .render import MISSING, Block, render_html, render_markdown
 from .settings import AnalysisSettings
+from .training_report import training_section
 from .stats import Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells, summarise_models
 
 @dataclass
@@ -247,7 +248,34 @@ def _comparison_table(data: StudyData) -> Block:
     return ("table", headers, rows)
 
 
-def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Block] | None = None) -> list[Block]:
+UNKNOWN_SAMPLES = 64  # samples (seed 0) generated to measure a text haystack's unknown words
+
+
+def _unknown_words(config: dict) -> list[Block]:
+    """A line per evaluated task with a text haystack: the share of its haystack that is the
+    unknown-word symbol at T and at the longest evaluated length, measured on samples generated
+    from the stored configuration; nothing when that configuration no longer builds (a corpus
+    file that is not on this machine, a store without one)."""
+    from ..config import stored_study
+
+    try:
+        study = stored_study(config)
+        evaluated, lengths = study.eval_tasks(), (study.train.length, max(study.eval_lengths()))
+    except (ValueError, TypeError, OSError):
+        return []
+    blocks: list[Block] = []
+    for label, task in evaluated:
+        shares = [getattr(task, "unknown_share", lambda _: None)(task.generate(length, UNKNOWN_SAMPLES, seed=0))
+                  for length in lengths]
+        if shares[0] is not None:
+            blocks.append(("p", f"Unknown words in the `{label}` haystack: {_percent(shares[0])}% at T = {lengths[0]}, "
+                                f"{_percent(shares[1])}% at {plots.format_length(lengths[1])} (words outside its "
+                                f"{task.n_filler - 1:,}-word vocabulary, all one symbol; {UNKNOWN_SAMPLES} samples)."))
+    return blocks
+
+
+def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Block] | None = None,
+            training_blocks: list[Block] | None = None) -> list[Block]:
     config, unsolved = data.config, {m.name for m in data.unsolved()}
     task = _trained_on(config, data)
     train_lengths = data.train_lengths
@@ -271,6 +299,7 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
             for m in data.models]
     blocks.append(("table", ["model", "family", "parameters", "state size (floats at T)", "state size with length",
                              "training length", "training accuracy (%)", "seeds", "training time (per seed)"], rows))
+    blocks += _unknown_words(config)
     for model in data.unsolved():
         blocks.append(("warn", _warning(model, data.learned_bar_fraction)))
     if data.by_task:
@@ -278,6 +307,7 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
                             f"judged task by task. In each task's table, \"(below {100 * data.learned_bar_fraction:g}% at T)\" marks "
                             "a model that did not solve that task at T (accuracy pooled over seeds and depths); its "
                             "accuracy past T on that task is not interpreted, and the findings leave it out there."))
+    blocks += training_blocks or []
 
     blocks.append(("h2", "Accuracy by length"))
     if len(data.tasks) <= 1:
@@ -401,11 +431,19 @@ def build_report(out_dir: Path) -> dict[str, Path]:
                 _depth_grid(data, model.name, task_label), data.lengths, data.depths, model.train_length,
                 figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))
 
+    with Store(out_dir / "results.sqlite") as store:
+        model_rows, stored_curves = store.models(), store.curves()
+    order = [m.name for m in data.models]
+    training_blocks, training_figures, training_summary = training_section(model_rows, stored_curves, data.config,
+                                                                           order, figure_dir)
+    for key, written in training_figures.items():
+        record(key, written)
     analysis_blocks, analysis_summary = analysis_sections(data.meta, data.config, data.models, data.cells, data.tasks,
                                                           data.partial)
     paths["summary"] = out_dir / "summary.json"
-    paths["summary"].write_text(json.dumps({**build_summary(data), **analysis_summary}, indent=2) + "\n")
-    blocks = _blocks(data, figures, analysis_blocks)
+    paths["summary"].write_text(json.dumps({**build_summary(data), **analysis_summary, "training": training_summary},
+                                           indent=2) + "\n")
+    blocks = _blocks(data, figures, analysis_blocks, training_blocks)
     paths["md"] = out_dir / "report.md"
     paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"] = out_dir / "report.html"

@@ -160,8 +160,13 @@ def build(name: str, **overrides) -> LanguageModel:
     return LanguageModel(config(name, **overrides))
 
 
-def count_params(model_config: ModelConfig) -> int:
-    return _count_params(json.dumps(model_config.to_dict(), sort_keys=True))
+def count_params(model_config: ModelConfig, embeddings: bool = True) -> int:
+    """Parameters of a model; with embeddings=False, without the token embedding and the output
+    head (non-embedding parameters, as scaling-law papers count them)."""
+    total = _count_params(json.dumps(model_config.to_dict(), sort_keys=True))
+    if embeddings:
+        return total
+    return total - model_config.vocab_size * model_config.d_model * (1 if model_config.tie_head else 2)
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -170,9 +175,11 @@ def _count_params(config_json: str) -> int:
         return LanguageModel(ModelConfig(**json.loads(config_json))).num_params()
 
 
-def size_to_budget(name: str, params: int, vocab_size: int = 64, tolerance: float = 0.02, **overrides) -> dict:
+def size_to_budget(name: str, params: int, vocab_size: int = 64, tolerance: float = 0.02, embeddings: bool = True,
+                   **overrides) -> dict:
     """The overrides that bring `name` closest to `params` parameters: d_model, and when that
-    alone cannot get within `tolerance`, the architecture's `size_knobs` too.
+    alone cannot get within `tolerance`, the architecture's `size_knobs` too. embeddings=False
+    counts non-embedding parameters only (see count_params).
 
     Each model within 2% of one budget puts any two within about 4% of each other.
     Raises ValueError when nothing gets within `tolerance` (relative)."""
@@ -182,7 +189,7 @@ def size_to_budget(name: str, params: int, vocab_size: int = 64, tolerance: floa
                            for value in values]
     best = None
     for extra in alternatives:
-        candidate = _best_d_model(name, params, vocab_size, {**overrides, **extra})
+        candidate = _best_d_model(name, params, vocab_size, {**overrides, **extra}, embeddings)
         if best is None or abs(candidate[1] - params) < abs(best[1] - params):
             best = candidate
         if abs(best[1] - params) <= tolerance / 4 * params:  # close enough: keep the default shape
@@ -194,9 +201,10 @@ def size_to_budget(name: str, params: int, vocab_size: int = 64, tolerance: floa
     return chosen
 
 
-def _best_d_model(name: str, params: int, vocab_size: int, overrides: dict) -> tuple[dict, int]:
+def _best_d_model(name: str, params: int, vocab_size: int, overrides: dict, embeddings: bool = True
+                  ) -> tuple[dict, int]:
     def count(d_model: int) -> int:
-        return count_params(config(name, vocab_size=vocab_size, d_model=d_model, **overrides))
+        return count_params(config(name, vocab_size=vocab_size, d_model=d_model, **overrides), embeddings)
 
     lo, hi = 4, 8192
     while hi - lo > 1:  # parameter counts grow with d_model, up to small steps

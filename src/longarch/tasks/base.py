@@ -12,6 +12,7 @@ A task is a frozen dataclass of knobs with
     generate(length, n, seed, depth=None) -> Samples
     score(samples, predictions) -> (n,) per-sample scores in [0, 1]
     symbol(token) -> str           a readable name for one symbol
+    unknown_share(samples)         the unknown-word share of a text haystack; None without one
 
 `TokenTask` below gives the common checks and scoring; a task states only what is its own.
 """
@@ -139,6 +140,10 @@ class TokenTask:
                 raise ValueError(f"{self.name}: this task has no needle depth")
             if not 0 <= depth <= 100:
                 raise ValueError(f"{self.name}: depth {depth} is outside 0-100")
+
+    def unknown_share(self, samples: Samples) -> float | None:
+        """The fraction of haystack symbols that are the unknown word: None, no text haystack."""
+        return None
 
     def score(self, samples: Samples, predictions: np.ndarray) -> np.ndarray:
         return exact_match(samples.answers, predictions, item_length=self.item_length, ordered=self.ordered)

@@ -8,6 +8,11 @@ text file can be used instead (`load_corpus(path)`).
 Words are runs of the letters a-z after lowercasing (an apostrophe inside a word is kept: "don't"). The
 vocabulary is the `n_words` most frequent words, ties broken alphabetically, plus one unknown
 symbol for every other word, so a stream is a sequence of ids in [0, n_words].
+
+How large a vocabulary a text haystack needs: `words_for_unknown_share(path, share)` is the
+smallest `n_words` whose unknown words are at most `share` of the whole corpus (every word when
+even that is needed, leaving no unknown word). On the default corpus (64,262 words, 3,126
+distinct) 255 words leave 28% unknown, 1,023 leave 7.9%, 1,380 leave 5.0% and 1,771 leave 3.0%.
 """
 
 from __future__ import annotations
@@ -61,6 +66,29 @@ def load_corpus(path: str | Path | None = None, n_words: int = 256) -> WordStrea
     """The corpus at `path` (UTF-8 text), or Python's help topics when None, as word ids."""
     if not isinstance(n_words, int) or isinstance(n_words, bool) or n_words < 1:
         raise ValueError(f"corpus: n_words must be a positive integer, not {n_words!r}")
+    source, tokens = _tokens(path)
+    counts = collections.Counter(tokens)
+    words = tuple(sorted(counts, key=lambda w: (-counts[w], w))[:n_words])
+    index = {w: i for i, w in enumerate(words)}
+    ids = np.fromiter((index.get(t, len(words)) for t in tokens), dtype=np.int64, count=len(tokens))
+    return WordStream(source, words, ids)
+
+
+@functools.lru_cache(maxsize=8)
+def words_for_unknown_share(path: str | Path | None = None, share: float = 0.05) -> int:
+    """The smallest n_words for which the words outside the vocabulary are at most `share`
+    (a fraction) of the corpus at `path` (None: the help topics); every distinct word when
+    nothing less will do."""
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
+        raise ValueError(f"corpus: share must be a fraction in [0, 1], not {share!r}")
+    _, tokens = _tokens(path)
+    frequencies = np.array(sorted(collections.Counter(tokens).values(), reverse=True), dtype=np.int64)
+    unknown = len(tokens) - np.cumsum(frequencies)  # unknown words with the k + 1 most frequent known
+    return int(np.argmax(unknown <= share * len(tokens))) + 1  # the last entry is 0, so one always fits
+
+
+def _tokens(path: str | Path | None) -> tuple[str, list[str]]:
+    """The corpus's source name and its words, in order."""
     if path is None:
         text, source = _default_text(), DEFAULT_SOURCE
     else:
@@ -77,8 +105,4 @@ def load_corpus(path: str | Path | None = None, n_words: int = 256) -> WordStrea
     tokens = WORD.findall(text.lower())
     if not tokens:
         raise ValueError(f"corpus {source!r} contains no words")
-    counts = collections.Counter(tokens)
-    words = tuple(sorted(counts, key=lambda w: (-counts[w], w))[:n_words])
-    index = {w: i for i, w in enumerate(words)}
-    ids = np.fromiter((index.get(t, len(words)) for t in tokens), dtype=np.int64, count=len(tokens))
-    return WordStream(source, words, ids)
+    return source, tokens

@@ -1,0 +1,90 @@
+"""The report's training section: the recipe every model followed, each model's learning rate,
+steps and steps to the criterion, and its curves (training loss, held-out accuracy at T per
+trained task), all read from the store (the `models` and `curves` tables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..store import ModelRow
+from . import plots
+from .render import MISSING, Block
+
+
+def recipe(train: dict) -> str:
+    """The training schedule of a stored `train:` block, in one sentence."""
+    if not isinstance(train, dict):
+        return ""
+    phases = train.get("phases")
+    if isinstance(phases, list) and phases:
+        text = "a length curriculum of " + ", then ".join(f"{p.get('steps')} steps at length {p.get('length')}"
+                                                          for p in phases if isinstance(p, dict))
+    else:
+        text = f"{train.get('steps')} steps at length {train.get('length')}"
+    text += (f", batch {train.get('batch_size')}, AdamW with learning rate {train.get('lr')} (warmup "
+             f"{train.get('warmup')} steps, one cosine to a tenth over the planned steps)")
+    until = train.get("until")
+    if isinstance(until, dict):
+        judged = until.get("labels")
+        text += (f"; trained until held-out accuracy at T reached {100 * float(until.get('accuracy', 0)):g}% on "
+                 f"{'every trained task' if not judged else ', '.join(judged)} (checked in the last phase), "
+                 f"at most {until.get('max_steps')} steps")
+    check = train.get("check") if isinstance(train.get("check"), dict) else {}
+    every = check.get("every")
+    if not every and isinstance(train.get("steps"), int):
+        every = max(1, train["steps"] // 10)  # the default: a tenth of the planned steps
+    text += (f". Held-out checks every {every if every else 'tenth of the planned'} steps on "
+             f"{check.get('samples', 64)} samples per task.")
+    return text
+
+
+def _per_seed(rows: list[ModelRow], value) -> str:
+    parts = [f"{value(r)}" for r in sorted(rows, key=lambda r: r.seed)]
+    return ", ".join(parts) if len(set(parts)) > 1 else (parts[0] if parts else MISSING)
+
+
+def training_section(model_rows: list[ModelRow], curves: dict[str, list], config: dict, order: list[str],
+                     figure_dir: Path) -> tuple[list[Block], dict[str, list[Path]], dict]:
+    """Blocks, written figures ({key: paths}) and a summary for summary.json."""
+    if not model_rows:
+        return [], {}, {}
+    by_name: dict[str, list[ModelRow]] = {}
+    for row in model_rows:
+        by_name.setdefault(row.name, []).append(row)
+    names = sorted(by_name, key=lambda n: order.index(n) if n in order else len(order))
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    has_until = isinstance(train.get("until"), dict)
+    blocks: list[Block] = [("h2", "Training"), ("p", "Every model followed the same recipe: " + recipe(train))]
+    header = ["model", "learning rate", "steps run (per seed)"] + (["steps to the criterion (per seed)"] if has_until else [])
+    table = []
+    summary: dict = {}
+    for name in names:
+        rows = by_name[name]
+        lrs = {r.config.get("train", {}).get("lr") for r in rows}
+        line = [name, ", ".join(f"{x:g}" for x in sorted(x for x in lrs if x is not None)) or MISSING,
+                _per_seed(rows, lambda r: MISSING if r.steps is None else r.steps)]
+        if has_until:
+            line.append(_per_seed(rows, lambda r: "not met" if r.steps_to_criterion is None else r.steps_to_criterion))
+        table.append(line)
+        summary[name] = {"lr": sorted(x for x in lrs if x is not None),
+                         "seeds": {str(r.seed): {"steps": r.steps, "steps_to_criterion": r.steps_to_criterion,
+                                                 "task_accuracy": r.config.get("task_accuracy")} for r in rows}}
+    blocks.append(("table", header, table))
+    series = {name: {r.seed: _series(curves.get(r.model_id, [])) for r in by_name[name]} for name in names}
+    figures: dict[str, list[Path]] = {}
+    if any(points for seeds in series.values() for by in seeds.values() for points in by.values()):
+        figures["training_curves"] = plots.plot_training_curves(
+            series, figure_dir / "training_curves",
+            title="training loss and held-out accuracy at T, per trained task (one line per seed)")
+        blocks.append(("figure", figures["training_curves"][0].relative_to(figure_dir.parent).as_posix(), "Training curves: the loss of each training batch (every 10 "
+                       "steps) and held-out accuracy at the training length at each check"))
+    else:
+        blocks.append(("p", "No training curves are stored (models trained before curves were recorded)."))
+    return blocks, figures, summary
+
+
+def _series(points: list) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for step, kind, label, value in points:
+        out.setdefault("loss" if kind == "loss" else label, []).append((step, value))
+    return out

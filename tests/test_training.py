@@ -1,0 +1,318 @@
+"""Training recipes and what training leaves behind: length curricula, training to a criterion,
+per-model learning rates, the stored curves, and mid-training checkpoints that resume to the
+same weights as an uninterrupted run (in this process and after `kill -9`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load as load_weights
+
+from longarch import faults, models, runner, tasks
+from longarch import train as training
+from longarch.config import ConfigError, load_study, train_labels
+from longarch.store import Store
+from longarch.train import Mixture, TrainSpec, learning_rate, train
+from test_runner import TINY, quiet, write_study
+
+
+def tiny_model(seed: int = 0, vocab_size: int = 50) -> models.LanguageModel:
+    torch.manual_seed(seed)
+    return models.LanguageModel(models.config("transformer", vocab_size=vocab_size, d_model=16))
+
+
+TASK = tasks.get("needle", haystack="random")
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_training_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_path):
+    spec = TrainSpec(length=16, steps=24, batch_size=4, warmup=3, eval_samples=8, checkpoint_every=10)
+    whole = tiny_model()
+    uninterrupted = train(whole, TASK, spec, seed=3)
+
+    path = tmp_path / "state.safetensors"
+
+    def stop_at_15(step, loss):
+        if step == 14:  # 15 steps done; the checkpoint of step 10 is on disk
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_model(), TASK, spec, seed=3, on_step=stop_at_15, state_path=path, state_key="m")
+    assert path.is_file()
+    steps_run = []
+    resumed_model = tiny_model(seed=99)  # a different initialisation: the checkpoint must replace it
+    resumed = train(resumed_model, TASK, spec, seed=3, on_step=lambda s, _: steps_run.append(s),
+                    state_path=path, state_key="m")
+    assert steps_run == list(range(10, 24))  # from the checkpoint at step 10, not from 0
+    for name, value in weights(whole).items():
+        assert torch.equal(value, resumed_model.state_dict()[name]), name
+    assert resumed.losses == uninterrupted.losses
+    assert resumed.train_accuracy == uninterrupted.train_accuracy
+
+
+def test_a_checkpoint_of_another_model_or_a_damaged_one_is_not_resumed(tmp_path):
+    spec = TrainSpec(length=16, steps=12, batch_size=4, warmup=2, eval_samples=4, checkpoint_every=5)
+    path = tmp_path / "state.safetensors"
+
+    def stop(step, loss):
+        if step == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_model(), TASK, spec, seed=0, on_step=stop, state_path=path, state_key="model-a")
+    for damaged in (None, path.read_bytes()[:100]):
+        if damaged is not None:
+            path.write_bytes(damaged)
+        steps_run = []
+        train(tiny_model(), TASK, spec, seed=0, on_step=lambda s, _: steps_run.append(s), state_path=path,
+              state_key="model-b")
+        assert steps_run[0] == 0  # started over
+
+
+def test_a_curriculum_trains_each_phase_at_its_length_then_T():
+    spec = TrainSpec(length=32, phases=({"length": 16, "steps": 4}, {"length": 32, "steps": 3}), batch_size=2,
+                     warmup=1, eval_samples=4, check={"every": 100})
+    assert spec.steps == 7 and [spec.length_at(s) for s in range(8)] == [16] * 4 + [32] * 4
+    lengths = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(TASK, name)
+
+        def generate(self, length, n, seed, depth=None):
+            lengths.append((length, n))
+            return TASK.generate(length=length, n=n, seed=seed, depth=depth)
+
+    train(tiny_model(), Recording(), spec, seed=0)
+    batches = [length for length, n in lengths if n == 2]
+    assert batches == [16] * 4 + [32] * 3
+    assert {length for length, n in lengths if n != 2} == {32}  # checks and the final accuracy at T
+
+
+def test_the_learning_rate_follows_one_cosine_over_the_plan_then_stays_at_a_tenth():
+    spec = TrainSpec(length=16, steps=100, lr=1.0, warmup=10, until={"accuracy": 0.9, "max_steps": 300})
+    assert learning_rate(spec, 0) == pytest.approx(0.1)
+    assert learning_rate(spec, 9) == pytest.approx(1.0)
+    assert learning_rate(spec, 100) == pytest.approx(0.1)
+    assert learning_rate(spec, 250) == pytest.approx(0.1)
+
+
+def test_training_to_a_criterion_stops_at_the_first_check_where_every_judged_task_reaches_it(monkeypatch):
+    mixture = Mixture([TASK, tasks.get("needle", haystack="noise")], [1, 1], labels=["random", "noise"])
+    # held-out accuracy per check: "noise" reaches the bar at the second check, "random" at the third
+    script = iter([{"random": 0.2, "noise": 0.5}, {"random": 0.5, "noise": 0.97}, {"random": 0.96, "noise": 0.95},
+                   {"random": 1.0, "noise": 1.0}])
+    monkeypatch.setattr(training, "held_out_accuracy", lambda *args, **kwargs: next(script))
+    spec = TrainSpec(length=16, steps=10, batch_size=2, warmup=1, eval_samples=4,
+                     until={"accuracy": 0.95, "max_steps": 40}, check={"every": 5})
+    result = train(tiny_model(), mixture, spec, seed=0)
+    assert result.steps_to_criterion == 15 and result.steps == 15
+    assert [c["step"] for c in result.checks] == [5, 10, 15]
+    assert set(result.task_accuracy) == {"random", "noise"}
+
+    script = iter([{"random": 0.2, "noise": 0.97}] * 3)
+    judged = TrainSpec(length=16, steps=10, batch_size=2, warmup=1, eval_samples=4,
+                       until={"accuracy": 0.95, "max_steps": 40, "labels": ["noise"]}, check={"every": 5})
+    assert train(tiny_model(), mixture, judged, seed=0).steps_to_criterion == 5
+
+    script = iter([{"random": 0.1, "noise": 0.1}] * 10)
+    never = train(tiny_model(), mixture, spec, seed=0)
+    assert never.steps_to_criterion is None and never.steps == 40  # ran on to max_steps
+
+
+def test_the_criterion_is_only_read_in_the_last_phase(monkeypatch):
+    monkeypatch.setattr(training, "held_out_accuracy", lambda *args, **kwargs: {"needle": 1.0})
+    spec = TrainSpec(length=32, phases=({"length": 16, "steps": 10}, {"length": 32, "steps": 5}), batch_size=2,
+                     warmup=1, eval_samples=4, until={"accuracy": 0.9, "max_steps": 30}, check={"every": 5})
+    result = train(tiny_model(), TASK, spec, seed=0)
+    assert result.steps_to_criterion == 15  # checks at 5 and 10 were in the phase at 16
+
+
+def test_a_diverging_loss_stops_training_with_one_clear_error():
+    spec = TrainSpec(length=16, steps=20, batch_size=4, lr=1e9, warmup=1, eval_samples=4, grad_clip=1e30)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train(tiny_model(), TASK, spec, seed=0)
+
+
+def test_ids_of_a_recipe_without_the_new_settings_are_unchanged(tmp_path):
+    """The model and cell ids of the quick preset as it was before curricula, criteria, curves and the
+    text vocabulary (its text task with n_filler 16, a budget on all parameters), and of the smoke
+    preset, as computed before these existed."""
+    from importlib import resources
+
+    old_quick = yaml.safe_load(resources.files("longarch.presets").joinpath("quick.yaml").read_text())
+    old_quick.pop("params_count")
+    old_quick["train"].pop("phases")
+    old_quick["train"]["steps"] = 800
+    old_quick["eval"]["tasks"][1]["knobs"]["n_filler"] = 16
+    path = tmp_path / "old-quick.yaml"
+    path.write_text(yaml.safe_dump(old_quick))
+    quick_models, quick_cells = runner.plan(load_study(str(path)))
+    assert [m.model_id for m in quick_models] == ["b70b405ff21add6f", "5e4b10a8b10b7981", "ec652f8d8106b32c"]
+    assert quick_cells[0].cell_id == "251c30b710cd4126"
+    smoke_models, smoke_cells = runner.plan(load_study("smoke"))
+    assert [m.model_id for m in smoke_models] == ["da0e620b19f36fb1", "a07bbe7cc616a667"]
+    assert smoke_cells[0].cell_id == "feb61db225586162"
+
+
+def test_curriculum_criterion_and_lr_enter_the_model_id_but_checks_and_checkpoints_do_not(tmp_path):
+    def ids(**train_changes):
+        changes = {k: v for k, v in {**TINY["train"], **train_changes}.items() if v is not None}
+        study = load_study(str(write_study(tmp_path, train=changes)))
+        return [m.model_id for m in runner.plan(study)[0]]
+
+    base = ids()
+    assert ids(checkpoint_every=5) == base and ids(check={"every": 3, "samples": 9}) == base
+    curriculum = ids(steps=None, phases=[{"length": 8, "steps": 10}, {"length": 16, "steps": 5}])
+    until = ids(until={"accuracy": 0.9, "max_steps": 50})
+    assert len({tuple(base), tuple(curriculum), tuple(until)}) == 3
+    assert ids(until={"accuracy": 0.9, "max_steps": 50}, check={"every": 3}) != until  # when to stop
+
+    study = load_study(str(write_study(tmp_path, models=[{"arch": "transformer"}, {"arch": "mamba2", "lr": 0.02}])))
+    plans = runner.plan(study)[0]
+    assert [p.train_spec.lr for p in plans] == [TINY["train"].get("lr", 3e-3), 0.02]
+    assert plans[1].model_id != ids()[1]
+
+
+@pytest.mark.parametrize("train_changes, message", [
+    ({"steps": 10, "phases": [{"length": 8, "steps": 5}, {"length": 16, "steps": 3}]}, "phases' sum"),
+    ({"steps": None, "phases": [{"length": 16, "steps": 5}, {"length": 8, "steps": 3}]}, "last phase is at length 8"),
+    ({"steps": None, "phases": [{"length": 2, "steps": 5}, {"length": 16, "steps": 3}]}, "below the needle task"),
+    ({"until": {"accuracy": 0.9, "max_steps": 5}}, "below the planned steps"),
+    ({"until": {"accuracy": 1.5, "max_steps": 50}}, "accuracy"),
+    ({"until": {"accuracy": 0.9, "max_steps": 50, "labels": ["nope"]}}, "'nope' is not a trained task"),
+    ({"lr": float("inf")}, "lr"),
+])
+def test_impossible_recipes_are_refused_with_one_line(tmp_path, train_changes, message):
+    changes = {**TINY["train"], **train_changes}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    with pytest.raises(ConfigError, match=message):
+        load_study(str(write_study(tmp_path, train=changes)))
+
+
+def test_train_labels_follow_the_evaluated_tasks():
+    study = load_study("controlled")
+    labels = train_labels(study)
+    assert labels[:4] == ["noise-number", "text-number", "text-uuid", "needles"]
+    assert len(set(labels)) == len(labels)
+
+
+def test_a_study_stores_curves_and_steps_and_resumes_after_a_kill_inside_training(tmp_path):
+    """kill -9 inside the first model's training, after its mid-training checkpoint: the rerun
+    resumes from the checkpoint (not from step 0) and stores the weights of an uninterrupted run."""
+    changes = {"models": ["transformer"], "train": {**TINY["train"], "steps": 30, "checkpoint_every": 10,
+                                                    "check": {"every": 10, "samples": 4}}}
+    study_file = write_study(tmp_path, **changes)
+    clean = tmp_path / "clean"
+    runner.run_study(load_study(str(study_file)), clean, quiet(), workers=0)
+
+    killed = tmp_path / "killed"
+    cli = [sys.executable, "-m", "longarch.cli", "run", str(study_file), "--out", str(killed), "--workers", "0"]
+    process = subprocess.run(cli, capture_output=True, text=True, timeout=600, start_new_session=True,
+                             env={**os.environ, faults.VARIABLE: "step:25"})
+    assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
+    states = list((killed / "checkpoints" / "training").glob("*.safetensors"))
+    assert len(states) == 1  # the state at step 20
+    # the rerun would die at its 11th step; resumed at step 20, it has only 10 to go and finishes
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=600, start_new_session=True,
+                          env={**os.environ, faults.VARIABLE: "step:11"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not list((killed / "checkpoints" / "training").iterdir())  # state removed once the model is stored
+
+    def stored(out):
+        with Store(out / "results.sqlite") as store:
+            (row,) = store.models()
+            return row, store.curves()[row.model_id], load_weights(Path(row.checkpoint).read_bytes())
+
+    (a, curve_a, weights_a), (b, curve_b, weights_b) = stored(clean), stored(killed)
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert (a.train_accuracy, a.final_loss, a.steps) == (b.train_accuracy, b.final_loss, b.steps) == (
+        a.train_accuracy, a.final_loss, 30)
+    assert curve_a == curve_b
+    assert [s for s, kind, _, _ in curve_a if kind == "accuracy"] == [10, 20, 30]
+    assert [s for s, kind, _, _ in curve_a if kind == "loss"] == [0, 10, 20]
+    assert {label for _, kind, label, _ in curve_a if kind == "accuracy"} == {"needle"}
+    report = (clean / "report.md").read_text()
+    assert "## Training" in report and "30 steps at length 16" in report
+    assert "figures/training_curves.png" in report and (clean / "figures" / "training_curves.svg").is_file()
+    summary = json.loads((clean / "summary.json").read_text())["training"]
+    assert summary["transformer"]["seeds"]["0"]["steps"] == 30
+
+
+def test_the_driver_shows_a_bar_per_model_in_training_from_the_workers_progress_files(tmp_path):
+    from rich.progress import Progress
+
+    study = load_study(str(write_study(tmp_path)))
+    plans = {p.model_id: p for p in runner.plan(study)[0]}
+    first = next(iter(plans))
+    progress = Progress(console=quiet())
+    bars = runner._LiveBars(progress, dict(plans), str(tmp_path))
+    bars.poll()
+    assert not progress.tasks  # nothing reported yet
+    runner.progress_path(str(tmp_path), first).write_text(json.dumps(
+        {"step": 40, "of": 100, "loss": 0.25, "accuracy": 0.5}))
+    bars.poll()
+    (task,) = progress.tasks
+    assert task.completed == 40 and task.total == 100 and "loss 0.250" in task.fields["info"] and "50%" in task.fields["info"]
+    runner.state_path(str(tmp_path), first).write_bytes(b"state")
+    bars.done(first)
+    assert not progress.tasks and not list(tmp_path.glob(f"{first}*"))
+
+
+def test_a_store_from_before_curves_gains_the_new_columns(tmp_path):
+    path = tmp_path / "results.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE models (model_id TEXT PRIMARY KEY, name TEXT NOT NULL, arch TEXT NOT NULL, "
+                   "family TEXT NOT NULL, seed INTEGER NOT NULL, params INTEGER NOT NULL, state_floats INTEGER NOT NULL, "
+                   "state_growth TEXT NOT NULL, train_length INTEGER NOT NULL, train_accuracy REAL NOT NULL, "
+                   "train_seconds REAL NOT NULL, final_loss REAL NOT NULL, config TEXT NOT NULL, checkpoint TEXT NOT NULL)")
+        db.execute("INSERT INTO models VALUES ('m', 'tf', 'transformer', 'attention', 0, 10, 10, 'linear', 16, 0.5, "
+                   "1.0, 0.1, '{}', 'x')")
+    with Store(path) as store:
+        (row,) = store.models()
+        assert row.steps is None and row.steps_to_criterion is None and store.curves() == {}
+
+
+def test_a_non_embedding_budget_sizes_models_without_their_embedding_and_head(tmp_path):
+    big_vocab = {"name": "needle", "knobs": {"haystack": "text"}}  # the default word vocabulary: over a thousand words
+    for count in ("all", "non-embedding"):
+        study = load_study(str(write_study(tmp_path, params=60000, params_count=count, task=big_vocab)))
+        for plan_ in runner.plan(study)[0]:
+            config = plan_.config
+            assert config.vocab_size > 1000
+            counted = models.count_params(config, embeddings=count == "all")
+            assert abs(counted - 60000) <= 0.02 * 60000, (count, plan_.arch, counted)
+            head = config.vocab_size * config.d_model * (1 if config.tie_head else 2)
+            assert models.count_params(config) == models.count_params(config, embeddings=False) + head
+
+
+def test_the_recipe_sentence_names_the_curriculum_the_criterion_and_the_check_interval():
+    from longarch.analysis.training_report import recipe
+
+    train = {"length": 64, "steps": 800, "batch_size": 32, "lr": 0.01, "warmup": 50,
+             "phases": [{"length": 16, "steps": 400}, {"length": 64, "steps": 400}],
+             "check": {"every": None, "samples": 64}}
+    text = recipe(train)
+    assert "400 steps at length 16, then 400 steps at length 64" in text
+    assert "Held-out checks every 80 steps on 64 samples per task." in text  # the default: a tenth of 800
+    text = recipe({**train, "check": {"every": 25, "samples": 8},
+                   "until": {"accuracy": 0.95, "max_steps": 2000, "labels": ["noise"]}})
+    assert "every 25 steps on 8 samples" in text
+    assert "reached 95% on noise" in text and "at most 2000 steps" in text
