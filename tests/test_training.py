@@ -316,3 +316,26 @@ def test_the_recipe_sentence_names_the_curriculum_the_criterion_and_the_check_in
                    "until": {"accuracy": 0.95, "max_steps": 2000, "labels": ["noise"]}})
     assert "every 25 steps on 8 samples" in text
     assert "reached 95% on noise" in text and "at most 2000 steps" in text
+
+
+def test_training_tokens_count_each_phase_at_its_length_and_steps_past_the_plan_at_T():
+    spec = TrainSpec(length=64, batch_size=2, phases=[{"length": 16, "steps": 10}, {"length": 64, "steps": 5}],
+                     until={"accuracy": 0.9, "max_steps": 40})
+    assert spec.tokens() == 2 * (10 * 16 + 5 * 64)
+    assert spec.tokens(4) == 2 * 4 * 16
+    assert spec.tokens(spec.max_steps) == 2 * (10 * 16 + 30 * 64)
+
+
+def test_plan_counts_a_curricula_tokens_and_the_most_a_criterion_may_add(tmp_path):
+    from typer.testing import CliRunner
+    from longarch.cli import app
+
+    recipe = {k: v for k, v in TINY["train"].items() if k != "steps"}
+    study = write_study(tmp_path, models=["transformer"], train={**recipe, "length": 16, "phases": [
+        {"length": 8, "steps": 10}, {"length": 16, "steps": 10}], "until": {"accuracy": 0.9, "max_steps": 30}})
+    batch = TINY["train"]["batch_size"]
+    result = CliRunner().invoke(app, ["plan", str(study), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"{batch * (80 + 160) * len(TINY['seeds']):,} training tokens as planned" in text
+    assert f"up to {batch * (80 + 20 * 16) * len(TINY['seeds']):,} if training runs to until.max_steps" in text

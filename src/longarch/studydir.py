@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .config import Study
 from .store import Store
+from .train import TrainSpec
 
 if TYPE_CHECKING:  # the runner takes the lock, so it imports this module, not the other way round
     from .runner import EvalCell, ModelPlan
@@ -103,20 +104,33 @@ def grid_state(study: Study, out: Path) -> GridState:
 
 
 def cost(study: Study, state: GridState, out: Path) -> dict:
-    """What the remaining work costs: tokens trained (steps x batch x T per model) and tokens
-    evaluated (samples x length per cell), and seconds estimated from the rates of work already
-    stored in `out` (None when nothing is stored yet)."""
-    spec = getattr(study, "train", None)
-    train_tokens = len(state.remaining_models()) * spec.steps * spec.batch_size * spec.length if spec else 0
+    """What the remaining work costs: tokens trained (batch x each step's length, summed over the
+    planned steps of each model; `train_tokens_max` when training to a criterion may go on to
+    its max_steps) and tokens evaluated (samples x length per cell), and seconds estimated from
+    the rates of work already stored in `out` (None when nothing is stored yet)."""
+    remaining = state.remaining_models()
+    train_tokens = sum(m.train_spec.tokens() for m in remaining)
+    train_tokens_max = sum(m.train_spec.tokens(m.train_spec.max_steps) for m in remaining)
     eval_tokens = sum(study.eval.samples * c.length for c in state.remaining_cells())
     seconds = None
     path = out / "results.sqlite"
     if path.exists() and (state.trained or state.stored):
         with Store(path) as store:
             model_rows, result_rows = store.models(), store.results()
-        train_rate = sum(r.train_seconds for r in model_rows) / max(1, sum(
-            r.config["train"]["steps"] * r.config["train"]["batch_size"] * r.train_length for r in model_rows))
+        train_rate = sum(r.train_seconds for r in model_rows) / max(1, sum(_trained_tokens(r) for r in model_rows))
         eval_rate = sum(r.seconds for r in result_rows) / max(1, sum(r.n * r.length for r in result_rows))
         if (model_rows or not train_tokens) and (result_rows or not eval_tokens):
             seconds = train_tokens * train_rate + eval_tokens * eval_rate
-    return {"train_tokens": train_tokens, "eval_tokens": eval_tokens, "seconds": seconds}
+    return {"train_tokens": train_tokens, "train_tokens_max": train_tokens_max, "eval_tokens": eval_tokens,
+            "seconds": seconds}
+
+
+def _trained_tokens(row) -> int:
+    """Symbols a stored model was trained on: its recipe's lengths over the steps it ran."""
+    train = dict(row.config.get("train", {}))
+    train.pop("tasks", None)
+    try:
+        spec = TrainSpec(**train)
+    except (TypeError, ValueError):
+        return int(train.get("steps", 0)) * int(train.get("batch_size", 0)) * row.train_length
+    return spec.tokens(row.steps or spec.steps)

@@ -109,6 +109,18 @@ class TrainSpec:
                 return phase.length
         return self.length
 
+    def tokens(self, steps: int | None = None) -> int:
+        """Symbols trained on in the first `steps` steps (default: the planned ones): batch x the
+        length of each step, so a curriculum's short phases count at their own length."""
+        steps = self.steps if steps is None else steps
+        total, done = 0, 0
+        for phase in self.schedule:
+            take = min(phase.steps, steps - done)
+            if take <= 0:
+                break
+            total, done = total + take * phase.length, done + take
+        return self.batch_size * (total + max(0, steps - done) * self.length)
+
     @property
     def last_phase_start(self) -> int:
         return self.steps - self.schedule[-1].steps
