@@ -18,6 +18,11 @@ import numpy as np
 from .base import Samples
 
 
+def _of_task(attribute: str) -> property:
+    """A read-only attribute that is the wrapped task's own."""
+    return property(lambda self: getattr(self.task, attribute), doc=f"the wrapped task's {attribute}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Shifted:
     task: object
@@ -28,13 +33,13 @@ class Shifted:
             raise ValueError(f"an id offset is a positive integer, not {self.offset!r}")
 
     # the contract of base.py, stated so that none of it depends on __getattr__
-    @property
-    def name(self) -> str:
-        return self.task.name
-
-    @property
-    def version(self) -> int:
-        return self.task.version
+    name = _of_task("name")
+    version = _of_task("version")
+    min_length = _of_task("min_length")
+    answer_length = _of_task("answer_length")
+    item_length = _of_task("item_length")
+    ordered = _of_task("ordered")
+    uses_depth = _of_task("uses_depth")
 
     @property
     def knobs(self) -> dict:
@@ -43,26 +48,6 @@ class Shifted:
     @property
     def vocab_size(self) -> int:
         return self.task.vocab_size + self.offset
-
-    @property
-    def min_length(self) -> int:
-        return self.task.min_length
-
-    @property
-    def answer_length(self) -> int:
-        return self.task.answer_length
-
-    @property
-    def item_length(self) -> int:
-        return self.task.item_length
-
-    @property
-    def ordered(self) -> bool:
-        return self.task.ordered
-
-    @property
-    def uses_depth(self) -> bool:
-        return self.task.uses_depth
 
     def generate(self, length: int, n: int, seed: int, depth: float | None = None) -> Samples:
         samples = self.task.generate(length=length, n=n, seed=seed, depth=depth)
