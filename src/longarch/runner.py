@@ -308,11 +308,6 @@ def _stored_weights(row: ModelRow | None) -> bytes | None:
         return None
 
 
-def _write_checkpoint(path: Path, weights: bytes) -> None:
-    """Written to a temporary file, flushed and renamed, so a crash leaves no half file."""
-    write_atomic(path, weights)
-
-
 def _same_samples(stored: dict | None, study: Study, out: Path) -> None:
     """Refuse to add cells of a different sample count to a store (a cell's samples would then be
     counted twice in the report); everything stored stays as it is."""
@@ -413,7 +408,7 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
                             continue
                         if fn is train_job:
                             path = out / "checkpoints" / f"{item.label}-s{item.seed}-{item.model_id}.safetensors"
-                            _write_checkpoint(path, result.weights)
+                            write_atomic(path, result.weights)
                             result.row.checkpoint = str(path)
                             store.put_model(result.row, result.curve)
                             faults.reached("model")

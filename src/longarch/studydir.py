@@ -127,8 +127,7 @@ def cost(study: Study, state: GridState, out: Path) -> dict:
 
 def _trained_tokens(row) -> int:
     """Symbols a stored model was trained on: its recipe's lengths over the steps it ran."""
-    train = dict(row.config.get("train", {}))
-    train.pop("tasks", None)
+    train = row.config.get("train", {})
     try:
         spec = TrainSpec(**train)
     except (TypeError, ValueError):

@@ -30,11 +30,9 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 
-from . import faults
 from .checkpoints import write_atomic
 from .evaluate import evaluate_samples
 from .models import LanguageModel
@@ -244,14 +242,14 @@ def state_bytes(model: LanguageModel, optimizer: torch.optim.Optimizer, step: in
     return save_tensors(tensors, metadata={"training": json.dumps(meta)})
 
 
-def load_state(data: bytes, model: LanguageModel, optimizer: torch.optim.Optimizer, key: str) -> tuple[int, dict] | None:
+def load_state(path: Path, model: LanguageModel, optimizer: torch.optim.Optimizer, key: str) -> tuple[int, dict] | None:
     """Restore a training state written by `state_bytes` for the same `key`; returns (step,
-    progress), or None, changing nothing, when the bytes are not such a state."""
+    progress), or None, changing nothing, when the file is not such a state."""
     try:
-        tensors = load_tensors(data)
-        header_length = int.from_bytes(data[:8], "little")  # safetensors: 8-byte header size, JSON header
-        meta = json.loads(json.loads(data[8:8 + header_length])["__metadata__"]["training"])
-    except (SafetensorError, ValueError, KeyError, TypeError):
+        with safe_open(str(path), framework="pt") as file:
+            meta = json.loads((file.metadata() or {})["training"])
+            tensors = {name: file.get_tensor(name) for name in file.keys()}
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError):
         return None
     if meta.get("key") != key:
         return None
@@ -291,7 +289,7 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
     progress = {"losses": [], "checks": [], "seconds": 0.0, "criterion": None}
     first = 0
     if state_path is not None and Path(state_path).is_file():
-        resumed = load_state(Path(state_path).read_bytes(), model, optimizer, state_key)
+        resumed = load_state(Path(state_path), model, optimizer, state_key)
         if resumed is not None:
             first, progress = resumed
     model.train()
@@ -332,14 +330,9 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
             progress["seconds"] = time.perf_counter() - start
             write_atomic(Path(state_path), state_bytes(model, optimizer, step, progress, state_key), point="partial")
     seconds = time.perf_counter() - start
+    task_accuracy = held_out_accuracy(model, task, spec.length, spec.eval_samples, batch_seed(seed, -1 % 2**31), label)
     model.eval()
-    held_out_seed = batch_seed(seed, -1 % 2**31)
-    task_accuracy = {}
-    accuracy = 0.0
-    for name, part, weight in _parts(task, label):
-        held_out = part.generate(length=spec.length, n=spec.eval_samples, seed=held_out_seed)
-        task_accuracy[name] = float(evaluate_samples(model, part, held_out).mean())
-        accuracy += weight * task_accuracy[name]
+    accuracy = sum(weight * task_accuracy[name] for name, _, weight in _parts(task, label))
     return TrainResult(seconds, loss_value, accuracy, [loss for _, loss in progress["losses"]], steps=step,
                        steps_to_criterion=progress["criterion"], checks=progress["checks"],
                        task_accuracy=task_accuracy)
