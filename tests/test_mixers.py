@@ -26,6 +26,23 @@ DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["
 COPIED_INPUTS = {"conv_tail", "last_x"}
 
 
+def _option_default(letter: str, name: str):
+    fields = {f.name: f for f in dataclasses.fields(MIXERS[letter][0])}
+    return fields[name].default if name in fields else None
+
+
+def _variants():
+    """Every letter as registered, and again with its optional short convolution switched on
+    where it has one that is off by default (GLA, RetNet: flash-linear-attention's short conv)."""
+    for letter in LETTERS:
+        yield pytest.param(letter, {}, id=letter)
+        if _option_default(letter, "d_conv") == 0:
+            yield pytest.param(letter, {"d_conv": 3}, id=f"{letter}+conv")
+
+
+VARIANTS = list(_variants())
+
+
 def _mixer(letter: str, d_model: int = 16, dtype: torch.dtype = torch.float64, **options) -> torch.nn.Module:
     """A small mixer whose zero-initialised parameters (LoRA down-projections, gate and norm
     biases) are moved off zero, so that the paths they switch off at init are exercised too."""
@@ -75,12 +92,12 @@ def _feed(mixer, u, sizes):
     return torch.cat(outputs, 1), state
 
 
-@pytest.mark.parametrize("letter", LETTERS)
-def test_mixer_shape_and_options(letter):
+@pytest.mark.parametrize("letter,variant", VARIANTS)
+def test_mixer_shape_and_options(letter, variant):
     config_cls, module_cls, family = MIXERS[letter]
     assert dataclasses.is_dataclass(config_cls) and isinstance(family, str) and family
     assert "d_model" not in option_names(letter)
-    mixer = make_mixer(letter, 16, OPTIONS)
+    mixer = make_mixer(letter, 16, {**OPTIONS, **variant})
     assert isinstance(mixer, module_cls)
     y, state = mixer(torch.randn(3, 10, 16))
     assert y.shape == (3, 10, 16) and y.dtype == torch.float32
@@ -91,9 +108,9 @@ def test_mixer_shape_and_options(letter):
 @DTYPES
 @pytest.mark.parametrize("pieces", [[1, 7, 30], [8, 8, 8, 14], [1] * 6 + [32], [1, 1, 1, 2, 5]],
                          ids=["1-7-30-rest", "8s-rest", "ones-rest", "small-rest"])
-@pytest.mark.parametrize("letter", LETTERS)
-def test_mixer_pieces_equal_whole(letter, pieces, dtype):
-    mixer, L, tol = _mixer(letter, dtype=dtype), 70, TOLERANCE[dtype]
+@pytest.mark.parametrize("letter,variant", VARIANTS)
+def test_mixer_pieces_equal_whole(letter, variant, pieces, dtype):
+    mixer, L, tol = _mixer(letter, dtype=dtype, **variant), 70, TOLERANCE[dtype]
     u = torch.randn(2, L, 16, dtype=dtype)
     sizes = pieces + [L - sum(pieces)]
     with torch.no_grad():
@@ -107,16 +124,17 @@ def test_mixer_pieces_equal_whole(letter, pieces, dtype):
 
 
 def _letters_and_chunk_sizes(chunk_sizes):
-    """Every letter with each chunk size where it has that option, once where it has not."""
-    return [pytest.param(letter, size, id=f"{letter}-chunk{size}" if size else letter) for letter in LETTERS
+    """Every variant with each chunk size where it has that option, once where it has not."""
+    return [pytest.param(letter, variant, size, id=f"{case.id}-chunk{size}" if size else case.id)
+            for case in VARIANTS for letter, variant in [case.values]
             for size in (chunk_sizes if "chunk_size" in option_names(letter) else [None])]
 
 
 @DTYPES
-@pytest.mark.parametrize("letter,chunk_size", _letters_and_chunk_sizes([3, 4, 7, 16, 64]))
-def test_mixer_reference_equals_fast_path(letter, chunk_size, dtype):
+@pytest.mark.parametrize("letter,variant,chunk_size", _letters_and_chunk_sizes([3, 4, 7, 16, 64]))
+def test_mixer_reference_equals_fast_path(letter, variant, chunk_size, dtype):
     """The sequential reference agrees with the fast path: outputs and state, also from a state."""
-    mixer, tol = _mixer(letter, dtype=dtype, **({"chunk_size": chunk_size} if chunk_size else {})), TOLERANCE[dtype]
+    mixer, tol = _mixer(letter, dtype=dtype, **variant, **({"chunk_size": chunk_size} if chunk_size else {})), TOLERANCE[dtype]
     u = torch.randn(2, 29, 16, dtype=dtype)
     v = torch.randn(2, 11, 16, dtype=dtype)
     with torch.no_grad():
@@ -130,9 +148,9 @@ def test_mixer_reference_equals_fast_path(letter, chunk_size, dtype):
 
 
 @pytest.mark.parametrize("from_state", [False, True], ids=["from-start", "after-a-prefix"])
-@pytest.mark.parametrize("letter", LETTERS)
-def test_mixer_is_causal(letter, from_state):
-    mixer = _mixer(letter)
+@pytest.mark.parametrize("letter,variant", VARIANTS)
+def test_mixer_is_causal(letter, variant, from_state):
+    mixer = _mixer(letter, **variant)
     u = torch.randn(2, 30, 16, dtype=torch.float64)
     changed = u.clone()
     changed[:, 17:] = torch.randn(2, 13, 16, dtype=torch.float64)
@@ -144,9 +162,9 @@ def test_mixer_is_causal(letter, from_state):
     assert (y_changed[:, 17:] - y[:, 17:]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("letter", LETTERS)
-def test_mixer_is_causal_when_continuing_from_state(letter):
-    mixer = _mixer(letter)
+@pytest.mark.parametrize("letter,variant", VARIANTS)
+def test_mixer_is_causal_when_continuing_from_state(letter, variant):
+    mixer = _mixer(letter, **variant)
     prefix = torch.randn(1, 9, 16, dtype=torch.float64)
     u = torch.randn(1, 12, 16, dtype=torch.float64)
     changed = u.clone()
@@ -159,10 +177,10 @@ def test_mixer_is_causal_when_continuing_from_state(letter):
     assert (y_changed[:, 5] - y[:, 5]).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("letter", LETTERS)
-def test_every_part_of_the_state_reaches_the_output(letter):
+@pytest.mark.parametrize("letter,variant", VARIANTS)
+def test_every_part_of_the_state_reaches_the_output(letter, variant):
     # e.g. a convolution's tail or the token shift's previous token, beside the recurrent state
-    mixer = _mixer(letter)
+    mixer = _mixer(letter, **variant)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         _, state = mixer(torch.randn(1, 9, 16, dtype=torch.float64))
@@ -176,16 +194,16 @@ def test_every_part_of_the_state_reaches_the_output(letter):
 
 
 @pytest.mark.parametrize("init", ["published", "moved-off-zero"])
-@pytest.mark.parametrize("letter", LETTERS)
-def test_every_parameter_gets_a_gradient(letter, init):
+@pytest.mark.parametrize("letter,variant", VARIANTS)
+def test_every_parameter_gets_a_gradient(letter, variant, init):
     # From the published init a parameter behind a zero-initialised one (RWKV-6's LoRA
     # up-projections) gets no gradient on the very first step, so take one step first, as
     # training would; with every parameter off zero, the first backward already reaches all.
     if init == "published":
         torch.manual_seed(0)
-        mixer, steps = make_mixer(letter, 16, OPTIONS), 1
+        mixer, steps = make_mixer(letter, 16, {**OPTIONS, **variant}), 1
     else:
-        mixer, steps = _mixer(letter, dtype=torch.float32), 0
+        mixer, steps = _mixer(letter, dtype=torch.float32, **variant), 0
     u = torch.randn(2, 21, 16)
     optimizer = torch.optim.SGD(mixer.parameters(), lr=0.1)
     for _ in range(steps + 1):
@@ -198,9 +216,9 @@ def test_every_parameter_gets_a_gradient(letter, init):
 
 
 @pytest.mark.parametrize("d_model", [4, 5, 6, 7, 9, 33, 64, 128])
-@pytest.mark.parametrize("letter", LETTERS)
-def test_any_width_builds_runs_and_counts_its_state(letter, d_model):
-    options = {**OPTIONS, "n_heads": 4}  # heads that need not divide the width
+@pytest.mark.parametrize("letter,variant", VARIANTS)
+def test_any_width_builds_runs_and_counts_its_state(letter, variant, d_model):
+    options = {**OPTIONS, "n_heads": 4, **variant}  # heads that need not divide the width
     mixer = _mixer(letter, d_model, torch.float32, **options)
     with torch.no_grad():
         y, state = mixer(torch.randn(2, 9, d_model))

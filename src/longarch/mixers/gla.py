@@ -14,7 +14,13 @@ output is RMS-normalised, gated by silu(W_r x), and projected back to d_model.
 `gla_chunked` evaluates the recurrence chunk by chunk; `gla_reference` is the same recurrence
 one step at a time, written for clarity. The tests hold the two equal.
 
-State is S, the (key_dim, value_dim) state of every head; GLA has no convolution or token shift.
+The paper's GLA has no convolution or token shift (d_conv = 0, the default). With d_conv > 0, q, k
+and v pass through a short causal depthwise convolution with silu first, flash-linear-attention's
+`use_short_conv` option; the short convolution is what lets a linear-attention layer bind a value
+to the key just before it (Zoology's finding for associative recall).
+
+State is S, the (key_dim, value_dim) state of every head, plus the convolution's last d_conv - 1
+inputs when d_conv > 0.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .conv import CausalConv1d
 
 
 @dataclass
@@ -35,6 +43,7 @@ class GLAConfig:
     gate_rank: int = 16      # rank of the decay gate's low-rank projection
     gate_logit_normalizer: float = 16.0
     chunk_size: int = 16     # small: the intra-chunk decays are a (Q, Q, key_dim) tensor
+    d_conv: int = 0          # short convolution on q, k, v (0: none, as in the paper)
 
     @property
     def head_dim(self) -> int:
@@ -48,6 +57,7 @@ class GLAConfig:
 @dataclass
 class GLAState:
     S: Tensor  # (B, H, K, V)
+    conv_tail: Tensor | None = None  # (B, d_conv - 1, H*(2K + V)): the convolution's last inputs
 
 
 def gla_chunked(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, chunk_size: int,
@@ -135,15 +145,22 @@ class GLAMixer(nn.Module):
         # in the reference implementation, so every decay starts at 0.5^(1/16) = 0.958.
         self.gate_bias = nn.Parameter(torch.zeros(H * K))
         self.norm = nn.RMSNorm(V)  # per head, shared across heads
+        if config.d_conv > 0:
+            self.conv = CausalConv1d(H * (2 * K + V), config.d_conv, bias=False)
         self.out_proj = nn.Linear(H * V, config.d_model, bias=False)
 
     def forward(self, x: Tensor, state: GLAState | None = None, reference: bool = False
                 ) -> tuple[Tensor, GLAState]:
         b, L, _ = x.shape
         H, K, V = self.config.n_heads, self.config.head_dim, self.config.value_head_dim
-        q = self.q_proj(x).view(b, L, H, K) * K ** -0.5  # (b, L, H, K)
-        k = self.k_proj(x).view(b, L, H, K)  # (b, L, H, K)
-        v = self.v_proj(x).view(b, L, H, V)  # (b, L, H, V)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (b, L, H*K), (b, L, H*K), (b, L, H*V)
+        conv_tail = None
+        if self.config.d_conv > 0:
+            qkv, conv_tail = self.conv(torch.cat([q, k, v], dim=-1), None if state is None else state.conv_tail)
+            q, k, v = F.silu(qkv).split([H * K, H * K, H * V], dim=-1)
+        q = q.view(b, L, H, K) * K ** -0.5  # (b, L, H, K)
+        k = k.view(b, L, H, K)  # (b, L, H, K)
+        v = v.view(b, L, H, V)  # (b, L, H, V)
         gate_logits = self.gate_up(self.gate_down(x)) + self.gate_bias  # (b, L, H*K)
         log_a = (F.logsigmoid(gate_logits) / self.config.gate_logit_normalizer).view(b, L, H, K)  # (b, L, H, K)
         S0 = None if state is None else state.S
@@ -153,9 +170,10 @@ class GLAMixer(nn.Module):
             o, S = gla_chunked(q, k, v, log_a, self.config.chunk_size, S0)
         o = self.norm(o).reshape(b, L, H * V)  # (b, L, H*V)
         y = self.out_proj(o * F.silu(self.r_proj(x)))  # (b, L, d_model)
-        return y, GLAState(S)
+        return y, GLAState(S, conv_tail)
 
     @staticmethod
     def state_floats(config: GLAConfig, length: int) -> int:
         """Floats of state per sequence: constant in the length."""
-        return config.n_heads * config.head_dim * config.value_head_dim
+        H, K, V = config.n_heads, config.head_dim, config.value_head_dim
+        return H * K * V + max(0, config.d_conv - 1) * H * (2 * K + V)

@@ -18,8 +18,13 @@ paper's 8-head models). They are fixed, not learned.
 chunk, the recurrence across chunk boundaries); `retention_reference` is the same recurrence one
 step at a time, written for clarity. The tests hold the two equal.
 
-State is (S, position): the retention state of every head and the absolute position of the next
-token, so that a sequence fed in pieces is rotated exactly as when fed whole.
+The paper's RetNet has no convolution (d_conv = 0, the default). With d_conv > 0, q, k and v pass
+through a short causal depthwise convolution with silu before the rotation, as in GLA's option
+(flash-linear-attention's `use_short_conv`).
+
+State is (S, position, conv_tail): the retention state of every head, the absolute position of
+the next token, so that a sequence fed in pieces is rotated exactly as when fed whole, and the
+convolution's last d_conv - 1 inputs when d_conv > 0.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv import CausalConv1d
 from .gla import gla_reference
 
 
@@ -40,6 +46,7 @@ class RetNetConfig:
     expand: float = 2.0  # value (and gate) width as a multiple of d_model; the paper uses 2
     rope_base: float = 10000.0
     chunk_size: int = 64
+    d_conv: int = 0  # short convolution on q, k, v (0: none, as in the paper)
 
     @property
     def head_dim(self) -> int:
@@ -56,6 +63,7 @@ class RetNetConfig:
 class RetNetState:
     S: Tensor      # (B, H, K, V): the retention state of every head
     position: int  # absolute position of the next token (for the rotation of q and k)
+    conv_tail: Tensor | None = None  # (B, d_conv - 1, H*(2K + V)): the convolution's last inputs
 
 
 def log_decays(n_heads: int) -> Tensor:
@@ -147,6 +155,8 @@ class RetNetMixer(nn.Module):
         self.g_proj = nn.Linear(config.d_model, H * V, bias=False)
         self.norm = nn.GroupNorm(H, H * V)  # one group per head: heads decay at different rates
         self.out_proj = nn.Linear(H * V, config.d_model, bias=False)
+        if config.d_conv > 0:
+            self.conv = CausalConv1d(H * (2 * K + V), config.d_conv, bias=False)
 
     def forward(self, x: Tensor, state: RetNetState | None = None, reference: bool = False
                 ) -> tuple[Tensor, RetNetState]:
@@ -154,9 +164,14 @@ class RetNetMixer(nn.Module):
         H, K, V = self.config.n_heads, self.config.head_dim, self.config.value_head_dim
         start = 0 if state is None else state.position
         positions = torch.arange(start, start + L, device=x.device)  # (L,)
-        q = rotate(self.q_proj(x).view(b, L, H, K), positions, self.config.rope_base)  # (b, L, H, K)
-        k = rotate(self.k_proj(x).view(b, L, H, K), positions, self.config.rope_base) * K ** -0.5
-        v = self.v_proj(x).view(b, L, H, V)  # (b, L, H, V)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (b, L, H*K), (b, L, H*K), (b, L, H*V)
+        conv_tail = None
+        if self.config.d_conv > 0:
+            qkv, conv_tail = self.conv(torch.cat([q, k, v], dim=-1), None if state is None else state.conv_tail)
+            q, k, v = F.silu(qkv).split([H * K, H * K, H * V], dim=-1)
+        q = rotate(q.view(b, L, H, K), positions, self.config.rope_base)  # (b, L, H, K)
+        k = rotate(k.view(b, L, H, K), positions, self.config.rope_base) * K ** -0.5
+        v = v.view(b, L, H, V)  # (b, L, H, V)
         log_gamma = log_decays(H).to(x.device)  # (H,)
         S0 = None if state is None else state.S
         if reference:
@@ -165,9 +180,10 @@ class RetNetMixer(nn.Module):
             o, S = retention_chunked(q, k, v, log_gamma, self.config.chunk_size, S0)
         o = self.norm(o.reshape(b * L, H * V)).view(b, L, H * V)  # (b, L, H*V)
         y = self.out_proj(F.silu(self.g_proj(x)) * o)  # (b, L, d_model)
-        return y, RetNetState(S, start + L)
+        return y, RetNetState(S, start + L, conv_tail)
 
     @staticmethod
     def state_floats(config: RetNetConfig, length: int) -> int:
         """Floats of state per sequence: constant in the length (the position is one integer)."""
-        return config.n_heads * config.head_dim * config.value_head_dim
+        H, K, V = config.n_heads, config.head_dim, config.value_head_dim
+        return H * K * V + max(0, config.d_conv - 1) * H * (2 * K + V)
