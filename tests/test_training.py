@@ -316,6 +316,9 @@ def test_the_recipe_sentence_names_the_curriculum_the_criterion_and_the_check_in
                    "until": {"accuracy": 0.95, "max_steps": 2000, "labels": ["noise"]}})
     assert "every 25 steps on 8 samples" in text
     assert "reached 95% on noise" in text and "at most 2000 steps" in text
+    assert "AdamW with learning rate 0.01, warmup 50 steps" in text
+    own = recipe(train, own_lr=True)  # a model trained at its own rate: the sentence sends to the table
+    assert "AdamW with each model's learning rate in the table below (the study's default 0.01)" in own
 
 
 def test_training_tokens_count_each_phase_at_its_length_and_steps_past_the_plan_at_T():

@@ -11,8 +11,9 @@ from . import plots
 from .render import MISSING, Block
 
 
-def recipe(train: dict) -> str:
-    """The training schedule of a stored `train:` block, in one sentence."""
+def recipe(train: dict, own_lr: bool = False) -> str:
+    """The training schedule of a stored `train:` block, in one sentence; `own_lr`: some model
+    trained at a learning rate of its own (the table gives each model's)."""
     if not isinstance(train, dict):
         return ""
     phases = train.get("phases")
@@ -21,8 +22,10 @@ def recipe(train: dict) -> str:
                                                           for p in phases if isinstance(p, dict))
     else:
         text = f"{train.get('steps')} steps at length {train.get('length')}"
-    text += (f", batch {train.get('batch_size')}, AdamW with learning rate {train.get('lr')} (warmup "
-             f"{train.get('warmup')} steps, one cosine to a tenth over the planned steps)")
+    lr = (f"each model's learning rate in the table below (the study's default {train.get('lr')})" if own_lr
+          else f"learning rate {train.get('lr')}")
+    text += (f", batch {train.get('batch_size')}, AdamW with {lr}, warmup {train.get('warmup')} steps and "
+             f"one cosine to a tenth over the planned steps")
     until = train.get("until")
     if isinstance(until, dict):
         judged = until.get("labels")
@@ -54,7 +57,8 @@ def training_section(model_rows: list[ModelRow], curves: dict[str, list], config
     names = sorted(by_name, key=lambda n: order.index(n) if n in order else len(order))
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     has_until = isinstance(train.get("until"), dict)
-    blocks: list[Block] = [("h2", "Training"), ("p", "Every model followed the same recipe: " + recipe(train))]
+    own_lr = any(r.config.get("train", {}).get("lr") != train.get("lr") for r in model_rows)
+    blocks: list[Block] = [("h2", "Training"), ("p", "Every model followed the same recipe: " + recipe(train, own_lr))]
     header = ["model", "learning rate", "steps run (per seed)"] + (["steps to the criterion (per seed)"] if has_until else [])
     table = []
     summary: dict = {}
