@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load as load_weights
+from safetensors.torch import save as save_tensors
 
 from longarch import faults, models, runner, tasks
 from longarch import train as training
@@ -83,6 +84,28 @@ def test_a_checkpoint_of_another_model_or_a_damaged_one_is_not_resumed(tmp_path)
         train(tiny_model(), TASK, spec, seed=0, on_step=lambda s, _: steps_run.append(s), state_path=path,
               state_key="model-b")
         assert steps_run[0] == 0  # started over
+
+
+def test_a_state_whose_optimizer_part_does_not_load_changes_nothing(tmp_path):
+    """The weights load, the optimizer's groups do not: the model keeps its own weights."""
+    donor, model = tiny_model(seed=1), tiny_model(seed=2)
+    optimizer = torch.optim.AdamW(donor.parameters(), lr=0.1)
+    donor(torch.zeros(1, 4, dtype=torch.long))[0].sum().backward()
+    optimizer.step()
+    path = tmp_path / "state.safetensors"
+    data = training.state_bytes(donor, optimizer, step=5, progress={}, key="m")
+    tensors = load_weights(data)
+    path.write_bytes(save_tensors(tensors, metadata={"training": json.dumps(
+        {"key": "m", "step": 5, "progress": {}, "param_groups": [{"params": [0]}]})}))  # groups that do not fit
+    before = weights(model)
+    fresh = torch.optim.AdamW(model.parameters(), lr=0.1)
+    assert training.load_state(path, model, fresh, key="m") is None
+    for name, value in before.items():
+        assert torch.equal(value, model.state_dict()[name]), name
+    assert not fresh.state_dict()["state"]
+    path.write_bytes(data)  # the same state whole: it loads
+    assert training.load_state(path, model, fresh, key="m") == (5, {})
+    assert all(torch.equal(v, donor.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 def test_a_curriculum_trains_each_phase_at_its_length_then_T():

@@ -259,12 +259,17 @@ def load_state(path: Path, model: LanguageModel, optimizer: torch.optim.Optimize
         if name.startswith("optimizer."):
             _, index, moment = name.split(".", 2)
             state.setdefault(int(index), {})[moment] = value
+    model_before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer_before = optimizer.state_dict()  # a fresh optimizer's: no moments to copy
     try:
         model.load_state_dict(weights)
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (RuntimeError, ValueError, KeyError):
+        return int(meta["step"]), meta["progress"]
+    except (RuntimeError, ValueError, KeyError, TypeError):
+        # The weights may have loaded before the optimizer failed: put both back.
+        model.load_state_dict(model_before)
+        optimizer.load_state_dict(optimizer_before)
         return None
-    return int(meta["step"]), meta["progress"]
 
 
 # --------------------------------------------------------------------------------------------
