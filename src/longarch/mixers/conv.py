@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -21,3 +22,9 @@ class CausalConv1d(nn.Conv1d):
         padded = torch.cat([tail, x], dim=1)  # (B, keep + L, C)
         y = super().forward(padded.transpose(1, 2)).transpose(1, 2)  # (B, L, C)
         return y, padded[:, padded.shape[1] - keep:]
+
+    def silu_parts(self, parts: list[Tensor], tail: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """The parts (B, L, C_i), whose widths sum to the channels, convolved as one, through
+        silu and split back (q, k, v in GLA's and RetNet's optional short convolution)."""
+        y, tail = self(torch.cat(parts, dim=-1), tail)
+        return list(F.silu(y).split([part.shape[-1] for part in parts], dim=-1)), tail

@@ -156,8 +156,7 @@ class GLAMixer(nn.Module):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (b, L, H*K), (b, L, H*K), (b, L, H*V)
         conv_tail = None
         if self.config.d_conv > 0:
-            qkv, conv_tail = self.conv(torch.cat([q, k, v], dim=-1), None if state is None else state.conv_tail)
-            q, k, v = F.silu(qkv).split([H * K, H * K, H * V], dim=-1)
+            (q, k, v), conv_tail = self.conv.silu_parts([q, k, v], None if state is None else state.conv_tail)
         q = q.view(b, L, H, K) * K ** -0.5  # (b, L, H, K)
         k = k.view(b, L, H, K)  # (b, L, H, K)
         v = v.view(b, L, H, V)  # (b, L, H, V)
