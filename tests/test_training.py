@@ -4,6 +4,7 @@ same weights as an uninterrupted run (in this process and after `kill -9`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -365,3 +366,122 @@ def test_plan_counts_a_curricula_tokens_and_the_most_a_criterion_may_add(tmp_pat
     text = " ".join(result.output.split())
     assert f"{batch * (80 + 160) * len(TINY['seeds']):,} training tokens as planned" in text
     assert f"up to {batch * (80 + 20 * 16) * len(TINY['seeds']):,} if training runs to until.max_steps" in text
+
+
+# --------------------------------------------------------------------------------------------
+# learning-rate sweeps
+# --------------------------------------------------------------------------------------------
+def _fake_train(outcomes: dict[float, tuple[int | None, dict[str, float]]], calls: list):
+    """A stand-in for `train`: per rate, (steps_to_criterion, final accuracy per task)."""
+    def fake(model, task, spec, seed, **kwargs):
+        calls.append(spec.lr)
+        met, accuracy = outcomes[spec.lr]
+        return training.TrainResult(1.0, 0.5, sum(accuracy.values()) / len(accuracy), steps=met or spec.max_steps,
+                                    steps_to_criterion=met, task_accuracy=accuracy)
+    return fake
+
+
+def test_a_sweep_keeps_the_first_rate_that_meets_the_criterion_else_the_best_lowest_task(monkeypatch):
+    until = TrainSpec(length=16, steps=10, until={"accuracy": 0.9, "max_steps": 20}, lr_sweep=(0.1, 0.2, 0.3))
+    calls = []
+    monkeypatch.setattr(training, "train", _fake_train({0.1: (None, {"a": 0.99, "b": 0.2}), 0.2: (12, {"a": 0.95, "b": 0.93}),
+                                                       0.3: (10, {"a": 1.0, "b": 1.0})}, calls))
+    kept = training.train_sweep(tiny_model, TASK, until, seed=0)
+    assert kept.lr == 0.2 and calls == [0.1, 0.2]  # the first to meet it; 0.3 is never tried
+    assert [t["lr"] for t in kept.tries] == [0.1, 0.2] and kept.tries[0]["worst_accuracy"] == 0.2
+    assert [t["steps_to_criterion"] for t in kept.tries] == [None, 12]
+
+    calls.clear()  # none meets it: the best lowest task wins (0.3's 0.5 over 0.1's 0.2 and 0.2's 0.4)
+    monkeypatch.setattr(training, "train", _fake_train({0.1: (None, {"a": 0.99, "b": 0.2}), 0.2: (None, {"a": 0.4, "b": 0.9}),
+                                                       0.3: (None, {"a": 0.5, "b": 0.5})}, calls))
+    assert training.train_sweep(tiny_model, TASK, until, seed=0).lr == 0.3 and calls == [0.1, 0.2, 0.3]
+
+    judged = dataclasses.replace(until, until=training.Until(0.9, 20, ("a",)))  # only task a is judged
+    assert training.train_sweep(tiny_model, TASK, judged, seed=0).lr == 0.1
+
+    calls.clear()  # without until every rate is tried; a tie goes to the earlier rate
+    monkeypatch.setattr(training, "train", _fake_train({0.1: (None, {"a": 0.7}), 0.2: (None, {"a": 0.8}),
+                                                       0.3: (None, {"a": 0.8})}, calls))
+    plain = TrainSpec(length=16, steps=10, lr_sweep=(0.1, 0.2, 0.3))
+    assert training.train_sweep(tiny_model, TASK, plain, seed=0).lr == 0.2 and calls == [0.1, 0.2, 0.3]
+
+
+def test_an_interrupted_sweep_resumes_inside_its_second_rate_to_the_same_weights(tmp_path):
+    spec = TrainSpec(length=16, steps=12, batch_size=4, warmup=2, eval_samples=8, checkpoint_every=5,
+                     lr_sweep=(0.003, 0.01))
+    whole = training.train_sweep(tiny_model, TASK, spec, seed=1)
+    assert [t["lr"] for t in whole.tries] == [0.003, 0.01]
+
+    def path(index):
+        return tmp_path / f"try{index}.safetensors"
+
+    seen: list[tuple[float, int]] = []
+    rate = {}
+
+    def stop_in_second(step, loss):
+        seen.append((rate["lr"], step))
+        if rate["lr"] == 0.01 and step == 7:  # 8 steps of the second rate done; its state of step 5 is on disk
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        training.train_sweep(tiny_model, TASK, spec, seed=1, attempt_path=path, state_key="m",
+                             on_try=lambda i, lr: rate.update(lr=lr), on_step=stop_in_second)
+    assert path(0).is_file() and path(1).is_file()
+    seen.clear()
+    resumed = training.train_sweep(lambda: tiny_model(seed=42), TASK, spec, seed=1, attempt_path=path, state_key="m",
+                                   on_try=lambda i, lr: rate.update(lr=lr),
+                                   on_step=lambda step, loss: seen.append((rate["lr"], step)))
+    # the finished first rate is read back, not trained again; the second goes on from step 5
+    assert seen == [(0.01, s) for s in range(5, 12)]
+    assert resumed.lr == whole.lr and resumed.tries == [{**t, "seconds": r["seconds"]} for t, r in zip(whole.tries, resumed.tries)]
+    for name, value in weights(whole.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_a_study_with_a_sweep_stores_and_reports_every_rate_tried(tmp_path):
+    study_file = write_study(tmp_path, models=["transformer", {"arch": "mamba2", "lr": [0.003, 0.01]}],
+                             train={**TINY["train"], "checkpoint_every": 5})
+    study = load_study(str(study_file))
+    plans = runner.plan(study)[0]
+    assert plans[1].train_spec.lr_sweep == (0.003, 0.01) and "lr_sweep" not in plans[0].train_spec.to_dict()
+    assert plans[1].model_id != runner.plan(load_study(str(write_study(tmp_path, models=["transformer", {
+        "arch": "mamba2", "lr": 0.003}], train={**TINY["train"], "checkpoint_every": 5}))))[0][1].model_id
+    out = tmp_path / "out"
+    runner.run_study(study, out, quiet(), workers=0)
+    with Store(out / "results.sqlite") as store:
+        rows = {r.arch: r for r in store.models()}
+    train_record = rows["mamba2"].config["train"]
+    assert [t["lr"] for t in train_record["sweep"]] == [0.003, 0.01]  # no until: both tried
+    kept = max(train_record["sweep"], key=lambda t: t["worst_accuracy"])
+    assert train_record["lr"] == kept["lr"]
+    assert rows["mamba2"].train_seconds == pytest.approx(sum(t["seconds"] for t in train_record["sweep"]))
+    assert "sweep" not in rows["transformer"].config["train"]
+    assert not list((out / "checkpoints" / "training").glob("*"))  # every try's state removed once stored
+    report = " ".join((out / "report.md").read_text().split())
+    assert "Learning-rate sweeps" in report and "mamba2 seed 0 tried 0.003 (15 steps" in report
+    assert f"and kept {kept['lr']:g}" in report
+    summary = json.loads((out / "summary.json").read_text())["training"]
+    assert [t["lr"] for t in summary["mamba2"]["seeds"]["0"]["sweep"]] == [0.003, 0.01]
+
+
+@pytest.mark.parametrize("lr, message", [
+    ([], "1 to 8 rates"), ([0.001 * i for i in range(1, 10)], "1 to 8 rates"), ([0.01, 0.01], "repeats"),
+    ([0.01, -0.1], "positive and finite"), ([0.01, float("nan")], "positive and finite"), (0, "positive and finite"),
+])
+def test_impossible_sweeps_are_refused_with_one_line(tmp_path, lr, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study(str(write_study(tmp_path, models=[{"arch": "transformer", "lr": lr}])))
+
+
+def test_plan_counts_every_rate_of_a_sweep_in_its_upper_bound(tmp_path):
+    from typer.testing import CliRunner
+    from longarch.cli import app
+
+    study = write_study(tmp_path, models=[{"arch": "transformer", "lr": [0.001, 0.003, 0.01]}],
+                        train={**TINY["train"], "until": {"accuracy": 0.9, "max_steps": 30}})
+    batch, length = TINY["train"]["batch_size"], TINY["train"]["length"]
+    result = CliRunner().invoke(app, ["plan", str(study), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"{batch * 15 * length:,} training tokens as planned" in text  # one rate, if it meets the bar
+    assert f"up to {batch * 30 * length * 3:,} if training runs" in text  # every rate to max_steps

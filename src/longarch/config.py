@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import models, tasks
 from .tasks.shifted import Shifted
 from .analysis.settings import RENAMED, AnalysisSettings, from_stored
+
+
+MAX_SWEEP = 8  # learning rates a model's sweep may try
 
 
 class ConfigError(ValueError):
@@ -66,8 +70,28 @@ class ModelEntry(Strict):
     arch: str
     name: str | None = None  # label in tables and plots; defaults to arch
     overrides: dict[str, Any] = Field(default_factory=dict)
-    lr: float | None = Field(None, gt=0, allow_inf_nan=False,
-                             description="this model's learning rate instead of train.lr (part of its id; reported)")
+    lr: float | list[float] | None = Field(
+        None, description="this model's learning rate instead of train.lr, or a sweep [a, b, ...]: the rates are "
+        "tried in turn from the same initialisation and the first to meet `until` is kept (without `until`, or "
+        "when none meets it: the best lowest-task held-out accuracy at T); part of its id; reported")
+
+    @field_validator("lr")
+    @classmethod
+    def _rates(cls, lr):
+        rates = lr if isinstance(lr, list) else [] if lr is None else [lr]
+        if isinstance(lr, list) and not 1 <= len(lr) <= MAX_SWEEP:
+            raise ValueError(f"a learning-rate sweep takes 1 to {MAX_SWEEP} rates (it has {len(lr)})")
+        for rate in rates:
+            if not math.isfinite(rate) or rate <= 0:
+                raise ValueError(f"a learning rate must be positive and finite (got {rate})")
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"a learning-rate sweep repeats a rate: {lr}")
+        return lr
+
+    @property
+    def rates(self) -> list[float] | None:
+        """The rates to try, in order (None: the study's train.lr)."""
+        return None if self.lr is None else list(self.lr) if isinstance(self.lr, list) else [self.lr]
 
     @property
     def label(self) -> str:

@@ -44,7 +44,7 @@ from .config import Study, resolve_overrides, train_labels
 from .evaluate import evaluate_samples
 from .store import ModelRow, ResultRow, Store
 from .studydir import StudyLock
-from .train import LOSS_EVERY, Mixture, TrainSpec, train
+from .train import LOSS_EVERY, Mixture, TrainSpec, train, train_sweep
 
 
 def content_id(payload: dict) -> str:
@@ -84,6 +84,16 @@ def training_task(study: Study):
     return Mixture([t for t, _ in pairs], [w for _, w in pairs], train_labels(study))
 
 
+def model_spec(study_spec: TrainSpec, rates: list[float] | None) -> TrainSpec:
+    """One model's recipe: the study's, at the model's own learning rate, or with its sweep of
+    rates (the first is the recipe's lr until one is kept)."""
+    if rates is None:
+        return study_spec
+    if len(rates) == 1:
+        return dataclasses.replace(study_spec, lr=rates[0])
+    return dataclasses.replace(study_spec, lr=rates[0], lr_sweep=tuple(rates))
+
+
 def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
     """Every model to train and every cell to evaluate, with their ids."""
     pairs = study.train_tasks()
@@ -94,7 +104,7 @@ def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
     model_plans, cells = [], []
     for entry in study.models:
         config = models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(study, entry, vocab_size))
-        spec = study_spec if entry.lr is None else dataclasses.replace(study_spec, lr=entry.lr)
+        spec = model_spec(study_spec, entry.rates)
         for seed in study.seeds:
             model_id = content_id({"model": config.to_dict(), "train": spec.to_dict(), "task": trained_on, "seed": seed})
             model_plans.append(ModelPlan(entry.label, entry.arch, seed, config, spec, model_id))
@@ -176,6 +186,11 @@ def state_path(state_dir: str, model_id: str) -> Path:
     return Path(state_dir) / f"{model_id}.safetensors"
 
 
+def attempt_path(state_dir: str, model_id: str, index: int) -> Path:
+    """The training state of try `index` of a model's learning-rate sweep."""
+    return Path(state_dir) / f"{model_id}.lr{index}.safetensors"
+
+
 def progress_path(state_dir: str, model_id: str) -> Path:
     return Path(state_dir) / f"{model_id}.progress.json"
 
@@ -185,6 +200,12 @@ class _Live:
 
     def __init__(self, job: TrainJob):
         self.job, self.info = job, {"step": 0, "of": job.plan.train_spec.max_steps, "loss": None, "accuracy": None}
+
+    def rate(self, index: int, lr: float) -> None:
+        """A sweep starts its try `index`, at learning rate `lr`."""
+        self.info.update(step=0, loss=None, accuracy=None,
+                         lr=f"lr {lr:g} ({index + 1} of {len(self.job.plan.train_spec.lr_sweep or ())})")
+        self._report()
 
     def step(self, step: int, loss: float) -> None:
         faults.reached("step")
@@ -227,21 +248,35 @@ def _worker_setup(threads: int | None) -> None:
 def train_job(job: TrainJob) -> Trained:
     _worker_setup(job.threads)
     plan_ = job.plan
-    torch.manual_seed(plan_.seed)  # identical initialisation for a given seed
-    model = models.LanguageModel(plan_.config)
     spec = plan_.train_spec
+
+    def build() -> models.LanguageModel:
+        torch.manual_seed(plan_.seed)  # identical initialisation for a given seed (and every rate of a sweep)
+        return models.LanguageModel(plan_.config)
+
     live = _Live(job)
-    result = train(model, job.task, spec, plan_.seed, on_step=live.step, on_check=live.check,
-                   state_path=None if job.state_dir is None else state_path(job.state_dir, plan_.model_id),
-                   state_key=plan_.model_id, label=job.label)
+    hooks = {"on_step": live.step, "on_check": live.check, "label": job.label}
+    train_record = spec.to_dict()
+    if spec.lr_sweep is None:
+        model = build()
+        result = train(model, job.task, spec, plan_.seed,
+                       state_path=None if job.state_dir is None else state_path(job.state_dir, plan_.model_id),
+                       state_key=plan_.model_id, **hooks)
+        seconds = result.seconds
+    else:
+        sweep = train_sweep(build, job.task, spec, plan_.seed, state_key=plan_.model_id, on_try=live.rate,
+                            attempt_path=None if job.state_dir is None else
+                            (lambda i: attempt_path(job.state_dir, plan_.model_id, i)), **hooks)
+        model, result, seconds = sweep.model, sweep.result, sum(t["seconds"] for t in sweep.tries)
+        train_record.update(lr=sweep.lr, sweep=sweep.tries)  # the kept rate, and every rate tried
     weights = save_weights({k: v.contiguous() for k, v in model.state_dict().items()},
                            metadata={"model_id": plan_.model_id, "arch": plan_.arch})
     row = ModelRow(
         model_id=plan_.model_id, name=plan_.label, arch=plan_.arch, family=models.spec(plan_.arch).family,
         seed=plan_.seed, params=model.num_params(), state_floats=model.state_floats(spec.length),
         state_growth="linear" if model.state_floats(2 * spec.length) > model.state_floats(spec.length) else "constant",
-        train_length=spec.length, train_accuracy=result.train_accuracy, train_seconds=result.seconds,
-        final_loss=result.final_loss, config={"model": plan_.config.to_dict(), "train": spec.to_dict(),
+        train_length=spec.length, train_accuracy=result.train_accuracy, train_seconds=seconds,
+        final_loss=result.final_loss, config={"model": plan_.config.to_dict(), "train": train_record,
                                               "task_accuracy": result.task_accuracy},
         checkpoint="", steps=result.steps, steps_to_criterion=result.steps_to_criterion)
     curve = [(i * LOSS_EVERY, "loss", "", loss) for i, loss in enumerate(result.losses)]
@@ -454,6 +489,8 @@ class _LiveBars:
         text = "" if info.get("loss") is None else f"loss {info['loss']:.3f}"
         if info.get("accuracy") is not None:
             text += f"  held-out acc@T {info['accuracy']:.0%} (lowest task)"
+        if info.get("lr"):
+            text += f"  {info['lr']}"
         self.progress.update(self.bars[model_id], completed=info["step"], info=text)
 
     def poll(self) -> None:
@@ -473,7 +510,8 @@ class _LiveBars:
             self.progress.remove_task(self.bars.pop(model_id))
         self.plans.pop(model_id, None)
         if self.state_dir is not None:
-            for path in (state_path(self.state_dir, model_id), progress_path(self.state_dir, model_id)):
+            for path in (state_path(self.state_dir, model_id), progress_path(self.state_dir, model_id),
+                         *Path(self.state_dir).glob(f"{model_id}.lr*.safetensors")):
                 path.unlink(missing_ok=True)
 
 

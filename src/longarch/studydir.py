@@ -106,11 +106,12 @@ def grid_state(study: Study, out: Path) -> GridState:
 def cost(study: Study, state: GridState, out: Path) -> dict:
     """What the remaining work costs: tokens trained (batch x each step's length, summed over the
     planned steps of each model; `train_tokens_max` when training to a criterion may go on to
-    its max_steps) and tokens evaluated (samples x length per cell), and seconds estimated from
+    its max_steps and a learning-rate sweep may try every rate) and tokens evaluated (samples x length per cell), and seconds estimated from
     the rates of work already stored in `out` (None when nothing is stored yet)."""
     remaining = state.remaining_models()
     train_tokens = sum(m.train_spec.tokens() for m in remaining)
-    train_tokens_max = sum(m.train_spec.tokens(m.train_spec.max_steps) for m in remaining)
+    train_tokens_max = sum(m.train_spec.tokens(m.train_spec.max_steps) * len(m.train_spec.lr_sweep or (1,))
+                           for m in remaining)
     eval_tokens = sum(study.eval.samples * c.length for c in state.remaining_cells())
     seconds = None
     path = out / "results.sqlite"
@@ -126,10 +127,14 @@ def cost(study: Study, state: GridState, out: Path) -> dict:
 
 
 def _trained_tokens(row) -> int:
-    """Symbols a stored model was trained on: its recipe's lengths over the steps it ran."""
-    train = row.config.get("train", {})
+    """Symbols a stored model was trained on: its recipe's lengths over the steps it ran (over
+    every rate its learning-rate sweep tried)."""
+    train = dict(row.config.get("train", {}))
+    tries = train.pop("sweep", None)
     try:
         spec = TrainSpec(**train)
     except (TypeError, ValueError):
         return int(train.get("steps", 0)) * int(train.get("batch_size", 0)) * row.train_length
+    if isinstance(tries, list) and tries:
+        return sum(spec.tokens(int(t.get("steps") or spec.steps)) for t in tries if isinstance(t, dict))
     return spec.tokens(row.steps or spec.steps)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -75,8 +75,11 @@ class TrainSpec:
     until: Until | None = None
     check: Check = Check()
     checkpoint_every: int = 0  # steps between mid-training checkpoints; 0: none
+    lr_sweep: tuple[float, ...] | None = None  # rates to try in turn (`train_sweep`); None: `lr` alone
 
     def __post_init__(self):
+        if self.lr_sweep is not None:
+            object.__setattr__(self, "lr_sweep", tuple(float(x) for x in self.lr_sweep))
         if self.phases is not None:
             object.__setattr__(self, "phases", tuple(p if isinstance(p, Phase) else Phase(**p) for p in self.phases))
             object.__setattr__(self, "steps", sum(p.steps for p in self.phases))
@@ -125,9 +128,13 @@ class TrainSpec:
 
     def to_dict(self) -> dict:
         """What determines the trained weights, for the model's id: the fields of the original
-        recipe as they were, plus phases and until only when set (and then the checks, which
-        decide when training stops). Checks and checkpoints alone do not change the weights."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("phases", "until", "check", "checkpoint_every")}
+        recipe as they were, plus phases, until and lr_sweep only when set (and with until the
+        checks, which decide when training stops). Checks and checkpoints alone do not change
+        the weights."""
+        out = {k: v for k, v in asdict(self).items()
+               if k not in ("phases", "until", "check", "checkpoint_every", "lr_sweep")}
+        if self.lr_sweep is not None:
+            out["lr_sweep"] = list(self.lr_sweep)
         if self.phases is not None:
             out["phases"] = [asdict(p) for p in self.phases]
         if self.until is not None:
@@ -278,13 +285,15 @@ def load_state(path: Path, model: LanguageModel, optimizer: torch.optim.Optimize
 def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
           on_step: Callable[[int, float], None] | None = None,
           on_check: Callable[[int, dict[str, float]], None] | None = None,
-          state_path: Path | None = None, state_key: str = "", label: str | None = None) -> TrainResult:
+          state_path: Path | None = None, state_key: str = "", label: str | None = None,
+          keep_final_state: bool = False) -> TrainResult:
     """Train `model` in place on `task` (or a `Mixture`) with `spec`; return the loss, the
     accuracy at T (a mixture's is the weighted mean of its tasks') and the curve.
 
     `state_path`: where the training state is saved every spec.checkpoint_every steps; a state
-    found there for the same `state_key` (the model's id) is resumed from. `label`: a single
-    task's name in the curve (default: its task name)."""
+    found there for the same `state_key` (the model's id) is resumed from. `keep_final_state`:
+    save the finished state there too, so that a finished training is not run again (a sweep's
+    tried rates). `label`: a single task's name in the curve (default: its task name)."""
     torch.set_flush_denormal(True)  # denormals slow CPU training about tenfold after a few hundred steps
     torch.manual_seed(seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -335,9 +344,60 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
             progress["seconds"] = time.perf_counter() - start
             write_atomic(Path(state_path), state_bytes(model, optimizer, step, progress, state_key), point="partial")
     seconds = time.perf_counter() - start
+    if state_path is not None and keep_final_state and step > first:
+        progress["seconds"] = seconds
+        write_atomic(Path(state_path), state_bytes(model, optimizer, step, progress, state_key), point="partial")
     task_accuracy = held_out_accuracy(model, task, spec.length, spec.eval_samples, batch_seed(seed, -1 % 2**31), label)
     model.eval()
     accuracy = sum(weight * task_accuracy[name] for name, _, weight in _parts(task, label))
     return TrainResult(seconds, loss_value, accuracy, [loss for _, loss in progress["losses"]], steps=step,
                        steps_to_criterion=progress["criterion"], checks=progress["checks"],
                        task_accuracy=task_accuracy)
+
+
+# --------------------------------------------------------------------------------------------
+# a learning-rate sweep
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    result: TrainResult   # the kept rate's
+    model: LanguageModel  # trained at the kept rate
+    lr: float             # the kept rate
+    tries: list[dict]     # per rate tried, in order: lr, steps, steps_to_criterion, worst_accuracy, seconds
+
+
+def worst_accuracy(result: TrainResult, spec: TrainSpec) -> float:
+    """The lowest final held-out accuracy at T over the judged tasks (all, without until.labels)."""
+    judged = spec.until.labels if spec.until is not None and spec.until.labels else None
+    values = [v for name, v in result.task_accuracy.items() if judged is None or name in judged]
+    return min(values) if values else result.train_accuracy
+
+
+def train_sweep(build: Callable[[], LanguageModel], task, spec: TrainSpec, seed: int,
+                attempt_path: Callable[[int], Path] | None = None, state_key: str = "",
+                on_try: Callable[[int, float], None] | None = None, **hooks) -> SweepResult:
+    """Train at each rate of spec.lr_sweep in turn (each from `build()`, the same initialisation)
+    and keep one: the first that meets `until`; without `until`, or when no rate meets it, the
+    one with the best lowest-task held-out accuracy at T (the earlier on a tie). Every other
+    part of the recipe is the same for every rate. `attempt_path(i)`: where try i's training
+    state lives; a finished try leaves its final state there, so an interrupted sweep resumes
+    inside the rate it was training and does not train the finished ones again. `on_try(i, lr)`
+    is called as try i starts; `hooks` (on_step, on_check, label) go to `train`."""
+    rates = spec.lr_sweep or (spec.lr,)
+    tries, trained = [], []
+    for index, rate in enumerate(rates):
+        if on_try is not None:
+            on_try(index, rate)
+        model = build()
+        one = replace(spec, lr=rate, lr_sweep=None)
+        result = train(model, task, one, seed, state_path=None if attempt_path is None else attempt_path(index),
+                       state_key=f"{state_key}.lr{index}", keep_final_state=True, **hooks)
+        trained.append((model, result))
+        tries.append({"lr": rate, "steps": result.steps, "steps_to_criterion": result.steps_to_criterion,
+                      "worst_accuracy": worst_accuracy(result, spec), "seconds": result.seconds})
+        if spec.until is not None and result.steps_to_criterion is not None:
+            break
+    met = [i for i, t in enumerate(tries) if t["steps_to_criterion"] is not None]
+    keep = met[0] if spec.until is not None and met else max(range(len(tries)), key=lambda i: (tries[i]["worst_accuracy"], -i))
+    model, result = trained[keep]
+    return SweepResult(result, model, rates[keep], tries)

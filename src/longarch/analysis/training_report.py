@@ -57,7 +57,7 @@ def training_section(model_rows: list[ModelRow], curves: dict[str, list], config
     names = sorted(by_name, key=lambda n: order.index(n) if n in order else len(order))
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     has_until = isinstance(train.get("until"), dict)
-    own_lr = any(r.config.get("train", {}).get("lr") != train.get("lr") for r in model_rows)
+    own_lr = any(r.config.get("train", {}).get("lr") != train.get("lr") or _tries(r) for r in model_rows)
     blocks: list[Block] = [("h2", "Training"), ("p", "Every model followed the same recipe: " + recipe(train, own_lr))]
     header = ["model", "learning rate", "steps run (per seed)"] + (["steps to the criterion (per seed)"] if has_until else [])
     table = []
@@ -65,15 +65,21 @@ def training_section(model_rows: list[ModelRow], curves: dict[str, list], config
     for name in names:
         rows = by_name[name]
         lrs = {r.config.get("train", {}).get("lr") for r in rows}
-        line = [name, ", ".join(f"{x:g}" for x in sorted(x for x in lrs if x is not None)) or MISSING,
+        line = [name, _per_seed(rows, lambda r: _rate(r.config.get("train", {}).get("lr"))),
                 _per_seed(rows, lambda r: MISSING if r.steps is None else r.steps)]
         if has_until:
             line.append(_per_seed(rows, lambda r: "not met" if r.steps_to_criterion is None else r.steps_to_criterion))
         table.append(line)
-        summary[name] = {"lr": sorted(x for x in lrs if x is not None),
+        summary[name] = {"lr": sorted(x for x in lrs if isinstance(x, (int, float))),
                          "seeds": {str(r.seed): {"steps": r.steps, "steps_to_criterion": r.steps_to_criterion,
-                                                 "task_accuracy": r.config.get("task_accuracy")} for r in rows}}
+                                                 "task_accuracy": r.config.get("task_accuracy"),
+                                                 **({"sweep": _tries(r)} if _tries(r) else {})} for r in rows}}
     blocks.append(("table", header, table))
+    swept = [(name, r) for name in names for r in sorted(by_name[name], key=lambda r: r.seed) if _tries(r)]
+    if swept:
+        blocks.append(("p", "Learning-rate sweeps (each rate from the same initialisation, in order; kept: the first "
+                       "to meet the criterion, else the best lowest-task held-out accuracy at T): "
+                       + "; ".join(sweep_line(name, r) for name, r in swept) + "."))
     series = {name: {r.seed: _series(curves.get(r.model_id, [])) for r in by_name[name]} for name in names}
     figures: dict[str, list[Path]] = {}
     if any(points for seeds in series.values() for by in seeds.values() for points in by.values()):
@@ -85,6 +91,28 @@ def training_section(model_rows: list[ModelRow], curves: dict[str, list], config
     else:
         blocks.append(("p", "No training curves are stored (models trained before curves were recorded)."))
     return blocks, figures, summary
+
+
+def _rate(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else MISSING
+
+
+def _tries(row: ModelRow) -> list[dict]:
+    """The rates a model's learning-rate sweep tried ([] without a sweep)."""
+    tries = row.config.get("train", {}).get("sweep")
+    return [t for t in tries if isinstance(t, dict)] if isinstance(tries, list) else []
+
+
+def sweep_line(name: str, row: ModelRow) -> str:
+    """One model's sweep in words: each rate with its steps, whether it met the criterion and
+    its lowest task accuracy, then the rate kept."""
+    parts = []
+    for t in _tries(row):
+        met = "" if t.get("steps_to_criterion") is None else f", criterion met at step {t['steps_to_criterion']}"
+        worst = t.get("worst_accuracy")
+        worst_text = f", lowest task {100 * worst:.1f}%" if isinstance(worst, (int, float)) else ""
+        parts.append(f"{_rate(t.get('lr'))} ({t.get('steps')} steps{met}{worst_text})")
+    return f"{name} seed {row.seed} tried {', '.join(parts)} and kept {_rate(row.config.get('train', {}).get('lr'))}"
 
 
 def _series(points: list) -> dict[str, list[tuple[int, float]]]:
