@@ -485,3 +485,18 @@ def test_plan_counts_every_rate_of_a_sweep_in_its_upper_bound(tmp_path):
     text = " ".join(result.output.split())
     assert f"{batch * 15 * length:,} training tokens as planned" in text  # one rate, if it meets the bar
     assert f"up to {batch * 30 * length * 3:,} if training runs" in text  # every rate to max_steps
+
+
+def test_a_sweeps_bar_names_the_rate_it_is_training(tmp_path):
+    from rich.progress import Progress
+
+    study = load_study(str(write_study(tmp_path, models=[{"arch": "transformer", "lr": [0.003, 0.01]}])))
+    plan_ = runner.plan(study)[0][0]
+    progress = Progress(console=quiet())
+    bars = runner._LiveBars(progress, {plan_.model_id: plan_}, str(tmp_path))
+    live = runner._Live(runner.TrainJob(plan_, None, None, str(tmp_path)))
+    live.rate(1, 0.01)
+    live.step(39, 0.25)
+    bars.poll()
+    (task,) = progress.tasks
+    assert task.completed == 40 and "loss 0.250" in task.fields["info"] and "lr 0.01 (2 of 2)" in task.fields["info"]

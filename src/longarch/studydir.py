@@ -106,8 +106,9 @@ def grid_state(study: Study, out: Path) -> GridState:
 def cost(study: Study, state: GridState, out: Path) -> dict:
     """What the remaining work costs: tokens trained (batch x each step's length, summed over the
     planned steps of each model; `train_tokens_max` when training to a criterion may go on to
-    its max_steps and a learning-rate sweep may try every rate) and tokens evaluated (samples x length per cell), and seconds estimated from
-    the rates of work already stored in `out` (None when nothing is stored yet)."""
+    its max_steps and a learning-rate sweep may try every rate) and tokens evaluated (samples x
+    length per cell), and seconds estimated from the rates of work already stored in `out`
+    (None when nothing is stored yet)."""
     remaining = state.remaining_models()
     train_tokens = sum(m.train_spec.tokens() for m in remaining)
     train_tokens_max = sum(m.train_spec.tokens(m.train_spec.max_steps) * len(m.train_spec.lr_sweep or (1,))

@@ -54,6 +54,10 @@ class Until:
     max_steps: int
     labels: tuple[str, ...] | None = None
 
+    def judges(self, label: str) -> bool:
+        """Whether the criterion reads the task named `label`."""
+        return not self.labels or label in self.labels
+
 
 @dataclass(frozen=True)
 class Check:
@@ -310,7 +314,6 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
     start = time.perf_counter() - progress["seconds"]
     check_seed = batch_seed(seed, CHECK_SEED)
     loss_value = progress["losses"][-1][1] if progress["losses"] else float("nan")
-    judged = set(spec.until.labels) if spec.until is not None and spec.until.labels else None
     step = first
     while step < spec.max_steps and progress["criterion"] is None:
         for group in optimizer.param_groups:
@@ -337,7 +340,7 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
             if on_check is not None:
                 on_check(step, accuracy)
             if spec.until is not None and step >= spec.last_phase_start + 1 and all(
-                    value >= spec.until.accuracy for name, value in accuracy.items() if judged is None or name in judged):
+                    value >= spec.until.accuracy for name, value in accuracy.items() if spec.until.judges(name)):
                 progress["criterion"] = step
         if state_path is not None and spec.checkpoint_every and step % spec.checkpoint_every == 0 \
                 and step < spec.max_steps and progress["criterion"] is None:
@@ -368,8 +371,7 @@ class SweepResult:
 
 def worst_accuracy(result: TrainResult, spec: TrainSpec) -> float:
     """The lowest final held-out accuracy at T over the judged tasks (all, without until.labels)."""
-    judged = spec.until.labels if spec.until is not None and spec.until.labels else None
-    values = [v for name, v in result.task_accuracy.items() if judged is None or name in judged]
+    values = [v for name, v in result.task_accuracy.items() if spec.until is None or spec.until.judges(name)]
     return min(values) if values else result.train_accuracy
 
 
@@ -396,8 +398,9 @@ def train_sweep(build: Callable[[], LanguageModel], task, spec: TrainSpec, seed:
         tries.append({"lr": rate, "steps": result.steps, "steps_to_criterion": result.steps_to_criterion,
                       "worst_accuracy": worst_accuracy(result, spec), "seconds": result.seconds})
         if spec.until is not None and result.steps_to_criterion is not None:
+            keep = index  # the first to meet the criterion; the rates after it are not tried
             break
-    met = [i for i, t in enumerate(tries) if t["steps_to_criterion"] is not None]
-    keep = met[0] if spec.until is not None and met else max(range(len(tries)), key=lambda i: (tries[i]["worst_accuracy"], -i))
+    else:
+        keep = max(range(len(tries)), key=lambda i: (tries[i]["worst_accuracy"], -i))
     model, result = trained[keep]
     return SweepResult(result, model, rates[keep], tries)

@@ -70,10 +70,13 @@ def training_section(model_rows: list[ModelRow], curves: dict[str, list], config
         if has_until:
             line.append(_per_seed(rows, lambda r: "not met" if r.steps_to_criterion is None else r.steps_to_criterion))
         table.append(line)
-        summary[name] = {"lr": sorted(x for x in lrs if isinstance(x, (int, float))),
-                         "seeds": {str(r.seed): {"steps": r.steps, "steps_to_criterion": r.steps_to_criterion,
-                                                 "task_accuracy": r.config.get("task_accuracy"),
-                                                 **({"sweep": _tries(r)} if _tries(r) else {})} for r in rows}}
+        seeds = {}
+        for r in rows:
+            seeds[str(r.seed)] = {"steps": r.steps, "steps_to_criterion": r.steps_to_criterion,
+                                  "task_accuracy": r.config.get("task_accuracy")}
+            if tries := _tries(r):
+                seeds[str(r.seed)]["sweep"] = tries
+        summary[name] = {"lr": sorted(x for x in lrs if isinstance(x, (int, float))), "seeds": seeds}
     blocks.append(("table", header, table))
     swept = [(name, r) for name in names for r in sorted(by_name[name], key=lambda r: r.seed) if _tries(r)]
     if swept:
