@@ -160,6 +160,100 @@ def test_training_to_a_criterion_stops_at_the_first_check_where_every_judged_tas
     assert never.steps_to_criterion is None and never.steps == 40  # ran on to max_steps
 
 
+def test_an_anneal_trains_on_after_the_criterion_with_the_rate_falling_to_zero(monkeypatch):
+    monkeypatch.setattr(training, "held_out_accuracy",
+                        lambda *a, **k: {"needle": next(script)})
+    script = iter([0.5, 0.97] + [1.0] * 10)
+    spec = TrainSpec(length=16, steps=10, batch_size=2, lr=1.0, warmup=1, eval_samples=4,
+                     until={"accuracy": 0.95, "max_steps": 40, "anneal": 4}, check={"every": 5})
+    rates = []
+    model = tiny_model()
+    real_step = torch.optim.AdamW.step
+
+    def record(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    result = train(model, TASK, spec, seed=0)
+    assert result.steps_to_criterion == 10 and result.steps == 14  # met at 10, then 4 steps of anneal
+    at_criterion = learning_rate(spec, 10)
+    assert rates[10:] == pytest.approx([at_criterion * f for f in (1, 0.75, 0.5, 0.25)])
+    assert [c["step"] for c in result.checks] == [5, 10, 14]  # the anneal's end is checked too
+    assert spec.max_steps == 44 and spec.end(None) == 40 and spec.end(10) == 14
+
+    script = iter([0.1] * 20)  # never met: no anneal, max_steps as before
+    assert train(tiny_model(), TASK, spec, seed=0).steps == 40
+
+
+def test_an_interrupted_anneal_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    accuracy = {"needle": 0.0}
+    monkeypatch.setattr(training, "held_out_accuracy", lambda *a, **k: dict(accuracy))
+    spec = TrainSpec(length=16, steps=10, batch_size=2, warmup=1, eval_samples=4, checkpoint_every=2,
+                     until={"accuracy": 0.95, "max_steps": 30, "anneal": 6}, check={"every": 5})
+
+    def meet_at_10(step, loss):
+        if step == 8:
+            accuracy["needle"] = 1.0
+
+    whole = tiny_model()
+    uninterrupted = train(whole, TASK, spec, seed=1, on_step=meet_at_10)
+    assert uninterrupted.steps_to_criterion == 10 and uninterrupted.steps == 16
+
+    accuracy["needle"] = 0.0
+    path = tmp_path / "state.safetensors"
+
+    def stop_inside_the_anneal(step, loss):
+        meet_at_10(step, loss)
+        if step == 13:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_model(), TASK, spec, seed=1, on_step=stop_inside_the_anneal, state_path=path, state_key="m")
+    steps_run = []
+    resumed_model = tiny_model(seed=5)
+    resumed = train(resumed_model, TASK, spec, seed=1, on_step=lambda s, _: steps_run.append(s),
+                    state_path=path, state_key="m")
+    assert steps_run == [12, 13, 14, 15]  # from the checkpoint of step 12, inside the anneal
+    assert resumed.steps_to_criterion == 10 and resumed.losses == uninterrupted.losses
+    for name, value in weights(whole).items():
+        assert torch.equal(value, resumed_model.state_dict()[name]), name
+
+
+def test_focus_draws_each_task_by_its_weight_times_its_error_plus_the_floor():
+    mixture = Mixture([TASK, tasks.get("needle", haystack="noise")], [3, 1], labels=["random", "noise"])
+    shares = mixture.shares({"random": 1.0, "noise": 0.6}, floor=0.1)
+    # random: 0.75 x 0.1 = 0.075; noise: 0.25 x 0.5 = 0.125
+    assert shares == pytest.approx([0.075 / 0.2, 0.125 / 0.2])
+    assert mixture.shares({}, floor=0.1) == pytest.approx([0.75, 0.25])  # no check yet: the weights
+    drawn = [mixture.pick(seed, shares) is TASK for seed in range(4000)]
+    assert sum(drawn) / len(drawn) == pytest.approx(0.375, abs=0.03)
+
+
+def test_with_focus_training_draws_its_steps_where_the_last_check_was_wrong(monkeypatch):
+    noise = tasks.get("needle", haystack="noise")
+    mixture = Mixture([TASK, noise], [1, 1], labels=["random", "noise"])
+    monkeypatch.setattr(training, "held_out_accuracy", lambda *a, **k: {"random": 1.0, "noise": 0.0})
+    drawn = []
+    real_generate = type(TASK).generate
+
+    def spy(self, *args, **kwargs):
+        drawn.append(self is noise)
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(TASK), "generate", spy)
+    spec = TrainSpec(length=16, steps=210, batch_size=1, warmup=1, eval_samples=2, check={"every": 10},
+                     focus=0.01)
+    train(tiny_model(), mixture, spec, seed=0)
+    before, after = drawn[:10], drawn[10:]
+    assert 2 <= sum(before) <= 8  # before the first check: the weights, one half each
+    assert sum(after) / len(after) > 0.95  # then 1.01 / 1.02 of the steps go to the unlearned task
+    fixed = TrainSpec(length=16, steps=210, batch_size=1, warmup=1, eval_samples=2, check={"every": 10})
+    drawn.clear()
+    train(tiny_model(), mixture, fixed, seed=0)
+    assert 0.35 < sum(drawn[10:]) / len(drawn[10:]) < 0.65
+
+
 def test_the_criterion_is_only_read_in_the_last_phase(monkeypatch):
     monkeypatch.setattr(training, "held_out_accuracy", lambda *args, **kwargs: {"needle": 1.0})
     spec = TrainSpec(length=32, phases=({"length": 16, "steps": 10}, {"length": 32, "steps": 5}), batch_size=2,
@@ -207,6 +301,8 @@ def test_curriculum_criterion_and_lr_enter_the_model_id_but_checks_and_checkpoin
     until = ids(until={"accuracy": 0.9, "max_steps": 50})
     assert len({tuple(base), tuple(curriculum), tuple(until)}) == 3
     assert ids(until={"accuracy": 0.9, "max_steps": 50}, check={"every": 3}) != until  # when to stop
+    assert ids(until={"accuracy": 0.9, "max_steps": 50, "anneal": 0}) == until  # no anneal: the id as before
+    assert ids(until={"accuracy": 0.9, "max_steps": 50, "anneal": 10}) != until
 
     study = load_study(str(write_study(tmp_path, models=[{"arch": "transformer"}, {"arch": "mamba2", "lr": 0.02}])))
     plans = runner.plan(study)[0]
@@ -222,6 +318,9 @@ def test_curriculum_criterion_and_lr_enter_the_model_id_but_checks_and_checkpoin
     ({"until": {"accuracy": 1.5, "max_steps": 50}}, "accuracy"),
     ({"until": {"accuracy": 0.9, "max_steps": 50, "labels": ["nope"]}}, "'nope' is not a trained task"),
     ({"lr": float("inf")}, "lr"),
+    ({"until": {"accuracy": 0.9, "max_steps": 50, "anneal": -1}}, "anneal"),
+    ({"focus": 0.1}, "focus reweights a mixture"),
+    ({"focus": 0}, "focus"),
 ])
 def test_impossible_recipes_are_refused_with_one_line(tmp_path, train_changes, message):
     changes = {**TINY["train"], **train_changes}
@@ -343,6 +442,11 @@ def test_the_recipe_sentence_names_the_curriculum_the_criterion_and_the_check_in
     assert "AdamW with learning rate 0.01, warmup 50 steps" in text
     own = recipe(train, own_lr=True)  # a model trained at its own rate: the sentence sends to the table
     assert "AdamW with each model's learning rate in the table below (the study's default 0.01)" in own
+    assert "anneal" not in text and "focus" not in text
+    text = recipe({**train, "until": {"accuracy": 0.95, "max_steps": 2000, "anneal": 300}, "focus": 0.1,
+                   "tasks": [{"name": "needle"}, {"name": "mqar"}]})
+    assert "then 300 more steps with the learning rate falling linearly to zero" in text
+    assert "its error at the last held-out check plus 0.1 (focus)" in text
 
 
 def test_training_tokens_count_each_phase_at_its_length_and_steps_past_the_plan_at_T():
@@ -366,6 +470,13 @@ def test_plan_counts_a_curricula_tokens_and_the_most_a_criterion_may_add(tmp_pat
     text = " ".join(result.output.split())
     assert f"{batch * (80 + 160) * len(TINY['seeds']):,} training tokens as planned" in text
     assert f"up to {batch * (80 + 20 * 16) * len(TINY['seeds']):,} if training runs to until.max_steps" in text
+
+    study = write_study(tmp_path, models=["transformer"], train={**recipe, "length": 16, "phases": [
+        {"length": 8, "steps": 10}, {"length": 16, "steps": 10}], "until": {"accuracy": 0.9, "max_steps": 30,
+                                                                            "anneal": 5}})
+    result = CliRunner().invoke(app, ["plan", str(study), "--out", str(tmp_path / "out2")])
+    text = " ".join(result.output.split())
+    assert f"up to {batch * (80 + 25 * 16) * len(TINY['seeds']):,} if training runs" in text  # the anneal at T
 
 
 # --------------------------------------------------------------------------------------------

@@ -258,8 +258,8 @@ def plan_command(study: StudyArg = "quick",
     training = "" if pretrained else f"{estimate['train_tokens']:,} training tokens, "
     if not pretrained and estimate["train_tokens_max"] > estimate["train_tokens"]:  # `until` or a sweep may add
         training = (f"{estimate['train_tokens']:,} training tokens as planned (up to "
-                    f"{estimate['train_tokens_max']:,} if training runs to until.max_steps and sweeps try "
-                    "every rate), ")
+                    f"{estimate['train_tokens_max']:,} if training runs to until.max_steps plus its anneal and "
+                    "sweeps try every rate), ")
     console.print(f"remaining: {training}{estimate['eval_tokens']:,} evaluation "
                   f"tokens; estimated time at the rates of the work stored so far: {_duration(estimate['seconds'])}")
 

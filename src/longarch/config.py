@@ -107,6 +107,8 @@ class UntilConfig(Strict):
     accuracy: float = Field(gt=0, le=1, description="held-out accuracy at T (a fraction) every judged task must reach")
     max_steps: int = Field(ge=1, description="steps at most, the planned ones included")
     labels: list[str] | None = Field(None, min_length=1, description="the trained tasks judged (eval labels); default: all")
+    anneal: int = Field(0, ge=0, description="steps trained on once the criterion is met, the learning rate falling "
+                        "linearly from its value then to zero (a margin over the bar); 0: stop at once")
 
 
 class CheckConfig(Strict):
@@ -129,6 +131,9 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(200, ge=0, description="steps between mid-training checkpoints (0: none); "
                                   "an interrupted training resumes from the last one")
     tasks: list[TrainTask] | None = Field(None, min_length=1, description="a weighted mixture to train on instead of `task`")
+    focus: float | None = Field(None, gt=0, le=1, allow_inf_nan=False,
+                                description="a mixture's shares follow the held-out errors: after each check, each "
+                                "task's share is its weight x (1 - its accuracy at T + focus); default: the weights")
 
     @model_validator(mode="after")
     def _schedule(self) -> "TrainConfig":
@@ -140,6 +145,8 @@ class TrainConfig(Strict):
                 raise ValueError(f"the last phase is at length {self.phases[-1].length}; it must be at the "
                                  f"training length {self.length}")
             self.steps = total
+        if self.focus is not None and not self.tasks:
+            raise ValueError("focus reweights a mixture's tasks: it needs train.tasks")
         if self.until is not None and self.until.max_steps < self.steps:
             raise ValueError(f"until.max_steps ({self.until.max_steps}) is below the planned steps ({self.steps})")
         return self

@@ -9,8 +9,12 @@ short samples first, which are cheaper and where recurrent models leave the digi
 plateau sooner); the last phase is at the training length T. The learning rate warms up and
 then follows one cosine over all planned steps. `Until` trains to a criterion: held-out
 accuracy at T is checked every `Check.every` steps of the last phase, and training stops at the
-first check where every judged task reaches the bar, or goes on past the plan (at the final
-rate) up to `max_steps`.
+first check where every judged task reaches the bar (after `anneal` more steps, with the rate
+falling linearly to zero, when set), or goes on past the plan (at the final rate) up to
+`max_steps`.
+
+A mixture draws each step's task by its weight; with `focus`, by its weight times its error at
+the last held-out check (plus `focus`), so that the steps go where the model is still wrong.
 
 Along the way: the loss every 10 steps and held-out accuracy per task at T every
 `Check.every` steps (the curve), and, every `checkpoint_every` steps, the whole training state
@@ -49,10 +53,12 @@ class Phase:
 @dataclass(frozen=True)
 class Until:
     """Train to a criterion: stop once held-out accuracy at T reaches `accuracy` on every
-    judged task (`labels`, default all), checked every Check.every steps; at most max_steps."""
+    judged task (`labels`, default all), checked every Check.every steps; at most max_steps.
+    Then, with `anneal`, that many more steps at a rate falling to zero."""
     accuracy: float
     max_steps: int
     labels: tuple[str, ...] | None = None
+    anneal: int = 0  # steps after the criterion is met, the rate falling linearly to zero from where it was
 
     def judges(self, label: str) -> bool:
         """Whether the criterion reads the task named `label`."""
@@ -80,6 +86,7 @@ class TrainSpec:
     check: Check = Check()
     checkpoint_every: int = 0  # steps between mid-training checkpoints; 0: none
     lr_sweep: tuple[float, ...] | None = None  # rates to try in turn (`train_sweep`); None: `lr` alone
+    focus: float | None = None  # a mixture's shares follow each task's error (`Mixture.shares`); None: fixed weights
 
     def __post_init__(self):
         if self.lr_sweep is not None:
@@ -99,7 +106,15 @@ class TrainSpec:
 
     @property
     def max_steps(self) -> int:
-        return self.until.max_steps if self.until is not None else self.steps
+        """Steps at most: until's max_steps and its anneal, else the planned steps."""
+        return self.until.max_steps + self.until.anneal if self.until is not None else self.steps
+
+    def end(self, criterion: int | None) -> int:
+        """The step training stops at: the anneal's end once the criterion is met at step
+        `criterion`, else until's max_steps (or the planned steps)."""
+        if self.until is None:
+            return self.steps
+        return self.until.max_steps if criterion is None else criterion + self.until.anneal
 
     @property
     def check_every(self) -> int:
@@ -132,17 +147,21 @@ class TrainSpec:
 
     def to_dict(self) -> dict:
         """What determines the trained weights, for the model's id: the fields of the original
-        recipe as they were, plus phases, until and lr_sweep only when set (and with until the
+        recipe as they were, plus phases, until, lr_sweep and focus only when set (and with until the
         checks, which decide when training stops). Checks and checkpoints alone do not change
         the weights."""
         out = {k: v for k, v in asdict(self).items()
-               if k not in ("phases", "until", "check", "checkpoint_every", "lr_sweep")}
+               if k not in ("phases", "until", "check", "checkpoint_every", "lr_sweep", "focus")}
+        if self.focus is not None:
+            out["focus"] = self.focus
         if self.lr_sweep is not None:
             out["lr_sweep"] = list(self.lr_sweep)
         if self.phases is not None:
             out["phases"] = [asdict(p) for p in self.phases]
         if self.until is not None:
             until = asdict(self.until)
+            if not until["anneal"]:  # recipes from before anneal keep their ids
+                del until["anneal"]
             if until["labels"] is None:
                 del until["labels"]
             else:
@@ -189,8 +208,12 @@ def answer_loss(model: LanguageModel, tokens: torch.Tensor, answers: torch.Tenso
     return F.cross_entropy(answer_logits.reshape(-1, answer_logits.shape[-1]), answers.reshape(-1))
 
 
-def learning_rate(spec: TrainSpec, step: int) -> float:
-    """Linear warmup, then cosine decay to a tenth over the planned steps; a tenth after them."""
+def learning_rate(spec: TrainSpec, step: int, criterion: int | None = None) -> float:
+    """Linear warmup, then cosine decay to a tenth over the planned steps; a tenth after them.
+    Once the criterion is met at step `criterion`, with until.anneal: from the rate of that step
+    linearly towards zero over the anneal's steps."""
+    if criterion is not None and spec.until is not None and spec.until.anneal:
+        return learning_rate(spec, criterion) * (1 - (step - criterion) / spec.until.anneal)
     if step < spec.warmup:
         return spec.lr * (step + 1) / spec.warmup
     progress = min(1.0, (step - spec.warmup) / max(1, spec.steps - spec.warmup))
@@ -214,8 +237,18 @@ class Mixture:
         self.weights = np.asarray(weights, dtype=float) / sum(weights)
         self.labels = list(labels) if labels is not None else [t.name for t in tasks]
 
-    def pick(self, seed: int):
-        return self.tasks[np.random.default_rng(seed).choice(len(self.tasks), p=self.weights)]
+    def pick(self, seed: int, shares: np.ndarray | None = None):
+        """The task of one step, drawn from `seed` by `shares` (default: the weights)."""
+        shares = self.weights if shares is None else shares
+        return self.tasks[np.random.default_rng(seed).choice(len(self.tasks), p=shares)]
+
+    def shares(self, accuracy: dict[str, float], floor: float) -> np.ndarray:
+        """Shares of steps that follow the tasks' held-out errors: each task's weight times
+        (1 - its accuracy + floor), normalised. A solved task keeps `floor` of its weight's pull,
+        so it is still rehearsed; a task not in `accuracy` keeps its weight."""
+        pull = np.array([w * (1.0 - accuracy[name] + floor) if name in accuracy else w
+                         for name, w in zip(self.labels, self.weights)])
+        return pull / pull.sum()
 
 
 def _parts(task, label: str | None = None) -> list[tuple[str, object, float]]:
@@ -315,11 +348,18 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
     check_seed = batch_seed(seed, CHECK_SEED)
     loss_value = progress["losses"][-1][1] if progress["losses"] else float("nan")
     step = first
-    while step < spec.max_steps and progress["criterion"] is None:
+    while step < spec.end(progress["criterion"]):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(spec, step)
+            group["lr"] = learning_rate(spec, step, progress["criterion"])
         step_seed = batch_seed(seed, step)
-        step_task = task.pick(step_seed) if isinstance(task, Mixture) else task
+        if isinstance(task, Mixture):
+            # with focus, the shares follow the last held-out check (stored in progress, so a resumed
+            # training draws the same tasks); before the first check, the weights
+            shares = task.shares(progress["checks"][-1]["accuracy"], spec.focus) \
+                if spec.focus is not None and progress["checks"] else None
+            step_task = task.pick(step_seed, shares)
+        else:
+            step_task = task
         samples = step_task.generate(length=spec.length_at(step), n=spec.batch_size, seed=step_seed)
         loss = samples_loss(model, samples)
         optimizer.zero_grad(set_to_none=True)
@@ -334,16 +374,16 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
         step += 1
         if on_step is not None:
             on_step(step - 1, loss_value)
-        if step % spec.check_every == 0 or step == spec.max_steps:
+        if step % spec.check_every == 0 or step == spec.end(progress["criterion"]):
             accuracy = held_out_accuracy(model, task, spec.length, spec.check.samples, check_seed, label)
             progress["checks"].append({"step": step, "accuracy": accuracy})
             if on_check is not None:
                 on_check(step, accuracy)
-            if spec.until is not None and step >= spec.last_phase_start + 1 and all(
-                    value >= spec.until.accuracy for name, value in accuracy.items() if spec.until.judges(name)):
+            if spec.until is not None and progress["criterion"] is None and step >= spec.last_phase_start + 1 \
+                    and all(value >= spec.until.accuracy for name, value in accuracy.items() if spec.until.judges(name)):
                 progress["criterion"] = step
         if state_path is not None and spec.checkpoint_every and step % spec.checkpoint_every == 0 \
-                and step < spec.max_steps and progress["criterion"] is None:
+                and step < spec.end(progress["criterion"]):
             progress["seconds"] = time.perf_counter() - start
             write_atomic(Path(state_path), state_bytes(model, optimizer, step, progress, state_key), point="partial")
     seconds = time.perf_counter() - start

@@ -32,6 +32,13 @@ def recipe(train: dict, own_lr: bool = False) -> str:
         text += (f"; trained until held-out accuracy at T reached {100 * float(until.get('accuracy', 0)):g}% on "
                  f"{'every trained task' if not judged else ', '.join(judged)} (checked in the last phase), "
                  f"at most {until.get('max_steps')} steps")
+        if until.get("anneal"):
+            text += (f", then {until['anneal']} more steps with the learning rate falling linearly to zero "
+                     f"(an anneal)")
+    tasks = train.get("tasks")
+    if train.get("focus") is not None and isinstance(tasks, list):
+        text += (f"; each step's task drawn by its weight times its error at the last held-out check plus "
+                 f"{train['focus']:g} (focus), so that steps go where the model is still wrong")
     check = train.get("check") if isinstance(train.get("check"), dict) else {}
     every = check.get("every")
     if not every and isinstance(train.get("steps"), int):
