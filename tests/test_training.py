@@ -254,6 +254,27 @@ def test_with_focus_training_draws_its_steps_where_the_last_check_was_wrong(monk
     assert 0.35 < sum(drawn[10:]) / len(drawn[10:]) < 0.65
 
 
+def test_checks_at_the_evaluations_depths_split_their_samples_evenly_among_them(monkeypatch):
+    mqar = tasks.get("mqar")
+    mixture = Mixture([TASK, mqar], [1, 1], labels=["needle", "mqar"])
+    calls = []
+    for cls in (type(TASK), type(mqar)):
+        real = cls.generate
+
+        def spy(self, *args, _real=real, **kwargs):
+            calls.append((self.name, kwargs["n"], kwargs.get("depth")))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "generate", spy)
+    model = tiny_model(vocab_size=max(TASK.vocab_size, mqar.vocab_size))
+    accuracy = training.held_out_accuracy(model, mixture, 16, 10, seed=5, depths=(0.0, 50.0, 100.0))
+    assert calls == [("needle", 4, 0.0), ("needle", 3, 50.0), ("needle", 3, 100.0), ("mqar", 10, None)]
+    assert set(accuracy) == {"needle", "mqar"}
+    calls.clear()
+    training.held_out_accuracy(model, mixture, 16, 10, seed=5)
+    assert calls == [("needle", 10, None), ("mqar", 10, None)]  # without depths: a random depth per sample
+
+
 def test_the_criterion_is_only_read_in_the_last_phase(monkeypatch):
     monkeypatch.setattr(training, "held_out_accuracy", lambda *args, **kwargs: {"needle": 1.0})
     spec = TrainSpec(length=32, phases=({"length": 16, "steps": 10}, {"length": 32, "steps": 5}), batch_size=2,
@@ -303,6 +324,8 @@ def test_curriculum_criterion_and_lr_enter_the_model_id_but_checks_and_checkpoin
     assert ids(until={"accuracy": 0.9, "max_steps": 50}, check={"every": 3}) != until  # when to stop
     assert ids(until={"accuracy": 0.9, "max_steps": 50, "anneal": 0}) == until  # no anneal: the id as before
     assert ids(until={"accuracy": 0.9, "max_steps": 50, "anneal": 10}) != until
+    assert ids(check={"depths": [0, 50, 100]}) == base  # checks without until do not change the weights
+    assert ids(until={"accuracy": 0.9, "max_steps": 50}, check={"depths": [0, 50, 100]}) != until
 
     study = load_study(str(write_study(tmp_path, models=[{"arch": "transformer"}, {"arch": "mamba2", "lr": 0.02}])))
     plans = runner.plan(study)[0]
@@ -321,6 +344,7 @@ def test_curriculum_criterion_and_lr_enter_the_model_id_but_checks_and_checkpoin
     ({"until": {"accuracy": 0.9, "max_steps": 50, "anneal": -1}}, "anneal"),
     ({"focus": 0.1}, "focus reweights a mixture"),
     ({"focus": 0}, "focus"),
+    ({"check": {"depths": [0, 150]}}, "depth 150.0 is outside 0-100"),
 ])
 def test_impossible_recipes_are_refused_with_one_line(tmp_path, train_changes, message):
     changes = {**TINY["train"], **train_changes}
@@ -447,6 +471,8 @@ def test_the_recipe_sentence_names_the_curriculum_the_criterion_and_the_check_in
                    "tasks": [{"name": "needle"}, {"name": "mqar"}]})
     assert "then 300 more steps with the learning rate falling linearly to zero" in text
     assert "its error at the last held-out check plus 0.1 (focus)" in text
+    text = recipe({**train, "check": {"every": 25, "samples": 8, "depths": [0, 50, 100.0]}})
+    assert "every 25 steps on 8 samples per task, a needle task's split evenly among depths 0, 50, 100." in text
 
 
 def test_training_tokens_count_each_phase_at_its_length_and_steps_past_the_plan_at_T():

@@ -114,6 +114,14 @@ class UntilConfig(Strict):
 class CheckConfig(Strict):
     every: int | None = Field(None, ge=1, description="steps between held-out checks at T; default: a tenth of the planned steps")
     samples: int = Field(64, ge=1, description="held-out samples per task at each check")
+    depths: list[float] | None = Field(None, min_length=1, description="needle depths (0-100) of the check "
+                                       "samples, split evenly among them, as the evaluation places them; "
+                                       "default: a random depth per sample")
+
+    @field_validator("depths")
+    @classmethod
+    def _depths_in_range(cls, depths: list[float] | None) -> list[float] | None:
+        return None if depths is None else _check_depths(depths)
 
 
 class TrainConfig(Strict):

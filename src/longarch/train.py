@@ -69,6 +69,11 @@ class Until:
 class Check:
     every: int | None = None  # None: a tenth of the planned steps
     samples: int = 64         # held-out samples per task at each check
+    depths: tuple[float, ...] | None = None  # needle depths, samples split evenly; None: uniformly random
+
+    def __post_init__(self):
+        if self.depths is not None:
+            object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,8 @@ class TrainSpec:
                 until["labels"] = list(until["labels"])
             out["until"] = until
             out["check"] = {"every": self.check_every, "samples": self.check.samples}
+            if self.check.depths is not None:  # recipes from before check depths keep their ids
+                out["check"]["depths"] = list(self.check.depths)
         return out
 
 
@@ -259,14 +266,22 @@ def _parts(task, label: str | None = None) -> list[tuple[str, object, float]]:
 
 
 def held_out_accuracy(model: LanguageModel, task, length: int, n: int, seed: int,
-                      label: str | None = None) -> dict[str, float]:
+                      label: str | None = None, depths: tuple[float, ...] | None = None) -> dict[str, float]:
     """Accuracy per task on n held-out samples at `length` (samples from `seed`, never a
-    training batch's)."""
+    training batch's). `depths`: a needle task's samples are split evenly among these depths
+    (the first ones one more when n does not divide), as the evaluation places them; else, and
+    for tasks without a depth, the depth is drawn at random."""
     model.eval()
     out = {}
     for name, part, _ in _parts(task, label):
-        samples = part.generate(length=length, n=n, seed=seed)
-        out[name] = float(evaluate_samples(model, part, samples).mean())
+        if depths and getattr(part, "uses_depth", False):
+            scores = [evaluate_samples(model, part, part.generate(length=length, n=len(share), seed=seed + i,
+                                                                  depth=depth))
+                      for i, (depth, share) in enumerate(zip(depths, np.array_split(np.arange(n), len(depths))))
+                      if len(share)]
+            out[name] = float(np.concatenate(scores).mean())
+        else:
+            out[name] = float(evaluate_samples(model, part, part.generate(length=length, n=n, seed=seed)).mean())
     model.train()
     return out
 
@@ -375,7 +390,8 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
         if on_step is not None:
             on_step(step - 1, loss_value)
         if step % spec.check_every == 0 or step == spec.end(progress["criterion"]):
-            accuracy = held_out_accuracy(model, task, spec.length, spec.check.samples, check_seed, label)
+            accuracy = held_out_accuracy(model, task, spec.length, spec.check.samples, check_seed, label,
+                                         spec.check.depths)
             progress["checks"].append({"step": step, "accuracy": accuracy})
             if on_check is not None:
                 on_check(step, accuracy)

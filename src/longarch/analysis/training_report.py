@@ -44,7 +44,10 @@ def recipe(train: dict, own_lr: bool = False) -> str:
     if not every and isinstance(train.get("steps"), int):
         every = max(1, train["steps"] // 10)  # the default: a tenth of the planned steps
     text += (f". Held-out checks every {every if every else 'tenth of the planned'} steps on "
-             f"{check.get('samples', 64)} samples per task.")
+             f"{check.get('samples', 64)} samples per task")
+    depths = check.get("depths")
+    text += (f", a needle task's split evenly among depths {', '.join(f'{d:g}' for d in depths)}."
+             if isinstance(depths, list) and depths else ".")
     return text
 
 
