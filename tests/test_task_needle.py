@@ -157,6 +157,8 @@ CONFIGS = [
     dict(haystack="random", key="number", value="number", number_length=3, needle_keys=4, values_per_key=3, queries=3),
     dict(haystack="text", key="uuid", value="uuid", uuid_length=5, needle_keys=2, queries=2),
     dict(haystack="needles", value="uuid", uuid_length=8),
+    dict(haystack="noise", value="number", number_length=3, n_keys=8, distractors=14),  # fixed distractors
+    dict(haystack="text", key="number", number_length=2, needle_keys=2, queries=2, distractors=3),
 ]
 
 
@@ -360,6 +362,42 @@ def test_a_needle_haystack_is_distractor_needles_after_some_filler():
     assert ((pairs[:, :, 0] < 5) & (pairs[:, :, 1] >= 5)).all()
 
 
+@pytest.mark.parametrize("haystack", HAYSTACKS)
+def test_fixed_distractors_stay_as_many_at_every_length(haystack):
+    task = _task(haystack=haystack, value="number", number_length=3, n_keys=8, distractors=14)
+    m = task._needle_length
+    assert task.min_length == 15 * m + 2 + 1
+    for length in (task.min_length, 64, 512, 4096):
+        samples = task.generate(length, 60, seed=length)
+        assert (samples.meta["distractors"] == 14).all()
+        query = samples.tokens[:, -1]
+        keys = _where(samples.tokens, 2, 2 + task.n_keys)  # every key symbol in the body: needles only
+        assert (keys[:, :-2].sum(axis=1) == 15).all()  # the needle and 14 distractors, whatever the length
+        key_at = np.nonzero(keys[:, :-2])
+        same = samples.tokens[key_at].reshape(60, 15) == query[:, None]
+        assert (same.sum(axis=1) == 1).all()  # no distractor has the queried key
+        starts = key_at[1].reshape(60, 15)
+        assert (np.diff(starts, axis=1) >= m).all()  # whole needles, none inside another
+        position = samples.meta["needle_position"]
+        assert (samples.tokens[np.arange(60), position] == query).all()
+        rest = np.ones(samples.tokens.shape, dtype=bool)  # less every needle and the tail: the haystack
+        for offset in range(m):
+            rest[np.repeat(np.arange(60), 15), starts.ravel() + offset] = False
+        rest[:, -2:] = False
+        haystack_tokens = samples.tokens[rest].reshape(60, length - 15 * m - 2)
+        assert _where(haystack_tokens, task._filler0, task._hex0).all()
+    spread = task.generate(4096, 400, seed=3).tokens[:, :-2]  # the distractors spread over the body
+    where = np.nonzero(_where(spread, 2, 2 + task.n_keys))[1] / spread.shape[1]
+    assert where.min() < 0.02 and where.max() > 0.98 and abs(where.mean() - 0.5) < 0.02
+
+
+def test_no_distractors_keep_the_knobs_and_samples_of_before():
+    assert "distractors" not in _task().knobs and "distractors" not in _task(haystack="needles").knobs
+    assert _task(distractors=3).knobs["distractors"] == 3
+    a, b = _task(distractors=0).generate(100, 20, seed=1), _task().generate(100, 20, seed=1)
+    assert (a.tokens == b.tokens).all() and "distractors" not in a.meta
+
+
 # ---------------------------------------------------------------- depth
 
 DEPTH_CONFIGS = [
@@ -367,6 +405,7 @@ DEPTH_CONFIGS = [
     dict(haystack="random", key="number", value="uuid", needle_keys=2, queries=2),
     dict(haystack="needles", key="uuid", value="number", needle_keys=2, values_per_key=2),
     dict(haystack="needles", needle_keys=4, values_per_key=2, queries=3),
+    dict(haystack="noise", distractors=5), dict(haystack="random", value="number", needle_keys=2, distractors=3),
 ]
 
 
@@ -378,7 +417,8 @@ def depth_seed(length: int, depth: float) -> int:
 def test_fixed_depths_are_honoured_within_half_a_needle_and_exactly_for_one(knobs):
     task = _task(**knobs)
     m, k = task._needle_length, task._format_length(task.key)
-    alone = task.needle_keys * task.values_per_key == 1 and task.haystack != "needles"  # nothing moves it
+    alone = (task.needle_keys * task.values_per_key == 1 and task.haystack != "needles"
+             and not task.distractors)  # nothing moves it
     low = task.min_length
     for length in sorted({low, low + 1, low + 2, low + 7, 1000, 4097, 100_000}):
         n = 2 if length > 5000 else 40
@@ -519,6 +559,10 @@ def test_knobs_leave_out_what_is_at_its_default():
     (dict(needle_keys=2, queries=3), r"queries \(3\) must be <= needle_keys \(2\)"),
     (dict(n_keys=4, needle_keys=5, queries=1), "5 distinct keys need 5 keys, but key='symbol' has 4"),
     (dict(n_keys=4, needle_keys=4, haystack="needles"), "plus distractor keys need 5 keys"),
+    (dict(n_keys=4, needle_keys=4, distractors=2), "plus distractor keys need 5 keys"),
+    (dict(haystack="needles", distractors=2), "a needles haystack is all distractors"),
+    (dict(distractors=-1), "distractors must be >= 0"),
+    (dict(distractors=1.5), "distractors must be an integer"),
     (dict(key="number", number_length=1, needle_keys=10, haystack="needles"), "has 10"),
     (dict(n_values=5, needle_keys=2, values_per_key=3), "6 distinct values do not fit value='symbol'"),
 ])

@@ -26,7 +26,11 @@ The other needles go at uniformly random haystack positions.
 
 Haystacks: `noise` repeats one fixed filler pattern, `random` draws every filler symbol,
 `text` is running English (see NeedleTask), `needles` is distractor KEY VALUE needles whose keys
-are never a key of the sample (values random), after H mod (needle length) filler symbols.
+are never a key of the sample (values random), after H mod (needle length) filler symbols, so
+their number grows with the length (about 14 at 64 with 3-digit values, about 1,000 at 4,096).
+`distractors` = D > 0 (noise, random or text haystacks) places exactly D such distractor needles
+at uniformly random points of the haystack at every length, like the other needles: the length
+and the number of distractors then vary apart.
 
 Filler alphabet (n_filler): 16 symbols by default; for `text`, n_filler - 1 words of the corpus
 (the most frequent) plus one unknown-word symbol standing for every other word, and by default
@@ -78,7 +82,8 @@ class NeedleTask(TokenTask):
     with Python, its n_filler - 1 most frequent words and one unknown-word symbol making up the
     filler alphabet; n_filler None: 16, or for text the vocabulary of the module docstring's
     rule); key and value formats; needle_keys (distinct keys with needles: RULER's
-    num_needle_k), values_per_key (num_needle_v) and queries (keys queried: num_needle_q)."""
+    num_needle_k), values_per_key (num_needle_v) and queries (keys queried: num_needle_q);
+    distractors, a fixed number of distractor needles in a noise, random or text haystack."""
 
     n_keys: int = 16
     n_values: int = 16
@@ -93,6 +98,7 @@ class NeedleTask(TokenTask):
     needle_keys: int = 1
     values_per_key: int = 1
     queries: int = 1
+    distractors: int = 0  # distractor needles at random points (not with haystack="needles")
 
     name = "needle"
     version = 1  # bump when generation changes, so stored results are not mixed up
@@ -106,6 +112,7 @@ class NeedleTask(TokenTask):
                             pattern_length=self.pattern_length, number_length=self.number_length,
                             uuid_length=self.uuid_length,
                             needle_keys=self.needle_keys, values_per_key=self.values_per_key, queries=self.queries)
+        self.check_integers(minimum=0, distractors=self.distractors)
         for knob in ("key", "value"):
             if getattr(self, knob) not in FORMATS:
                 raise ValueError(f"needle: {knob} must be one of {', '.join(FORMATS)}, not {getattr(self, knob)!r}")
@@ -113,9 +120,13 @@ class NeedleTask(TokenTask):
             raise ValueError(f"needle: haystack must be one of {', '.join(HAYSTACKS)}, not {self.haystack!r}")
         if self.queries > self.needle_keys:
             raise ValueError(f"needle: queries ({self.queries}) must be <= needle_keys ({self.needle_keys})")
-        keys = self.needle_keys + (self.haystack == "needles")  # a needle haystack needs one more key
+        if self.distractors and self.haystack == "needles":
+            raise ValueError("needle: distractors is for the noise, random and text haystacks; a needles "
+                             "haystack is all distractors")
+        distracting = self.haystack == "needles" or self.distractors > 0
+        keys = self.needle_keys + distracting  # distractors need one more key
         if keys > self._space(self.key, self.n_keys):
-            extra = " plus distractor keys" if self.haystack == "needles" else ""
+            extra = " plus distractor keys" if distracting else ""
             raise ValueError(f"needle: {self.needle_keys} distinct keys{extra} need {keys} keys, but key="
                              f"{self.key!r} has {self._space(self.key, self.n_keys)} (raise n_keys or number_length)")
         values = self.needle_keys * self.values_per_key
@@ -160,6 +171,8 @@ class NeedleTask(TokenTask):
         for knob, default in COUNTS.items():
             if knobs[knob] == default:
                 del knobs[knob]
+        if not knobs["distractors"]:
+            del knobs["distractors"]
         return knobs
 
     def _format_length(self, fmt: str) -> int:
@@ -187,8 +200,9 @@ class NeedleTask(TokenTask):
 
     @property
     def min_length(self) -> int:
-        """The needles, the tail and at least one haystack symbol."""
-        return self.needle_keys * self.values_per_key * self._needle_length + self._tail_length + 1
+        """The needles, any distractors, the tail and at least one haystack symbol."""
+        needles = self.needle_keys * self.values_per_key + self.distractors
+        return needles * self._needle_length + self._tail_length + 1
 
     @property
     def _hex0(self) -> int:
@@ -216,24 +230,27 @@ class NeedleTask(TokenTask):
         or at a uniformly random depth when None (see the module docstring)."""
         self.check_request(length, n, depth)
         rng = np.random.default_rng(seed)
-        K, V, Q = self.needle_keys, self.values_per_key, self.queries
+        K, V, Q, D = self.needle_keys, self.values_per_key, self.queries, self.distractors
         S, m = K * V, self._needle_length
         keys = self._draw(rng, n, self.key, self.n_keys, self._key0, K)  # (n, K, k)
         values = self._draw(rng, n, self.value, self.n_values, self._value0, S)  # (n, S, v): needle i*V+j
         needles = np.concatenate([np.repeat(keys, V, axis=1), values], axis=2)  # (n, S, m): key i, value j
         span = length - self._tail_length - m  # the last start of a needle that ends before the tail
-        H = span - (S - 1) * m  # haystack symbols
+        H = span - (S + D - 1) * m  # haystack symbols
         fraction = rng.random(n) if depth is None else np.full(n, depth / 100.0)
         target = np.rint(fraction * span).astype(np.int64)  # (n,) wanted start of needle 0
         haystack, points = self._haystack(rng, n, H, keys)  # (n, H), the haystack indices a needle may go before
 
-        # The other needles at random points; needle 0 at the nearest start outside them.
-        drawn = points[rng.integers(0, len(points), (n, S - 1))] if S > 1 else np.zeros((n, 0), np.int64)
-        by_point = np.argsort(drawn, axis=1, kind="stable")  # (n, S-1)
-        others = np.take_along_axis(drawn, by_point, axis=1)  # (n, S-1) sorted haystack points
-        starts = others + m * np.arange(S - 1)  # (n, S-1): their starts in the body without needle 0
+        # The other needles (then any distractors: needle S + d) at random points; needle 0 at the
+        # nearest start outside them.
+        drawn = points[rng.integers(0, len(points), (n, S + D - 1))] if S + D > 1 else np.zeros((n, 0), np.int64)
+        if D:
+            needles = np.concatenate([needles, self._distractor_needles(rng, keys, D)], axis=1)  # (n, S+D, m)
+        by_point = np.argsort(drawn, axis=1, kind="stable")  # (n, S+D-1)
+        others = np.take_along_axis(drawn, by_point, axis=1)  # (n, S+D-1) sorted haystack points
+        starts = others + m * np.arange(S + D - 1)  # (n, S+D-1): their starts in the body without needle 0
         offset = target[:, None] - starts
-        inside = (offset > 0) & (offset < m)  # (n, S-1): at most one per row
+        inside = (offset > 0) & (offset < m)  # (n, S+D-1): at most one per row
         target = target + np.where(inside, np.where(2 * offset <= m, -offset, m - offset), 0).sum(axis=1)
         rank = (starts < target[:, None]).sum(axis=1)  # (n,) other needles before needle 0
         wanted = target - m * rank  # (n,) its haystack point, snapped to the nearest allowed one
@@ -242,11 +259,12 @@ class NeedleTask(TokenTask):
         point = np.where(wanted - below < points[above] - wanted, below, points[above])  # (n,)
 
         # Needles in body order: the others by point with needle 0 at its rank, then insert them.
-        order = _put_in(by_point + 1, np.zeros(n, np.int64), rank)  # (n, S) needle index in body order
+        order = _put_in(by_point + 1, np.zeros(n, np.int64), rank)  # (n, S+D) needle index in body order
         body, body_starts = insert_segments(haystack, np.take_along_axis(needles, order[:, :, None], axis=1),
                                             _put_in(others, point, rank))
-        position = np.empty_like(body_starts)  # (n, S) start of needle i*V + j
+        position = np.empty_like(body_starts)  # (n, S+D) start of needle i*V + j, then the distractors
         np.put_along_axis(position, order, body_starts, axis=1)
+        position = position[:, :S]
 
         queried = keys[:, :Q]  # (n, Q, k)
         tail = np.concatenate([np.full((n, Q, 1), QUERY), queried], axis=2).reshape(n, -1)
@@ -261,8 +279,8 @@ class NeedleTask(TokenTask):
             "needle_depths": 100.0 * position / span,
             "needle_queried": np.broadcast_to(np.arange(S) < Q * V, (n, S)).copy(),
         }
-        if self.haystack == "needles":
-            meta["distractors"] = np.full(n, H // m)
+        if self.haystack == "needles" or D:
+            meta["distractors"] = np.full(n, H // m if self.haystack == "needles" else D)
         return Samples(self.name, self.knobs, tokens, answers.reshape(n, -1).astype(np.int64), meta)
 
     def _draw(self, rng: np.random.Generator, n: int, fmt: str, alphabet: int, first: int, count: int) -> np.ndarray:
@@ -283,6 +301,16 @@ class NeedleTask(TokenTask):
             if not repeat.any():
                 return drawn
             drawn[repeat] = rng.integers(0, base, (int(repeat.sum()), digits)) + self._hex0
+
+    def _distractor_needles(self, rng: np.random.Generator, keys: np.ndarray, D: int) -> np.ndarray:
+        """(n, D, m) KEY VALUE needles whose keys are none of the sample's keys (n, K, k), with
+        random values."""
+        n = len(keys)
+        if self.value == "symbol":
+            values = rng.integers(0, self.n_values, (n, D, 1)) + self._value0
+        else:
+            values = rng.integers(0, 10 if self.value == "number" else 16, (n, D, self.item_length)) + self._hex0
+        return np.concatenate([self._distractor_keys(rng, keys, D), values], axis=2)
 
     def _distractor_keys(self, rng: np.random.Generator, keys: np.ndarray, D: int) -> np.ndarray:
         """(n, D, k) random keys, none equal to any of the sample's keys (n, K, k)."""
@@ -317,11 +345,7 @@ class NeedleTask(TokenTask):
         pattern = filler_haystack(rng, n, self.pattern_length, "noise", self.n_filler, self.pattern_length, self._filler0)[0]
         m = self._needle_length
         D, r = divmod(H, m)  # D distractor needles after r filler symbols
-        if self.value == "symbol":
-            values = rng.integers(0, self.n_values, (n, D, 1)) + self._value0
-        else:
-            values = rng.integers(0, 10 if self.value == "number" else 16, (n, D, self.item_length)) + self._hex0
-        distractors = np.concatenate([self._distractor_keys(rng, keys, D), values], axis=2).reshape(n, D * m)
+        distractors = self._distractor_needles(rng, keys, D).reshape(n, D * m)
         filler = np.broadcast_to(np.resize(pattern, r), (n, r))
         points = r + m * np.arange(D + 1)  # before or after each distractor
         return np.concatenate([filler, distractors], axis=1), (np.r_[0, points] if r else points)
