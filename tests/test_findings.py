@@ -293,3 +293,17 @@ def test_claim_4_and_claim_3_use_the_fixed_settings():
     # with the ceiling raised to 1.0, T is read too: a flat 1.0 there is undecided, the U at 2T decides
     raised = claim_lost_in_the_middle(models, u_at_2t, settings=AnalysisSettings(ceiling_fraction=1.0))
     assert raised.verdict == SUPPORTED and raised.evidence[0].details["read_lengths"] == [T, 2 * T]
+
+
+def test_claim_1_names_the_drop_it_shows_first_sharp_or_largest():
+    """A supported model shows its first sharp drop (not the largest, which comes later); an
+    undecided one its largest."""
+    models = [summary("t", "attention")]
+    sharp = claim_degradation(models, cells_from(curve("t", {64: 1.0, 128: 0.6, 256: 0.0})))
+    evidence = sharp.evidence[0]
+    assert evidence.quantity == "drop from T=64 (first sharp, at 128)"
+    assert evidence.estimate.value == pytest.approx(0.4) and "first sharp drop" in evidence.reason
+    assert "largest" not in evidence.reason
+    flat = claim_degradation(models, cells_from(curve("t", {64: 1.0, 128: 0.95, 256: 0.9})))
+    assert flat.verdict == NOT_SUPPORTED
+    assert "largest drop" in flat.evidence[0].reason and flat.evidence[0].quantity == "drop from T=64 (largest, at 256)"

@@ -299,7 +299,8 @@ def claim_degradation(models: Sequence[ModelSummary], cells, plan: Plan | None =
             why = f"every drop up to {max(past)} is at most {bar:.2f}"
         else:
             why = f"no drop is decided above {bar:.2f}, and not every one is decided at or below it"
-        reason = (f"{_fmt(first, '%')} at T={T}; largest drop {_fmt(shown)} at {shown_at}; {why}; effective length "
+        reason = (f"{_fmt(first, '%')} at T={T}; {'first sharp' if sharp else 'largest'} drop {_fmt(shown)} at "
+                  f"{shown_at}; {why}; effective length "
                   f"{effective.length if effective.length is not None else 'none'}" + note)
         evidence.append(Evidence(
             name, model.family, f"drop from T={T} ({'first sharp' if sharp else 'largest'}, at {shown_at})", shown,
