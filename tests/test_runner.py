@@ -116,3 +116,29 @@ def test_damaged_checkpoint_is_retrained(tmp_path, uninterrupted):
     checkpoint.write_bytes(b"not a safetensors file")
     runner.run_study(study, out, quiet())
     assert summary_models(out) == summary_models(uninterrupted)
+
+
+def test_a_model_whose_settings_changed_leaves_the_report_but_not_the_store(tmp_path, uninterrupted):
+    """Rerunning a study with one model's settings changed trains that model anew (a new id);
+    the report, its summary and its training section read the study as last run, and name the
+    stored model they leave out."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted, out)
+    with Store(out / "results.sqlite") as store:
+        old = {m.name: m.model_id for m in store.models()}
+    changed = [{"arch": "transformer"}, {"arch": "mamba2", "lr": 0.0021}]
+    runner.run_study(load_study(str(write_study(tmp_path, models=changed))), out, quiet())
+    with Store(out / "results.sqlite") as store:
+        stored = store.models()
+        assert len(stored) == 3 and len(store.results()) == N_CELLS + N_CELLS // 2  # nothing deleted
+    new = {m.name: m.model_id for m in stored if m.model_id != old["mamba2"]}
+    assert new["transformer"] == old["transformer"] and new["mamba2"] != old["mamba2"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["name"] for m in summary["models"]] == ["transformer", "mamba2"]
+    assert summary["stored_cells"] == N_CELLS
+    assert summary["left_out_models"] == [f"mamba2 seed 0 ({old['mamba2']}, {N_CELLS // 2} cells)"]
+    report = (out / "report.md").read_text()
+    assert "Left out: 1 stored model(s)" in report and old["mamba2"] in report
+    assert summary["training"]["mamba2"]["lr"] == [0.0021]  # the training section reads the new model only

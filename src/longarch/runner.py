@@ -376,6 +376,7 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
         store.set_meta("name", study.name)
         store.set_meta("config", study.model_dump(mode="json"))
         store.set_meta("planned_cells", len(cells))
+        store.set_meta("planned_models", [p.model_id for p in model_plans])
         store.set_meta("planned_lengths", study.eval_lengths())
         store.set_meta("planned_depths", study.eval.depths)
         store.set_meta("planned_task_depths", study.task_depths())

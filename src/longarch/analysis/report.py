@@ -43,6 +43,7 @@ class StudyData:
     tasks: list[str]                   # evaluated task labels, in the study's order
     task_curves: dict[str, dict[str, list[LengthPoint]]]  # task label -> model -> curve
     partial: dict = field(default_factory=dict)  # cell key -> SeedGap, for cells missing planned seeds
+    left_out: list[str] = field(default_factory=list)  # stored models the study's plan no longer has
 
     @property
     def name(self) -> str:
@@ -99,6 +100,7 @@ def load(out_dir: Path) -> StudyData:
         raise FileNotFoundError(f"no results database at {path}")
     with Store(path) as store:
         meta, model_rows, results = store.meta(), store.models(), store.results()
+    model_rows, results, left_out = planned_only(meta, model_rows, results)
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     settings = settings_of(config)
     level = settings.interval_level_fraction
@@ -118,7 +120,25 @@ def load(out_dir: Path) -> StudyData:
                    for t in tasks}
     seeds = [s for s in config.get("seeds") or [] if isinstance(s, int)]
     return StudyData(meta, models, cells, len(results), settings, lengths, depths, curves, tasks,
-                     task_curves, partial_seed_cells(cells, models, seeds))
+                     task_curves, partial_seed_cells(cells, models, seeds), left_out)
+
+
+def planned_only(meta: dict, model_rows: list, results: list) -> tuple[list, list, list[str]]:
+    """The stored models and results of the study as last run (the runner records its models'
+    ids as `planned_models`), and a description of each other stored model: a model whose
+    settings changed has a new id, and the old one stays in the store but is no longer part of
+    the study. Stores from before the record keep every model."""
+    planned = meta.get("planned_models")
+    if not isinstance(planned, list):
+        return model_rows, results, []
+    keep = set(planned)
+    cells: dict[str, int] = {}
+    for row in results:
+        if row.model_id not in keep:
+            cells[row.model_id] = cells.get(row.model_id, 0) + 1
+    left_out = [f"{r.name} seed {r.seed} ({r.model_id}, {cells.get(r.model_id, 0)} cells)"
+                for r in model_rows if r.model_id not in keep]
+    return ([r for r in model_rows if r.model_id in keep], [r for r in results if r.model_id in keep], left_out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +171,8 @@ def build_summary(data: StudyData) -> dict:
             "scores": scores})
     return {"study": data.name, "learned_bar_fraction": data.learned_bar_fraction, "interval_level_fraction": data.level,
             "planned_cells": data.meta.get("planned_cells"),
-            "stored_cells": data.stored_cells, "missing_cells": data.missing_cells(), "models": models}
+            "stored_cells": data.stored_cells, "missing_cells": data.missing_cells(), "models": models,
+            "left_out_models": data.left_out}
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +320,10 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
             for m in data.models]
     blocks.append(("table", ["model", "family", "parameters", "state size (floats at T)", "state size with length",
                              "training length", "training accuracy (%)", "seeds", "training time (per seed)"], rows))
+    if data.left_out:
+        blocks.append(("p", f"Left out: {len(data.left_out)} stored model(s) that this study, as last run, no longer "
+                            f"has (its settings changed, so they have other ids): {'; '.join(data.left_out)}. Their "
+                            "results stay in the store."))
     blocks += _unknown_words(config)
     for model in data.unsolved():
         blocks.append(("warn", _warning(model, data.learned_bar_fraction)))
@@ -432,7 +457,7 @@ def build_report(out_dir: Path) -> dict[str, Path]:
                 figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))
 
     with Store(out_dir / "results.sqlite") as store:
-        model_rows, stored_curves = store.models(), store.curves()
+        model_rows, stored_curves = planned_only(data.meta, store.models(), [])[0], store.curves()
     order = [m.name for m in data.models]
     training_blocks, training_figures, training_summary = training_section(model_rows, stored_curves, data.config,
                                                                            order, figure_dir)
