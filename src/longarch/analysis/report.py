@@ -44,6 +44,7 @@ class StudyData:
     task_curves: dict[str, dict[str, list[LengthPoint]]]  # task label -> model -> curve
     partial: dict = field(default_factory=dict)  # cell key -> SeedGap, for cells missing planned seeds
     left_out: list[str] = field(default_factory=list)  # stored models the study's plan no longer has
+    model_rows: list = field(default_factory=list)  # the stored rows of `models`, one per model and seed
 
     @property
     def name(self) -> str:
@@ -120,7 +121,7 @@ def load(out_dir: Path) -> StudyData:
                    for t in tasks}
     seeds = [s for s in config.get("seeds") or [] if isinstance(s, int)]
     return StudyData(meta, models, cells, len(results), settings, lengths, depths, curves, tasks,
-                     task_curves, partial_seed_cells(cells, models, seeds), left_out)
+                     task_curves, partial_seed_cells(cells, models, seeds), left_out, model_rows)
 
 
 def planned_only(meta: dict, model_rows: list, results: list) -> tuple[list, list, list[str]]:
@@ -457,9 +458,9 @@ def build_report(out_dir: Path) -> dict[str, Path]:
                 figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))
 
     with Store(out_dir / "results.sqlite") as store:
-        model_rows, stored_curves = planned_only(data.meta, store.models(), [])[0], store.curves()
+        stored_curves = store.curves()
     order = [m.name for m in data.models]
-    training_blocks, training_figures, training_summary = training_section(model_rows, stored_curves, data.config,
+    training_blocks, training_figures, training_summary = training_section(data.model_rows, stored_curves, data.config,
                                                                            order, figure_dir)
     for key, written in training_figures.items():
         record(key, written)
