@@ -21,6 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from longarch import config
+from longarch.study import schema
 from longarch.cli import app
 from test_config import MALFORMED, _changed, _set, _write
 
@@ -219,7 +220,7 @@ COMMANDS = [
     _click_usage(lambda t: ["sample", "needle", "--length", "abc"], ["--length", "integer"], id="length-not-an-integer"),
     _click_usage(lambda t: ["sample", "needle"], ["--length"], id="missing-length"),
     # run
-    pytest.param(lambda t: ["run", "quik", "--out", str(t / "o")], ["'quik'", *config.preset_names()],
+    pytest.param(lambda t: ["run", "quik", "--out", str(t / "o")], ["'quik'", *schema.preset_names()],
                  id="run-unknown-preset"),
     pytest.param(lambda t: ["run", str(t / "missing.yaml")], ["{tmp}/missing.yaml", "does not exist"],
                  id="run-missing-study"),
@@ -244,7 +245,7 @@ COMMANDS = [
                  id="run-address-without-ray"),
     _click_usage(lambda t: ["run", "smoke", "--workers", "-1"], ["--workers"], id="run-negative-workers"),
     # plan and status
-    pytest.param(lambda t: ["plan", "quik"], ["'quik'", *config.preset_names()], id="plan-unknown-preset"),
+    pytest.param(lambda t: ["plan", "quik"], ["'quik'", *schema.preset_names()], id="plan-unknown-preset"),
     pytest.param(lambda t: ["plan", str(_write(t, _changed(_set("train.stepz", 10))))],
                  ["{tmp}/study.yaml", "unknown key", "train.stepz"], id="plan-malformed-study"),
     pytest.param(lambda t: ["plan", "smoke", "--corpus", str(t / "words.txt")], ["--corpus", "haystack: text"],

@@ -124,7 +124,7 @@ def test_status_reads_a_store_written_before_issue_15(tmp_path):
     """A stored config with the old names (top-level min_train_accuracy, analysis.threshold in
     percent, claim-2 settings that no longer exist) is still a study `status` can read."""
     from longarch.config import load_study
-    from longarch.store import Store
+    from longarch.study.store import Store
 
     old = {k: v for k, v in load_study("smoke").model_dump(mode="json").items() if k != "analysis"}
     old.update(min_train_accuracy=0.95, analysis={"threshold": 85.6, "labels": None, "gate": None, "chance": 0.0,

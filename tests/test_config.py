@@ -10,12 +10,13 @@ import pytest
 import yaml
 
 from longarch import config, models
+from longarch.study import schema
 from longarch.config import ConfigError, Study, load_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # controlled studies; the pretrained presets (kind: pretrained) are tested in test_pretrained.py
-PRESETS = [p for p in config.preset_names() if getattr(config.load_study(p), "kind", None) != "pretrained"]
+PRESETS = [p for p in schema.preset_names() if getattr(config.load_study(p), "kind", None) != "pretrained"]
 
 VALID = {
     "name": "tiny",

@@ -15,7 +15,7 @@ from longarch.analysis.report import build_report
 from longarch.analysis.settings import AnalysisSettings
 from longarch.config import ConfigError, load_study
 from longarch.runner import plan
-from longarch.store import ModelRow, ResultRow, Store
+from longarch.study.store import ModelRow, ResultRow, Store
 from test_report import write_study
 
 

@@ -19,7 +19,7 @@ from longarch.analysis import pretrained_report
 from longarch.cli import app
 from longarch.config import ConfigError, load_study, stored_study
 from longarch.pretrained import runner as pretrained_runner
-from longarch.store import ResultRow, Store
+from longarch.study.store import ResultRow, Store
 from test_hf_models import KINDS, _config, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

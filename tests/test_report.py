@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from longarch.analysis.report import build_report, summary_table
-from longarch.store import ModelRow, ResultRow, Store
+from longarch.study.store import ModelRow, ResultRow, Store
 
 LENGTHS = [16, 32, 64]
 DEPTHS = [0.0, 50.0, 100.0]

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from longarch import runner
 from longarch.config import load_study
-from longarch.store import Store
+from longarch.study.store import Store
 
 TINY = {
     "name": "tiny",

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from longarch import faults, runner, studydir
+from longarch import faults, runner
+from longarch.study import lock
 from longarch.cli import app
 from longarch.config import load_study
-from longarch.store import Store
+from longarch.study.store import Store
 from test_runner import N_CELLS, TINY, quiet, write_study
 
 def contents(database: Path) -> tuple[list, list]:
@@ -166,15 +167,15 @@ def test_a_failing_cell_is_retried_reported_and_does_not_stop_the_grid(tmp_path,
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    holder = studydir.StudyLock(out).__enter__()
+    holder = lock.StudyLock(out).__enter__()
     try:
-        assert studydir.held_by(out) == os.getpid()
+        assert lock.held_by(out) == os.getpid()
         result = CliRunner().invoke(app, ["run", str(write_study(tmp_path)), "--out", str(out)])
         assert result.exit_code == 2 and "another longarch run" in result.output and str(os.getpid()) in result.output
         assert not (out / "results.sqlite").exists()
     finally:
         holder.__exit__(None, None, None)
-    assert studydir.held_by(out) is None
+    assert lock.held_by(out) is None
 
 
 class _Payload:
@@ -246,4 +247,4 @@ def test_ctrl_c_stops_a_pool_run_at_once_and_keeps_what_is_stored(tmp_path):
     assert "interrupted; stored cells are kept" in stderr and "Traceback" not in stderr
     with sqlite3.connect(out / "results.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert studydir.held_by(out) is None  # the lock went with the process
+    assert lock.held_by(out) is None  # the lock went with the process

@@ -134,7 +134,7 @@ def test_a_store_of_another_sample_count_is_refused_and_kept(tmp_path):
 
 
 def _contents(out):
-    from longarch.store import Store
+    from longarch.study.store import Store
 
     with Store(out / "results.sqlite") as store:
         return [(r.cell_id, list(r.scores)) for r in store.results()], store.meta()["config"]

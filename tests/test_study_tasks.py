@@ -16,7 +16,7 @@ from rich.console import Console
 from longarch import runner
 from longarch.analysis.report import summary_table
 from longarch.config import load_study
-from longarch.store import Store
+from longarch.study.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

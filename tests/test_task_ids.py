@@ -15,7 +15,7 @@ from rich.console import Console
 
 from longarch import config, runner, tasks
 from longarch.config import load_study
-from longarch.store import Store
+from longarch.study.store import Store
 from longarch.tasks.shifted import Shifted
 
 pytestmark = pytest.mark.usefixtures("one_thread")

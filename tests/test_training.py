@@ -22,7 +22,7 @@ from safetensors.torch import save as save_tensors
 from longarch import faults, models, runner, tasks
 from longarch import train as training
 from longarch.config import ConfigError, load_study, train_labels
-from longarch.store import Store
+from longarch.study.store import Store
 from longarch.train import Mixture, TrainSpec, learning_rate, train
 from test_runner import TINY, quiet, write_study
 

@@ -181,16 +181,11 @@ def bench_architecture(name: str, d_model: int, length: int, batch: int, mode: s
 # One layer against the same layer in `transformers`
 
 
-def _quiet_transformers():
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    return transformers
-
-
 def layer_pair(layer: str, d_model: int, length: int) -> tuple[Callable, Callable]:
     """Factories (x -> output) for our layer and `transformers`' layer at the same sizes."""
-    transformers = _quiet_transformers()
+    from .models.pretrained import quiet_transformers
+
+    transformers = quiet_transformers()
     torch.manual_seed(0)
     if layer == "mamba":
         from transformers.models.mamba.modeling_mamba import MambaMixer as TheirMamba

@@ -116,11 +116,12 @@ def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | 
           scale: int | None = None):
     """The study of `run` and `plan`; the options of pretrained studies are refused for a
     controlled one."""
-    from .config import _read_yaml, load_study
+    from .config import load_study
+    from .study.schema import read_yaml
 
     extra = {k: v for k, v in (("squad", squad and str(squad)), ("hotpotqa", hotpotqa and str(hotpotqa)),
                                ("trust_remote_code", trust_remote_code or None)) if v is not None}
-    if extra and _read_yaml(study)[0].get("kind") != "pretrained":
+    if extra and read_yaml(study)[0].get("kind") != "pretrained":
         flag = "--" + next(iter(extra)).replace("_", "-")
         raise ValueError(f"{flag} is for pretrained studies (kind: pretrained); {study} trains its models")
     return load_study(study, overrides=extra, corpus=None if corpus is None else str(corpus), scale=scale)
@@ -172,7 +173,7 @@ def eval_command(
         retries: Annotated[int, typer.Option(help="times a failing cell is retried", min=0)] = 2):
     """Evaluate pretrained checkpoints on RULER-style text tasks; rerunning continues where it stopped."""
     from .bench import parse_lengths
-    from .config import ConfigError, _one_line
+    from .study.schema import ConfigError, one_line
     from .pretrained.config import PretrainedStudy, check
 
     if threshold is not None:
@@ -196,7 +197,7 @@ def eval_command(
         study = PretrainedStudy.model_validate(data)
     except Exception as error:
         if hasattr(error, "errors"):
-            raise ConfigError(_one_line(error, "longarch eval")) from None
+            raise ConfigError(one_line(error, "longarch eval")) from None
         raise
     check(study, "longarch eval")
     _run_pretrained(study, out or Path("runs") / name, "local", 0, None, retries)
@@ -270,7 +271,7 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
     """Done, running and failed cells of a study directory, with each failure's last error."""
     from .config import ConfigError, stored_study
     from .studydir import grid_state
-    from .store import Store
+    from .study.store import Store
 
     if not (directory / "results.sqlite").is_file():
         fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")

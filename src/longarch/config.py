@@ -16,28 +16,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import models, tasks
+from .study.schema import ConfigError, Strict, distinct_models, one_line, read_yaml, repeated
 from .tasks.shifted import Shifted
 from .analysis.settings import RENAMED, AnalysisSettings, from_stored
 
 
 MAX_SWEEP = 8  # learning rates a model's sweep may try
-
-
-class ConfigError(ValueError):
-    """A study that cannot run; the message is one line naming the problem."""
-
-
-class Strict(BaseModel):
-    # strict: no silent coercion (a `true` is not a step count, a "5" is not a number)
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TaskConfig(Strict):
@@ -320,64 +310,10 @@ def shifted(task, offset: int):
     return Shifted(task, offset) if offset else task
 
 
-def repeated(labels: list[str]) -> str | None:
-    """The first label (in sorted order) that appears more than once, or None."""
-    twice = sorted({x for x in labels if labels.count(x) > 1})
-    return twice[0] if twice else None
-
-
-def distinct_models(entries: list) -> list:
-    """Model entries whose labels (names) are distinct, else a ValueError naming the repeated one."""
-    twice = repeated([e.label for e in entries])
-    if twice is not None:
-        raise ValueError(f"model name {twice!r} appears twice; give entries distinct names")
-    return entries
-
-
 def _short(value) -> str:
     """A knob value for a label: a corpus file by its name."""
     text = str(value)
     return Path(text).name if isinstance(value, str) and ("/" in text or "\\" in text) else text
-
-
-def preset_names() -> list[str]:
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("longarch.presets").iterdir()
-                  if p.name.endswith(".yaml"))
-
-
-def _read_yaml(source: str) -> tuple[dict, str]:
-    path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if path.is_dir():
-            raise ConfigError(f"study file {source} is a directory, not a YAML file")
-        if not path.is_file():
-            raise ConfigError(f"study file {source} does not exist")
-        try:
-            text, origin = path.read_text(encoding="utf-8"), str(path)
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    elif source in preset_names():
-        text, origin = resources.files("longarch.presets").joinpath(f"{source}.yaml").read_text(), f"preset {source}"
-    else:
-        raise ConfigError(f"{source!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{origin}: not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: a study is a YAML mapping of keys to values")
-    return data, origin
-
-
-def _one_line(error: ValidationError, origin: str) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "extra_forbidden":
-        return f"{origin}: unknown key '{where}'"
-    message = first["msg"].removeprefix("Value error, ")
-    return f"{origin}: {where}: {message}" if where else f"{origin}: {message}"
 
 
 def load_study(source: str, overrides: dict | None = None, corpus: str | None = None, scale: int | None = None):
@@ -385,7 +321,7 @@ def load_study(source: str, overrides: dict | None = None, corpus: str | None = 
     `kind: pretrained`, the PretrainedStudy). `corpus`: a text file read by every task of the
     study whose haystack is `text` or `essay` (the CLI's --corpus). `scale` (the CLI's --scale,
     else the YAML's `scale`, else 1): see `scaled`."""
-    data, origin = _read_yaml(source)
+    data, origin = read_yaml(source)
     data.update(overrides or {})
     if data.get("kind") == "pretrained":
         if scale is not None:
@@ -396,7 +332,7 @@ def load_study(source: str, overrides: dict | None = None, corpus: str | None = 
         data = scaled(data, in_yaml if scale is None else scale)
         study = Study.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_one_line(error, origin)) from None
+        raise ConfigError(one_line(error, origin)) from None
     if corpus is not None:
         study = with_corpus(study, corpus, origin)
     check(study, origin)
@@ -433,7 +369,7 @@ def load_pretrained(data: dict, origin: str, corpus: str | None = None):
     try:
         study = PretrainedStudy.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_one_line(error, origin)) from None
+        raise ConfigError(one_line(error, origin)) from None
     check_pretrained(study, origin)
     return study
 

@@ -1,4 +1,4 @@
-"""Run a study: plan its cells, train what is not trained, evaluate what is not stored.
+"""The controlled study: plan its cells, train what is not trained, evaluate what is not stored.
 
 A study expands into training cells (architecture x seed) and evaluation cells (trained model
 x evaluated task x length x depth; a task without a needle depth has one cell per length).
@@ -6,50 +6,37 @@ Each has a content-addressed id: the hash of everything that determines its resu
 whose id is already in the store is skipped, so an interrupted run continues where it stopped
 and a finished one is not recomputed.
 
-Cells run as jobs on a backend (this process, a local process pool, or Ray; see backends.py):
-plain functions of plain data that return rows. The driver alone writes the store, one
-transaction per finished cell, and the checkpoints (a temporary file renamed into place). A
-training cell's evaluation cells are handed out as soon as it finishes, with its weights. A job
-that fails is retried up to `retries` times, then recorded in the store's failures table and
-the rest of the grid goes on. One run at a time holds a study directory (a lock file).
+This module says what the cells are, what job computes each (plain functions of plain data
+that return rows, run on a worker) and how a finished one is stored: the model row, its curve
+and its checkpoint (a temporary file renamed into place), or the cell's result row. The
+driver of study/driver.py runs them, as it runs every kind of study: an evaluation cell needs
+its model's training, so a model's cells are handed out, with its weights, as soon as it is
+trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import logging
-import platform
-import shlex
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from safetensors.torch import load as load_weights
 from safetensors.torch import save as save_weights
 
 from . import faults, models
-from .backends import InProcess, describe_error, make_backend
 from .checkpoints import write_atomic
 from .config import Study, resolve_overrides, train_labels
 from .evaluate import evaluate_samples
-from .store import ModelRow, ResultRow, Store
-from .studydir import StudyLock
+from .study.store import ModelRow, ResultRow, Store
+from .study import Cell, Plan, content_id, drive, eval_seed
+from .study.driver import Runtime
 from .train import LOSS_EVERY, Mixture, TrainSpec, train, train_sweep
-
-
-def content_id(payload: dict) -> str:
-    """A short stable hash of a JSON-able description of a cell."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -118,42 +105,6 @@ def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
                                           "samples": "per-seed"})
                     cells.append(EvalCell(model_plan, label, task, length, depth, cell_id))
     return model_plans, cells
-
-
-def eval_seed(base: int, length: int, depth: float | None, model_seed: int | None = None) -> int:
-    """The seed of the samples of one evaluation cell.
-
-    Every model trained with the same seed sees the same samples at a given (length, depth), so
-    comparisons between models are paired; models of different training seeds see independent
-    samples, so a model's seeds add up to seeds x samples distinct samples per cell, as the
-    intervals of `analysis.intervals` assume. `model_seed` None (pretrained checkpoints, which have
-    no training seed) keeps one set of samples per (length, depth).
-    """
-    depth_part = 10**9 if depth is None else int(round(depth * 1000))
-    parts = [base, length, depth_part] + ([] if model_seed is None else [1, model_seed])
-    return int(np.random.SeedSequence(parts).generate_state(1)[0])
-
-
-def provenance(command: str) -> dict:
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("longarch", "numpy", "transformers"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent)
-        commit = done.stdout.strip() if done.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"command": command, "versions": versions, "git_commit": commit}
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,22 +265,8 @@ def _what(item: ModelPlan | EvalCell) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# the driver
+# the controlled kind of study, as the driver sees it
 # --------------------------------------------------------------------------------------------
-def _logger(out: Path) -> logging.Logger:
-    """The study's log file, <out>/run.log, appended to by every run."""
-    log = logging.getLogger(f"longarch.run.{out.resolve()}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
-    handler = logging.FileHandler(out / "run.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    return log
-
-
 def _stored_weights(row: ModelRow | None) -> bytes | None:
     """A stored model's checkpoint if it is there and loads as safetensors, else None (the
     model is retrained, not trusted)."""
@@ -352,125 +289,81 @@ def _same_samples(stored: dict | None, study: Study, out: Path) -> None:
                          "(a different --scale?): give it another --out")
 
 
+class Controlled:
+    """A controlled study: train every (architecture, seed), then evaluate each trained model on
+    every (task, length, depth) cell, the cells of a model as soon as it is trained."""
+
+    kind = "controlled"
+    permanent: tuple = ()
+    gpus = 0.0
+
+    def __init__(self, study: Study, out: Path):
+        self.study, self.out, self.name = study, out, study.name
+        self._task = None  # the task trained on, built when the first model is trained
+
+    def plan(self) -> Plan:
+        model_plans, cells = plan(self.study)
+        study = self.study
+        meta = {"name": study.name, "config": study.model_dump(mode="json"), "planned_cells": len(cells),
+                "planned_models": [p.model_id for p in model_plans], "planned_lengths": study.eval_lengths(),
+                "planned_depths": study.eval.depths, "planned_task_depths": study.task_depths(),
+                "planned_tasks": [label for label, _ in study.eval_tasks()]}
+        of_model: dict[str, list[EvalCell]] = {}
+        for cell in cells:
+            of_model.setdefault(cell.model.model_id, []).append(cell)
+        ordered = []  # a model's training, then its cells: its cells start as soon as it is trained
+        for model_plan in model_plans:
+            ordered.append(Cell(model_plan.model_id, "train", _what(model_plan), model_plan))
+            ordered += [Cell(c.cell_id, "eval", _what(c), c, (model_plan.model_id,))
+                        for c in of_model.get(model_plan.model_id, [])]
+        return Plan(ordered, meta)
+
+    def stored(self, store: Store, cells: list[Cell]) -> dict[str, bytes]:
+        _same_samples(store.meta().get("config"), self.study, self.out)
+        return {c.id: w for c in cells if c.stage == "train" and (w := _stored_weights(store.model(c.id)))}
+
+    def job(self, cell: Cell, inputs: dict, runtime: Runtime):
+        study = self.study
+        if cell.stage == "train":
+            if self._task is None:
+                self._task = training_task(study)
+            label = None if study.train.tasks is not None else train_labels(study)[0]
+            state_dir = str(runtime.out / "checkpoints" / "training") if runtime.local else None
+            return train_job, TrainJob(cell.item, self._task, runtime.threads, state_dir, label)
+        item: EvalCell = cell.item
+        return eval_job, EvalJob(item, inputs[item.model.model_id], study.eval.samples,
+                                 eval_seed(study.eval.seed, item.length, item.depth, item.model.seed),
+                                 study.eval.chunk, study.train.length, runtime.threads)
+
+    def commit(self, store: Store, cell: Cell, result, runtime: Runtime):
+        if cell.stage == "train":
+            item: ModelPlan = cell.item
+            path = runtime.out / "checkpoints" / f"{item.label}-s{item.seed}-{item.model_id}.safetensors"
+            write_atomic(path, result.weights)
+            result.row.checkpoint = str(path)
+            store.put_model(result.row, result.curve)
+            row = result.row
+            return (result.weights, f"{item.label} s{item.seed}: acc@T {row.train_accuracy:.1%}",
+                    f"{cell.what}: training accuracy {row.train_accuracy:.4f} in {row.train_seconds:.1f} s")
+        store.put_result(result)
+        return None, cell.what, f"{cell.what}: accuracy {result.accuracy:.4f}"
+
+    def blocked(self, cell: Cell, failed: Cell, error: str) -> str:
+        return f"its model failed to train ({error})"
+
+    def watch(self, progress: Progress, cells: list[Cell], runtime: Runtime, in_process: bool) -> "_LiveBars":
+        state_dir = str(runtime.out / "checkpoints" / "training") if runtime.local else None
+        return _LiveBars(progress, {c.id: c.item for c in cells if c.stage == "train"}, state_dir, in_process)
+
+
 def run_study(study: Study, out: Path, console: Console | None = None, command: str | None = None,
               backend: str = "local", workers: int | None = 0, address: str | None = None,
               retries: int = 2) -> Path:
-    """Run (or continue) a study into `out`; return the path of report.md.
-
-    backend "local" with workers 0 runs every job in this process; workers N > 0 (None: one per
-    core) runs them in a pool of N processes with cores / N torch threads each; "ray" runs them
-    as Ray tasks (address None: a local Ray instance). A failing job is tried 1 + retries times.
-    """
-    from .backends import cores
-
+    """Run (or continue) a study into `out`; return the path of report.md. The backends and
+    the retry policy are the driver's (study/driver.py)."""
     console = console or Console()
     torch.set_flush_denormal(True)
-    out.mkdir(parents=True, exist_ok=True)
-    model_plans, cells = plan(study)
-    pool_size = cores() if workers is None else workers
-    threads = None if backend == "local" and pool_size == 0 else max(1, cores() // max(1, pool_size))
-    with StudyLock(out), Store(out / "results.sqlite") as store:
-        log = _logger(out)
-        store.clear_running()
-        _same_samples(store.meta().get("config"), study, out)
-        store.set_meta("name", study.name)
-        store.set_meta("config", study.model_dump(mode="json"))
-        store.set_meta("planned_cells", len(cells))
-        store.set_meta("planned_models", [p.model_id for p in model_plans])
-        store.set_meta("planned_lengths", study.eval_lengths())
-        store.set_meta("planned_depths", study.eval.depths)
-        store.set_meta("planned_task_depths", study.task_depths())
-        store.set_meta("planned_tasks", [label for label, _ in study.eval_tasks()])
-        for key, value in provenance(command or shlex.join(sys.argv)).items():
-            store.set_meta(key, value)
-        done = store.cell_ids()
-        todo = [c for c in cells if c.cell_id not in done]
-        cells_of = {p.model_id: [c for c in todo if c.model.model_id == p.model_id] for p in model_plans}
-        weights = {p.model_id: w for p in model_plans if (w := _stored_weights(store.model(p.model_id)))}
-        to_train = [p for p in model_plans if p.model_id not in weights]
-        console.print(f"[bold]{study.name}[/bold]: {len(model_plans)} models ({len(model_plans) - len(to_train)} "
-                      f"trained), {len(cells)} evaluation cells ({len(cells) - len(todo)} stored) -> {out}")
-        log.info("run %s: %d models to train, %d cells to evaluate, backend %s", study.name, len(to_train),
-                 len(todo), backend)
-        runner = make_backend(backend, workers, address, threads or 1)
-        task = training_task(study)
-        label = None if study.train.tasks is not None else train_labels(study)[0]
-        # mid-training state on this machine's disk (a remote Ray worker's disk is its own)
-        state_dir = str(out / "checkpoints" / "training") if backend == "local" or address is None else None
-        pending: dict = {}  # handle -> (item, job function, job, attempt)
-
-        def submit(item, fn, job, attempt=1):
-            store.set_running(item.model_id if isinstance(item, ModelPlan) else item.cell_id,
-                              "train" if isinstance(item, ModelPlan) else "eval", _what(item))
-            pending[runner.submit(fn, job)] = (item, fn, job, attempt)
-
-        def submit_cells(model_plan: ModelPlan):
-            for cell in cells_of[model_plan.model_id]:
-                submit(cell, eval_job, EvalJob(cell, weights[model_plan.model_id], study.eval.samples,
-                                               eval_seed(study.eval.seed, cell.length, cell.depth, cell.model.seed),
-                                               study.eval.chunk, study.train.length, threads))
-
-        global _LIVE_HOOK
-        try:
-            with _progress(console) as progress:
-                train_bar = progress.add_task("train", total=len(to_train), info="")
-                eval_bar = progress.add_task("evaluate", total=len(todo), info="")
-                live = _LiveBars(progress, {p.model_id: p for p in to_train}, state_dir)
-                _LIVE_HOOK = live.update if isinstance(runner, InProcess) else None
-                for model_plan in model_plans:
-                    if model_plan.model_id in weights:
-                        submit_cells(model_plan)
-                    else:
-                        submit(model_plan, train_job, TrainJob(model_plan, task, threads, state_dir, label))
-                while pending:
-                    finished = runner.wait(timeout=1.0)
-                    live.poll()
-                    for handle, result, error in finished:
-                        item, fn, job, attempt = pending.pop(handle)
-                        item_id = item.model_id if isinstance(item, ModelPlan) else item.cell_id
-                        store.clear_running(item_id)
-                        if error is not None:
-                            log.warning("%s failed (attempt %d of %d):\n%s", _what(item), attempt, retries + 1,
-                                        describe_error(error))
-                            if attempt <= retries:
-                                submit(item, fn, job, attempt + 1)
-                                continue
-                            line = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-                            store.put_failure(item_id, "train" if fn is train_job else "eval", _what(item), attempt, line)
-                            progress.console.print(f"[red]failed after {attempt} attempts: {_what(item)}: {line}[/red]")
-                            if fn is train_job:
-                                for cell in cells_of[item.model_id]:
-                                    store.put_failure(cell.cell_id, "eval", _what(cell), 0, f"its model failed to train ({line})")
-                            continue
-                        if fn is train_job:
-                            path = out / "checkpoints" / f"{item.label}-s{item.seed}-{item.model_id}.safetensors"
-                            write_atomic(path, result.weights)
-                            result.row.checkpoint = str(path)
-                            store.put_model(result.row, result.curve)
-                            faults.reached("model")
-                            store.clear_failure(item_id)
-                            live.done(item.model_id)
-                            weights[item.model_id] = result.weights
-                            log.info("%s: training accuracy %.4f in %.1f s", _what(item), result.row.train_accuracy,
-                                     result.row.train_seconds)
-                            progress.update(train_bar, advance=1,
-                                            info=f"{item.label} s{item.seed}: acc@T {result.row.train_accuracy:.1%}")
-                            submit_cells(item)
-                        else:
-                            store.put_result(result)
-                            faults.reached("cell")
-                            store.clear_failure(item_id)
-                            log.info("%s: accuracy %.4f", _what(item), result.accuracy)
-                            progress.update(eval_bar, advance=1, info=_what(item))
-        except BaseException:
-            runner.close(abort=True)
-            raise
-        finally:
-            _LIVE_HOOK = None
-        runner.close()
-        failed = store.failures()
-        log.info("run %s ended: %d cells stored of %d, %d failed", study.name, len(store.cell_ids()), len(cells),
-                 len(failed))
+    failed = drive(Controlled(study, out), out, console, command, backend, workers, address, retries)
     return finish(out, console, failed)
 
 
@@ -478,8 +371,11 @@ class _LiveBars:
     """One progress bar per model in training, with its step, loss and held-out accuracy: fed
     by the hook (in-process jobs) or read from the workers' progress files (`poll`)."""
 
-    def __init__(self, progress: Progress, plans: dict[str, ModelPlan], state_dir: str | None):
+    def __init__(self, progress: Progress, plans: dict[str, ModelPlan], state_dir: str | None,
+                 in_process: bool = False):
+        global _LIVE_HOOK
         self.progress, self.plans, self.state_dir, self.bars = progress, plans, state_dir, {}
+        _LIVE_HOOK = self.update if in_process else None
 
     def update(self, model_id: str, info: dict) -> None:
         plan_ = self.plans.get(model_id)
@@ -505,8 +401,15 @@ class _LiveBars:
                 continue
             self.update(model_id, info)
 
-    def done(self, model_id: str) -> None:
+    def close(self) -> None:
+        global _LIVE_HOOK
+        _LIVE_HOOK = None
+
+    def done(self, cell) -> None:
         """A model is stored: its bar goes, and so do its training state and progress files."""
+        model_id = getattr(cell, "id", cell)
+        if model_id not in self.plans and model_id not in self.bars:
+            return  # an evaluation cell
         if model_id in self.bars:
             self.progress.remove_task(self.bars.pop(model_id))
         self.plans.pop(model_id, None)

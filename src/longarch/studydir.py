@@ -1,68 +1,20 @@
-"""A study directory: the lock a run holds on it, and what it holds against the study's grid
-(for `longarch plan` and `longarch status`). Reading never writes."""
+"""A study directory against its study's grid, for `longarch plan` and `longarch status`:
+what is stored, failed, running and left, and what the rest costs. Reading never writes (the
+lock a run holds is study/lock.py's)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Study
-from .store import Store
+from .study.lock import held_by
+from .study.store import Store
 from .train import TrainSpec
 
-if TYPE_CHECKING:  # the runner takes the lock, so it imports this module, not the other way round
+if TYPE_CHECKING:
     from .runner import EvalCell, ModelPlan
-
-
-class StudyBusy(ValueError):
-    """Another run holds the study directory."""
-
-
-class StudyLock:
-    """An exclusive lock on a study directory for the length of a run (released by the OS if
-    the process dies, so a kill -9 never leaves it stuck)."""
-
-    def __init__(self, out: Path):
-        self.path = out / "run.lock"
-
-    def __enter__(self) -> "StudyLock":
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "?"
-            self.file.close()
-            raise StudyBusy(f"another longarch run (pid {holder}) is writing to {self.path.parent}; "
-                            "wait for it to finish or choose another --out") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
-
-
-def held_by(out: Path) -> int | None:
-    """The pid of the run holding `out`, or None when no run does."""
-    path = out / "run.lock"
-    if not path.exists():
-        return None
-    with open(path, "a+") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            text = file.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(file, fcntl.LOCK_UN)
-    return None
 
 
 @dataclass

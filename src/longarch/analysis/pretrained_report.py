@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.table import Table
 
-from ..store import Store
+from ..study.ids import slug
+from ..study.store import Store
 from . import plots
 from .measures import EffectiveLength, Estimate, LengthAccuracy, Plan, accuracy_at_lengths, cell_estimate, \
     effective_length, pooled_estimate
 from .reference import REFERENCES
-from .render import MISSING, Block, render_html, render_markdown
+from .render import MISSING, Block, render_html, render_markdown, reproducibility
 from .settings import AnalysisSettings, from_stored
 from .stats import Cell, LengthPoint, collect_cells
 
@@ -158,10 +158,6 @@ def _mark(data: PretrainedData, model: str, length: int, text: str) -> str:
     return f"{text} {BEYOND}" if limit is not None and length > limit and text != MISSING else text
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
-
-
 def build_summary(data: PretrainedData) -> dict:
     """Per model: the suite average at each length (x100, with its interval), the tasks it covers,
     the effective length by both rules, and each task's score (x100)."""
@@ -272,8 +268,6 @@ def _blocks(data: PretrainedData, figures: dict[str, str], summary: dict) -> lis
     blocks.append(("h2", "Reproducibility"))
     commit = data.meta.get("git_commit")
     blocks.append(("p", f"Git commit: {f'`{commit}`' if commit else 'not recorded'}."))
-    from .report import reproducibility  # report.py hands pretrained directories to this module
-
     return blocks + reproducibility(data.meta, config)
 
 
@@ -376,7 +370,7 @@ def build_report(out_dir: Path) -> dict[str, Path]:
             if grid:
                 record(f"depth {m['name']} on {label}", plots.plot_heatmap(
                     grid, sorted({n for n, _ in grid}), sorted({d for _, d in grid}), m.get("train_length"),
-                    figure_dir / f"depth_{_slug(m['name'])}_{_slug(label)}",
+                    figure_dir / f"depth_{slug(m['name'])}_{slug(label)}",
                     title=f"{m['name']} on {label}: score (%) by length and needle depth"))
     summary = build_summary(data)
     paths["summary"] = out_dir / "summary.json"

@@ -9,6 +9,8 @@ import html
 import re
 from pathlib import Path
 
+import yaml
+
 MISSING = "—"
 Block = tuple
 
@@ -97,3 +99,15 @@ def render_html(blocks: list[Block], title: str, base_dir: Path) -> str:
     body = "\n".join(out)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def reproducibility(meta: dict, config: dict) -> list[Block]:
+    """The command, the package versions and the configuration of a run, as blocks."""
+    blocks: list[Block] = [("p", "Command:"), ("code", str(meta.get("command") or "not recorded"), "sh")]
+    versions = meta.get("versions")
+    if isinstance(versions, dict) and versions:
+        blocks.append(("table", ["package", "version"], [[str(k), str(v)] for k, v in versions.items()]))
+    if config:
+        blocks.append(("p", "Configuration:"))
+        blocks.append(("code", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip(), "yaml"))
+    return blocks

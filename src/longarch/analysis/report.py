@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 from rich.table import Table
 
-from ..store import Store
+from ..study.ids import slug
+from ..study.store import Store
 from . import plots
 from .findings import accuracy_at
 from .measures import cell_estimate
 from .measures_report import INTERVAL, PARTIAL, analysis_sections, partial_seed_cells, settings_of
-from .render import MISSING, Block, render_html, render_markdown
+from .render import MISSING, Block, render_html, render_markdown, reproducibility
 from .settings import AnalysisSettings
 from .training_report import training_section
 from .stats import Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells, summarise_models
@@ -203,11 +202,6 @@ def _warning(model: ModelSummary, learned_bar: float) -> str:
             f"{model.train_length}{seeds} (learned means at least {100 * learned_bar:g}%: "
             "`analysis.learned_bar_fraction`). Its accuracy past the training length says nothing about "
             "extrapolation and is not interpreted.")
-
-
-def _slug(name: str) -> str:
-    """A file-name-safe form of a model name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,18 +387,6 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
     return blocks + reproducibility(data.meta, config)
 
 
-def reproducibility(meta: dict, config: dict) -> list[Block]:
-    """The command, the package versions and the configuration of a run, as blocks."""
-    blocks: list[Block] = [("p", "Command:"), ("code", str(meta.get("command") or "not recorded"), "sh")]
-    versions = meta.get("versions")
-    if isinstance(versions, dict) and versions:
-        blocks.append(("table", ["package", "version"], [[str(k), str(v)] for k, v in versions.items()]))
-    if config:
-        blocks.append(("p", "Configuration:"))
-        blocks.append(("code", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip(), "yaml"))
-    return blocks
-
-
 # --------------------------------------------------------------------------------------------
 # entry points
 # --------------------------------------------------------------------------------------------
@@ -440,7 +422,7 @@ def build_report(out_dir: Path) -> dict[str, Path]:
     else:
         for task_label in data.tasks:
             record(f"accuracy_vs_length {task_label}", plots.plot_accuracy_vs_length(
-                data.task_curves[task_label], train_lengths, figure_dir / f"accuracy_vs_length_{_slug(task_label)}",
+                data.task_curves[task_label], train_lengths, figure_dir / f"accuracy_vs_length_{slug(task_label)}",
                 title=f"{data.name}, {task_label}: accuracy vs context length ({100 * data.level:g}% interval)",
                 unsolved=[m.name for m in data.unsolved(task_label)] if data.by_task else unsolved))
         record("format_comparison", plots.plot_task_comparison(
@@ -451,8 +433,8 @@ def build_report(out_dir: Path) -> dict[str, Path]:
         if not any(c.task == task_label and c.depth is not None for c in data.cells.values()) and data.cells:
             continue  # a task without a needle depth has no depth heatmap
         for model in data.models:
-            key, stem = (f"{model.name} on {task_label}", f"heatmap_{_slug(model.name)}_{_slug(task_label)}") if several \
-                else (model.name, f"heatmap_{_slug(model.name)}")
+            key, stem = (f"{model.name} on {task_label}", f"heatmap_{slug(model.name)}_{slug(task_label)}") if several \
+                else (model.name, f"heatmap_{slug(model.name)}")
             record(f"heatmap {key}", plots.plot_heatmap(
                 _depth_grid(data, model.name, task_label), data.lengths, data.depths, model.train_length,
                 figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))

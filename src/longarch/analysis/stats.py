@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..store import ModelRow, ResultRow
+from ..study.store import ModelRow, ResultRow
 from . import intervals
 
 DEFAULT_MIN_TRAIN_ACCURACY = 0.95

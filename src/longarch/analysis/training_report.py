@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..store import ModelRow
+from ..study.store import ModelRow
 from . import plots
 from .render import MISSING, Block
 

@@ -34,5 +34,16 @@ FAMILIES = {  # transformers model_type -> family, as in the zoo
 }
 
 
+def quiet_transformers():
+    """Silence transformers' loading bars and its notes that a CUDA kernel package is missing (the
+    PyTorch path it falls back to is the one tested here): our progress display is the one to
+    read. Returns the transformers module."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
 def family(kind: str) -> str:
     return FAMILIES.get(kind, "?")

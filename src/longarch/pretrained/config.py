@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..analysis.settings import AnalysisSettings
-from ..config import Strict, distinct_models, repeated
+from ..study.schema import Strict, distinct_models, repeated
 from ..tasks import text
 
 SCHEMES = ("hf", "mamba_ssm")
@@ -191,7 +191,7 @@ class PretrainedStudy(Strict):
 
 def check(study: PretrainedStudy, origin: str) -> None:
     """What the schema cannot see: unknown tasks and knobs, missing files, impossible depths."""
-    from ..config import ConfigError
+    from ..study.schema import ConfigError
 
     for path, what in ((study.corpus, "corpus"), (study.squad, "squad"), (study.hotpotqa, "hotpotqa")):
         if path is not None and not Path(path).is_file():

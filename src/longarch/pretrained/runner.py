@@ -14,20 +14,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from .. import faults
-from ..backends import describe_error, make_backend
-from ..runner import _logger, _progress, content_id, eval_seed, finish, provenance
-from ..store import ResultRow, Store
-from ..studydir import StudyLock
+from ..runner import finish
+from ..study.store import ResultRow, Store
+from ..study import Cell, Plan, content_id, drive, eval_seed
+from ..study.ids import slug
+from ..study.driver import Runtime
 from ..tasks import text
 from .config import PretrainedModel, PretrainedStudy
 
@@ -137,7 +134,7 @@ def _load(job: TextJob):
     if key in _unloadable:
         raise ModelLoadError(_unloadable[key])
     if key not in _loaded:
-        _quiet_transformers()
+        pretrained.quiet_transformers()
         _loaded.clear()  # one model at a time: a 3B model in memory twice is the wrong trade
         try:
             _loaded[key] = pretrained.load(job.cell.model.model, dtype=job.dtype, device=job.device,
@@ -147,15 +144,6 @@ def _load(job: TextJob):
             _unloadable[key] = f"{job.cell.model.model} could not be loaded: {first}"
             raise ModelLoadError(_unloadable[key]) from None
     return _loaded[key]
-
-
-def _quiet_transformers() -> None:
-    """Our progress bar is the one to read: transformers' loading bars and its notes that a CUDA
-    kernel package is missing (the PyTorch path it falls back to is what we test) are silenced."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def model_info(loaded, entry: PretrainedModel, dtype: str) -> dict:
@@ -201,15 +189,11 @@ def text_job(job: TextJob) -> TextResult:
 
 
 # --------------------------------------------------------------------------------------------
-# the driver
+# the pretrained kind of study, as the driver sees it
 # --------------------------------------------------------------------------------------------
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
-
-
 def predictions_path(out: Path, cell: TextCell) -> Path:
     depth = "" if cell.depth is None else f"-d{cell.depth:g}"
-    return out / "predictions" / _slug(cell.model.label) / f"{_slug(cell.label)}-{cell.length}{depth}.jsonl"
+    return out / "predictions" / slug(cell.model.label) / f"{slug(cell.label)}-{cell.length}{depth}.jsonl"
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -226,76 +210,59 @@ def _what(cell: TextCell) -> str:
     return f"{cell.model.label} on {cell.label} at {cell.length}{depth}"
 
 
+class Pretrained:
+    """A pretrained study: one evaluation cell per (checkpoint, text task, length, depth), in plan
+    order, so that one model's cells run together and it is loaded once per worker."""
+
+    kind = "pretrained"
+    permanent = (ModelLoadError, text.FitError)  # every try would fail the same way
+    name: str
+
+    def __init__(self, study: PretrainedStudy, cache_dir: str | None = None):
+        self.study, self.cache_dir, self.name = study, cache_dir, study.name
+        self.gpus = 1.0 if study.eval.device.startswith("cuda") else 0.0  # each Ray job then asks for one GPU
+
+    def plan(self) -> Plan:
+        study = self.study
+        cells, skipped = plan(study)
+        meta = {"name": study.name, "kind": "pretrained", "config": study.model_dump(mode="json"),
+                "planned_cells": len(cells), "planned_lengths": list(study.eval.lengths),
+                "planned_tasks": [label for label, _ in study.task_entries()], "skipped": [list(s) for s in skipped]}
+        return Plan([Cell(c.cell_id, "eval", _what(c), c) for c in cells], meta,
+                    [f"skipped {label}: {reason}" for label, reason in skipped])
+
+    def stored(self, store: Store, cells: list[Cell]) -> dict:
+        return {}  # no cell needs another's output
+
+    def job(self, cell: Cell, inputs: dict, runtime: Runtime):
+        study, item = self.study, cell.item
+        return text_job, TextJob(item, study.eval.dtype, study.eval.device, study.trust_remote_code,
+                                 item.model.template or study.eval.template, study.eval.samples,
+                                 eval_seed(study.eval.seed, item.length, item.depth), study.eval.chunk,
+                                 study.eval.batch_tokens, self.cache_dir)
+
+    def commit(self, store: Store, cell: Cell, result: TextResult, runtime: Runtime):
+        item = cell.item
+        _write_jsonl(predictions_path(runtime.out, item), result.predictions)
+        store.put_pretrained(item.model_id, item.model.label, item.model.model,
+                             {**result.model_info, "template": item.model.template or self.study.eval.template,
+                              "tokenizer": item.model.tokenizer})
+        store.put_result(result.row)
+        score = 100 * result.row.accuracy
+        return None, f"{cell.what}: {score:.1f}", f"{cell.what}: score {score:.2f}"
+
+    def blocked(self, cell: Cell, failed: Cell, error: str) -> str:
+        return f"{failed.what} failed ({error})"
+
+    def watch(self, progress, cells, runtime, in_process):
+        return None
+
+
 def run_pretrained(study: PretrainedStudy, out: Path, console: Console | None = None, command: str | None = None,
                    backend: str = "local", workers: int | None = 0, address: str | None = None, retries: int = 2,
                    cache_dir: str | None = None) -> Path:
     """Run (or continue) a pretrained study into `out`; return the path of report.md.
     workers 0 (the default here: one accelerator, models loaded once) runs in this process."""
     console = console or Console()
-    out.mkdir(parents=True, exist_ok=True)
-    cells, skipped = plan(study)
-    for label, reason in skipped:
-        console.print(f"[yellow]skipped {label}: {reason}[/yellow]")  # the rest runs
-    with StudyLock(out), Store(out / "results.sqlite") as store:
-        log = _logger(out)
-        store.clear_running()
-        for key, value in {"name": study.name, "kind": "pretrained", "config": study.model_dump(mode="json"),
-                           "planned_cells": len(cells), "planned_lengths": list(study.eval.lengths),
-                           "planned_tasks": [label for label, _ in study.task_entries()],
-                           "skipped": [list(s) for s in skipped],
-                           **provenance(command or shlex.join(sys.argv))}.items():
-            store.set_meta(key, value)
-        done = store.cell_ids()
-        todo = [c for c in cells if c.cell_id not in done]
-        console.print(f"[bold]{study.name}[/bold]: {len(study.models)} models, {len(cells)} cells "
-                      f"({len(cells) - len(todo)} stored) -> {out}")
-        log.info("run %s: %d cells to evaluate, backend %s", study.name, len(todo), backend)
-        on_gpu = study.eval.device.startswith("cuda")  # each Ray job then asks for one GPU
-        runner = make_backend(backend, workers, address, 1, gpus=1 if on_gpu else 0)
-        pending: dict = {}
-
-        def submit(cell: TextCell, attempt: int = 1):
-            store.set_running(cell.cell_id, "eval", _what(cell))
-            job = TextJob(cell, study.eval.dtype, study.eval.device, study.trust_remote_code,
-                          cell.model.template or study.eval.template, study.eval.samples,
-                          eval_seed(study.eval.seed, cell.length, cell.depth), study.eval.chunk,
-                          study.eval.batch_tokens, cache_dir)
-            pending[runner.submit(text_job, job)] = (cell, attempt)
-
-        try:
-            with _progress(console) as progress:
-                bar = progress.add_task("evaluate", total=len(todo), info="")
-                for cell in todo:  # in plan order: one model's cells together, so it is loaded once
-                    submit(cell)
-                while pending:
-                    for handle, result, error in runner.wait():
-                        cell, attempt = pending.pop(handle)
-                        store.clear_running(cell.cell_id)
-                        if error is not None:
-                            log.warning("%s failed (attempt %d of %d):\n%s", _what(cell), attempt, retries + 1,
-                                        describe_error(error))
-                            if attempt <= retries and not isinstance(error, (ModelLoadError, text.FitError)):
-                                submit(cell, attempt + 1)
-                                continue
-                            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                            line = f"{type(error).__name__}: {first}"
-                            store.put_failure(cell.cell_id, "eval", _what(cell), attempt, line)
-                            progress.console.print(f"[red]failed after {attempt} attempts: {_what(cell)}: {line}[/red]")
-                            continue
-                        _write_jsonl(predictions_path(out, cell), result.predictions)
-                        store.put_pretrained(cell.model_id, cell.model.label, cell.model.model,
-                                             {**result.model_info, "template": cell.model.template or study.eval.template,
-                                              "tokenizer": cell.model.tokenizer})
-                        store.put_result(result.row)
-                        faults.reached("cell")
-                        store.clear_failure(cell.cell_id)
-                        log.info("%s: score %.2f", _what(cell), 100 * result.row.accuracy)
-                        progress.update(bar, advance=1, info=f"{_what(cell)}: {100 * result.row.accuracy:.1f}")
-        except BaseException:
-            runner.close(abort=True)
-            raise
-        runner.close()
-        failed = store.failures()
-        log.info("run %s ended: %d cells stored of %d, %d failed", study.name, len(store.cell_ids()), len(cells),
-                 len(failed))
+    failed = drive(Pretrained(study, cache_dir), out, console, command, backend, workers, address, retries)
     return finish(out, console, failed)

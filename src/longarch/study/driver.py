@@ -1,0 +1,262 @@
+"""The one driver: every kind of study runs its cells through this loop.
+
+A kind plans its cells; a cell names the cells whose outputs its job needs (an evaluation
+needs its model's training). The driver skips what the store already holds, hands every cell
+whose needs are met to the backend as a job (plain data in, plain data out; see backends.py),
+and commits each finished one in this process, one store transaction per cell, so that an
+interrupted run continues where it stopped. A failing job is tried 1 + `retries` times (none
+more for the errors its kind calls permanent), then recorded with its last error, together
+with every cell that needed it, and the rest of the grid goes on. One run at a time holds a
+study directory (lock.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, ClassVar, Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .. import faults
+from .backends import InProcess, cores, describe_error, make_backend
+from .store import Store
+from .lock import StudyLock
+
+# A cell's stage: its progress bar, the nouns of the run's first lines, the kill point reached
+# once it is stored (faults.py), and the `kind` column of the store's running and failures tables.
+STAGES = {"train": {"bar": "train", "noun": "models", "done": "trained", "todo": "models to train", "point": "model"},
+          "eval": {"bar": "evaluate", "noun": "evaluation cells", "done": "stored", "todo": "cells to evaluate",
+                   "point": "cell"}}
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str                     # content-addressed: the hash of everything that determines its result
+    stage: str                  # "train" or "eval" (see STAGES)
+    what: str                   # one line for the progress display, the log and the failures table
+    item: object = None         # the kind's own description of the cell
+    needs: tuple[str, ...] = ()  # ids of the cells whose outputs its job takes
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]           # in the order to run them
+    meta: dict = field(default_factory=dict)  # written to the store's meta table on every run
+    notes: list[str] = field(default_factory=list)  # said before the run (what the plan skipped)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a job may depend on besides its cell: where it runs, not what it computes."""
+    out: Path
+    threads: int | None   # torch threads per job (None: leave torch's default)
+    local: bool           # jobs run on this machine, so they may write under `out`
+
+
+class StudyKind(Protocol):
+    """A kind of study, as the driver sees it."""
+
+    kind: ClassVar[str]
+    name: str
+    permanent: ClassVar[tuple[type[BaseException], ...]]  # errors that fail a cell at once
+    gpus: float  # GPUs each job asks of Ray
+
+    def plan(self) -> Plan: ...
+
+    def stored(self, store: Store, cells: list[Cell]) -> dict[str, object]:
+        """The outputs of cells stored by an earlier run that other cells need (a trained model's
+        weights); refuses a store this study cannot add to (ValueError)."""
+
+    def job(self, cell: Cell, inputs: dict[str, object], runtime: Runtime) -> tuple[Callable, object]:
+        """The job of a cell: a module-level function and its picklable argument, run on a worker."""
+
+    def commit(self, store: Store, cell: Cell, result, runtime: Runtime) -> tuple[object, str, str]:
+        """Store a finished cell; return its output for the cells that need it, the progress line
+        and the log line."""
+
+    def blocked(self, cell: Cell, failed: Cell, error: str) -> str:
+        """The failure recorded for `cell` when a cell it needs failed."""
+
+    def watch(self, progress: Progress, cells: list[Cell], runtime: Runtime, in_process: bool) -> "Watcher | None":
+        """Live progress of running jobs beyond the stage bars, or None."""
+
+
+class Watcher(Protocol):
+    def poll(self) -> None: ...
+    def done(self, cell: Cell) -> None: ...
+    def close(self) -> None: ...
+
+
+def provenance(command: str) -> dict:
+    """The command, the versions that matter and the commit of a run, for the store's meta table."""
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("longarch", "numpy", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent)
+        commit = done.stdout.strip() if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"command": command, "versions": versions, "git_commit": commit}
+
+
+def logger(out: Path) -> logging.Logger:
+    """The study's log file, <out>/run.log, appended to by every run."""
+    log = logging.getLogger(f"longarch.run.{out.resolve()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(out / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return log
+
+
+def progress_display(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def drive(kind: StudyKind, out: Path, console: Console, command: str | None = None, backend: str = "local",
+          workers: int | None = 0, address: str | None = None, retries: int = 2) -> list:
+    """Run (or continue) a study of any kind into `out`; return the store's failures.
+
+    backend "local" with workers 0 runs every job in this process; workers N > 0 (None: one per
+    core) runs them in a pool of N processes with cores / N torch threads each; "ray" runs them
+    as Ray tasks (address None: a local Ray instance)."""
+    out.mkdir(parents=True, exist_ok=True)
+    plan = kind.plan()
+    for note in plan.notes:
+        console.print(f"[yellow]{note}[/yellow]")  # the rest runs
+    pool_size = cores() if workers is None else workers
+    threads = None if backend == "local" and pool_size == 0 else max(1, cores() // max(1, pool_size))
+    # jobs on this machine may keep files under `out` (a remote Ray worker's disk is its own)
+    runtime = Runtime(out, threads, backend == "local" or address is None)
+    with StudyLock(out), Store(out / "results.sqlite") as store:
+        log = logger(out)
+        store.clear_running()
+        outputs = kind.stored(store, plan.cells)
+        for key, value in {**plan.meta, **provenance(command or shlex.join(sys.argv))}.items():
+            store.set_meta(key, value)
+        done = store.cell_ids() | set(outputs)
+        todo = [cell for cell in plan.cells if cell.id not in done]
+        stages = [s for s in STAGES if any(c.stage == s for c in plan.cells)]
+        counts = {s: (sum(c.stage == s for c in plan.cells), sum(c.stage == s for c in todo)) for s in stages}
+        console.print(f"[bold]{kind.name}[/bold]: " + ", ".join(
+            f"{total} {STAGES[s]['noun']} ({total - left} {STAGES[s]['done']})" for s, (total, left) in counts.items())
+            + f" -> {out}")
+        log.info("run %s: %s, backend %s", kind.name,
+                 ", ".join(f"{left} {STAGES[s]['todo']}" for s, (_, left) in counts.items()), backend)
+        runner = make_backend(backend, workers, address, threads or 1, gpus=kind.gpus)
+        loop = _Loop(kind, store, runner, log, runtime, retries, outputs)
+        try:
+            with progress_display(console) as progress:
+                loop.run(progress, todo, stages)
+        except BaseException:
+            runner.close(abort=True)
+            raise
+        runner.close()
+        failed = store.failures()
+        log.info("run %s ended: %d cells stored of %d, %d failed", kind.name, len(store.cell_ids()),
+                 sum(c.stage == "eval" for c in plan.cells), len(failed))
+    return failed
+
+
+class _Loop:
+    """The loop of one run: submit what is ready, commit what finishes, retry or record what fails."""
+
+    def __init__(self, kind: StudyKind, store: Store, runner, log: logging.Logger, runtime: Runtime, retries: int,
+                 outputs: dict):
+        self.kind, self.store, self.runner, self.log, self.runtime = kind, store, runner, log, runtime
+        self.retries, self.outputs = retries, outputs
+        self.pending: dict = {}   # handle -> (cell, attempt)
+        self.waiting: list[Cell] = []
+
+    def run(self, progress: Progress, todo: list[Cell], stages: list[str]) -> None:
+        self.progress = progress
+        self.bars = {s: progress.add_task(STAGES[s]["bar"], total=sum(c.stage == s for c in todo), info="")
+                     for s in stages}
+        self.watcher = self.kind.watch(progress, todo, self.runtime, isinstance(self.runner, InProcess))
+        try:
+            self.waiting = list(todo)
+            self._release()
+            while self.pending:
+                finished = self.runner.wait(timeout=1.0)
+                if self.watcher is not None:
+                    self.watcher.poll()
+                for handle, result, error in finished:
+                    cell, attempt = self.pending.pop(handle)
+                    self.store.clear_running(cell.id)
+                    if error is None:
+                        self._commit(cell, result)
+                    else:
+                        self._failed(cell, attempt, error)
+        finally:
+            if self.watcher is not None:
+                self.watcher.close()
+
+    def _submit(self, cell: Cell, attempt: int = 1) -> None:
+        self.store.set_running(cell.id, cell.stage, cell.what)
+        fn, job = self.kind.job(cell, {need: self.outputs[need] for need in cell.needs}, self.runtime)
+        self.pending[self.runner.submit(fn, job)] = (cell, attempt)
+
+    def _release(self) -> None:
+        """Submit, in plan order, every waiting cell whose needs are all met."""
+        still = []
+        for cell in self.waiting:
+            if all(need in self.outputs for need in cell.needs):
+                self._submit(cell)
+            else:
+                still.append(cell)
+        self.waiting = still
+
+    def _commit(self, cell: Cell, result) -> None:
+        output, info, line = self.kind.commit(self.store, cell, result, self.runtime)
+        faults.reached(STAGES[cell.stage]["point"])
+        self.store.clear_failure(cell.id)
+        if self.watcher is not None:
+            self.watcher.done(cell)
+        self.outputs[cell.id] = output
+        self.log.info("%s", line)
+        self.progress.update(self.bars[cell.stage], advance=1, info=info)
+        self._release()
+
+    def _failed(self, cell: Cell, attempt: int, error: BaseException) -> None:
+        self.log.warning("%s failed (attempt %d of %d):\n%s", cell.what, attempt, self.retries + 1,
+                         describe_error(error))
+        if attempt <= self.retries and not isinstance(error, self.kind.permanent):
+            self._submit(cell, attempt + 1)
+            return
+        line = first_line(error)
+        self.store.put_failure(cell.id, cell.stage, cell.what, attempt, line)
+        self.progress.console.print(f"[red]failed after {attempt} attempts: {cell.what}: {line}[/red]")
+        self._fail_dependents(cell, line)
+
+    def _fail_dependents(self, failed: Cell, line: str) -> None:
+        blocked = [c for c in self.waiting if failed.id in c.needs]
+        self.waiting = [c for c in self.waiting if failed.id not in c.needs]
+        for cell in blocked:
+            self.store.put_failure(cell.id, cell.stage, cell.what, 0, self.kind.blocked(cell, failed, line))
+            self._fail_dependents(cell, line)

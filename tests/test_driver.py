@@ -1,0 +1,143 @@
+"""The one driver (study/driver.py) with a kind made up for the test: needs, retries, permanent
+errors, failures passed on to the cells that need a failed one, and a rerun that does only
+what is missing. Both real kinds run through it in test_runner.py and test_pretrained.py."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from longarch.study.store import ResultRow, Store
+from longarch.study import Cell, Plan, drive
+
+
+class Permanent(RuntimeError):
+    pass
+
+
+def square(job: dict) -> int:
+    """The job of a made-up cell: fails as told, else squares its input plus its needs' outputs."""
+    if job["fail"] == "always":
+        raise RuntimeError(f"cell {job['name']} is broken")
+    if job["fail"] == "permanent":
+        raise Permanent(f"cell {job['name']} can never run")
+    if job["fail"] == "once" and job["attempt_file"] and not Path(job["attempt_file"]).exists():
+        Path(job["attempt_file"]).write_text("tried")
+        raise RuntimeError("a passing glitch")
+    return (job["value"] + sum(job["inputs"].values())) ** 2
+
+
+class Squares:
+    """A kind whose "train" cells feed "eval" cells, as a controlled study's models feed its cells."""
+
+    kind = "squares"
+    permanent = (Permanent,)
+    gpus = 0.0
+
+    def __init__(self, tmp: Path, fail: dict[str, str] | None = None):
+        self.name, self.tmp, self.fail, self.jobs = "squares", tmp, fail or {}, []
+
+    def plan(self) -> Plan:
+        cells = []
+        for model in ("a", "b"):
+            cells.append(Cell(model, "train", f"train {model}", {"value": 2 if model == "a" else 3}))
+            cells += [Cell(f"{model}{i}", "eval", f"{model} cell {i}", {"value": i}, (model,)) for i in (1, 2)]
+        return Plan(cells, {"name": self.name}, ["one note"])
+
+    def stored(self, store: Store, cells: list[Cell]) -> dict:
+        path = self.tmp / "models.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def job(self, cell: Cell, inputs: dict, runtime):
+        self.jobs.append(cell.id)
+        return square, {"name": cell.id, "value": cell.item["value"], "inputs": inputs,
+                        "fail": self.fail.get(cell.id), "attempt_file": str(self.tmp / f"{cell.id}.tried")}
+
+    def commit(self, store: Store, cell: Cell, result: int, runtime):
+        if cell.stage == "train":
+            path = self.tmp / "models.json"
+            models = json.loads(path.read_text()) if path.exists() else {}
+            path.write_text(json.dumps({**models, cell.id: result}))
+        else:
+            store.put_result(ResultRow(cell_id=cell.id, model_id=cell.needs[0], model=cell.needs[0], task="t",
+                                       label="t", knobs={}, length=1, depth=None, seed=0, n=1, accuracy=float(result),
+                                       scores=[float(result)], seconds=0.0))
+        return result, cell.what, f"{cell.what}: {result}"
+
+    def blocked(self, cell: Cell, failed: Cell, error: str) -> str:
+        return f"needs {failed.what} ({error})"
+
+    def watch(self, progress, cells, runtime, in_process):
+        return None
+
+
+def _run(kind: Squares, out: Path) -> list:
+    return drive(kind, out, Console(file=io.StringIO()), command="test", workers=0)
+
+
+def _accuracies(out: Path) -> dict[str, float]:
+    with Store(out / "results.sqlite") as store:
+        return {r.cell_id: r.accuracy for r in store.results()}
+
+
+def test_cells_run_after_what_they_need_with_its_output(tmp_path):
+    kind = Squares(tmp_path)
+    assert _run(kind, tmp_path / "out") == []
+    assert kind.jobs.index("a") < kind.jobs.index("a1") and kind.jobs.index("b") < kind.jobs.index("b1")
+    # a trains to 4 and b to 9; cell a1 is (1 + 4)^2, b2 is (2 + 9)^2
+    assert _accuracies(tmp_path / "out") == {"a1": 25.0, "a2": 36.0, "b1": 100.0, "b2": 121.0}
+
+
+def test_a_rerun_does_only_what_is_not_stored(tmp_path):
+    _run(Squares(tmp_path), tmp_path / "out")
+    again = Squares(tmp_path)
+    _run(again, tmp_path / "out")
+    assert again.jobs == []
+
+
+def test_a_passing_glitch_is_retried_and_a_broken_cell_recorded_with_what_needs_it(tmp_path):
+    kind = Squares(tmp_path, fail={"a1": "once", "b": "always"})
+    failures = _run(kind, tmp_path / "out")
+    assert kind.jobs.count("a1") == 2 and kind.jobs.count("b") == 3  # 1 + 2 retries
+    assert {f["cell_id"]: f["attempts"] for f in failures} == {"b": 3, "b1": 0, "b2": 0}
+    blocked = {f["cell_id"]: f["error"] for f in failures if f["cell_id"] != "b"}
+    assert blocked == {"b1": "needs train b (RuntimeError: cell b is broken)",
+                       "b2": "needs train b (RuntimeError: cell b is broken)"}
+    assert set(_accuracies(tmp_path / "out")) == {"a1", "a2"}
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert "train b failed (attempt 3 of 3)" in log and "cell b is broken" in log
+
+
+def test_a_permanent_error_is_not_retried(tmp_path):
+    kind = Squares(tmp_path, fail={"a2": "permanent"})
+    failures = _run(kind, tmp_path / "out")
+    assert kind.jobs.count("a2") == 1
+    assert [(f["cell_id"], f["attempts"]) for f in failures] == [("a2", 1)]
+
+
+def test_the_run_says_what_it_plans_and_holds_the_lock(tmp_path):
+    from longarch.study import lock
+
+    console = Console(file=io.StringIO(), width=200)
+    drive(Squares(tmp_path), tmp_path / "out", console, command="test", workers=0)
+    said = console.file.getvalue()
+    assert "one note" in said and "squares: 2 models (0 trained), 4 evaluation cells (0 stored)" in said
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert "run squares: 2 models to train, 4 cells to evaluate, backend local" in log
+    assert lock.held_by(tmp_path / "out") is None
+    with Store(tmp_path / "out" / "results.sqlite") as store:
+        assert store.meta()["name"] == "squares" and store.meta()["command"] == "test"
+
+
+def test_a_kill_point_after_each_commit(tmp_path, monkeypatch):
+    """The driver reaches the kill point of a stage right after a cell of it is stored (the
+    kill-and-resume tests of test_runner_faults.py stop a real study there)."""
+    from longarch import faults
+
+    reached = []
+    monkeypatch.setattr(faults, "reached", reached.append)
+    _run(Squares(tmp_path), tmp_path / "out")
+    assert reached.count("model") == 2 and reached.count("cell") == 4
