@@ -387,30 +387,9 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
     return blocks + reproducibility(data.meta, config)
 
 
-# --------------------------------------------------------------------------------------------
-# entry points
-# --------------------------------------------------------------------------------------------
-def build_report(out_dir: Path) -> dict[str, Path]:
-    """Write summary.json, figures/, report.md and report.html for the study in `out_dir`.
-
-    Returns the written paths: "summary", "md", "html", and each figure under its path relative
-    to `out_dir` (e.g. "figures/accuracy_vs_length.png").
-    """
-    out_dir = Path(out_dir)
-    if _is_pretrained(out_dir):
-        from . import pretrained_report
-
-        return pretrained_report.build_report(out_dir)
-    data = load(out_dir)
-    figure_dir = out_dir / "figures"
-    paths: dict[str, Path] = {}
-    figures: dict[str, str] = {}  # figure key -> PNG path relative to out_dir
-
-    def record(key: str, written: list[Path]) -> None:
-        for path in written:
-            paths[path.relative_to(out_dir).as_posix()] = path
-        figures[key] = written[0].relative_to(out_dir).as_posix()
-
+def _accuracy_figures(data: StudyData, figure_dir: Path, record) -> None:
+    """Accuracy against length (one figure, or one per evaluated task and a comparison of them)
+    and each model's heatmap by length and depth; `record(key, written)` keeps each figure."""
     unsolved = [m.name for m in data.unsolved()]
     train_lengths = {m.name: m.train_length for m in data.models}
     several = len(data.tasks) > 1
@@ -438,6 +417,33 @@ def build_report(out_dir: Path) -> dict[str, Path]:
             record(f"heatmap {key}", plots.plot_heatmap(
                 _depth_grid(data, model.name, task_label), data.lengths, data.depths, model.train_length,
                 figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+# --------------------------------------------------------------------------------------------
+def build_report(out_dir: Path) -> dict[str, Path]:
+    """Write summary.json, figures/, report.md and report.html for the study in `out_dir`.
+
+    Returns the written paths: "summary", "md", "html", and each figure under its path relative
+    to `out_dir` (e.g. "figures/accuracy_vs_length.png").
+    """
+    out_dir = Path(out_dir)
+    if _is_pretrained(out_dir):
+        from . import pretrained_report
+
+        return pretrained_report.build_report(out_dir)
+    data = load(out_dir)
+    figure_dir = out_dir / "figures"
+    paths: dict[str, Path] = {}
+    figures: dict[str, str] = {}  # figure key -> PNG path relative to out_dir
+
+    def record(key: str, written: list[Path]) -> None:
+        for path in written:
+            paths[path.relative_to(out_dir).as_posix()] = path
+        figures[key] = written[0].relative_to(out_dir).as_posix()
+
+    _accuracy_figures(data, figure_dir, record)
 
     with Store(out_dir / "results.sqlite") as store:
         stored_curves = store.curves()
