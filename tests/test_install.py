@@ -6,6 +6,7 @@ across the three files."""
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 import tomllib
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def test_the_lock_pins_every_declared_dependency_in_its_range(lock, extras):
     for requirement in declared(extras):
         name = canonicalize_name(requirement.name)
         if name == "torch":  # pinned exactly by pyproject.toml itself, so a CUDA build can stand in
-            assert str(requirement.specifier).startswith("=="), requirement
+            assert str(requirement.specifier) == f"=={pinned.get(name)}", (lock, requirement, pinned.get(name))
             continue
         assert name in pinned, f"{name} is missing from requirements/{lock}.txt: run `make lock`"
         assert requirement.specifier.contains(pinned[name], prereleases=True), (lock, requirement, pinned[name])
@@ -57,3 +58,14 @@ def test_the_locks_agree_on_every_shared_package():
     for lock in ("runtime", "ray"):
         differ = {n: (v, test.get(n)) for n, v in pins(lock).items() if test.get(n, v) != v}
         assert not differ, f"requirements/{lock}.txt and test.txt differ: {differ}"
+
+
+@pytest.mark.skipif(os.environ.get("LONGARCH_UNLOCKED") == "1", reason="`make test-latest` installs the newest releases")
+def test_what_is_installed_is_the_lock():
+    """`make test` installs from requirements/test.txt: every package of the lock at its locked
+    version (a local build label such as torch's +cpu aside), and nothing the lock leaves out
+    but pip and longarch itself."""
+    locked = pins("test")
+    installed = {canonicalize_name(d.metadata["Name"]): d.version.split("+")[0] for d in metadata.distributions()}
+    assert {n: v for n, v in locked.items() if installed.get(n) != v} == {}
+    assert set(installed) - set(locked) - {"pip", "longarch"} == set()
