@@ -47,7 +47,7 @@ class Squares:
             cells += [Cell(f"{model}{i}", "eval", f"{model} cell {i}", {"value": i}, (model,)) for i in (1, 2)]
         return Plan(cells, {"name": self.name}, ["one note"])
 
-    def stored(self, store: Store, cells: list[Cell]) -> dict:
+    def stored(self, store: Store, cells: list[Cell], runtime) -> dict:
         path = self.tmp / "models.json"
         return json.loads(path.read_text()) if path.exists() else {}
 

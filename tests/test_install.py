@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import os
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -64,8 +65,11 @@ def test_the_locks_agree_on_every_shared_package():
 def test_what_is_installed_is_the_lock():
     """`make test` installs from requirements/test.txt: every package of the lock at its locked
     version (a local build label such as torch's +cpu aside), and nothing the lock leaves out
-    but pip and longarch itself."""
+    but pip and longarch itself. Read from the environment's site-packages only: Ray, once
+    imported, puts its vendored copies (psutil, colorama) on sys.path."""
     locked = pins("test")
-    installed = {canonicalize_name(d.metadata["Name"]): d.version.split("+")[0] for d in metadata.distributions()}
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    installed = {canonicalize_name(d.metadata["Name"]): d.version.split("+")[0]
+                 for d in metadata.distributions(path=site)}
     assert {n: v for n, v in locked.items() if installed.get(n) != v} == {}
     assert set(installed) - set(locked) - {"pip", "longarch"} == set()

@@ -289,6 +289,11 @@ def _same_samples(stored: dict | None, study: Study, out: Path) -> None:
                          "(a different --scale?): give it another --out")
 
 
+def _state_dir(runtime: Runtime) -> str | None:
+    """Where mid-training state and live progress go: this machine's disk, when jobs run on it."""
+    return str(runtime.out / "checkpoints" / "training") if runtime.local else None
+
+
 class Controlled:
     """A controlled study: train every (architecture, seed), then evaluate each trained model on
     every (task, length, depth) cell, the cells of a model as soon as it is trained."""
@@ -297,8 +302,8 @@ class Controlled:
     permanent: tuple = ()
     gpus = 0.0
 
-    def __init__(self, study: Study, out: Path):
-        self.study, self.out, self.name = study, out, study.name
+    def __init__(self, study: Study):
+        self.study, self.name = study, study.name
         self._task = None  # the task trained on, built when the first model is trained
 
     def plan(self) -> Plan:
@@ -318,8 +323,8 @@ class Controlled:
                         for c in of_model.get(model_plan.model_id, [])]
         return Plan(ordered, meta)
 
-    def stored(self, store: Store, cells: list[Cell]) -> dict[str, bytes]:
-        _same_samples(store.meta().get("config"), self.study, self.out)
+    def stored(self, store: Store, cells: list[Cell], runtime: Runtime) -> dict[str, bytes]:
+        _same_samples(store.meta().get("config"), self.study, runtime.out)
         return {c.id: w for c in cells if c.stage == "train" and (w := _stored_weights(store.model(c.id)))}
 
     def job(self, cell: Cell, inputs: dict, runtime: Runtime):
@@ -328,8 +333,7 @@ class Controlled:
             if self._task is None:
                 self._task = training_task(study)
             label = None if study.train.tasks is not None else train_labels(study)[0]
-            state_dir = str(runtime.out / "checkpoints" / "training") if runtime.local else None
-            return train_job, TrainJob(cell.item, self._task, runtime.threads, state_dir, label)
+            return train_job, TrainJob(cell.item, self._task, runtime.threads, _state_dir(runtime), label)
         item: EvalCell = cell.item
         return eval_job, EvalJob(item, inputs[item.model.model_id], study.eval.samples,
                                  eval_seed(study.eval.seed, item.length, item.depth, item.model.seed),
@@ -352,8 +356,7 @@ class Controlled:
         return f"its model failed to train ({error})"
 
     def watch(self, progress: Progress, cells: list[Cell], runtime: Runtime, in_process: bool) -> "_LiveBars":
-        state_dir = str(runtime.out / "checkpoints" / "training") if runtime.local else None
-        return _LiveBars(progress, {c.id: c.item for c in cells if c.stage == "train"}, state_dir, in_process)
+        return _LiveBars(progress, {c.id: c.item for c in cells if c.stage == "train"}, _state_dir(runtime), in_process)
 
 
 def run_study(study: Study, out: Path, console: Console | None = None, command: str | None = None,
@@ -363,7 +366,7 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
     the retry policy are the driver's (study/driver.py)."""
     console = console or Console()
     torch.set_flush_denormal(True)
-    failed = drive(Controlled(study, out), out, console, command, backend, workers, address, retries)
+    failed = drive(Controlled(study), out, console, command, backend, workers, address, retries)
     return finish(out, console, failed)
 
 

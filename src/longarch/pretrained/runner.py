@@ -231,7 +231,7 @@ class Pretrained:
         return Plan([Cell(c.cell_id, "eval", _what(c), c) for c in cells], meta,
                     [f"skipped {label}: {reason}" for label, reason in skipped])
 
-    def stored(self, store: Store, cells: list[Cell]) -> dict:
+    def stored(self, store: Store, cells: list[Cell], runtime: Runtime) -> dict:
         return {}  # no cell needs another's output
 
     def job(self, cell: Cell, inputs: dict, runtime: Runtime):

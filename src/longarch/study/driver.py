@@ -71,7 +71,7 @@ class StudyKind(Protocol):
 
     def plan(self) -> Plan: ...
 
-    def stored(self, store: Store, cells: list[Cell]) -> dict[str, object]:
+    def stored(self, store: Store, cells: list[Cell], runtime: Runtime) -> dict[str, object]:
         """The outputs of cells stored by an earlier run that other cells need (a trained model's
         weights); refuses a store this study cannot add to (ValueError)."""
 
@@ -157,7 +157,7 @@ def drive(kind: StudyKind, out: Path, console: Console, command: str | None = No
     with StudyLock(out), Store(out / "results.sqlite") as store:
         log = logger(out)
         store.clear_running()
-        outputs = kind.stored(store, plan.cells)
+        outputs = kind.stored(store, plan.cells, runtime)
         for key, value in {**plan.meta, **provenance(command or shlex.join(sys.argv))}.items():
             store.set_meta(key, value)
         done = store.cell_ids() | set(outputs)
@@ -192,7 +192,7 @@ class _Loop:
         self.kind, self.store, self.runner, self.log, self.runtime = kind, store, runner, log, runtime
         self.retries, self.outputs = retries, outputs
         self.pending: dict = {}   # handle -> (cell, attempt)
-        self.waiting: list[Cell] = []
+        self.waiting: dict[str, list[Cell]] = {}  # id of a cell not yet done -> cells waiting for it
 
     def run(self, progress: Progress, todo: list[Cell], stages: list[str]) -> None:
         self.progress = progress
@@ -200,8 +200,8 @@ class _Loop:
                      for s in stages}
         self.watcher = self.kind.watch(progress, todo, self.runtime, isinstance(self.runner, InProcess))
         try:
-            self.waiting = list(todo)
-            self._release()
+            for cell in todo:
+                self._submit_when_ready(cell)
             while self.pending:
                 finished = self.runner.wait(timeout=1.0)
                 if self.watcher is not None:
@@ -222,15 +222,14 @@ class _Loop:
         fn, job = self.kind.job(cell, {need: self.outputs[need] for need in cell.needs}, self.runtime)
         self.pending[self.runner.submit(fn, job)] = (cell, attempt)
 
-    def _release(self) -> None:
-        """Submit, in plan order, every waiting cell whose needs are all met."""
-        still = []
-        for cell in self.waiting:
-            if all(need in self.outputs for need in cell.needs):
-                self._submit(cell)
-            else:
-                still.append(cell)
-        self.waiting = still
+    def _submit_when_ready(self, cell: Cell) -> None:
+        """Submit the cell if every cell it needs is done, else let it wait for the first that is
+        not (cells waiting for one cell keep their plan order)."""
+        missing = next((need for need in cell.needs if need not in self.outputs), None)
+        if missing is None:
+            self._submit(cell)
+        else:
+            self.waiting.setdefault(missing, []).append(cell)
 
     def _commit(self, cell: Cell, result) -> None:
         output, info, line = self.kind.commit(self.store, cell, result, self.runtime)
@@ -241,7 +240,8 @@ class _Loop:
         self.outputs[cell.id] = output
         self.log.info("%s", line)
         self.progress.update(self.bars[cell.stage], advance=1, info=info)
-        self._release()
+        for waiting in self.waiting.pop(cell.id, []):
+            self._submit_when_ready(waiting)
 
     def _failed(self, cell: Cell, attempt: int, error: BaseException) -> None:
         self.log.warning("%s failed (attempt %d of %d):\n%s", cell.what, attempt, self.retries + 1,
@@ -255,8 +255,6 @@ class _Loop:
         self._fail_dependents(cell, line)
 
     def _fail_dependents(self, failed: Cell, line: str) -> None:
-        blocked = [c for c in self.waiting if failed.id in c.needs]
-        self.waiting = [c for c in self.waiting if failed.id not in c.needs]
-        for cell in blocked:
+        for cell in self.waiting.pop(failed.id, []):
             self.store.put_failure(cell.id, cell.stage, cell.what, 0, self.kind.blocked(cell, failed, line))
             self._fail_dependents(cell, line)
