@@ -20,7 +20,7 @@ from longarch import models
 from longarch.bench import best_of
 from longarch.mixers.mamba2 import ssd_chunked, ssd_reference
 from longarch.models import forward_in_chunks
-from longarch.train import answer_loss
+from longarch.controlled.train import answer_loss
 
 VOCAB = 50
 

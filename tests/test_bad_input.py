@@ -20,7 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from longarch import config
+from longarch.controlled import config
 from longarch.study import schema
 from longarch.cli import app
 from test_config import MALFORMED, _changed, _set, _write

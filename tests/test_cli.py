@@ -123,7 +123,7 @@ def test_bad_study_leaves_stored_results_alone(tmp_path):
 def test_status_reads_a_store_written_before_issue_15(tmp_path):
     """A stored config with the old names (top-level min_train_accuracy, analysis.threshold in
     percent, claim-2 settings that no longer exist) is still a study `status` can read."""
-    from longarch.config import load_study
+    from longarch.kinds import load_study
     from longarch.study.store import Store
 
     old = {k: v for k, v in load_study("smoke").model_dump(mode="json").items() if k != "analysis"}

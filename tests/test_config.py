@@ -9,14 +9,16 @@ import itertools
 import pytest
 import yaml
 
-from longarch import config, models
+from longarch import models
+from longarch.controlled import config
 from longarch.study import schema
-from longarch.config import ConfigError, Study, load_study
+from longarch.controlled.config import ConfigError, Study
+from longarch.kinds import load_study, stored_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # controlled studies; the pretrained presets (kind: pretrained) are tested in test_pretrained.py
-PRESETS = [p for p in schema.preset_names() if getattr(config.load_study(p), "kind", None) != "pretrained"]
+PRESETS = [p for p in schema.preset_names() if getattr(load_study(p), "kind", None) != "pretrained"]
 
 VALID = {
     "name": "tiny",
@@ -307,9 +309,9 @@ def test_a_config_stored_before_issue_15_still_reads():
     """`longarch status` reads a store's config: the old names are read as their new ones."""
     stored = {**load_study("smoke").model_dump(mode="json"), "min_train_accuracy": 0.8,
               "analysis": {"threshold": 50, "level": 0.9, "min_drop": 0.3, "factor": 2, "chance": 0.0}}
-    study = config.stored_study(stored)
+    study = stored_study(stored)
     assert study.analysis.learned_bar_fraction == 0.8 and study.analysis.effective_length_bar_fraction == 0.5
     assert study.analysis.interval_level_fraction == 0.9 and study.analysis.sharp_drop_fraction == 0.3
-    assert config.stored_study({**stored, "analysis": {"retired": 1}}).name == "smoke"  # defaults, but it reads
+    assert stored_study({**stored, "analysis": {"retired": 1}}).name == "smoke"  # defaults, but it reads
     new = load_study("smoke")
-    assert config.stored_study(new.model_dump(mode="json")) == new  # a current store reads back as it was written
+    assert stored_study(new.model_dump(mode="json")) == new  # a current store reads back as it was written

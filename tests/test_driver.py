@@ -135,7 +135,7 @@ def test_the_run_says_what_it_plans_and_holds_the_lock(tmp_path):
 def test_a_kill_point_after_each_commit(tmp_path, monkeypatch):
     """The driver reaches the kill point of a stage right after a cell of it is stored (the
     kill-and-resume tests of test_runner_faults.py stop a real study there)."""
-    from longarch import faults
+    from longarch.study import faults
 
     reached = []
     monkeypatch.setattr(faults, "reached", reached.append)

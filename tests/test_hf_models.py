@@ -263,11 +263,12 @@ def test_dtype_is_passed_through(zoo, tmp_path):
 def test_a_fitted_text_task_runs_through_a_model_and_is_scored(zoo, kind, tmp_path, monkeypatch):
     """The README's example end to end: a RULER-style sample fitted to the model's tokenizer, a
     greedy answer decoded through chunked prefill, scored as RULER scores it."""
+    from longarch import tasks
     from longarch.tasks import text
 
     monkeypatch.setenv("LONGARCH_TEXT_CACHE", str(tmp_path))
     model = zoo(kind)
-    task = text.get("niah_single_1")
+    task = tasks.get("niah_single_1")
     sample = text.fit_sample(task, model.tokenizer, 512, seed=0)
     ids = model.prompt(sample.prompt, "base")
     assert len(ids) + sample.max_new_tokens <= 512

@@ -1,9 +1,11 @@
 """The package's layers, read from the imports of its source files (every import, at the top
 or inside a function; those under `if TYPE_CHECKING:` are left out, as they never run).
 
-Below the study kinds the layers hold now: mixers and tasks import nothing else of the
-package, models only mixers, and the study engine (study/) nothing above it. Issue 18 carries
-the same rule up through the kinds, analysis and the CLI."""
+From the bottom: mixers and tasks (and the presets, data only), models, the study engine
+(study/), analysis, the kinds of study (controlled/, pretrained/), and the command line on top
+(kinds.py: the table of kinds, and bench.py; cli.py over them). A module imports only from its own layer's
+package and from the layers below; the kinds do not import each other, and outside them only
+the table of kinds names one; and there are no cycles."""
 
 from __future__ import annotations
 
@@ -74,22 +76,35 @@ def _layer(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-def _outside(module: str, allowed: set[str]) -> set[str]:
-    return {m for m in GRAPH[module] if _layer(m) not in allowed | {_layer(module)} and m != "longarch"}
+RANK = {"mixers": 0, "tasks": 0, "presets": 0, "models": 1, "study": 2, "analysis": 3, "controlled": 4,
+        "pretrained": 4, "kinds": 5, "bench": 5, "cli": 6, "": 7}
+KINDS = {"controlled", "pretrained"}
 
 
-@pytest.mark.parametrize("layer, allowed", [("mixers", set()), ("tasks", set()), ("models", {"mixers"}),
-                                            ("study", {"faults"})])
-def test_each_lower_layer_imports_only_what_is_below_it(layer, allowed):
-    wrong = {m: sorted(_outside(m, allowed)) for m in GRAPH if _layer(m) == layer and _outside(m, allowed)}
-    assert wrong == {}, f"{layer} imports from above: {wrong}"
+def test_every_module_has_a_layer():
+    assert {_layer(m) for m in GRAPH} <= set(RANK), {_layer(m) for m in GRAPH} - set(RANK)
+
+
+@pytest.mark.parametrize("layer", sorted(set(RANK) - {""}))
+def test_each_layer_imports_only_what_is_below_it(layer):
+    """Its own package, and lower layers: a kind never imports the other kind."""
+    wrong = {m: sorted(t for t in GRAPH[m] if t != "longarch" and _layer(t) != layer
+                       and RANK[_layer(t)] >= RANK[layer]) for m in GRAPH if _layer(m) == layer}
+    assert {m: t for m, t in wrong.items() if t} == {}, f"{layer} imports from its level or above"
+
+
+def test_only_the_table_of_kinds_names_a_kind():
+    """Outside a kind's own package, only kinds.py imports it: the engine, analysis and the
+    command line take the kind they are handed."""
+    naming = {m for m in GRAPH for t in GRAPH[m] if _layer(t) in KINDS and _layer(m) not in KINDS}
+    assert naming == {"longarch.kinds"}
 
 
 def test_the_reader_sees_relative_lazy_and_package_imports():
     """The graph is read right, or the layer test above proves nothing."""
     assert "longarch.study.store" in GRAPH["longarch.study.driver"]  # from .store import Store
-    assert "longarch.models" in GRAPH["longarch.runner"]  # from . import faults, models
-    assert "longarch.analysis.report" in GRAPH["longarch.runner"]  # imported inside `finish`
+    assert "longarch.models" in GRAPH["longarch.controlled.runner"]  # from .. import models
+    assert "longarch.controlled.report" in GRAPH["longarch.controlled.runner"]  # imported inside `report`
     snippet = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..runner import ModelPlan\n"
                "def f():\n    from ..tasks import needle\n")
     assert _imported(snippet, "longarch.study") == {"longarch.tasks", "longarch.tasks.needle"}
@@ -123,3 +138,18 @@ def test_no_module_imports_one_that_imports_it_back():
     """Every cycle is a layering error (`from . import plots` is an edge to plots, not to the
     package's __init__)."""
     assert _cycle() is None, " -> ".join(_cycle())
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_is_longer_than_a_screen():
+    """A function a reader takes in at once: at most 60 lines, its docstring included."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{_module(path)}.{node.name}: {lines} lines")
+    assert long == []

@@ -11,10 +11,11 @@ import yaml
 
 from longarch.analysis.measures import RULER_BAR
 from longarch.analysis.measures_report import read_settings, settings_of
-from longarch.analysis.report import build_report
+from longarch.kinds import build_report
 from longarch.analysis.settings import AnalysisSettings
-from longarch.config import ConfigError, load_study
-from longarch.runner import plan
+from longarch.controlled.config import ConfigError
+from longarch.kinds import load_study
+from longarch.controlled.runner import plan
 from longarch.study.store import ModelRow, ResultRow, Store
 from test_report import write_study
 

@@ -15,9 +15,10 @@ import torch
 import transformers
 from typer.testing import CliRunner
 
-from longarch.analysis import pretrained_report
+from longarch.pretrained import report as pretrained_report
 from longarch.cli import app
-from longarch.config import ConfigError, load_study, stored_study
+from longarch.kinds import build_report, load_study, stored_study
+from longarch.study.schema import ConfigError
 from longarch.pretrained import runner as pretrained_runner
 from longarch.study.store import ResultRow, Store
 from test_hf_models import KINDS, _config, word_tokenizer
@@ -186,12 +187,13 @@ def test_chat_template_tokens_count_towards_the_length(checkpoints, tmp_path):
     result = _invoke("eval", "--model", f"hf:{folder}", "--tasks", "niah_single_1", "--lengths", "1024",
                      "--samples", "2", "--template", "chat", "--out", out)
     assert result.exit_code == 0, result.output
+    from longarch import tasks
     from longarch.tasks import text
 
     for line in _lines(out / "predictions" / "chat-llama" / "niah_single_1-1024.jsonl"):
         assert 0.95 * 1024 <= line["total_tokens"] <= 1024
     # the prompts decoded are the fitted samples under the template, prefix after "answer"
-    [sample] = text.generate("niah_single_1", text.get("niah_single_1"), tokenizer, 1024, n=1,
+    [sample] = text.generate("niah_single_1", tasks.get("niah_single_1"), tokenizer, 1024, n=1,
                              seed=pretrained_runner.eval_seed(0, 1024, None), counting="chat",
                              prompt_tokens=lambda body, prefix: len(prompt_ids(tokenizer, body, "chat", prefix)))
     ids = prompt_ids(tokenizer, sample.body, "chat", sample.answer_prefix)
@@ -352,7 +354,7 @@ SCORES = {("good", "a", 1024): _right(100), ("good", "b", 1024): _right(100),
 
 def test_averages_effective_length_and_incomplete_cells(tmp_path):
     _fake_store(tmp_path, SCORES, ["a", "b"], train_lengths={"good": 2048})
-    pretrained_report.build_report(tmp_path)
+    build_report(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["effective_length_bar_fraction"] == 0.856 and summary["interval_level_fraction"] == 0.95
     good = summary["models"]["good"]
@@ -382,7 +384,7 @@ def test_averages_effective_length_and_incomplete_cells(tmp_path):
 
 def test_the_effective_length_bar_comes_from_the_analysis_block(tmp_path):
     _fake_store(tmp_path, SCORES, ["a", "b"], config_extra={"analysis": {"effective_length_bar_fraction": 0.75}})
-    summary = pretrained_report.build_report(tmp_path)["summary"]
+    summary = build_report(tmp_path)["summary"]
     good = json.loads(summary.read_text())["models"]["good"]
     assert (good["effective_length"], good["ruler_effective_length"]) == (4096, 4096)  # 85% now clears the bar
     assert "above 75 (`analysis.effective_length_bar_fraction` 0.75" in (tmp_path / "report.md").read_text()
@@ -390,7 +392,7 @@ def test_the_effective_length_bar_comes_from_the_analysis_block(tmp_path):
 
 def test_a_store_with_the_old_percent_threshold_still_reports(tmp_path):
     _fake_store(tmp_path, SCORES, ["a", "b"], config_extra={"eval": {"lengths": [1024, 2048, 4096], "threshold": 75}})
-    pretrained_report.build_report(tmp_path)
+    build_report(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["effective_length_bar_fraction"] == 0.75  # 75 (a percent) read as a fraction
     assert summary["models"]["good"]["effective_length"] == 4096
@@ -404,7 +406,7 @@ def test_a_store_with_the_old_percent_threshold_still_reports(tmp_path):
 
 def test_analysis_labels_choose_the_tasks_averaged(tmp_path):
     _fake_store(tmp_path, SCORES, ["a", "b"], config_extra={"analysis": {"labels": ["a"]}})
-    pretrained_report.build_report(tmp_path)
+    build_report(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["suite"] == ["a"] and summary["models"]["good"]["average"]["2048"] == 90.0
     assert summary["models"]["gap"]["effective_length"] == 1024  # complete now: a is all it averages
@@ -422,7 +424,7 @@ def test_published_averages_are_shown_beside_the_runs_own(tmp_path):
             store.put_result(ResultRow(cell_id=f"d{depth}", model_id="id-Mamba2", model="Mamba2", task="niah_single_1",
                                        label="d", knobs={}, length=2048, depth=float(depth), seed=0, n=4,
                                        accuracy=0.25, scores=[1.0, 0.0, 0.0, 0.0], seconds=0.1))
-    pretrained_report.build_report(tmp_path)
+    build_report(tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "Beside the published averages" in report
     assert "| Mamba2 | 50.0 / 38.52 | 0.0 / 32.91 |" in report

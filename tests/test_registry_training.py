@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from longarch import models, tasks
-from longarch.train import TrainSpec, answer_loss, train
+from longarch.controlled.train import TrainSpec, answer_loss, train
 
 TASK = tasks.get("needle", haystack="random")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from longarch.analysis.report import build_report, summary_table
+from longarch.kinds import build_report, summary_table
 from longarch.study.store import ModelRow, ResultRow, Store
 
 LENGTHS = [16, 32, 64]
@@ -323,3 +323,15 @@ def test_setup_gives_the_unknown_word_share_of_each_text_haystack(tmp_path):
     assert line in md
     setup = md.split("## Setup")[1].split("## Accuracy by length")[0]
     assert line in setup and "`noise` haystack" not in md
+
+
+def test_a_rebuilt_report_has_the_same_svg_files_whatever_the_process(study):
+    """SVG element ids come from a salt that is random in each process unless fixed: a report
+    rebuilt by another process must still give the same files."""
+    import matplotlib
+
+    out, first = study
+    before = {key: path.read_bytes() for key, path in first.items() if key.endswith(".svg")}
+    with matplotlib.rc_context({"svg.hashsalt": "another process"}):
+        again = build_report(out)
+    assert before and {key: again[key].read_bytes() for key in before} == before

@@ -13,7 +13,7 @@ from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from longarch import models
-from longarch.evaluate import predict
+from longarch.controlled.evaluate import predict
 from longarch.mixers import make_mixer
 from longarch.mixers.attention import AttentionConfig, CausalSelfAttention, rope_frequencies, rope_tables
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from longarch import runner
-from longarch.config import load_study
+from longarch.controlled import runner
+from longarch.kinds import load_study
 from longarch.study.store import Store
 
 TINY = {

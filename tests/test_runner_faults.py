@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from longarch import faults, runner
+from longarch.controlled import runner
+from longarch.study import faults
 from longarch.study import lock
 from longarch.cli import app
-from longarch.config import load_study
+from longarch.kinds import load_study
 from longarch.study.store import Store
 from test_runner import N_CELLS, TINY, quiet, write_study
 
@@ -57,7 +58,7 @@ def _checkpoint_size(reference_out: Path) -> int:
 
 @pytest.mark.slow
 def test_kill_9_at_chosen_points_then_resume(tmp_path, reference):
-    """Ten runs, each killed at a point this test chooses (LONGARCH_KILL_AT, see longarch.faults):
+    """Ten runs, each killed at a point this test chooses (LONGARCH_KILL_AT, see longarch.study.faults):
     inside training, halfway through writing a checkpoint at a random byte, right after a model
     or a cell is committed. Every kill lands with work left; the next run resumes; the last one
     finishes with a store identical to an uninterrupted run's. The in-process runner trains the

@@ -10,8 +10,9 @@ import yaml
 from typer.testing import CliRunner
 
 from longarch import cli
-from longarch.config import ConfigError, load_study
-from longarch.runner import plan
+from longarch.controlled.config import ConfigError
+from longarch.kinds import load_study
+from longarch.controlled.runner import plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,7 +121,7 @@ def test_a_store_of_another_sample_count_is_refused_and_kept(tmp_path):
     assert first.exit_code == 0, first.output
     stored = _contents(out)
     from longarch.analysis.findings_report import plan_of
-    from longarch.analysis.report import load
+    from longarch.controlled.report import load
 
     data = load(out)  # the report's plan: each task at its own depths, so none counts as missing
     planned = plan_of(data.meta, data.cells)

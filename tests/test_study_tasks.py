@@ -13,9 +13,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from longarch import runner
-from longarch.analysis.report import summary_table
-from longarch.config import load_study
+from longarch.controlled import runner
+from longarch.kinds import summary_table
+from longarch.kinds import load_study
 from longarch.study.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,8 +13,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from longarch import config, runner, tasks
-from longarch.config import load_study
+from longarch import tasks
+from longarch.controlled import config, runner
+from longarch.kinds import load_study
 from longarch.study.store import Store
 from longarch.tasks.shifted import Shifted
 

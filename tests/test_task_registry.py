@@ -1,4 +1,4 @@
-"""Every registered task, through the registry: exact lengths from the minimum to a million
+"""Every registered token task (the symbol tasks of controlled studies), through the registry: exact lengths from the minimum to a million
 symbols, a clear error below the minimum, bitwise determinism, the vocabulary, scoring, and the
 way from samples to a training loss and an evaluation score. A new task is covered by adding
 its registry line."""
@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from longarch import models, tasks
-from longarch.evaluate import evaluate_samples, predict_at
+from longarch.controlled.evaluate import evaluate_samples, predict_at
 from longarch.tasks import Samples, UnknownTask
-from longarch.train import samples_loss
+from longarch.controlled.train import samples_loss
 
-NAMES = tasks.names()
+NAMES = tasks.names("tokens")  # the text tasks' contract: test_task_contract.py and test_text_*.py
 
 
 def _lengths(task) -> list[int]:

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from longarch import tasks
 from longarch.tasks import text as T
 from longarch.tasks.text.fit import largest_fitting
 from test_text_support import bpe_tokenizer, n_tokens, write_hotpot, write_squad
@@ -34,7 +35,7 @@ def qa_files(tmp_path_factory):
 
 
 def make(name, qa_files):
-    return T.get(name, path=str(qa_files[name])) if name in qa_files else T.get(name)
+    return tasks.get(name, path=str(qa_files[name])) if name in qa_files else tasks.get(name)
 
 
 def check_content(name, s):
@@ -127,7 +128,7 @@ def test_a_partial_distractor_unit_reaches_95_percent(name, length, tok, qa_file
 
 
 def test_a_loose_floor_is_the_callers_choice(tok):
-    task = T.get("niah_single_1")  # noise sentences: fine units, no partial unit
+    task = tasks.get("niah_single_1")  # noise sentences: fine units, no partial unit
     s = T.fit_sample(task, tok, 1024, seed=0, min_fill=0.9)
     assert 0.9 * 1024 <= s.metadata["total_tokens"] <= 1024 and s.metadata["partial_words"] == 0
     with pytest.raises(T.FitError, match=r"under 100% of 1024: one more unit adds \d+ tokens"):
@@ -136,7 +137,7 @@ def test_a_loose_floor_is_the_callers_choice(tok):
 
 def test_empty_haystack_too_long_is_an_error(tok):
     with pytest.raises(T.FitError, match="without haystack") as error:
-        T.fit_sample(T.get("cwe"), tok, 256, seed=0)
+        T.fit_sample(tasks.get("cwe"), tok, 256, seed=0)
     assert error.value.best_total is None
 
 

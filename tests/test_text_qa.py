@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from longarch import tasks
 from longarch.tasks import text as T
 from longarch.tasks.text.qa import _load
 from test_text_support import write_hotpot, write_squad
@@ -23,7 +24,7 @@ def documents(prompt):
 
 def test_squad_golden_and_same_article_distractors(files):
     squad = json.loads(files[0].read_text())["data"]
-    task = T.get("qa_1", path=str(files[0]))
+    task = tasks.get("qa_1", path=str(files[0]))
     docs, questions = _load("squad", str(files[0]))
     assert len(questions) == 60  # the impossible questions are left out
     seed = 13  # question 13: article 2, paragraph 1
@@ -42,7 +43,7 @@ def test_squad_golden_and_same_article_distractors(files):
 def test_hotpot_golden_is_the_whole_own_context(files):
     item = json.loads(files[1].read_text())[4]
     own = [f"{title}\n{''.join(sentences)}" for title, sentences in item["context"]]
-    prompt, answers, meta = T.get("qa_2", path=str(files[1])).build(6, 4, 8192)
+    prompt, answers, meta = tasks.get("qa_2", path=str(files[1])).build(6, 4, 8192)
     shown = documents(prompt)
     assert answers == ["room4"] and len(shown) == 16 and all(d in shown for d in own)
     assert sorted(meta["golden_documents"]) == sorted(shown.index(d) + 1 for d in own)
@@ -50,7 +51,7 @@ def test_hotpot_golden_is_the_whole_own_context(files):
 
 def test_question_order_follows_the_seed(files, tmp_path):
     """Sample i of generate(seed=0) asks question i, as RULER's sample i asks the file's question i."""
-    task = T.get("qa_1", path=str(files[0]))
+    task = tasks.get("qa_1", path=str(files[0]))
     asked = [task.build(2, seed, 4096)[2]["question"] for seed in (0, 1, 2, 60, 61)]
     assert asked[:3] == [f"What is the code word of article 0 part {p}?" for p in range(3)]
     assert asked[3:] == asked[:2]  # wraps around after the last question
@@ -58,7 +59,7 @@ def test_question_order_follows_the_seed(files, tmp_path):
 
 def test_more_documents_than_the_file_repeats_it(files):
     docs, _ = _load("squad", str(files[0]))
-    prompt, _, meta = T.get("qa_1", path=str(files[0])).build(len(docs) + 20, 0, 100_000)
+    prompt, _, meta = tasks.get("qa_1", path=str(files[0])).build(len(docs) + 20, 0, 100_000)
     shown = documents(prompt)
     assert len(shown) == len(docs) + 21 and set(shown) == set(docs)
 
@@ -68,7 +69,7 @@ def test_qa_from_user_files_fits(files):
 
     tok = bpe_tokenizer()
     for name, path in (("qa_1", files[0]), ("qa_2", files[1])):
-        s = T.fit_sample(T.get(name, path=str(path)), tok, 8192, seed=0)  # 5% of 8K is over any one document
+        s = T.fit_sample(tasks.get(name, path=str(path)), tok, 8192, seed=0)  # 5% of 8K is over any one document
         total = n_tokens(tok, s.prompt) + 32
         assert 0.95 * 8192 <= total <= 8192 and s.prompt.endswith(" Answer:")
         assert any(a in s.prompt for a in s.answers) and s.metadata["question"] in s.prompt

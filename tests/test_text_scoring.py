@@ -5,6 +5,7 @@ of predictions (scripts/eval/evaluate.py: strip, control characters to newlines,
 
 import pytest
 
+from longarch import tasks
 from longarch.tasks import text as T
 from longarch.tasks.text.scoring import postprocess, score, string_match_all, string_match_part
 from test_text_support import write_hotpot, write_squad
@@ -17,7 +18,7 @@ def samples(tmp_path_factory):
     paths = {"qa_1": write_squad(folder / "s.json", articles=4), "qa_2": write_hotpot(folder / "h.json", items=4)}
     out = {}
     for name in T.names():
-        task = T.get(name, path=str(paths[name])) if name in paths else T.get(name)
+        task = tasks.get(name, path=str(paths[name])) if name in paths else tasks.get(name)
         out[name] = task.build(40, 3, 4096, len)[1]
     return out
 

@@ -19,11 +19,14 @@ import yaml
 from safetensors.torch import load as load_weights
 from safetensors.torch import save as save_tensors
 
-from longarch import faults, models, runner, tasks
-from longarch import train as training
-from longarch.config import ConfigError, load_study, train_labels
+from longarch import models, tasks
+from longarch.controlled import runner
+from longarch.study import faults
+from longarch.controlled import train as training
+from longarch.controlled.config import ConfigError, train_labels
+from longarch.kinds import load_study
 from longarch.study.store import Store
-from longarch.train import Mixture, TrainSpec, learning_rate, train
+from longarch.controlled.train import Mixture, TrainSpec, learning_rate, train
 from test_runner import TINY, quiet, write_study
 
 

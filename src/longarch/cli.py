@@ -87,26 +87,25 @@ def run(study: StudyArg = "quick",
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="pretrained studies: let checkpoints that ship code run it")] = False,
         scale: Annotated[Optional[int], typer.Option(help="controlled studies: k times the seeds and the evaluation samples, for bigger machines [default: the YAML's scale, else 1]", min=1)] = None):
     """Train and evaluate a study, or evaluate a pretrained one; rerunning it continues where it stopped."""
-    from .runner import run_study
+    from .kinds import kind_of
 
     if backend not in ("local", "ray"):
         raise ValueError(f"--backend must be local or ray, not {backend!r}")
     if address is not None and backend != "ray":
         raise ValueError("--address is for --backend ray")
     loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale)
-    target = out or Path("runs") / loaded.name
-    if getattr(loaded, "kind", None) == "pretrained":
-        _run_pretrained(loaded, target, backend, 0 if workers is None else workers, address, retries)
-        return
-    _interruptible(target, lambda: run_study(loaded, target, console, command="longarch " + " ".join(sys.argv[1:]),
-                                             backend=backend, workers=workers, address=address, retries=retries))
+    _run(kind_of(loaded)(loaded), out or Path("runs") / loaded.name, backend, workers, address, retries)
 
 
-def _interruptible(target: Path, run) -> None:
-    """Run into `target`; Ctrl-C ends with one line and status 130, what is stored kept."""
+def _run(kind, target: Path, backend: str, workers: int | None, address: str | None, retries: int) -> None:
+    """Run a study of any kind into `target`; Ctrl-C ends with one line and status 130, what is
+    stored kept. workers None: the kind's default."""
+    from .analysis.report import run
+
     _check_out(target)
+    command = "longarch " + " ".join(sys.argv[1:])
     try:
-        run()
+        run(kind, target, console, command, backend, workers, address, retries)
     except KeyboardInterrupt:
         errors.print(f"interrupted; stored cells are kept. Run the same command again to continue ({target}).")
         raise typer.Exit(130)
@@ -114,30 +113,17 @@ def _interruptible(target: Path, run) -> None:
 
 def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | None, trust_remote_code: bool,
           scale: int | None = None):
-    """The study of `run` and `plan`; the options of pretrained studies are refused for a
-    controlled one."""
-    from .config import load_study
-    from .study.schema import read_yaml
+    """The study of `run` and `plan`, of any kind; an option its kind does not take is refused."""
+    from .kinds import load_study
 
-    extra = {k: v for k, v in (("squad", squad and str(squad)), ("hotpotqa", hotpotqa and str(hotpotqa)),
-                               ("trust_remote_code", trust_remote_code or None)) if v is not None}
-    if extra and read_yaml(study)[0].get("kind") != "pretrained":
-        flag = "--" + next(iter(extra)).replace("_", "-")
-        raise ValueError(f"{flag} is for pretrained studies (kind: pretrained); {study} trains its models")
-    return load_study(study, overrides=extra, corpus=None if corpus is None else str(corpus), scale=scale)
+    return load_study(study, corpus=None if corpus is None else str(corpus), scale=scale,
+                      squad=None if squad is None else str(squad), hotpotqa=None if hotpotqa is None else str(hotpotqa),
+                      trust_remote_code=trust_remote_code or None)
 
 
 def _check_out(target: Path) -> None:
     if target.exists() and not target.is_dir():
         raise ValueError(f"--out {target} is a file, not a directory")
-
-
-def _run_pretrained(study, target: Path, backend: str, workers: int, address: str | None, retries: int) -> None:
-    """A pretrained study runs in this process by default: one accelerator, each model loaded once."""
-    from .pretrained.runner import run_pretrained
-
-    _interruptible(target, lambda: run_pretrained(study, target, console, command="longarch " + " ".join(sys.argv[1:]),
-                                                  backend=backend, workers=workers, address=address, retries=retries))
 
 
 def _csv(text: str, what: str) -> list[str]:
@@ -173,8 +159,8 @@ def eval_command(
         retries: Annotated[int, typer.Option(help="times a failing cell is retried", min=0)] = 2):
     """Evaluate pretrained checkpoints on RULER-style text tasks; rerunning continues where it stopped."""
     from .bench import parse_lengths
-    from .study.schema import ConfigError, one_line
-    from .pretrained.config import PretrainedStudy, check
+    from .kinds import checkpoints_kind, kinds
+    from .study.load import validate
 
     if threshold is not None:
         raise ValueError(f"--threshold was renamed: use --effective-length-bar, a fraction "
@@ -184,7 +170,8 @@ def eval_command(
             if 1 < effective_length_bar <= 100 else ""
         raise ValueError(f"--effective-length-bar is an accuracy as a fraction in [0, 1], not "
                          f"{effective_length_bar:g}{hint}")
-    data = {"kind": "pretrained", "name": name,
+    kind = checkpoints_kind()
+    data = {"kind": kind.kind, "name": name,
             "models": [{"model": m, "train_length": train_length,
                         "tokenizer": tokenizer if m.startswith("mamba_ssm:") else None} for m in model],
             "tasks": _csv(tasks, "--tasks"),
@@ -193,14 +180,8 @@ def eval_command(
             "analysis": {"effective_length_bar_fraction": effective_length_bar},
             "corpus": None if corpus is None else str(corpus), "squad": None if squad is None else str(squad),
             "hotpotqa": None if hotpotqa is None else str(hotpotqa), "trust_remote_code": trust_remote_code}
-    try:
-        study = PretrainedStudy.model_validate(data)
-    except Exception as error:
-        if hasattr(error, "errors"):
-            raise ConfigError(one_line(error, "longarch eval")) from None
-        raise
-    check(study, "longarch eval")
-    _run_pretrained(study, out or Path("runs") / name, "local", 0, None, retries)
+    study = kind.complete(validate(data, kinds(), "longarch eval"), "longarch eval")
+    _run(kind(study), out or Path("runs") / name, "local", None, None, retries)
 
 
 def _duration(seconds: float | None) -> str:
@@ -219,45 +200,25 @@ def plan_command(study: StudyArg = "quick",
                  trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="as for run")] = False,
                  scale: Annotated[Optional[int], typer.Option(help="as for run", min=1)] = None):
     """Print a study's grid: what is stored, what remains, and what the rest will cost."""
-    from .studydir import cost, grid_state
+    from .kinds import kind_of
+    from .study.grid import grid_state
 
     loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale)
-    if getattr(loaded, "kind", None) == "pretrained":
-        from .pretrained.runner import plan as plan_pretrained
-
-        for what, reason in plan_pretrained(loaded)[1]:
-            console.print(f"[yellow]skipped {what}: {reason}[/yellow]")
+    kind = kind_of(loaded)(loaded)
+    plan = kind.plan()
+    for note in plan.notes:
+        console.print(f"[yellow]{note}[/yellow]")
     target = out or Path("runs") / loaded.name
-    state = grid_state(loaded, target)
+    state = grid_state(plan, target)
     table = Table(title=f"{loaded.name}: the grid against {target}")
     for column in ("cells", "planned", "stored", "failed", "remaining"):
         table.add_column(column, justify="left" if column == "cells" else "right")
-    models_failed = sum(1 for p in state.models if p.model_id in state.failures)
-    pretrained = getattr(loaded, "kind", None) == "pretrained"
-    if not pretrained:
-        table.add_row("train (architecture x seed)", str(len(state.models)), str(len(state.models) - len(state.remaining_models())),
-                      str(models_failed), str(len(state.remaining_models())))
-    for label, task in (loaded.task_entries() if pretrained else loaded.eval_tasks()):
-        mine = [c for c in state.cells if c.label == label]
-        stored = sum(1 for c in mine if c.cell_id in state.stored)
-        failed = sum(1 for c in mine if c.cell_id in state.failures and c.cell_id not in state.stored)
-        if pretrained:
-            lengths = "T x " + ", ".join(f"{f:g}" for f in task.length_factors) if task.length_factors else \
-                f"{len(loaded.eval.lengths)} lengths"
-            depths = f" x {len(task.depths)} depths" if task.depths else ""
-            what = f"{len({c.model.label for c in mine})} models x {lengths}{depths}" if mine else "skipped"
-            table.add_row(f"evaluate {label} ({what})", str(len(mine)), str(stored), str(failed), str(len(mine) - stored))
-            continue
-        n_depths = len(loaded.task_depths()[label])
-        depths = f" x {n_depths} depths" if n_depths > 1 else ""
-        depths = " x 1 depth" if loaded.task_depths()[label] != [None] and n_depths == 1 else depths
-        table.add_row(f"evaluate {label} ({len(loaded.models) * len(loaded.seeds)} models x "
-                      f"{len(loaded.eval_lengths())} lengths{depths})", str(len(mine)), str(stored), str(failed),
-                      str(len(mine) - stored))
+    for what, cells in kind.grid_rows(state):
+        table.add_row(what, *(str(n) for n in state.counts(cells)))
     print_table(table)
-    estimate = cost(loaded, state, target)
-    training = "" if pretrained else f"{estimate['train_tokens']:,} training tokens, "
-    if not pretrained and estimate["train_tokens_max"] > estimate["train_tokens"]:  # `until` or a sweep may add
+    estimate = kind.cost(state, target)
+    training = f"{estimate['train_tokens']:,} training tokens, " if state.of("train") else ""
+    if estimate["train_tokens_max"] > estimate["train_tokens"]:  # `until` or a sweep may add
         training = (f"{estimate['train_tokens']:,} training tokens as planned (up to "
                     f"{estimate['train_tokens_max']:,} if training runs to until.max_steps plus its anneal and "
                     "sweeps try every rate), ")
@@ -269,8 +230,9 @@ def plan_command(study: StudyArg = "quick",
 @clean_errors
 def status(directory: Annotated[Path, typer.Argument(help="a study's output directory")]):
     """Done, running and failed cells of a study directory, with each failure's last error."""
-    from .config import ConfigError, stored_study
-    from .studydir import grid_state
+    from .kinds import kind_of, stored_study
+    from .study.grid import grid_state
+    from .study.schema import ConfigError
     from .study.store import Store
 
     if not (directory / "results.sqlite").is_file():
@@ -281,26 +243,25 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
         study = stored_study(config)
     except Exception:
         raise ConfigError(f"{directory}: the stored study configuration is missing or unreadable") from None
-    state = grid_state(study, directory)
-    cells_failed = [c for c in state.cells if c.cell_id in state.failures and c.cell_id not in state.stored]
-    models_failed = [p for p in state.models if p.model_id in state.failures and p.model_id not in state.trained]
+    state = grid_state(kind_of(study)(study).plan(), directory)
     running = f"running now (pid {state.holder})" if state.holder else "no run in progress"
     console.print(f"[bold]{study.name}[/bold] in {directory}: {running}")
-    if state.models:  # a pretrained study trains nothing
-        console.print(f"  models: {len(state.models) - len(state.remaining_models())} of {len(state.models)} trained, "
-                      f"{len(models_failed)} failed")
-    console.print(f"  cells:  {len(state.cells) - len(state.remaining_cells())} of {len(state.cells)} stored, "
-                  f"{len(cells_failed)} failed, {len(state.remaining_cells()) - len(cells_failed)} not yet run")
+    trained, cells = state.of("train"), state.of("eval")
+    if trained:  # a pretrained study trains nothing
+        planned, stored, failed, _ = state.counts(trained)
+        console.print(f"  models: {stored} of {planned} trained, {failed} failed")
+    planned, stored, failed, remaining = state.counts(cells)
+    console.print(f"  cells:  {stored} of {planned} stored, {failed} failed, {remaining - failed} not yet run")
     if state.running:
         console.print(f"  in flight (handed to the workers, running or queued): {len(state.running)}")
     for row in state.running:
         console.print(f"    {row['what']}", markup=False)
-    failed = [state.failures[p.model_id] for p in models_failed] + [state.failures[c.cell_id] for c in cells_failed]
-    if failed:
+    failed_rows = [state.failures[c.id] for c in state.failed(trained) + state.failed(cells)]
+    if failed_rows:
         table = Table(title="failed cells (the last error of each; `longarch run` again retries them)")
         for column in ("cell", "attempts", "last error"):
             table.add_column(column)
-        for row in failed:
+        for row in failed_rows:
             table.add_row(row["what"], str(row["attempts"]), row["error"])
         print_table(table)
     console.print(f"  log: {directory / 'run.log'}")
@@ -312,7 +273,7 @@ def report(directory: Annotated[Path, typer.Argument(help="a study's output dire
     """Rebuild report.md, report.html and summary.json from a study's results database."""
     if not (directory / "results.sqlite").is_file():
         fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
-    from .analysis.report import build_report, summary_table
+    from .kinds import build_report, summary_table
 
     paths = build_report(directory)
     console.print(summary_table(directory))
@@ -339,33 +300,30 @@ def list_models(length: Annotated[int, typer.Option(help="sequence length for th
 
 
 @app.command("tasks")
-def list_tasks(text_tasks: Annotated[bool, typer.Option("--text", help="the RULER-style text tasks of pretrained studies")] = False):
-    """List the registered tasks and their knobs."""
+def list_tasks(text_tasks: Annotated[bool, typer.Option("--text", help="only the RULER-style text tasks of pretrained studies")] = False):
+    """List the registered tasks and their knobs: the token tasks of controlled studies, then the
+    text tasks of pretrained ones."""
     import dataclasses
 
     from . import tasks
 
-    if text_tasks:
-        from .tasks import text
-
-        table = Table(title="text tasks (pretrained studies; 'ruler' in --tasks stands for all 13)")
-        for column in ("name", "knobs (defaults)", "description"):
-            table.add_column(column, no_wrap=column == "name")
-        for name in text.names():
-            cls, defaults = text.TEXT_TASKS[name][0]
-            knobs = ", ".join(f"{f.name}={defaults.get(f.name, f.default)}" for f in dataclasses.fields(cls)
-                              if f.default is not dataclasses.MISSING or f.name in defaults)
-            table.add_row(name, knobs, text.describe(name))
+    if not text_tasks:
+        table = Table(title="token tasks (controlled studies)")
+        table.add_column("name", no_wrap=True)
+        for column in ("minimum length", "knobs (defaults)", "description"):
+            table.add_column(column)
+        for name in tasks.names("tokens"):
+            task = tasks.get(name)
+            knobs = ", ".join(f"{f.name}={getattr(task, f.name)}" for f in dataclasses.fields(task))
+            table.add_row(name, str(task.min_length), knobs, tasks.describe(name))
         print_table(table)
-        return
-    table = Table(title="tasks")
-    table.add_column("name", no_wrap=True)
-    for column in ("minimum length", "knobs (defaults)", "description"):
-        table.add_column(column)
-    for name in tasks.names():
-        task = tasks.get(name)
-        knobs = ", ".join(f"{f.name}={getattr(task, f.name)}" for f in dataclasses.fields(task))
-        table.add_row(name, str(task.min_length), knobs, tasks.describe(name))
+    table = Table(title="text tasks (pretrained studies; 'ruler' in --tasks stands for all 13)")
+    for column in ("name", "knobs (defaults)", "description"):
+        table.add_column(column, no_wrap=column == "name")
+    for name in tasks.names("text"):
+        knobs = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(tasks.task_class(name))
+                          if f.default is not dataclasses.MISSING)
+        table.add_row(name, knobs, tasks.describe(name))
     print_table(table)
 
 
@@ -383,7 +341,7 @@ def sample(task: Annotated[str, typer.Argument(help="task name (see `longarch ta
     knobs = parse_knobs(knob or [])
     if corpus is not None:
         knobs["corpus"] = str(corpus)
-    chosen = tasks.get(task, **knobs)
+    chosen = tasks.get(task, family="tokens", **knobs)
     samples = chosen.generate(length=length, n=1, seed=seed, depth=depth)
     symbols = [chosen.symbol(int(t)) for t in samples.tokens[0]]
     marked = set() if samples.answer_positions is None else {int(i) for i in samples.answer_positions[0]}

@@ -19,7 +19,7 @@ Only models that learned their task at T are read: a model whose training accura
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -412,6 +412,60 @@ def _pair_summary(e: Evidence) -> str:
             f", {d['attention']} ahead at {', '.join(map(str, d['attention_ahead'])) or 'no length'})")
 
 
+def _middle_evidence(model: ModelSummary, cells, plan: Plan | None, settings: AnalysisSettings) -> Evidence:
+    """Claim 3's evidence of one model (see claim_lost_in_the_middle)."""
+    level, gap = settings.interval_level_fraction, settings.middle_gap_fraction
+    T, name = model.train_length, model.name
+    candidates = [L for L in lengths_of(cells, name, plan, model.labels) if L >= T]
+    measured = {L: middle_index(cells, name, L, plan, model.labels, settings.middle_depths_percent, level)
+                for L in candidates}
+    measured = {L: m for L, m in measured.items() if m.measured}
+    if not measured:
+        return Evidence(name, model.family, "lost-in-the-middle index", NO_ESTIMATE, INCONCLUSIVE,
+                        f"no start, end and middle depths from T={T} on")
+    inside = [L for L, m in measured.items()
+              if settings.floor_fraction <= m.overall.value <= settings.ceiling_fraction]
+    read = inside[:settings.middle_lengths_read]
+    skipped = [L for L in measured if L < (read[-1] if read else max(measured) + 1) and L not in read]
+    limits = {str(L): _round(measured[L].overall.value) for L in skipped}
+    used = [measured[L] for L in read + skipped]
+    coverage = sum((m.coverage for m in used), Coverage(0, 0))
+    keys = [k for m in used for k in m.cells]
+    if not read:
+        return Evidence(name, model.family, "lost-in-the-middle index", NO_ESTIMATE, INCONCLUSIVE,
+                        f"accuracy over all depths is above {_pct(settings.ceiling_fraction)} or below "
+                        f"{_pct(settings.floor_fraction)} at every length from T={T} on: no depth can "
+                        "differ there", keys, coverage, details={"skipped": limits})
+    each = simultaneous_level(level, len(read))
+    again = {L: middle_index(cells, name, L, plan, model.labels, settings.middle_depths_percent, each) for L in read}
+    lost = [L for L, m in again.items() if m.u_index.compare(gap) == "above"]
+    if lost:
+        decided = SUPPORTED
+    elif all(m.u_index.compare(gap) == "below" for m in again.values()):
+        decided = NOT_SUPPORTED
+    else:
+        decided = INCONCLUSIVE
+    verdict, note = _gate(decided, coverage, settings)
+    shown_at = lost[0] if lost else max(again, key=lambda L: again[L].u_index.value)
+    shown = again[shown_at]
+    reason = (f"at {shown_at} ({shown_at / T:g}T): start {_pct(shown.start.value)}, middle "
+              f"{_pct(shown.middle_accuracy.value)}, end {_pct(shown.end.value)}; primacy {_fmt(shown.primacy)}, "
+              f"recency {_fmt(shown.recency)}; "
+              + ("worse in the middle than at both ends" if decided == SUPPORTED else
+                 "not worse in the middle than at both ends" if decided == NOT_SUPPORTED else
+                 "undecided")
+              + (f"; not read (at the ceiling or floor) at {', '.join(limits)}" if limits else "") + note)
+    return Evidence(
+        name, model.family, f"min(start, end) minus middle at {shown_at} ({shown_at / T:g}T)", shown.u_index,
+        verdict, reason, keys, coverage,
+        {"primacy": shown.primacy.value, "recency": shown.recency.value, "length": float(shown_at)},
+        {"read_lengths": read, "lost_at": lost, "skipped": limits, "interval_level_each": each,
+         "by_length": {str(L): {"start": _round(m.start.value), "middle": _round(m.middle_accuracy.value),
+                                "end": _round(m.end.value), "primacy": _triple(m.primacy),
+                                "recency": _triple(m.recency), "u_index": _triple(m.u_index)}
+                       for L, m in again.items()}})
+
+
 def claim_lost_in_the_middle(models: Sequence[ModelSummary], cells, plan: Plan | None = None,
                              settings: AnalysisSettings = AnalysisSettings()) -> Finding:
     """Claim 3. Per model at the first `middle_lengths_read` lengths from T on whose accuracy over all
@@ -422,60 +476,8 @@ def claim_lost_in_the_middle(models: Sequence[ModelSummary], cells, plan: Plan |
     (the start no better than the middle) is not lost in the middle."""
     cells = cell_list(cells)
     kept, excluded = split_models(models, settings, cells, plan)
-    level, gap = settings.interval_level_fraction, settings.middle_gap_fraction
-    evidence = []
-    for model in kept:
-        T, name = model.train_length, model.name
-        candidates = [L for L in lengths_of(cells, name, plan, model.labels) if L >= T]
-        measured = {L: middle_index(cells, name, L, plan, model.labels, settings.middle_depths_percent, level)
-                    for L in candidates}
-        measured = {L: m for L, m in measured.items() if m.measured}
-        if not measured:
-            evidence.append(Evidence(name, model.family, "lost-in-the-middle index", NO_ESTIMATE, INCONCLUSIVE,
-                                     f"no start, end and middle depths from T={T} on"))
-            continue
-        inside = [L for L, m in measured.items()
-                  if settings.floor_fraction <= m.overall.value <= settings.ceiling_fraction]
-        read = inside[:settings.middle_lengths_read]
-        skipped = [L for L in measured if L < (read[-1] if read else max(measured) + 1) and L not in read]
-        limits = {str(L): _round(measured[L].overall.value) for L in skipped}
-        used = [measured[L] for L in read + skipped]
-        coverage = sum((m.coverage for m in used), Coverage(0, 0))
-        keys = [k for m in used for k in m.cells]
-        if not read:
-            evidence.append(Evidence(name, model.family, "lost-in-the-middle index", NO_ESTIMATE, INCONCLUSIVE,
-                                     f"accuracy over all depths is above {_pct(settings.ceiling_fraction)} or below "
-                                     f"{_pct(settings.floor_fraction)} at every length from T={T} on: no depth can "
-                                     "differ there", keys, coverage, details={"skipped": limits}))
-            continue
-        each = simultaneous_level(level, len(read))
-        again = {L: middle_index(cells, name, L, plan, model.labels, settings.middle_depths_percent, each) for L in read}
-        lost = [L for L, m in again.items() if m.u_index.compare(gap) == "above"]
-        if lost:
-            decided = SUPPORTED
-        elif all(m.u_index.compare(gap) == "below" for m in again.values()):
-            decided = NOT_SUPPORTED
-        else:
-            decided = INCONCLUSIVE
-        verdict, note = _gate(decided, coverage, settings)
-        shown_at = lost[0] if lost else max(again, key=lambda L: again[L].u_index.value)
-        shown = again[shown_at]
-        reason = (f"at {shown_at} ({shown_at / T:g}T): start {_pct(shown.start.value)}, middle "
-                  f"{_pct(shown.middle_accuracy.value)}, end {_pct(shown.end.value)}; primacy {_fmt(shown.primacy)}, "
-                  f"recency {_fmt(shown.recency)}; "
-                  + ("worse in the middle than at both ends" if decided == SUPPORTED else
-                     "not worse in the middle than at both ends" if decided == NOT_SUPPORTED else
-                     "undecided")
-                  + (f"; not read (at the ceiling or floor) at {', '.join(limits)}" if limits else "") + note)
-        evidence.append(Evidence(
-            name, model.family, f"min(start, end) minus middle at {shown_at} ({shown_at / T:g}T)", shown.u_index,
-            verdict, reason, keys, coverage,
-            {"primacy": shown.primacy.value, "recency": shown.recency.value, "length": float(shown_at)},
-            {"read_lengths": read, "lost_at": lost, "skipped": limits, "interval_level_each": each,
-             "by_length": {str(L): {"start": _round(m.start.value), "middle": _round(m.middle_accuracy.value),
-                                    "end": _round(m.end.value), "primacy": _triple(m.primacy),
-                                    "recency": _triple(m.recency), "u_index": _triple(m.u_index)}
-                           for L, m in again.items()}}))
+    level = settings.interval_level_fraction
+    evidence = [_middle_evidence(model, cells, plan, settings) for model in kept]
     rule = (f"At the first {settings.middle_lengths_read} lengths from T on where a model's accuracy over all depths "
             f"is off the ceiling and floor ({_pct(settings.floor_fraction)}-{_pct(settings.ceiling_fraction)}), "
             f"the worse of its two ends minus its middle (depths {settings.middle_depths_percent[0]:g}-"

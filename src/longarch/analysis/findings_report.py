@@ -51,7 +51,7 @@ def answer_lengths(config) -> dict[str, int] | None:
     found = {}
     for entry in entries:
         try:
-            made = task_registry.get(entry["name"], **(entry.get("knobs") or {}))
+            made = task_registry.get(entry["name"], family="tokens", **(entry.get("knobs") or {}))
         except Exception:  # an old or foreign config: claim 4 then compares every format and says so
             return None
         found[entry.get("label") or entry["name"]] = int(made.answer_length)

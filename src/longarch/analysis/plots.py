@@ -37,9 +37,11 @@ def _save(fig: plt.Figure, stem: Path) -> list[Path]:
     paths = []
     for fmt in FORMATS:
         path = stem.with_suffix(f".{fmt}")
-        # fixed metadata so that rebuilding a report from the same store gives the same SVG
+        # fixed metadata and element ids (their salt is random per process otherwise), so that
+        # rebuilding a report from the same store gives the same SVG
         metadata = {"Date": None} if fmt == "svg" else None
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
+        with matplotlib.rc_context({"svg.hashsalt": "longarch"}):
+            fig.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
         paths.append(path)
     plt.close(fig)
     return paths

@@ -1,515 +1,80 @@
-"""The study report: summary.json, figures, report.md and a self-contained report.html.
+"""The one report writer, for every kind of study.
 
-Everything is rebuilt from `<out>/results.sqlite` alone, so a report can be regenerated (or
-re-rendered after a change here) without rerunning anything. The report is assembled once as
-a list of blocks (headings, paragraphs, tables, figures, code) and rendered twice, to Markdown
-and to HTML, so the two never disagree.
+A kind builds its report from the store (its `report(out)`): the blocks (render.py), the
+summary for summary.json, its figures (already drawn under `<out>/figures`) and a table for the
+terminal. This module writes the three files every study directory gets, in the same way for
+every kind: summary.json, report.md and a self-contained report.html. Everything is rebuilt
+from the store alone, so `longarch report` re-renders a report without rerunning anything.
+`run` is a study of any kind from start to report: the engine's driver, then this writer.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from rich.console import Console
 from rich.table import Table
 
-from ..study.ids import slug
-from ..study.store import Store
-from . import plots
-from .findings import accuracy_at
-from .measures import cell_estimate
-from .measures_report import INTERVAL, PARTIAL, analysis_sections, partial_seed_cells, settings_of
-from .render import MISSING, Block, render_html, render_markdown, reproducibility
-from .settings import AnalysisSettings
-from .training_report import training_section
-from .stats import Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells, summarise_models
+from ..study.driver import drive
+from .render import Block, render_html, render_markdown
+
 
 @dataclass
-class StudyData:
-    """What the report needs, read from the store and aggregated over seeds."""
-
-    meta: dict
-    models: list[ModelSummary]
-    cells: dict[tuple[str, str, int, float | None], Cell]
-    stored_cells: int                  # result rows in the store (model x seed x task x length x depth)
-    settings: AnalysisSettings         # the study's analysis settings as stored, gate resolved (settings_of)
-    lengths: list[int]                 # evaluated or planned lengths
-    depths: list[float]                # needle depths (tasks without one have none)
-    curves: dict[str, list[LengthPoint]]  # per model, pooled over tasks
-    tasks: list[str]                   # evaluated task labels, in the study's order
-    task_curves: dict[str, dict[str, list[LengthPoint]]]  # task label -> model -> curve
-    partial: dict = field(default_factory=dict)  # cell key -> SeedGap, for cells missing planned seeds
-    left_out: list[str] = field(default_factory=list)  # stored models the study's plan no longer has
-    model_rows: list = field(default_factory=list)  # the stored rows of `models`, one per model and seed
-
-    @property
-    def name(self) -> str:
-        return str(self.meta.get("name", "study"))
-
-    @property
-    def config(self) -> dict:
-        config = self.meta.get("config")
-        return config if isinstance(config, dict) else {}
-
-    @property
-    def train_lengths(self) -> set[int]:
-        return {m.train_length for m in self.models}
-
-    @property
-    def learned_bar_fraction(self) -> float:
-        """The accuracy a model (or, judged by task, a task at T) must reach to count as learned
-        (`analysis.learned_bar_fraction`, a fraction)."""
-        return self.settings.learned_bar_fraction
-
-    @property
-    def level(self) -> float:
-        """The coverage of every interval (`analysis.interval_level_fraction`)."""
-        return self.settings.interval_level_fraction
-
-    @property
-    def by_task(self) -> bool:
-        """Judged task by task (the claims' label gate, the default for a study trained on a
-        mixture, whose training accuracy averages its tasks), not by the training accuracy."""
-        return self.settings.gate == "label"
-
-    def unsolved(self, task: str | None = None) -> list[ModelSummary]:
-        """Models below the learned bar: by mean training accuracy (unknown counts as fine), or, when
-        judged by task, by accuracy at T on `task` pooled over seeds and depths (none for task None)."""
-        bar = self.learned_bar_fraction
-        if not self.by_task:
-            return [m for m in self.models if not math.isnan(m.train_accuracy) and not m.solved(bar)]
-        if task is None:
-            return []
-        return [m for m in self.models
-                if accuracy_at(self.cells.values(), m.name, task, m.train_length) < bar]  # nan: not below
-
-    def missing_cells(self) -> int:
-        planned = self.meta.get("planned_cells")
-        if isinstance(planned, int) and not isinstance(planned, bool) and planned > self.stored_cells:
-            return planned - self.stored_cells
-        return 0
+class Report:
+    name: str                      # the study's name, in the page title
+    blocks: list[Block]
+    summary: dict                  # written to summary.json
+    table: Table                   # the terminal's summary, printed after a run and by `longarch report`
+    files: dict[str, Path] = field(default_factory=dict)  # figures written, by path relative to the study dir
 
 
-def load(out_dir: Path) -> StudyData:
-    """Read a study's store and aggregate it; the store is only read."""
-    path = Path(out_dir) / "results.sqlite"
-    if not path.exists():
-        raise FileNotFoundError(f"no results database at {path}")
-    with Store(path) as store:
-        meta, model_rows, results = store.meta(), store.models(), store.results()
-    model_rows, results, left_out = planned_only(meta, model_rows, results)
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    settings = settings_of(config)
-    level = settings.interval_level_fraction
-    # in the study's order, not the order training happened to finish in
-    order = [e.get("name") or e.get("arch") if isinstance(e, dict) else e for e in config.get("models") or []]
-    models = sorted(summarise_models(model_rows, results),
-                    key=lambda m: order.index(m.name) if m.name in order else len(order))
-    cells = collect_cells(results)
-    # The runner records the planned grid, so cells not yet evaluated still show as missing.
-    lengths = sorted({c.length for c in cells.values()} | {int(x) for x in meta.get("planned_lengths") or []})
-    depths = sorted({c.depth for c in cells.values() if c.depth is not None}
-                    | {float(d) for d in meta.get("planned_depths") or []})
-    curves = {m.name: accuracy_by_length(cells.values(), m.name, level=level) for m in models}
-    planned = [str(t) for t in meta.get("planned_tasks") or []]
-    tasks = planned + sorted({c.task for c in cells.values()} - set(planned))
-    task_curves = {t: {m.name: accuracy_by_length(cells.values(), m.name, level=level, task=t) for m in models}
-                   for t in tasks}
-    seeds = [s for s in config.get("seeds") or [] if isinstance(s, int)]
-    return StudyData(meta, models, cells, len(results), settings, lengths, depths, curves, tasks,
-                     task_curves, partial_seed_cells(cells, models, seeds), left_out, model_rows)
+class Figures:
+    """The figures of a report as they are drawn: each under a key for the blocks to cite, and
+    every file written (a PNG and its PDF) for the list of written paths."""
 
+    def __init__(self, out: Path):
+        self.out, self.dir = Path(out), Path(out) / "figures"
+        self.files: dict[str, Path] = {}
+        self.keys: dict[str, str] = {}  # figure key -> its PNG, relative to the study directory
 
-def planned_only(meta: dict, model_rows: list, results: list) -> tuple[list, list, list[str]]:
-    """The stored models and results of the study as last run (the runner records its models'
-    ids as `planned_models`), and a description of each other stored model: a model whose
-    settings changed has a new id, and the old one stays in the store but is no longer part of
-    the study. Stores from before the record keep every model."""
-    planned = meta.get("planned_models")
-    if not isinstance(planned, list):
-        return model_rows, results, []
-    keep = set(planned)
-    cells: dict[str, int] = {}
-    for row in results:
-        if row.model_id not in keep:
-            cells[row.model_id] = cells.get(row.model_id, 0) + 1
-    left_out = [f"{r.name} seed {r.seed} ({r.model_id}, {cells.get(r.model_id, 0)} cells)"
-                for r in model_rows if r.model_id not in keep]
-    return ([r for r in model_rows if r.model_id in keep], [r for r in results if r.model_id in keep], left_out)
-
-
-# --------------------------------------------------------------------------------------------
-# summary.json
-# --------------------------------------------------------------------------------------------
-def build_summary(data: StudyData) -> dict:
-    """The machine-readable summary: per model name, its setup and every (task, length, depth)
-    cell pooled over seeds. Accuracies are fractions rounded to 6 decimals."""
-    def rounded(x: float) -> float | None:
-        return None if math.isnan(x) else round(float(x), 6)
-
-    models = []
-    for model in data.models:
-        cells = sorted((c for c in data.cells.values() if c.model == model.name),
-                       key=lambda c: (c.task, c.length, -1.0 if c.depth is None else c.depth))
-        scores = []
-        for cell in cells:
-            interval = cell_estimate(cell, data.level)
-            scores.append({"task": cell.task, "length": cell.length, "depth": cell.depth,
-                           "accuracy": rounded(cell.accuracy), "n": cell.n,
-                           "interval": [rounded(interval.low), rounded(interval.high)]})
-        models.append({
-            "name": model.name, "family": model.family, "params": model.params, "train_length": model.train_length,
-            "train_accuracy": rounded(model.train_accuracy),
-            "solved_at_train_length": model.solved(data.learned_bar_fraction),
-            "seeds": model.seeds, "state_floats": model.state_floats, "state_growth": model.state_growth,
-            "by_length": [{"length": p.length, "accuracy": rounded(p.accuracy), "interval": [rounded(p.low),
-                                                                                              rounded(p.high)],
-                           "n": p.n} for p in data.curves[model.name]],
-            "scores": scores})
-    return {"study": data.name, "learned_bar_fraction": data.learned_bar_fraction, "interval_level_fraction": data.level,
-            "planned_cells": data.meta.get("planned_cells"),
-            "stored_cells": data.stored_cells, "missing_cells": data.missing_cells(), "models": models,
-            "left_out_models": data.left_out}
-
-
-# --------------------------------------------------------------------------------------------
-# formatting helpers
-# --------------------------------------------------------------------------------------------
-def _percent(x: float, digits: int = 1) -> str:
-    return MISSING if x is None or math.isnan(x) else f"{100 * x:.{digits}f}"
-
-
-def _duration(seconds: float) -> str:
-    if math.isnan(seconds):
-        return MISSING
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
-
-
-def _length_header(length: int, train_lengths: set[int]) -> str:
-    return f"{plots.format_length(length)} (T)" if length in train_lengths else plots.format_length(length)
-
-
-def _warning(model: ModelSummary, learned_bar: float) -> str:
-    seeds = f" (mean over {len(model.seeds)} seeds)" if len(model.seeds) > 1 else ""
-    return (f"**{model.name} did not learn the task**: {100 * model.train_accuracy:.1f}% at its training length "
-            f"{model.train_length}{seeds} (learned means at least {100 * learned_bar:g}%: "
-            "`analysis.learned_bar_fraction`). Its accuracy past the training length says nothing about "
-            "extrapolation and is not interpreted.")
-
-
-# --------------------------------------------------------------------------------------------
-# the report as blocks (render.py says what a block is)
-# --------------------------------------------------------------------------------------------
-
-
-def _trained_on(config: dict, data: StudyData) -> str:
-    """The training task in words: `name` with its knobs, or a weighted mixture."""
-    def one(entry: dict) -> str:
-        knobs = ", ".join(f"{k}={v}" for k, v in (entry.get("knobs") or {}).items())
-        return f"`{entry.get('name', '?')}`" + (f" ({knobs})" if knobs else "")
-
-    mixture = (config.get("train") or {}).get("tasks")
-    if mixture:
-        return "a mixture of " + ", ".join(f"{one(e)} with weight {e.get('weight', 1):g}" for e in mixture)
-    if config.get("task"):
-        return one(config["task"])
-    return ", ".join(f"`{t}`" for t in data.tasks) or "?"
-
-
-def _point(point: LengthPoint | None, partial: set[int]) -> str:
-    """Accuracy (%) with its interval, marked when a cell it pools lacks planned seeds."""
-    if point is None:
-        return MISSING
-    mark = f" {PARTIAL}" if point.length in partial else ""
-    return f"{_percent(point.accuracy)} [{_percent(point.low)}, {_percent(point.high)}]{mark}"
-
-
-def _partial_lengths(data: StudyData, model: str, task: str | None) -> set[int]:
-    return {length for (m, label, length, _) in data.partial if m == model and task in (None, label)}
-
-
-def _length_table(data: StudyData, curves: dict[str, list[LengthPoint]], unsolved: set[str],
-                  task: str | None = None) -> Block:
-    headers = ["model"] + [_length_header(x, data.train_lengths) for x in data.lengths]
-    rows = []
-    marker = f" (below {100 * data.learned_bar_fraction:g}% at T)" if data.by_task else " (did not learn)"
-    for model in data.models:
-        points, partial = {p.length: p for p in curves[model.name]}, _partial_lengths(data, model.name, task)
-        rows.append([model.name + (marker if model.name in unsolved else "")]
-                    + [_point(points.get(x), partial) for x in data.lengths])
-    return ("table", headers, rows)
-
-
-def _comparison_table(data: StudyData) -> Block:
-    """Each model on each evaluated task at its training length and at the longest length."""
-    longest = max(data.lengths)
-    headers = ["model"]
-    for task in data.tasks:
-        headers += [f"{task} at T", f"{task} at {plots.format_length(longest)}"]
-    rows = []
-    for model in data.models:
-        row = [model.name]
-        for task in data.tasks:
-            points = {p.length: p for p in data.task_curves[task][model.name]}
-            row += [_point(points.get(length), _partial_lengths(data, model.name, task))
-                    for length in (model.train_length, longest)]
-        rows.append(row)
-    return ("table", headers, rows)
-
-
-UNKNOWN_SAMPLES = 64  # samples (seed 0) generated to measure a text haystack's unknown words
-
-
-def _unknown_words(config: dict) -> list[Block]:
-    """A line per evaluated task with a text haystack: the share of its haystack that is the
-    unknown-word symbol at T and at the longest evaluated length, measured on samples generated
-    from the stored configuration; nothing when that configuration no longer builds (a corpus
-    file that is not on this machine, a store without one)."""
-    from ..config import stored_study
-
-    try:
-        study = stored_study(config)
-        evaluated, lengths = study.eval_tasks(), (study.train.length, max(study.eval_lengths()))
-    except (ValueError, TypeError, OSError):
-        return []
-    blocks: list[Block] = []
-    for label, task in evaluated:
-        shares = [getattr(task, "unknown_share", lambda _: None)(task.generate(length, UNKNOWN_SAMPLES, seed=0))
-                  for length in lengths]
-        if shares[0] is not None:
-            blocks.append(("p", f"Unknown words in the `{label}` haystack: {_percent(shares[0])}% at T = {lengths[0]}, "
-                                f"{_percent(shares[1])}% at {plots.format_length(lengths[1])} (words outside its "
-                                f"{task.n_filler - 1:,}-word vocabulary, all one symbol; {UNKNOWN_SAMPLES} samples)."))
-    return blocks
-
-
-def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Block] | None = None,
-            training_blocks: list[Block] | None = None) -> list[Block]:
-    config, unsolved = data.config, {m.name for m in data.unsolved()}
-    task = _trained_on(config, data)
-    train_lengths = data.train_lengths
-    t_text = ", ".join(str(t) for t in sorted(train_lengths)) or "?"
-    longest = plots.format_length(max(data.lengths)) if data.lengths else "?"
-    blocks: list[Block] = [("h1", f"longarch report: {data.name}")]
-    if config.get("description"):
-        blocks.append(("p", str(config["description"])))
-
-    blocks += [("h2", "What this measures"), ("p",
-        f"Each model was trained from scratch on {task} at the training length T = {t_text} tokens, "
-        f"then evaluated at T and at longer contexts (up to {longest} tokens) on "
-        f"{', '.join(f'`{t}`' for t in data.tasks) or 'its task'}, with any needle placed at several depths. "
-        "Accuracy is the exact match of every answer item, averaged over items as RULER's string_match_all. "
-        f"Every interval is a {100 * data.level:g}% {INTERVAL} (`analysis.interval_level_fraction`).")]
-
-    blocks.append(("h2", "Setup"))
-    rows = [[m.name, m.family, f"{m.params:,}", f"{m.state_floats:,}",
-             {"linear": "grows linearly"}.get(m.state_growth, m.state_growth), str(m.train_length),
-             _percent(m.train_accuracy), ", ".join(map(str, m.seeds)), _duration(m.train_seconds)]
-            for m in data.models]
-    blocks.append(("table", ["model", "family", "parameters", "state size (floats at T)", "state size with length",
-                             "training length", "training accuracy (%)", "seeds", "training time (per seed)"], rows))
-    if data.left_out:
-        blocks.append(("p", f"Left out: {len(data.left_out)} stored model(s) that this study, as last run, no longer "
-                            f"has (its settings changed, so they have other ids): {'; '.join(data.left_out)}. Their "
-                            "results stay in the store."))
-    blocks += _unknown_words(config)
-    for model in data.unsolved():
-        blocks.append(("warn", _warning(model, data.learned_bar_fraction)))
-    if data.by_task:
-        blocks.append(("p", f"Trained on a mixture: the training accuracy is the mean over its tasks, so models are "
-                            f"judged task by task. In each task's table, \"(below {100 * data.learned_bar_fraction:g}% at T)\" marks "
-                            "a model that did not solve that task at T (accuracy pooled over seeds and depths); its "
-                            "accuracy past T on that task is not interpreted, and the findings leave it out there."))
-    blocks += training_blocks or []
-
-    blocks.append(("h2", "Accuracy by length"))
-    if len(data.tasks) <= 1:
-        blocks.append(_length_table(data, data.curves, unsolved))
-    else:
-        for task_label in data.tasks:
-            blocks.append(("h3", f"Evaluated on {task_label}"))
-            blocks.append(_length_table(data, data.task_curves[task_label],
-                                        {m.name for m in data.unsolved(task_label)} if data.by_task else unsolved,
-                                        task_label))
-    blocks.append(("p", f"Accuracy (%) averaged over needle depths and seeds, with its {100 * data.level:g}% "
-                        "interval for these seeds; (T) marks the training length."))
-    seed_note = ("p", f"{PARTIAL} pools a cell stored for only some of the planned seeds (such cells: "
-                         f"{len(data.partial)}, listed under Per-model measures).")
-    if data.partial:
-        blocks.append(seed_note)
-    if data.missing_cells():
-        blocks.append(("p", f"**{data.missing_cells()} of {data.meta['planned_cells']} planned evaluation cells "
-                            "are missing from the store** (the run was interrupted or is still going). Averages "
-                            f"cover the stored cells only; entries with nothing stored show {MISSING}."))
-    if len(data.tasks) <= 1:
-        blocks.append(("figure", figures["accuracy_vs_length"], "Accuracy against context length"))
-    else:
-        for task_label in data.tasks:
-            blocks.append(("figure", figures[f"accuracy_vs_length {task_label}"],
-                           f"Accuracy against context length, evaluated on {task_label}"))
-        blocks += [("h2", "Format comparison"), ("p",
-            f"The same trained models evaluated on {len(data.tasks)} tasks or formats ({', '.join(data.tasks)}): "
-            f"accuracy (%) with its {100 * data.level:g}% interval at the training length and at the longest length. "
-            "A model whose "
-            "accuracy holds on one format and falls on another extrapolates inconsistently across formats."),
-            _comparison_table(data), *([seed_note] if data.partial else []),
-            ("figure", figures["format_comparison"], "Accuracy against context length, one panel per model, "
-                                                     "one line per evaluated task or format")]
-
-    heatmaps = [key for key in figures if key.startswith("heatmap ")]
-    if heatmaps:
-        blocks.append(("h2", "Accuracy by length and needle depth"))
-        for key in heatmaps:
-            blocks.append(("figure", figures[key], f"{key.removeprefix('heatmap ')}: accuracy by length and depth"))
-
-    blocks += analysis_blocks or []  # Per-model measures, then Findings
-
-    blocks += [("h2", "How to read this report"), ("p",
-        "At the training length (the column marked T) a model that learned the task scores near 100%; the "
-        "columns to the right show how much of that survives on longer contexts than it ever saw. Where two "
-        "models' intervals do not overlap, the difference is unlikely to be sampling noise. In the heatmaps a "
-        "needle depth of 0% is the start of the context and 100% is just before the question: a model that "
-        "forgets old context fades towards the top, one that cannot reach past its training length fades to the "
-        "right. Models flagged as not having learned the task are drawn dotted and should not be compared.")]
-
-    blocks.append(("h2", "Reproducibility"))
-    seeds = config.get("seeds") or sorted({s for m in data.models for s in m.seeds})
-    commit = data.meta.get("git_commit")
-    blocks.append(("p", f"Seeds: {', '.join(map(str, seeds)) or MISSING}. Git commit: "
-                        f"{f'`{commit}`' if commit else 'not recorded'}."))
-    return blocks + reproducibility(data.meta, config)
-
-
-def _accuracy_figures(data: StudyData, figure_dir: Path, record) -> None:
-    """Accuracy against length (one figure, or one per evaluated task and a comparison of them)
-    and each model's heatmap by length and depth; `record(key, written)` keeps each figure."""
-    unsolved = [m.name for m in data.unsolved()]
-    train_lengths = {m.name: m.train_length for m in data.models}
-    several = len(data.tasks) > 1
-    if not several:
-        record("accuracy_vs_length", plots.plot_accuracy_vs_length(
-            data.curves, train_lengths, figure_dir / "accuracy_vs_length",
-            title=f"{data.name}: accuracy vs context length (mean over depths, {100 * data.level:g}% interval)",
-            unsolved=unsolved))
-    else:
-        for task_label in data.tasks:
-            record(f"accuracy_vs_length {task_label}", plots.plot_accuracy_vs_length(
-                data.task_curves[task_label], train_lengths, figure_dir / f"accuracy_vs_length_{slug(task_label)}",
-                title=f"{data.name}, {task_label}: accuracy vs context length ({100 * data.level:g}% interval)",
-                unsolved=[m.name for m in data.unsolved(task_label)] if data.by_task else unsolved))
-        record("format_comparison", plots.plot_task_comparison(
-            data.task_curves, train_lengths, figure_dir / "format_comparison",
-            title=f"{data.name}: accuracy vs context length by evaluated task or format "
-                  f"({100 * data.level:g}% interval)"))
-    for task_label in data.tasks:
-        if not any(c.task == task_label and c.depth is not None for c in data.cells.values()) and data.cells:
-            continue  # a task without a needle depth has no depth heatmap
-        for model in data.models:
-            key, stem = (f"{model.name} on {task_label}", f"heatmap_{slug(model.name)}_{slug(task_label)}") if several \
-                else (model.name, f"heatmap_{slug(model.name)}")
-            record(f"heatmap {key}", plots.plot_heatmap(
-                _depth_grid(data, model.name, task_label), data.lengths, data.depths, model.train_length,
-                figure_dir / stem, title=f"{key}: accuracy (%) by length and needle depth"))
-
-
-# --------------------------------------------------------------------------------------------
-# entry points
-# --------------------------------------------------------------------------------------------
-def build_report(out_dir: Path) -> dict[str, Path]:
-    """Write summary.json, figures/, report.md and report.html for the study in `out_dir`.
-
-    Returns the written paths: "summary", "md", "html", and each figure under its path relative
-    to `out_dir` (e.g. "figures/accuracy_vs_length.png").
-    """
-    out_dir = Path(out_dir)
-    if _is_pretrained(out_dir):
-        from . import pretrained_report
-
-        return pretrained_report.build_report(out_dir)
-    data = load(out_dir)
-    figure_dir = out_dir / "figures"
-    paths: dict[str, Path] = {}
-    figures: dict[str, str] = {}  # figure key -> PNG path relative to out_dir
-
-    def record(key: str, written: list[Path]) -> None:
+    def record(self, key: str, written: list[Path]) -> None:
         for path in written:
-            paths[path.relative_to(out_dir).as_posix()] = path
-        figures[key] = written[0].relative_to(out_dir).as_posix()
+            self.files[path.relative_to(self.out).as_posix()] = path
+        self.keys[key] = written[0].relative_to(self.out).as_posix()
 
-    _accuracy_figures(data, figure_dir, record)
 
-    with Store(out_dir / "results.sqlite") as store:
-        stored_curves = store.curves()
-    order = [m.name for m in data.models]
-    training_blocks, training_figures, training_summary = training_section(data.model_rows, stored_curves, data.config,
-                                                                           order, figure_dir)
-    for key, written in training_figures.items():
-        record(key, written)
-    analysis_blocks, analysis_summary = analysis_sections(data.meta, data.config, data.models, data.cells, data.tasks,
-                                                          data.partial)
-    paths["summary"] = out_dir / "summary.json"
-    paths["summary"].write_text(json.dumps({**build_summary(data), **analysis_summary, "training": training_summary},
-                                           indent=2) + "\n")
-    blocks = _blocks(data, figures, analysis_blocks, training_blocks)
-    paths["md"] = out_dir / "report.md"
-    paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
-    paths["html"] = out_dir / "report.html"
-    paths["html"].write_text(render_html(blocks, f"longarch report: {data.name}", out_dir), encoding="utf-8")
+def write(out: Path, report: Report) -> dict[str, Path]:
+    """Write summary.json, report.md and report.html into `out`; return every path written:
+    "summary", "md", "html" and each figure under its path relative to `out`."""
+    out = Path(out)
+    paths = dict(report.files)
+    paths["summary"] = out / "summary.json"
+    paths["summary"].write_text(json.dumps(report.summary, indent=2) + "\n")
+    paths["md"] = out / "report.md"
+    paths["md"].write_text(render_markdown(report.blocks), encoding="utf-8")
+    paths["html"] = out / "report.html"
+    paths["html"].write_text(render_html(report.blocks, f"longarch report: {report.name}", out), encoding="utf-8")
     return paths
 
 
-def _is_pretrained(out_dir: Path) -> bool:
-    """A pretrained study's directory (checkpoints on text tasks) has its own report."""
-    path = out_dir / "results.sqlite"
-    if not path.is_file():  # nothing to read (and nothing is created here)
-        return False
-    with Store(path) as store:
-        return store.meta().get("kind") == "pretrained"
+def run(kind, out: Path, console: Console | None = None, command: str | None = None, backend: str = "local",
+        workers: int | None = 0, address: str | None = None, retries: int = 2) -> Path:
+    """Run (or continue) a study of any kind into `out` through the one driver, then write its
+    report; return report.md's path. workers None: the kind's default."""
+    console = console or Console()
+    workers = kind.default_workers if workers is None else workers
+    failed = drive(kind, out, console, command, backend, workers, address, retries)
+    return finish(out, console, failed, kind.report(out))
 
 
-def _depth_grid(data: StudyData, model: str, task: str) -> dict[tuple[int, float], float]:
-    """A model's accuracy at each (length, depth) on one task label, pooling seeds."""
-    pooled: dict[tuple[int, float], list[np.ndarray]] = {}
-    for cell in data.cells.values():
-        if cell.model == model and cell.task == task and cell.depth is not None:
-            pooled.setdefault((cell.length, cell.depth), []).append(cell.scores)
-    return {key: float(np.concatenate(parts).mean()) for key, parts in pooled.items() if sum(p.size for p in parts)}
-
-
-def summary_table(out_dir: Path) -> Table:
-    """Accuracy (%) by model (rows) and length (columns) for the terminal; (T) marks the
-    training length and models that did not learn the task are flagged."""
-    if _is_pretrained(Path(out_dir)):
-        from . import pretrained_report
-
-        return pretrained_report.summary_table(out_dir)
-    data = load(Path(out_dir))
-    unsolved = {m.name for m in data.unsolved()}
-    several = len(data.tasks) > 1
-    table = Table(title=f"{data.name}: accuracy (%) by context length, mean over depths and seeds")
-    table.add_column("model")
-    if several:
-        table.add_column("evaluated on")
-    for length in data.lengths:
-        table.add_column(_length_header(length, data.train_lengths), justify="right")
-    for model in data.models:
-        for task_label in data.tasks if several else [None]:
-            below = model.name in ({m.name for m in data.unsolved(task_label)} if data.by_task else unsolved)
-            label = f"{model.name} [red]({'below bar at T' if data.by_task else 'did not learn'})[/red]" if below \
-                else model.name
-            curve = data.task_curves[task_label][model.name] if several else data.curves[model.name]
-            points = {p.length: p.accuracy for p in curve}
-            cells = []
-            for length in data.lengths:
-                value = points.get(length, float("nan"))
-                style = "dim" if np.isnan(value) else "green" if value >= 0.9 else "yellow" if value >= 0.5 else "red"
-                cells.append(f"[{style}]{_percent(value)}[/{style}]")
-            table.add_row(label, *([task_label] if several else []), *cells)
-    return table
+def finish(out: Path, console: Console, failed: list, report: Report) -> Path:
+    """After a run: the report written, its table printed, what failed; returns report.md's path."""
+    paths = write(out, report)
+    console.print(report.table)
+    if failed:
+        console.print(f"[red]{len(failed)} cells failed; `longarch status {out}` lists them with their last error, "
+                      "and running the same command again retries them.[/red]")
+    console.print(f"report: {paths['md']}  and  {paths['html']}")
+    return paths["md"]

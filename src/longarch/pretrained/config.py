@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..analysis.settings import AnalysisSettings
+from ..analysis.settings import AnalysisSettings, from_stored as settings_from_stored
 from ..study.schema import Strict, distinct_models, repeated
+from .. import tasks
 from ..tasks import text
 
 SCHEMES = ("hf", "mamba_ssm")
@@ -167,9 +168,9 @@ class PretrainedStudy(Strict):
     def make_task(self, entry: TextTaskEntry, depth: float | None = None):
         """The task object of an entry, with the study's data files set where the task reads them."""
         knobs = dict(entry.knobs)
-        if entry.name not in text.TEXT_TASKS:
-            return text.get(entry.name)  # the error names the known tasks
-        fields = {f.name for f in dataclasses.fields(text.TEXT_TASKS[entry.name][0][0])}
+        if entry.name not in tasks.names("text"):
+            return tasks.get(entry.name, family="text")  # the error names the known tasks
+        fields = {f.name for f in dataclasses.fields(tasks.task_class(entry.name))}
         if "corpus" in fields and self.corpus is not None:
             knobs.setdefault("corpus", self.corpus)
         if entry.name == "qa_1" and self.squad is not None:
@@ -178,7 +179,7 @@ class PretrainedStudy(Strict):
             knobs.setdefault("path", self.hotpotqa)
         if depth is not None:
             knobs["depth"] = depth
-        return text.get(entry.name, **knobs)
+        return tasks.get(entry.name, family="text", **knobs)
 
     def lengths_for(self, entry: TextTaskEntry, train_length: int | None) -> list[int]:
         if entry.length_factors is None:
@@ -221,3 +222,47 @@ def check(study: PretrainedStudy, origin: str) -> None:
                 study.lengths_for(entry, model.train_length)
             except ValueError as error:
                 raise ConfigError(f"{origin}: model {model.label!r}: {error}") from None
+
+
+def prepare(data: dict, origin: str, corpus: str | None = None, squad: str | None = None,
+            hotpotqa: str | None = None, trust_remote_code: bool | None = None) -> dict:
+    """A pretrained study's YAML before validation, with the command line's data files and its
+    --trust-remote-code."""
+    given = {"corpus": corpus, "squad": squad, "hotpotqa": hotpotqa, "trust_remote_code": trust_remote_code}
+    return {**data, **{key: str(value) if key != "trust_remote_code" else value
+                       for key, value in given.items() if value is not None}}
+
+
+def complete(study: PretrainedStudy, origin: str, **options) -> PretrainedStudy:
+    check(study, origin)
+    return study
+
+
+def from_stored(config: dict) -> dict:
+    """A configuration stored with results, as the schema reads it now: a study stored before
+    issue 15 has its `eval.threshold` (a percent) read as analysis.effective_length_bar_fraction."""
+    data = {**config}
+    settings, _ = stored_settings(data)
+    evaluation = data.get("eval")
+    if isinstance(evaluation, dict):
+        data["eval"] = {k: v for k, v in evaluation.items() if k != "threshold"}
+    return {**data, "analysis": settings.model_dump()}
+
+
+def stored_settings(config: dict) -> tuple[AnalysisSettings, str]:
+    """The analysis settings of a stored pretrained study config, and a note when they had to be
+    read leniently (else ""). A study stored before issue 15 has no `analysis:` block but an
+    `eval.threshold` in percent: it is read as `effective_length_bar_fraction` (85.6 -> 0.856)."""
+    block = config.get("analysis")
+    evaluation = config.get("eval") if isinstance(config.get("eval"), dict) else {}
+    threshold = evaluation.get("threshold")
+    if block is not None or threshold is None:
+        return settings_from_stored(block if isinstance(block, dict) else None)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        return AnalysisSettings(), (f"the stored eval.threshold {threshold!r} is not a number; the default analysis "
+                                    "settings are used")
+    settings, note = settings_from_stored({"threshold": threshold})  # percent -> fraction, validated
+    if "does not validate" in note:
+        return settings, note.replace("the stored `analysis:` block", f"the stored eval.threshold {threshold!r}")
+    return settings, (f"this study was stored before issue 15: its eval.threshold {threshold:g} (a percent) is read as "
+                      f"analysis.effective_length_bar_fraction {settings.effective_length_bar_fraction:g}")

@@ -11,7 +11,6 @@ beyond-training in its predictions and in the report.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -20,18 +19,19 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..runner import finish
+from ..analysis.report import run
 from ..study.store import ResultRow, Store
-from ..study import Cell, Plan, content_id, drive, eval_seed
+from ..study import Cell, Plan, content_id, eval_seed
 from ..study.ids import slug
 from ..study.driver import Runtime
+from ..study.grid import eval_rate
 from ..tasks import text
+from . import config
 from .config import PretrainedModel, PretrainedStudy
 
 SKIP_HINT = {"qa_1": "give a SQuAD v2 dev file (dev-v2.0.json) with --squad FILE, or `squad: FILE` in the study",
              "qa_2": "give a HotpotQA dev file (hotpot_dev_distractor_v1.json) with --hotpotqa FILE, or "
                      "`hotpotqa: FILE` in the study"}
-TEXT_TASK_VERSION = 1  # bump when a text task's prompts change, so stored cells are recomputed
 
 
 @dataclass
@@ -39,8 +39,7 @@ class TextCell:
     model: PretrainedModel
     model_id: str
     label: str
-    task: object      # a text task (dataclass of knobs)
-    task_name: str
+    task: object      # a text task (tasks/base.py's contract)
     length: int
     depth: float | None
     cell_id: str
@@ -86,11 +85,10 @@ def plan(study: PretrainedStudy) -> tuple[list[TextCell], list[tuple[str, str]]]
                         if (label, reason) not in skipped:
                             skipped.append((label, reason))
                         break
-                    knobs = json.loads(json.dumps(dataclasses.asdict(task), default=str))
-                    cell_id = content_id({"model_id": mid, "task": task_entry.name, "knobs": knobs,
+                    cell_id = content_id({"model_id": mid, "task": task.name, "knobs": task.knobs,
                                           "length": length, "depth": depth, "n": study.eval.samples,
-                                          "seed": study.eval.seed, "version": TEXT_TASK_VERSION})
-                    cells.append(TextCell(entry, mid, label, task, task_entry.name, length, depth, cell_id))
+                                          "seed": study.eval.seed, "version": task.version})
+                    cells.append(TextCell(entry, mid, label, task, length, depth, cell_id))
     return cells, skipped
 
 
@@ -164,7 +162,7 @@ def text_job(job: TextJob) -> TextResult:
     loaded = _load(job)
     info = model_info(loaded, cell.model, job.dtype)
     chat = job.template == "chat"  # the template's own tokens count towards the length too
-    samples = text.generate(cell.task_name, cell.task, loaded.tokenizer, cell.length, n=job.samples, seed=job.seed,
+    samples = text.generate(cell.task.name, cell.task, loaded.tokenizer, cell.length, n=job.samples, seed=job.seed,
                             cache_dir=job.cache_dir, counting=job.template,
                             prompt_tokens=(lambda body, prefix: len(loaded.prompt(body, "chat", prefix))) if chat else None)
     prompts = [loaded.prompt(s.body, job.template, s.answer_prefix) for s in samples]
@@ -173,7 +171,7 @@ def text_job(job: TextJob) -> TextResult:
     scores, predictions = [], []
     for index, (sample, ids, out) in enumerate(zip(samples, prompts, outputs)):
         prediction = loaded.tokenizer.decode(out, skip_special_tokens=True)
-        score = text.score(cell.task_name, [prediction], [sample.answers]) / 100
+        score = text.score(cell.task.name, [prediction], [sample.answers]) / 100
         scores.append(score)
         total = len(ids) + sample.max_new_tokens
         predictions.append({
@@ -181,8 +179,8 @@ def text_job(job: TextJob) -> TextResult:
             "prompt_tokens": len(ids), "total_tokens": total, "length": cell.length,
             "beyond_training": info["train_length"] is not None and total > info["train_length"],
             "metadata": sample.metadata})
-    row = ResultRow(cell_id=cell.cell_id, model_id=cell.model_id, model=cell.model.label, task=cell.task_name,
-                    label=cell.label, knobs=json.loads(json.dumps(dataclasses.asdict(cell.task), default=str)),
+    row = ResultRow(cell_id=cell.cell_id, model_id=cell.model_id, model=cell.model.label, task=cell.task.name,
+                    label=cell.label, knobs=cell.task.knobs,
                     length=cell.length, depth=cell.depth, seed=0, n=len(scores),
                     accuracy=sum(scores) / len(scores), scores=scores, seconds=time.perf_counter() - start)
     return TextResult(row, predictions, info)
@@ -215,7 +213,14 @@ class Pretrained:
     order, so that one model's cells run together and it is loaded once per worker."""
 
     kind = "pretrained"
+    Config = PretrainedStudy
+    options = ("corpus", "squad", "hotpotqa", "trust_remote_code")  # the command-line options it takes
+    prepare = staticmethod(config.prepare)
+    complete = staticmethod(config.complete)
+    from_stored = staticmethod(config.from_stored)
     permanent = (ModelLoadError, text.FitError)  # every try would fail the same way
+    default_workers = 0  # in this process: one accelerator, each model loaded once
+    gpus = 0.0           # one per job when the study runs on CUDA (set per study)
     name: str
 
     def __init__(self, study: PretrainedStudy, cache_dir: str | None = None):
@@ -225,7 +230,7 @@ class Pretrained:
     def plan(self) -> Plan:
         study = self.study
         cells, skipped = plan(study)
-        meta = {"name": study.name, "kind": "pretrained", "config": study.model_dump(mode="json"),
+        meta = {"name": study.name, "config": study.model_dump(mode="json"),
                 "planned_cells": len(cells), "planned_lengths": list(study.eval.lengths),
                 "planned_tasks": [label for label, _ in study.task_entries()], "skipped": [list(s) for s in skipped]}
         return Plan([Cell(c.cell_id, "eval", _what(c), c) for c in cells], meta,
@@ -257,12 +262,43 @@ class Pretrained:
     def watch(self, progress, cells, runtime, in_process):
         return None
 
+    @staticmethod
+    def report(out: Path):
+        """The report of the study stored in `out` (analysis/report.py writes it)."""
+        from .report import report
+
+        return report(out)
+
+    @staticmethod
+    def table(out: Path):
+        """The terminal's table of the study stored in `out`."""
+        from .report import summary_table
+
+        return summary_table(out)
+
+    def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
+        """(what, its cells) for each task entry: its models, lengths and depths."""
+        rows = []
+        for label, entry in self.study.task_entries():
+            mine = [c for c in state.of("eval") if c.item.label == label]
+            lengths = "T x " + ", ".join(f"{f:g}" for f in entry.length_factors) if entry.length_factors else \
+                f"{len(self.study.eval.lengths)} lengths"
+            depths = f" x {len(entry.depths)} depths" if entry.depths else ""
+            what = f"{len({c.item.model.label for c in mine})} models x {lengths}{depths}" if mine else "skipped"
+            rows.append((f"evaluate {label} ({what})", mine))
+        return rows
+
+    def cost(self, state, out: Path) -> dict:
+        """Prompt tokens left to evaluate, and seconds at the rate of the cells stored so far."""
+        eval_tokens = sum(self.study.eval.samples * c.item.length for c in state.remaining("eval"))
+        rate = eval_rate(out)
+        return {"train_tokens": 0, "train_tokens_max": 0, "eval_tokens": eval_tokens,
+                "seconds": None if rate is None and eval_tokens else eval_tokens * (rate or 0.0)}
+
 
 def run_pretrained(study: PretrainedStudy, out: Path, console: Console | None = None, command: str | None = None,
                    backend: str = "local", workers: int | None = 0, address: str | None = None, retries: int = 2,
                    cache_dir: str | None = None) -> Path:
     """Run (or continue) a pretrained study into `out`; return the path of report.md.
     workers 0 (the default here: one accelerator, models loaded once) runs in this process."""
-    console = console or Console()
-    failed = drive(Pretrained(study, cache_dir), out, console, command, backend, workers, address, retries)
-    return finish(out, console, failed)
+    return run(Pretrained(study, cache_dir), out, console, command, backend, workers, address, retries)

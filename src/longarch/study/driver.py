@@ -25,7 +25,7 @@ from typing import Callable, ClassVar, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .. import faults
+from . import faults
 from .backends import InProcess, cores, describe_error, make_backend
 from .store import Store
 from .lock import StudyLock
@@ -62,12 +62,48 @@ class Runtime:
 
 
 class StudyKind(Protocol):
-    """A kind of study, as the driver sees it."""
+    """A kind of study, as the engine sees it: how a study of it is loaded (load.py), planned
+    and run (this driver), shown against its directory (grid.py) and reported
+    (analysis/report.py). An instance holds one loaded study."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[str]          # the value of `kind:` in a study YAML
+    Config: ClassVar[type]       # its schema (a pydantic model with `kind: Literal[<kind>]`)
+    options: ClassVar[tuple[str, ...]]  # the command-line options it takes (corpus, scale, ...)
     name: str
     permanent: ClassVar[tuple[type[BaseException], ...]]  # errors that fail a cell at once
     gpus: float  # GPUs each job asks of Ray
+
+    default_workers: ClassVar[int | None]  # --workers when not given (None: a process per core)
+
+    def __init__(self, study) -> None: ...
+
+    @staticmethod
+    def prepare(data: dict, origin: str, **options) -> dict:
+        """The study's YAML data before validation, with the command line's options applied."""
+
+    @staticmethod
+    def complete(study, origin: str, **options):
+        """The validated study, options applied, checked for what the schema cannot see
+        (ConfigError)."""
+
+    @staticmethod
+    def from_stored(config: dict) -> dict:
+        """A configuration stored by an earlier version, as the schema reads it now."""
+
+    @staticmethod
+    def report(out: Path):
+        """The report (analysis/report.py's Report) of the study stored in `out`."""
+
+    @staticmethod
+    def table(out: Path):
+        """The terminal's summary table of the study stored in `out`."""
+
+    def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
+        """`longarch plan`'s rows: what each is and its cells (grid.py's GridState)."""
+
+    def cost(self, state, out: Path) -> dict:
+        """The remaining work: train_tokens, train_tokens_max, eval_tokens, and seconds at the
+        rates stored in `out` (None: unknown)."""
 
     def plan(self) -> Plan: ...
 
@@ -158,7 +194,7 @@ def drive(kind: StudyKind, out: Path, console: Console, command: str | None = No
         log = logger(out)
         store.clear_running()
         outputs = kind.stored(store, plan.cells, runtime)
-        for key, value in {**plan.meta, **provenance(command or shlex.join(sys.argv))}.items():
+        for key, value in {"kind": kind.kind, **plan.meta, **provenance(command or shlex.join(sys.argv))}.items():
             store.set_meta(key, value)
         done = store.cell_ids() | set(outputs)
         todo = [cell for cell in plan.cells if cell.id not in done]

@@ -64,9 +64,12 @@ def read_yaml(source: str) -> tuple[dict, str]:
     return data, origin
 
 
-def one_line(error: ValidationError, origin: str) -> str:
+def one_line(error: ValidationError, origin: str, skip_tag: bool = False) -> str:
+    """The first error as one line. `skip_tag`: the error comes from a union of study kinds,
+    whose first location is the kind's name, not a key of the study."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
+    loc = first["loc"][1:] if skip_tag and first["type"] != "union_tag_invalid" else first["loc"]
+    where = ".".join(str(part) for part in loc)
     if first["type"] == "extra_forbidden":
         return f"{origin}: unknown key '{where}'"
     message = first["msg"].removeprefix("Value error, ")

@@ -1,9 +1,16 @@
-"""What every task returns, how it is scored, and the pieces the token tasks share.
+"""The one task contract, what token tasks return and how they are scored, and the pieces the
+token tasks share.
 
-A task is a frozen dataclass of knobs with
+Every task, of either family, is a frozen dataclass of knobs, got by `tasks.get(name, **knobs)`,
+with
 
     name, version                  class attributes; bump `version` when generation changes
+    family                         "tokens" (symbols a model trains on from scratch: controlled
+                                   studies) or "text" (a token-free description of a prompt that a
+                                   tokenizer fits to a length: pretrained studies)
     knobs -> dict                  the knobs as set (part of every stored result's id)
+
+A token task (`TokenTask` below gives the common checks and scoring) also has
     vocab_size, min_length         symbols used; the shortest length it can generate
     answer_length                  k: answer symbols per sample
     item_length                    symbols per answer item (a 7-digit number is one item)
@@ -14,7 +21,10 @@ A task is a frozen dataclass of knobs with
     symbol(token) -> str           a readable name for one symbol
     unknown_share(samples)         the unknown-word share of a text haystack; None without one
 
-`TokenTask` below gives the common checks and scoring; a task states only what is its own.
+A text task (`TextTask`) also has `max_new_tokens` (its generation budget) and
+`build(n, seed, length, count_tokens)`: one prompt over a haystack of n units, its answers and
+metadata; text/fit.py finds the n that fits a length with a model's tokenizer, and
+text/scoring.py scores the decoded answers as RULER does. A task states only what is its own.
 """
 
 from __future__ import annotations
@@ -107,9 +117,24 @@ def filler_haystack(rng: np.random.Generator, n: int, H: int, kind: str, n_fille
     return np.broadcast_to(np.resize(pattern, H), (n, H))
 
 
+class TextTask:
+    """What the text tasks share (mixed into frozen dataclasses): each registered name is a
+    subclass with RULER's defaults for that configuration (tasks/text/__init__.py)."""
+
+    family = "text"
+    name = "text"
+    version = 1          # bump when a task's prompts change, so stored cells are recomputed
+    description = ""
+
+    @property
+    def knobs(self) -> dict:
+        return asdict(self)
+
+
 class TokenTask:
     """Checks and scoring shared by the symbol-level tasks (mixed into frozen dataclasses)."""
 
+    family = "tokens"
     name = "task"
     version = 1
     item_length = 1

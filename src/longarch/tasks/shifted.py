@@ -34,6 +34,7 @@ class Shifted:
 
     # the contract of base.py, stated so that none of it depends on __getattr__
     name = _of_task("name")
+    family = _of_task("family")
     version = _of_task("version")
     min_length = _of_task("min_length")
     answer_length = _of_task("answer_length")

@@ -10,6 +10,8 @@ import random
 import string
 from dataclasses import dataclass
 
+from ..base import TextTask
+
 from .haystack import distinct_words
 from .templates import render
 
@@ -38,8 +40,8 @@ def zeta(alpha: float, terms: int = 64) -> float:
     return head + terms ** (1 - alpha) / (alpha - 1) + terms ** -alpha / 2 + alpha * terms ** (-alpha - 1) / 12
 
 
-@dataclass
-class CommonWords:
+@dataclass(frozen=True)
+class CommonWords(TextTask):
     """A numbered word list: num_cw words repeated freq_cw times, the others freq_ucw times; name the
     common ones. As in RULER, `num_fewshot` solved examples come first (40 words, frequencies 10/3),
     and below 4096 tokens the frequencies are 6/1 and the example is 20 words at 3/1."""
@@ -80,8 +82,8 @@ class CommonWords:
         return prompt, answer, {"haystack_units": n, "uncommon_words": n}
 
 
-@dataclass
-class FrequentWords:
+@dataclass(frozen=True)
+class FrequentWords(TextTask):
     """A stream of random coded words with Zipf(alpha) counts; the top-ranked word is '...' noise;
     name the next three. As in RULER, the vocabulary has (length - max_new_tokens) // 50 words unless
     `vocab_size` is given, and there is no solved example."""

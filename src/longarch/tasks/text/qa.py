@@ -22,6 +22,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base import TextTask
+
 from .templates import render
 
 QA_TEMPLATE = (  # this project's wording (RULER's structure: instruction, documents, instruction again, question)
@@ -90,8 +92,8 @@ def choose_documents(docs: int, q: Question, n: int, rng: random.Random) -> list
     return list(q.golden) + list(q.related) + rng.sample(others, n - len(q.related))
 
 
-@dataclass
-class QA:
+@dataclass(frozen=True)
+class QA(TextTask):
     dataset: str = "squad"            # squad (qa_1) | hotpotqa (qa_2)
     path: str | None = None           # the dataset file
     max_new_tokens: int = 32          # RULER's tokens_to_generate for qa

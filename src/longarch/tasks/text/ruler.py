@@ -17,6 +17,8 @@ import random
 import string
 from dataclasses import dataclass
 
+from ..base import TextTask
+
 from .aggregation import CommonWords, FrequentWords
 from .fit import largest_fitting
 from .haystack import DEPTHS, NOISE, at_depth, essay_sentences, needle_value, place
@@ -53,8 +55,8 @@ def ruler_singular(text: str) -> str:
     return text
 
 
-@dataclass
-class NIAH:
+@dataclass(frozen=True)
+class NIAH(TextTask):
     """Needle in a haystack: KEY -> VALUE needles; query some keys, answer all their values.
 
     Depths as in RULER: in an essay haystack each needle goes between sentences at a depth drawn
@@ -82,7 +84,8 @@ class NIAH:
             raise ValueError(f"depth {self.depth} is outside 0-100")
         if min(self.num_needle_k, self.num_needle_v, self.num_needle_q) < 1:
             raise ValueError("num_needle_k, num_needle_v and num_needle_q must be at least 1")
-        self.num_needle_k = max(self.num_needle_k, self.num_needle_q)
+        # as RULER: at least as many keys as queries (set once, here: the knobs as stored say so)
+        object.__setattr__(self, "num_needle_k", max(self.num_needle_k, self.num_needle_q))
 
     def _prompt(self, context: str, query: str) -> str:
         single = self.num_needle_q * self.num_needle_v == 1
@@ -148,8 +151,8 @@ class NIAH:
         return self._prompt(context, query), answers, {"depths": depths, "keys": qkeys, "haystack_units": n}
 
 
-@dataclass
-class VariableTracking:
+@dataclass(frozen=True)
+class VariableTracking(TextTask):
     """Chains of VAR X = VAR Y assignments hidden in a haystack; name every variable bound to the value
     of the first chain.
 

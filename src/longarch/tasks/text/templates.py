@@ -10,7 +10,7 @@ not ship), keyed by task name or by RULER's task family:
     vt: {template: "... {context} ... {query} ...", answer_prefix: " ... {num_v} ... {query} ..."}
     qa_2: {template: "... {context} ... {query}", answer_prefix: " Answer:"}
 
-A task name's entry wins over its family's. `text.get(name, template=FILE)` applies a file. `{context}` is required; the other placeholders each
+A task name's entry wins over its family's. `tasks.get(name, template=FILE)` applies a file. `{context}` is required; the other placeholders each
 family offers are in PLACEHOLDERS. NIAH templates are written in the plural: as RULER does, they
 are rewritten for the singular (Some -> A, are -> is, ...) when one value is asked for.
 """
@@ -79,7 +79,7 @@ def _placeholders(text: str) -> set[str]:
 
 def load_templates(path: str | Path) -> dict[str, dict[str, str]]:
     """{task name: {"template": ..., "answer_prefix": ...}} for every task the file covers, ready to
-    pass as knobs: `text.get(name, **load_templates(path).get(name, {}))`."""
+    pass as knobs: `tasks.get(name, **load_templates(path).get(name, {}))`."""
     import yaml  # YAML is a superset of JSON, so one parser reads both
 
     file = Path(path)

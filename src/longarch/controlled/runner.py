@@ -29,13 +29,16 @@ from rich.progress import Progress
 from safetensors.torch import load as load_weights
 from safetensors.torch import save as save_weights
 
-from . import faults, models
-from .checkpoints import write_atomic
+from .. import models
+from ..study import faults
+from ..study.checkpoints import write_atomic
+from . import config
+from ..analysis.report import run
 from .config import Study, resolve_overrides, train_labels
 from .evaluate import evaluate_samples
-from .study.store import ModelRow, ResultRow, Store
-from .study import Cell, Plan, content_id, drive, eval_seed
-from .study.driver import Runtime
+from ..study.store import ModelRow, ResultRow, Store
+from ..study import Cell, Plan, content_id, eval_seed
+from ..study.driver import Runtime
 from .train import LOSS_EVERY, Mixture, TrainSpec, train, train_sweep
 
 
@@ -299,12 +302,42 @@ class Controlled:
     every (task, length, depth) cell, the cells of a model as soon as it is trained."""
 
     kind = "controlled"
+    Config = Study
+    options = ("corpus", "scale")  # the command-line options it takes (study/load.py)
+    prepare = staticmethod(config.prepare)
+    complete = staticmethod(config.complete)
+    from_stored = staticmethod(config.from_stored)
     permanent: tuple = ()
     gpus = 0.0
+    default_workers = None  # a process per core
 
     def __init__(self, study: Study):
         self.study, self.name = study, study.name
         self._task = None  # the task trained on, built when the first model is trained
+
+    @staticmethod
+    def report(out: Path):
+        """The report of the study stored in `out` (analysis/report.py writes it)."""
+        from .report import report  # the report reads the store only
+
+        return report(out)
+
+    @staticmethod
+    def table(out: Path):
+        """The terminal's table of the study stored in `out`."""
+        from .report import summary_table
+
+        return summary_table(out)
+
+    def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
+        from .grid import rows
+
+        return rows(self.study, state)
+
+    def cost(self, state, out: Path) -> dict:
+        from .grid import cost
+
+        return cost(self.study, state, out)
 
     def plan(self) -> Plan:
         model_plans, cells = plan(self.study)
@@ -364,10 +397,7 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
               retries: int = 2) -> Path:
     """Run (or continue) a study into `out`; return the path of report.md. The backends and
     the retry policy are the driver's (study/driver.py)."""
-    console = console or Console()
-    torch.set_flush_denormal(True)
-    failed = drive(Controlled(study), out, console, command, backend, workers, address, retries)
-    return finish(out, console, failed)
+    return run(Controlled(study), out, console, command, backend, workers, address, retries)
 
 
 class _LiveBars:
@@ -420,16 +450,3 @@ class _LiveBars:
             for path in (state_path(self.state_dir, model_id), progress_path(self.state_dir, model_id),
                          *Path(self.state_dir).glob(f"{model_id}.lr*.safetensors")):
                 path.unlink(missing_ok=True)
-
-
-def finish(out: Path, console: Console, failed: list) -> Path:
-    """After a run: the report, its summary table, what failed; returns the path of report.md."""
-    from .analysis.report import build_report, summary_table  # analysis reads the store only
-
-    paths = build_report(out)
-    console.print(summary_table(out))
-    if failed:
-        console.print(f"[red]{len(failed)} cells failed; `longarch status {out}` lists them with their last error, "
-                      "and running the same command again retries them.[/red]")
-    console.print(f"report: {paths['md']}  and  {paths['html']}")
-    return paths["md"]

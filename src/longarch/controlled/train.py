@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 
-from .checkpoints import write_atomic
+from ..study.checkpoints import write_atomic
 from .evaluate import evaluate_samples
-from .models import LanguageModel
+from ..models import LanguageModel
 
 LOSS_EVERY = 10  # steps between two points of the stored loss curve
 
@@ -334,6 +334,51 @@ def load_state(path: Path, model: LanguageModel, optimizer: torch.optim.Optimize
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
+def _optimizer(model: LanguageModel, spec: TrainSpec) -> torch.optim.AdamW:
+    """AdamW, with weight decay on the matrices only (not on norms, biases and gains)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.98))
+
+
+def _batch_task(task, spec: TrainSpec, progress: dict, step_seed: int):
+    """The task a step's batch is drawn from: the task, or one task of a Mixture."""
+    if not isinstance(task, Mixture):
+        return task
+    # with focus, the shares follow the last held-out check (stored in progress, so a resumed
+    # training draws the same tasks); before the first check, the weights
+    shares = task.shares(progress["checks"][-1]["accuracy"], spec.focus) \
+        if spec.focus is not None and progress["checks"] else None
+    return task.pick(step_seed, shares)
+
+
+def _update(model: LanguageModel, optimizer: torch.optim.Optimizer, samples, spec: TrainSpec, step: int) -> float:
+    """One optimizer step on a batch; its loss, which must be finite."""
+    loss = samples_loss(model, samples)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+    optimizer.step()
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"the loss diverged at step {step} ({loss_value}); lower the learning rate")
+    return loss_value
+
+
+def _check(model: LanguageModel, task, spec: TrainSpec, progress: dict, step: int, check_seed: int,
+           label: str | None, on_check) -> None:
+    """A held-out check at T, kept in `progress`; the criterion is met here when every judged task
+    reaches `until.accuracy` in the last phase."""
+    accuracy = held_out_accuracy(model, task, spec.length, spec.check.samples, check_seed, label, spec.check.depths)
+    progress["checks"].append({"step": step, "accuracy": accuracy})
+    if on_check is not None:
+        on_check(step, accuracy)
+    if spec.until is not None and progress["criterion"] is None and step >= spec.last_phase_start + 1 \
+            and all(value >= spec.until.accuracy for name, value in accuracy.items() if spec.until.judges(name)):
+        progress["criterion"] = step
+
+
 def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
           on_step: Callable[[int, float], None] | None = None,
           on_check: Callable[[int, dict[str, float]], None] | None = None,
@@ -348,10 +393,7 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
     tried rates). `label`: a single task's name in the curve (default: its task name)."""
     torch.set_flush_denormal(True)  # denormals slow CPU training about tenfold after a few hundred steps
     torch.manual_seed(seed)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.98))
+    optimizer = _optimizer(model, spec)
     progress = {"losses": [], "checks": [], "seconds": 0.0, "criterion": None}
     first = 0
     if state_path is not None and Path(state_path).is_file():
@@ -367,37 +409,16 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(spec, step, progress["criterion"])
         step_seed = batch_seed(seed, step)
-        if isinstance(task, Mixture):
-            # with focus, the shares follow the last held-out check (stored in progress, so a resumed
-            # training draws the same tasks); before the first check, the weights
-            shares = task.shares(progress["checks"][-1]["accuracy"], spec.focus) \
-                if spec.focus is not None and progress["checks"] else None
-            step_task = task.pick(step_seed, shares)
-        else:
-            step_task = task
-        samples = step_task.generate(length=spec.length_at(step), n=spec.batch_size, seed=step_seed)
-        loss = samples_loss(model, samples)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-        optimizer.step()
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"the loss diverged at step {step} ({loss_value}); lower the learning rate")
+        samples = _batch_task(task, spec, progress, step_seed).generate(length=spec.length_at(step),
+                                                                       n=spec.batch_size, seed=step_seed)
+        loss_value = _update(model, optimizer, samples, spec, step)
         if step % LOSS_EVERY == 0:
             progress["losses"].append([step, loss_value])
         step += 1
         if on_step is not None:
             on_step(step - 1, loss_value)
         if step % spec.check_every == 0 or step == spec.end(progress["criterion"]):
-            accuracy = held_out_accuracy(model, task, spec.length, spec.check.samples, check_seed, label,
-                                         spec.check.depths)
-            progress["checks"].append({"step": step, "accuracy": accuracy})
-            if on_check is not None:
-                on_check(step, accuracy)
-            if spec.until is not None and progress["criterion"] is None and step >= spec.last_phase_start + 1 \
-                    and all(value >= spec.until.accuracy for name, value in accuracy.items() if spec.until.judges(name)):
-                progress["criterion"] = step
+            _check(model, task, spec, progress, step, check_seed, label, on_check)
         if state_path is not None and spec.checkpoint_every and step % spec.checkpoint_every == 0 \
                 and step < spec.end(progress["criterion"]):
             progress["seconds"] = time.perf_counter() - start

@@ -17,8 +17,8 @@ import contextlib
 import numpy as np
 import torch
 
-from .models import LanguageModel, forward_in_chunks
-from .tasks import Samples
+from ..models import LanguageModel, forward_in_chunks
+from ..tasks import Samples
 
 TOKENS_PER_BATCH = 1 << 15
 

@@ -14,7 +14,6 @@ RULER reports). Cells past a model's training length are marked with †.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,15 @@ from rich.table import Table
 
 from ..study.ids import slug
 from ..study.store import Store
-from . import plots
-from .measures import EffectiveLength, Estimate, LengthAccuracy, Plan, accuracy_at_lengths, cell_estimate, \
+from ..analysis import plots
+from ..analysis.measures import EffectiveLength, Estimate, LengthAccuracy, Plan, accuracy_at_lengths, cell_estimate, \
     effective_length, pooled_estimate
-from .reference import REFERENCES
-from .render import MISSING, Block, render_html, render_markdown, reproducibility
-from .settings import AnalysisSettings, from_stored
-from .stats import Cell, LengthPoint, collect_cells
+from ..analysis.reference import REFERENCES
+from ..analysis.render import MISSING, Block, reproducibility
+from ..analysis.report import Figures, Report
+from ..analysis.settings import AnalysisSettings
+from ..analysis.stats import Cell, LengthPoint, collect_cells
+from .config import stored_settings
 
 BEYOND = "†"
 
@@ -69,25 +70,6 @@ class PretrainedData:
 
     def train_length(self, model: str) -> int | None:
         return next((m.get("train_length") for m in self.models if m["name"] == model), None)
-
-
-def stored_settings(config: dict) -> tuple[AnalysisSettings, str]:
-    """The analysis settings of a stored pretrained study config, and a note when they had to be
-    read leniently (else ""). A study stored before issue 15 has no `analysis:` block but an
-    `eval.threshold` in percent: it is read as `effective_length_bar_fraction` (85.6 -> 0.856)."""
-    block = config.get("analysis")
-    evaluation = config.get("eval") if isinstance(config.get("eval"), dict) else {}
-    threshold = evaluation.get("threshold")
-    if block is not None or threshold is None:
-        return from_stored(block if isinstance(block, dict) else None)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        return AnalysisSettings(), (f"the stored eval.threshold {threshold!r} is not a number; the default analysis "
-                                    "settings are used")
-    settings, note = from_stored({"threshold": threshold})  # percent -> fraction, validated
-    if "does not validate" in note:
-        return settings, note.replace("the stored `analysis:` block", f"the stored eval.threshold {threshold!r}")
-    return settings, (f"this study was stored before issue 15: its eval.threshold {threshold:g} (a percent) is read as "
-                      f"analysis.effective_length_bar_fraction {settings.effective_length_bar_fraction:g}")
 
 
 def load(out_dir: Path) -> PretrainedData:
@@ -213,52 +195,7 @@ def _blocks(data: PretrainedData, figures: dict[str, str], summary: dict) -> lis
                              "template", "dtype"], rows))
 
     if data.suite:
-        level = f"{100 * data.level:g}%"
-        blocks.append(("h2", f"Average over {_tasks(len(data.suite))}"))
-        headers = ["model", "T"] + [plots.format_length(n) for n in data.lengths] + \
-            ["effective length (lower bounds)", "RULER's rule"]
-        rows = []
-        for m in data.models:
-            name, cells, points = m["name"], [], averages(data, m["name"])
-            for n in data.lengths:
-                point = points.get(n)
-                text = MISSING if point is None else _interval(point.accuracy)
-                if _stored(point) and _stored(point) < len(data.suite):
-                    text += f" ({_stored(point)} of {len(data.suite)} tasks)"
-                cells.append(_mark(data, name, n, text))
-            found = summary["models"][name]
-            rows.append([name, str(m.get("train_length") or MISSING), *cells,
-                         *(plots.format_length(found[key]) if found[key] else "none"
-                           for key in ("effective_length", "ruler_effective_length"))])
-        blocks.append(("table", headers, rows))
-        blocks.append(("p",
-            f"Each average pools the scores of the {_tasks(len(data.suite))} at that length (with as many samples per "
-            f"task, the mean of the task scores), with its {level} Jeffreys interval over those samples: one "
-            "evaluation of one checkpoint, so the interval is about these prompts' sampling, not about other "
-            f"checkpoints. Effective length (lower bounds): the longest length L such that at every evaluated length "
-            f"up to L the lower end of the average's {level} interval is above {100 * data.bar:g} "
-            f"(`analysis.effective_length_bar_fraction` {data.bar:g}; RULER's bar is Llama-2-7B's 85.6 at 4K); "
-            "\"none\" when the shortest length already falls short. RULER's rule, what RULER reports: the longest "
-            f"length whose average itself is above {100 * data.bar:g}, whether or not a shorter length falls below "
-            "it. Both read complete averages only: a length where a task's cell is missing is not effective."))
-        blocks.append(("figure", figures["average"], "Average score against context length"))
-        if reference:
-            blocks += _reference_averages(data, reference)
-        blocks += [("h2", "Per task"), ("p", f"Each task's score x100 with its {level} Jeffreys interval over the "
-                                             "samples.")]
-        for label in data.suite:
-            blocks.append(("h3", label))
-            rows = []
-            for m in data.models:
-                cells = []
-                for n in data.lengths:
-                    cell = data.cells.get((m["name"], label, n, None))
-                    cells.append(MISSING if cell is None else
-                                 _mark(data, m["name"], n, _interval(cell_estimate(cell, data.level))))
-                rows.append([m["name"], *cells])
-            blocks.append(("table", ["model"] + [plots.format_length(n) for n in data.lengths], rows))
-        blocks.append(("figure", figures["tasks"], "Each task's score against context length, one panel per model"))
-
+        blocks += _suite_blocks(data, figures, summary, reference)
     if data.ablation:
         blocks += _ablation_blocks(data, figures, reference)
 
@@ -269,6 +206,56 @@ def _blocks(data: PretrainedData, figures: dict[str, str], summary: dict) -> lis
     commit = data.meta.get("git_commit")
     blocks.append(("p", f"Git commit: {f'`{commit}`' if commit else 'not recorded'}."))
     return blocks + reproducibility(data.meta, config)
+
+
+def _suite_blocks(data: PretrainedData, figures: dict[str, str], summary: dict, reference: dict | None) -> list[Block]:
+    """The suite's average at each length with the effective lengths, then each task's scores."""
+    level = f"{100 * data.level:g}%"
+    blocks: list[Block] = [("h2", f"Average over {_tasks(len(data.suite))}")]
+    headers = ["model", "T"] + [plots.format_length(n) for n in data.lengths] + \
+        ["effective length (lower bounds)", "RULER's rule"]
+    rows = []
+    for m in data.models:
+        name, cells, points = m["name"], [], averages(data, m["name"])
+        for n in data.lengths:
+            point = points.get(n)
+            text = MISSING if point is None else _interval(point.accuracy)
+            if _stored(point) and _stored(point) < len(data.suite):
+                text += f" ({_stored(point)} of {len(data.suite)} tasks)"
+            cells.append(_mark(data, name, n, text))
+        found = summary["models"][name]
+        rows.append([name, str(m.get("train_length") or MISSING), *cells,
+                     *(plots.format_length(found[key]) if found[key] else "none"
+                       for key in ("effective_length", "ruler_effective_length"))])
+    blocks.append(("table", headers, rows))
+    blocks.append(("p",
+        f"Each average pools the scores of the {_tasks(len(data.suite))} at that length (with as many samples per "
+        f"task, the mean of the task scores), with its {level} Jeffreys interval over those samples: one "
+        "evaluation of one checkpoint, so the interval is about these prompts' sampling, not about other "
+        f"checkpoints. Effective length (lower bounds): the longest length L such that at every evaluated length "
+        f"up to L the lower end of the average's {level} interval is above {100 * data.bar:g} "
+        f"(`analysis.effective_length_bar_fraction` {data.bar:g}; RULER's bar is Llama-2-7B's 85.6 at 4K); "
+        "\"none\" when the shortest length already falls short. RULER's rule, what RULER reports: the longest "
+        f"length whose average itself is above {100 * data.bar:g}, whether or not a shorter length falls below "
+        "it. Both read complete averages only: a length where a task's cell is missing is not effective."))
+    blocks.append(("figure", figures["average"], "Average score against context length"))
+    if reference:
+        blocks += _reference_averages(data, reference)
+    blocks += [("h2", "Per task"), ("p", f"Each task's score x100 with its {level} Jeffreys interval over the "
+                                         "samples.")]
+    for label in data.suite:
+        blocks.append(("h3", label))
+        rows = []
+        for m in data.models:
+            cells = []
+            for n in data.lengths:
+                cell = data.cells.get((m["name"], label, n, None))
+                cells.append(MISSING if cell is None else
+                             _mark(data, m["name"], n, _interval(cell_estimate(cell, data.level))))
+            rows.append([m["name"], *cells])
+        blocks.append(("table", ["model"] + [plots.format_length(n) for n in data.lengths], rows))
+    blocks.append(("figure", figures["tasks"], "Each task's score against context length, one panel per model"))
+    return blocks
 
 
 def _reference_averages(data: PretrainedData, reference: dict) -> list[Block]:
@@ -328,64 +315,57 @@ def _ablation_blocks(data: PretrainedData, figures: dict[str, str], reference: d
     return blocks
 
 
-def build_report(out_dir: Path) -> dict[str, Path]:
-    """Write summary.json, figures/, report.md and report.html for a pretrained study."""
-    out_dir = Path(out_dir)
+def report(out_dir: Path) -> Report:
+    """The pretrained study's report, from the store in `out_dir`; its figures are drawn under
+    `<out_dir>/figures`."""
     data = load(out_dir)
-    figure_dir = out_dir / "figures"
-    paths: dict[str, Path] = {}
-    figures: dict[str, str] = {}
-
-    def record(key: str, written: list[Path]) -> None:
-        for path in written:
-            paths[path.relative_to(out_dir).as_posix()] = path
-        figures[key] = written[0].relative_to(out_dir).as_posix()
-
-    train_lengths = {m["name"]: m.get("train_length") or 0 for m in data.models}
+    figures = Figures(out_dir)
     if data.suite:
-        level = f"{100 * data.level:g}%"
-        curves = {}
-        for m in data.models:
-            curves[m["name"]] = [LengthPoint(n, p.accuracy.value, p.accuracy.low, p.accuracy.high, _stored(p))
-                                 for n, p in sorted(averages(data, m["name"]).items()) if p.accuracy.n]
-        record("average", plots.plot_accuracy_vs_length(
-            curves, {k: v for k, v in train_lengths.items() if v}, figure_dir / "average",
-            title=f"{data.name}: average over {_tasks(len(data.suite))} ({level} Jeffreys intervals)"))
-        task_curves = {}
-        for label in data.suite:
-            task_curves[label] = {}
-            for m in data.models:
-                points = []
-                for n in data.lengths:
-                    cell = data.cells.get((m["name"], label, n, None))
-                    if cell is not None and cell.n:
-                        e = cell_estimate(cell, data.level)
-                        points.append(LengthPoint(n, e.value, e.low, e.high, cell.n))
-                task_curves[label][m["name"]] = points
-        record("tasks", plots.plot_task_comparison(task_curves, train_lengths, figure_dir / "tasks",
-                                                   title=f"{data.name}: score by task ({level} Jeffreys intervals)"))
+        _suite_figures(data, figures)
     for label in data.ablation:
         for m in data.models:
             grid = _ablation_grid(data, m["name"], label)
             if grid:
-                record(f"depth {m['name']} on {label}", plots.plot_heatmap(
+                figures.record(f"depth {m['name']} on {label}", plots.plot_heatmap(
                     grid, sorted({n for n, _ in grid}), sorted({d for _, d in grid}), m.get("train_length"),
-                    figure_dir / f"depth_{slug(m['name'])}_{slug(label)}",
+                    figures.dir / f"depth_{slug(m['name'])}_{slug(label)}",
                     title=f"{m['name']} on {label}: score (%) by length and needle depth"))
     summary = build_summary(data)
-    paths["summary"] = out_dir / "summary.json"
-    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
-    blocks = _blocks(data, figures, summary)
-    paths["md"] = out_dir / "report.md"
-    paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
-    paths["html"] = out_dir / "report.html"
-    paths["html"].write_text(render_html(blocks, f"longarch report: {data.name}", out_dir), encoding="utf-8")
-    return paths
+    return Report(data.name, _blocks(data, figures.keys, summary), summary, _table(data), figures.files)
+
+
+def _suite_figures(data: PretrainedData, figures: Figures) -> None:
+    """The suite's average against length, and each task's score against length."""
+    train_lengths = {m["name"]: m.get("train_length") or 0 for m in data.models}
+    level = f"{100 * data.level:g}%"
+    curves = {}
+    for m in data.models:
+        curves[m["name"]] = [LengthPoint(n, p.accuracy.value, p.accuracy.low, p.accuracy.high, _stored(p))
+                             for n, p in sorted(averages(data, m["name"]).items()) if p.accuracy.n]
+    figures.record("average", plots.plot_accuracy_vs_length(
+        curves, {k: v for k, v in train_lengths.items() if v}, figures.dir / "average",
+        title=f"{data.name}: average over {_tasks(len(data.suite))} ({level} Jeffreys intervals)"))
+    task_curves = {}
+    for label in data.suite:
+        task_curves[label] = {}
+        for m in data.models:
+            points = []
+            for n in data.lengths:
+                cell = data.cells.get((m["name"], label, n, None))
+                if cell is not None and cell.n:
+                    e = cell_estimate(cell, data.level)
+                    points.append(LengthPoint(n, e.value, e.low, e.high, cell.n))
+            task_curves[label][m["name"]] = points
+    figures.record("tasks", plots.plot_task_comparison(task_curves, train_lengths, figures.dir / "tasks",
+                                                       title=f"{data.name}: score by task ({level} Jeffreys intervals)"))
 
 
 def summary_table(out_dir: Path) -> Table:
     """The suite average (x100) by model and length for the terminal; † past the training length."""
-    data = load(Path(out_dir))
+    return _table(load(Path(out_dir)))
+
+
+def _table(data: PretrainedData) -> Table:
     table = Table(title=f"{data.name}: average score over {_tasks(len(data.suite))} by context length")
     table.add_column("model")
     for n in data.lengths:

@@ -19,12 +19,13 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from . import models, tasks
-from .study.schema import ConfigError, Strict, distinct_models, one_line, read_yaml, repeated
-from .tasks.shifted import Shifted
-from .analysis.settings import RENAMED, AnalysisSettings, from_stored
+from .. import models, tasks
+from ..study.schema import ConfigError, Strict, distinct_models, repeated
+from ..tasks.shifted import Shifted
+from ..analysis.settings import RENAMED, AnalysisSettings
+from ..analysis.settings import from_stored as settings_from_stored
 
 
 MAX_SWEEP = 8  # learning rates a model's sweep may try
@@ -35,7 +36,7 @@ class TaskConfig(Strict):
     knobs: dict[str, Any] = Field(default_factory=dict)
 
     def make(self):
-        return tasks.get(self.name, **self.knobs)
+        return tasks.get(self.name, family="tokens", **self.knobs)
 
 
 class TrainTask(TaskConfig):
@@ -175,6 +176,7 @@ def _check_depths(depths: list[float]) -> list[float]:
 
 
 class Study(Strict):
+    kind: Literal["controlled"] = "controlled"
     name: str
     description: str = ""
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -316,23 +318,17 @@ def _short(value) -> str:
     return Path(text).name if isinstance(value, str) and ("/" in text or "\\" in text) else text
 
 
-def load_study(source: str, overrides: dict | None = None, corpus: str | None = None, scale: int | None = None):
-    """Load a preset name or a YAML path, validate it fully, and return the Study (or, for
-    `kind: pretrained`, the PretrainedStudy). `corpus`: a text file read by every task of the
-    study whose haystack is `text` or `essay` (the CLI's --corpus). `scale` (the CLI's --scale,
-    else the YAML's `scale`, else 1): see `scaled`."""
-    data, origin = read_yaml(source)
-    data.update(overrides or {})
-    if data.get("kind") == "pretrained":
-        if scale is not None:
-            raise ConfigError("--scale is for controlled studies; a pretrained study sets eval.samples itself")
-        return load_pretrained(data, origin, corpus)
-    try:
-        in_yaml = data.pop("scale", 1)
-        data = scaled(data, in_yaml if scale is None else scale)
-        study = Study.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(one_line(error, origin)) from None
+def prepare(data: dict, origin: str, corpus: str | None = None, scale: int | None = None) -> dict:
+    """A controlled study's YAML before validation: scaled by `scale` (the CLI's --scale, else
+    the YAML's `scale`, else 1; see `scaled`)."""
+    data = dict(data)
+    in_yaml = data.pop("scale", 1)
+    return scaled(data, in_yaml if scale is None else scale)
+
+
+def complete(study: Study, origin: str, corpus: str | None = None, scale: int | None = None) -> Study:
+    """The validated study with `corpus` (the CLI's --corpus: a text file read by every task whose
+    haystack is `text`), checked against what the schema cannot see."""
     if corpus is not None:
         study = with_corpus(study, corpus, origin)
     check(study, origin)
@@ -360,40 +356,15 @@ def scaled(data: dict, scale) -> dict:
     return data
 
 
-def load_pretrained(data: dict, origin: str, corpus: str | None = None):
-    """A `kind: pretrained` study (checkpoints on text tasks; see pretrained/config.py)."""
-    from .pretrained.config import PretrainedStudy, check as check_pretrained
-
-    if corpus is not None:
-        data = {**data, "corpus": str(corpus)}
-    try:
-        study = PretrainedStudy.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(one_line(error, origin)) from None
-    check_pretrained(study, origin)
-    return study
-
-
-def stored_study(config: dict):
-    """The Study (or, for `kind: pretrained`, the PretrainedStudy) of a configuration stored with
-    results. A store written before issue 15 still reads: its top-level `min_train_accuracy` and
-    its `analysis:` names are read as their new equivalents (`analysis.settings.from_stored`), a
-    pretrained study's `eval.threshold` (a percent) as `analysis.effective_length_bar_fraction`.
-    Anything else that does not validate raises pydantic's ValidationError."""
+def from_stored(config: dict) -> dict:
+    """A configuration stored with results, as the schema reads it now. A store written before
+    issue 15 still reads: its top-level `min_train_accuracy` and its `analysis:` names are read as
+    their new equivalents (`analysis.settings.from_stored`)."""
     data = {**config}
-    if data.get("kind") == "pretrained":
-        from .analysis.pretrained_report import stored_settings
-        from .pretrained.config import PretrainedStudy
-
-        settings, _ = stored_settings(data)
-        evaluation = data.get("eval")
-        if isinstance(evaluation, dict):
-            data["eval"] = {k: v for k, v in evaluation.items() if k != "threshold"}
-        return PretrainedStudy.model_validate({**data, "analysis": settings.model_dump()})
     bar = data.pop("min_train_accuracy", None)
     bar = bar if isinstance(bar, (int, float)) and not isinstance(bar, bool) else None
-    settings, _ = from_stored(data.get("analysis") if isinstance(data.get("analysis"), dict) else None, bar)
-    return Study.model_validate({**data, "analysis": settings.model_dump()})
+    settings, _ = settings_from_stored(data.get("analysis") if isinstance(data.get("analysis"), dict) else None, bar)
+    return {**data, "analysis": settings.model_dump()}
 
 
 def with_corpus(study: Study, corpus: str, origin: str) -> Study:

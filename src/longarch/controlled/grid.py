@@ -1,0 +1,63 @@
+"""The controlled study's grid as `longarch plan` shows it: a row per stage and evaluated task,
+and what the remaining work costs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..study.grid import GridState, eval_rate, seconds_per_token
+from ..study.store import Store
+from .config import Study
+from .train import TrainSpec
+
+
+def rows(study: Study, state: GridState) -> list[tuple[str, list]]:
+    """(what, its cells): training, then the cells of each evaluated task."""
+    out = [("train (architecture x seed)", state.of("train"))]
+    task_depths = study.task_depths()
+    for label, _ in study.eval_tasks():
+        n_depths = len(task_depths[label])
+        depths = f" x {n_depths} depths" if n_depths > 1 else ""
+        depths = " x 1 depth" if task_depths[label] != [None] and n_depths == 1 else depths
+        out.append((f"evaluate {label} ({len(study.models) * len(study.seeds)} models x "
+                    f"{len(study.eval_lengths())} lengths{depths})",
+                    [c for c in state.of("eval") if c.item.label == label]))
+    return out
+
+
+def cost(study: Study, state: GridState, out: Path) -> dict:
+    """What the remaining work costs: tokens trained (batch x each step's length, summed over the
+    planned steps of each model; `train_tokens_max` when training to a criterion may go on to
+    its max_steps and a learning-rate sweep may try every rate) and tokens evaluated (samples x
+    length per cell), and seconds estimated from the rates of work already stored in `out`
+    (None when nothing is stored yet)."""
+    remaining = [c.item for c in state.remaining("train")]
+    train_tokens = sum(m.train_spec.tokens() for m in remaining)
+    train_tokens_max = sum(m.train_spec.tokens(m.train_spec.max_steps) * len(m.train_spec.lr_sweep or (1,))
+                           for m in remaining)
+    eval_tokens = sum(study.eval.samples * c.item.length for c in state.remaining("eval"))
+    seconds = None
+    path = out / "results.sqlite"
+    if path.exists() and state.done:
+        with Store(path) as store:
+            model_rows = store.models()
+        train_rate = seconds_per_token(model_rows, _trained_tokens, lambda r: r.train_seconds)
+        rate = eval_rate(out)
+        if (model_rows or not train_tokens) and (rate is not None or not eval_tokens):
+            seconds = train_tokens * train_rate + eval_tokens * (rate or 0.0)
+    return {"train_tokens": train_tokens, "train_tokens_max": train_tokens_max, "eval_tokens": eval_tokens,
+            "seconds": seconds}
+
+
+def _trained_tokens(row) -> int:
+    """Symbols a stored model was trained on: its recipe's lengths over the steps it ran (over
+    every rate its learning-rate sweep tried)."""
+    train = dict(row.config.get("train", {}))
+    tries = train.pop("sweep", None)
+    try:
+        spec = TrainSpec(**train)
+    except (TypeError, ValueError):
+        return int(train.get("steps", 0)) * int(train.get("batch_size", 0)) * row.train_length
+    if isinstance(tries, list) and tries:
+        return sum(spec.tokens(int(t.get("steps") or spec.steps)) for t in tries if isinstance(t, dict))
+    return spec.tokens(row.steps or spec.steps)

@@ -1,0 +1,76 @@
+"""The kinds of study the command line knows, in one table, and what it does with any of them.
+
+Every kind implements study/driver.py's `StudyKind`. The first is the default of a study
+YAML without `kind:`. The engine names no kind: loading, the grid, the driver and the report
+writer take the kind they are handed, so adding a kind is a package with one class and a line
+here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .study import load as loading
+from .study.schema import ConfigError
+from .study.store import Store
+
+
+def kinds() -> tuple:
+    """The kinds, imported when first needed (the command line starts without torch)."""
+    from .controlled.runner import Controlled
+    from .pretrained.runner import Pretrained
+
+    return (Controlled, Pretrained)
+
+
+def checkpoints_kind():
+    """The kind `longarch eval` builds from its flags: checkpoints evaluated on text tasks."""
+    from .pretrained.runner import Pretrained
+
+    return Pretrained
+
+
+def kind_of(study):
+    """The kind of a loaded study."""
+    return loading.kind_of(study.kind, kinds())
+
+
+def load_study(source: str, overrides: dict | None = None, corpus: str | None = None, scale: int | None = None,
+               **options):
+    """A preset name or a YAML path, of any kind, fully validated. The options are the command
+    line's (--corpus, --scale, --squad, ...; None: not given)."""
+    return loading.load(source, kinds(), overrides, corpus=corpus, scale=scale, **options)
+
+
+def stored_study(config: dict):
+    """The study of a configuration stored with results, of any kind; pydantic's
+    ValidationError when it does not validate."""
+    return loading.stored(config, kinds())
+
+
+def stored_kind(out: Path):
+    """The kind of the study stored in `out`: the store's `kind`, else its configuration's, else
+    the default kind."""
+    path = Path(out) / "results.sqlite"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results database at {path}")
+    with Store(path) as store:
+        meta = store.meta()
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    try:
+        return loading.kind_of(meta.get("kind", config.get("kind")), kinds())
+    except ConfigError as error:
+        raise ConfigError(f"{out}: {error}") from None
+
+
+def build_report(out: Path) -> dict[str, Path]:
+    """Write summary.json, figures/, report.md and report.html for the study stored in `out`;
+    return the written paths ("summary", "md", "html", each figure by its relative path)."""
+    from .analysis.report import write
+
+    return write(Path(out), stored_kind(out).report(Path(out)))
+
+
+def summary_table(out: Path):
+    """The terminal's table of the study stored in `out`."""
+    return stored_kind(out).table(Path(out))

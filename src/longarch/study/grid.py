@@ -1,0 +1,65 @@
+"""A study directory against its study's grid, for `longarch plan` and `longarch status`: what
+is stored, failed, running and left. Reading never writes (the lock a run holds is lock.py's).
+The grid is the kind's plan (driver.py's cells), so this is the same for every kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .driver import Cell, Plan
+from .lock import held_by
+from .store import Store
+
+
+@dataclass
+class GridState:
+    cells: list[Cell]             # the plan's cells, every stage
+    done: set[str]                # ids stored: trained models, evaluated cells
+    failures: dict[str, dict]     # id -> failure row
+    running: list[dict]           # cells handed out by a live run
+    holder: int | None            # pid of the run holding the directory
+    notes: list[str] = field(default_factory=list)  # what the plan skipped
+
+    def of(self, stage: str) -> list[Cell]:
+        return [c for c in self.cells if c.stage == stage]
+
+    def remaining(self, stage: str | None = None) -> list[Cell]:
+        return [c for c in self.cells if c.id not in self.done and stage in (None, c.stage)]
+
+    def failed(self, cells: list[Cell]) -> list[Cell]:
+        """The cells of `cells` whose last try failed (and that are not stored since)."""
+        return [c for c in cells if c.id in self.failures and c.id not in self.done]
+
+    def counts(self, cells: list[Cell]) -> tuple[int, int, int, int]:
+        """Planned, stored, failed and remaining cells among `cells`."""
+        stored = sum(c.id in self.done for c in cells)
+        return len(cells), stored, len(self.failed(cells)), len(cells) - stored
+
+
+def grid_state(plan: Plan, out: Path) -> GridState:
+    """The plan against what `out` holds (nothing, when it holds no store); read only."""
+    path = out / "results.sqlite"
+    if not path.exists():
+        return GridState(plan.cells, set(), {}, [], None, plan.notes)
+    with Store(path) as store:
+        done = store.model_ids() | store.cell_ids()
+        failures = {f["cell_id"]: f for f in store.failures()}
+        running = store.running()
+    holder = held_by(out)
+    return GridState(plan.cells, done, failures, running if holder else [], holder, plan.notes)
+
+
+def seconds_per_token(rows: list, tokens, seconds) -> float:
+    """Seconds per token of stored work: `tokens(row)` and `seconds(row)` of each stored row."""
+    return sum(seconds(r) for r in rows) / max(1, sum(tokens(r) for r in rows))
+
+
+def eval_rate(out: Path) -> float | None:
+    """Seconds per evaluated token of the cells stored in `out` (None: none is)."""
+    path = out / "results.sqlite"
+    if not path.exists():
+        return None
+    with Store(path) as store:
+        rows = store.results()
+    return seconds_per_token(rows, lambda r: r.n * r.length, lambda r: r.seconds) if rows else None
