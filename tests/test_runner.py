@@ -129,7 +129,7 @@ def test_a_model_whose_settings_changed_leaves_the_report_but_not_the_store(tmp_
     with Store(out / "results.sqlite") as store:
         old = {m.name: m.model_id for m in store.models()}
     changed = [{"arch": "transformer"}, {"arch": "mamba2", "lr": 0.0021}]
-    runner.run_study(load_study(str(write_study(tmp_path, models=changed))), out, quiet())
+    runner.run_study(load_study(str(write_study(tmp_path, models=changed))), out, quiet(), force=True)
     with Store(out / "results.sqlite") as store:
         stored = store.models()
         assert len(stored) == 3 and len(store.results()) == N_CELLS + N_CELLS // 2  # nothing deleted

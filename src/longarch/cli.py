@@ -47,14 +47,28 @@ def fail(message: str) -> None:
 
 
 def clean_errors(command):
-    """Turn the errors of bad input into one line and exit status 2."""
+    """Turn the errors of bad input, and the file system's, into one line and exit status 2."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        import sqlite3
+
         try:
             return command(*args, **kwargs)
-        except (ValueError, TypeError, FileNotFoundError) as error:
+        except (ValueError, TypeError) as error:
             fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        except OSError as error:
+            fail(file_error(error))
+        except sqlite3.Error as error:  # a store that cannot be read or written
+            fail(f"the results database: {error}; what was stored is kept")
     return wrapper
+
+
+def file_error(error: OSError) -> str:
+    """A file-system failure as one line: the path and the cause (read-only, disk full, ...)."""
+    where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
+    cause = error.strerror or str(error) or type(error).__name__
+    kept = "" if isinstance(error, FileNotFoundError) else "; what was stored is kept"
+    return f"{where}: {cause.lower()}{kept}" if where else f"{cause}{kept}"
 
 
 def parse_knobs(pairs: list[str]) -> dict:
@@ -70,6 +84,7 @@ def parse_knobs(pairs: list[str]) -> dict:
     return knobs
 
 
+REPORT_FILES = {"report.md", "report.html", "summary.json", "figures"}  # what `longarch report` writes
 StudyArg = Annotated[str, typer.Argument(help="a preset name (quick, smoke) or a study YAML file")]
 
 
@@ -85,7 +100,8 @@ def run(study: StudyArg = "quick",
         squad: Annotated[Optional[Path], typer.Option(help="pretrained studies: SQuAD v2 dev file for qa_1")] = None,
         hotpotqa: Annotated[Optional[Path], typer.Option(help="pretrained studies: HotpotQA dev file for qa_2")] = None,
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="pretrained studies: let checkpoints that ship code run it")] = False,
-        scale: Annotated[Optional[int], typer.Option(help="controlled studies: k times the seeds and the evaluation samples, for bigger machines [default: the YAML's scale, else 1]", min=1)] = None):
+        scale: Annotated[Optional[int], typer.Option(help="controlled studies: k times the seeds and the evaluation samples, for bigger machines [default: the YAML's scale, else 1]", min=1)] = None,
+        force: Annotated[bool, typer.Option("--force", help="write into an --out that holds files longarch did not write (they are left as they are)")] = False):
     """Train and evaluate a study, or evaluate a pretrained one; rerunning it continues where it stopped."""
     from .kinds import kind_of
 
@@ -94,10 +110,11 @@ def run(study: StudyArg = "quick",
     if address is not None and backend != "ray":
         raise ValueError("--address is for --backend ray")
     loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale)
-    _run(kind_of(loaded)(loaded), out or Path("runs") / loaded.name, backend, workers, address, retries)
+    _run(kind_of(loaded)(loaded), out or Path("runs") / loaded.name, backend, workers, address, retries, force)
 
 
-def _run(kind, target: Path, backend: str, workers: int | None, address: str | None, retries: int) -> None:
+def _run(kind, target: Path, backend: str, workers: int | None, address: str | None, retries: int,
+         force: bool = False) -> None:
     """Run a study of any kind into `target`; Ctrl-C ends with one line and status 130, what is
     stored kept. workers None: the kind's default."""
     from .analysis.report import run
@@ -105,7 +122,7 @@ def _run(kind, target: Path, backend: str, workers: int | None, address: str | N
     _check_out(target)
     command = "longarch " + " ".join(sys.argv[1:])
     try:
-        run(kind, target, console, command, backend, workers, address, retries)
+        run(kind, target, console, command, backend, workers, address, retries, force)
     except KeyboardInterrupt:
         errors.print(f"interrupted; stored cells are kept. Run the same command again to continue ({target}).")
         raise typer.Exit(130)
@@ -156,7 +173,8 @@ def eval_command(
         effective_length_bar: Annotated[float, typer.Option(help="effective length: the longest length up to which every length's lower bound is above this accuracy, a fraction (RULER's 85.6% is 0.856)")] = 0.856,
         threshold: Annotated[Optional[str], typer.Option(hidden=True, help="renamed --effective-length-bar")] = None,
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="let transformers run code shipped with a checkpoint")] = False,
-        retries: Annotated[int, typer.Option(help="times a failing cell is retried", min=0)] = 2):
+        retries: Annotated[int, typer.Option(help="times a failing cell is retried", min=0)] = 2,
+        force: Annotated[bool, typer.Option("--force", help="write into an --out that holds files longarch did not write (they are left as they are)")] = False):
     """Evaluate pretrained checkpoints on RULER-style text tasks; rerunning continues where it stopped."""
     from .bench import parse_lengths
     from .kinds import checkpoints_kind, kinds
@@ -181,7 +199,7 @@ def eval_command(
             "corpus": None if corpus is None else str(corpus), "squad": None if squad is None else str(squad),
             "hotpotqa": None if hotpotqa is None else str(hotpotqa), "trust_remote_code": trust_remote_code}
     study = kind.complete(validate(data, kinds(), "longarch eval"), "longarch eval")
-    _run(kind(study), out or Path("runs") / name, "local", None, None, retries)
+    _run(kind(study), out or Path("runs") / name, "local", None, None, retries, force)
 
 
 def _duration(seconds: float | None) -> str:
@@ -201,6 +219,7 @@ def plan_command(study: StudyArg = "quick",
                  scale: Annotated[Optional[int], typer.Option(help="as for run", min=1)] = None):
     """Print a study's grid: what is stored, what remains, and what the rest will cost."""
     from .kinds import kind_of
+    from .study.directory import DirectoryRefused, claim
     from .study.grid import grid_state
 
     loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale)
@@ -209,6 +228,11 @@ def plan_command(study: StudyArg = "quick",
     for note in plan.notes:
         console.print(f"[yellow]{note}[/yellow]")
     target = out or Path("runs") / loaded.name
+    _check_out(target)
+    try:
+        claim(target, kind, plan.meta.get("config"))
+    except DirectoryRefused as refused:  # plan only reads; say what `run` would do
+        console.print(f"[yellow]`longarch run` would refuse this directory: {refused}[/yellow]")
     state = grid_state(plan, target)
     table = Table(title=f"{loaded.name}: the grid against {target}")
     for column in ("cells", "planned", "stored", "failed", "remaining"):
@@ -233,11 +257,11 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
     from .kinds import kind_of, stored_study
     from .study.grid import grid_state
     from .study.schema import ConfigError
-    from .study.store import Store
+    from .study.store import for_reading
 
     if not (directory / "results.sqlite").is_file():
         fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
-    with Store(directory / "results.sqlite") as store:
+    with for_reading(directory / "results.sqlite") as store:
         config = store.meta().get("config")
     try:
         study = stored_study(config)
@@ -269,13 +293,23 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
 
 @app.command()
 @clean_errors
-def report(directory: Annotated[Path, typer.Argument(help="a study's output directory")]):
+def report(directory: Annotated[Path, typer.Argument(help="a study's output directory")],
+           out: Annotated[Optional[Path], typer.Option(help="write the report here instead (for a study you cannot write to)")] = None):
     """Rebuild report.md, report.html and summary.json from a study's results database."""
+    import os
+
     if not (directory / "results.sqlite").is_file():
         fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
     from .kinds import build_report, summary_table
 
-    paths = build_report(directory)
+    if out is None and not os.access(directory, os.W_OK):
+        fail(f"{directory} is read-only: the report cannot be written there; write it elsewhere with --out DIR")
+    if out is not None:
+        _check_out(out)
+        others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES) if out.is_dir() else []
+        if others:
+            fail(f"--out {out} holds other files ({', '.join(others[:3])}); give the report a directory of its own")
+    paths = build_report(directory, out)
     console.print(summary_table(directory))
     console.print(f"report: {paths['md']}  and  {paths['html']}")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .study import load as loading
 from .study.schema import ConfigError
-from .study.store import Store
+from .study.store import for_reading
 
 
 def kinds() -> tuple:
@@ -54,7 +54,7 @@ def stored_kind(out: Path):
     path = Path(out) / "results.sqlite"
     if not path.is_file():
         raise FileNotFoundError(f"no results database at {path}")
-    with Store(path) as store:
+    with for_reading(path) as store:
         meta = store.meta()
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     try:
@@ -63,12 +63,15 @@ def stored_kind(out: Path):
         raise ConfigError(f"{out}: {error}") from None
 
 
-def build_report(out: Path) -> dict[str, Path]:
-    """Write summary.json, figures/, report.md and report.html for the study stored in `out`;
-    return the written paths ("summary", "md", "html", each figure by its relative path)."""
+def build_report(out: Path, dest: Path | None = None) -> dict[str, Path]:
+    """Write summary.json, figures/, report.md and report.html for the study stored in `out`, into
+    `dest` (default `out`); return the written paths ("summary", "md", "html", each figure by its
+    relative path)."""
     from .analysis.report import write
 
-    return write(Path(out), stored_kind(out).report(Path(out)))
+    dest = Path(dest or out)
+    dest.mkdir(parents=True, exist_ok=True)
+    return write(dest, stored_kind(out).report(Path(out), dest))
 
 
 def summary_table(out: Path):

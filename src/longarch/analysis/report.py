@@ -60,13 +60,16 @@ def write(out: Path, report: Report) -> dict[str, Path]:
 
 
 def run(kind, out: Path, console: Console | None = None, command: str | None = None, backend: str = "local",
-        workers: int | None = 0, address: str | None = None, retries: int = 2) -> Path:
+        workers: int | None = 0, address: str | None = None, retries: int = 2, force: bool = False) -> Path:
     """Run (or continue) a study of any kind into `out` through the one driver, then write its
-    report; return report.md's path. workers None: the kind's default."""
+    report while the directory is still locked; return report.md's path. workers None: the kind's
+    default. `force`: write into a directory that holds files longarch did not write."""
     console = console or Console()
     workers = kind.default_workers if workers is None else workers
-    failed = drive(kind, out, console, command, backend, workers, address, retries)
-    return finish(out, console, failed, kind.report(out))
+    written = []
+    drive(kind, out, console, command, backend, workers, address, retries, force,
+          then=lambda failed: written.append(finish(out, console, failed, kind.report(out))))
+    return written[0]
 
 
 def finish(out: Path, console: Console, failed: list, report: Report) -> Path:

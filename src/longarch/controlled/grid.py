@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..study.grid import GridState, eval_rate, seconds_per_token
-from ..study.store import Store
+from ..study.store import for_reading
 from .config import Study
 from .train import TrainSpec
 
@@ -39,7 +39,7 @@ def cost(study: Study, state: GridState, out: Path) -> dict:
     seconds = None
     path = out / "results.sqlite"
     if path.exists() and state.done:
-        with Store(path) as store:
+        with for_reading(path) as store:
             model_rows = store.models()
         train_rate = seconds_per_token(model_rows, _trained_tokens, lambda r: r.train_seconds)
         rate = eval_rate(out)

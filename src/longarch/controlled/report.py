@@ -16,7 +16,7 @@ import numpy as np
 from rich.table import Table
 
 from ..study.ids import slug
-from ..study.store import Store
+from ..study.store import for_reading
 from ..analysis import plots
 from ..analysis.findings import accuracy_at
 from ..analysis.measures import cell_estimate
@@ -98,7 +98,7 @@ def load(out_dir: Path) -> StudyData:
     path = Path(out_dir) / "results.sqlite"
     if not path.exists():
         raise FileNotFoundError(f"no results database at {path}")
-    with Store(path) as store:
+    with for_reading(path) as store:
         meta, model_rows, results = store.meta(), store.models(), store.results()
     model_rows, results, left_out = planned_only(meta, model_rows, results)
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
@@ -429,13 +429,13 @@ def _accuracy_figures(data: StudyData, figure_dir: Path, record) -> None:
 # --------------------------------------------------------------------------------------------
 # the report (analysis/report.py writes it)
 # --------------------------------------------------------------------------------------------
-def report(out_dir: Path) -> Report:
+def report(out_dir: Path, dest: Path | None = None) -> Report:
     """The controlled study's report, from the store in `out_dir`; its figures are drawn under
-    `<out_dir>/figures`."""
+    `<dest>/figures` (dest: where the report goes, `out_dir` unless given)."""
     data = load(out_dir)
-    figures = Figures(out_dir)
+    figures = Figures(dest or out_dir)
     _accuracy_figures(data, figures.dir, figures.record)
-    with Store(Path(out_dir) / "results.sqlite") as store:
+    with for_reading(Path(out_dir) / "results.sqlite") as store:
         stored_curves = store.curves()
     order = [m.name for m in data.models]
     training_blocks, training_figures, training_summary = training_section(data.model_rows, stored_curves, data.config,

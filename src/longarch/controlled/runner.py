@@ -304,6 +304,7 @@ class Controlled:
     kind = "controlled"
     Config = Study
     options = ("corpus", "scale")  # the command-line options it takes (study/load.py)
+    presentation = ("description", "analysis")  # change how results are shown, never a result
     prepare = staticmethod(config.prepare)
     complete = staticmethod(config.complete)
     from_stored = staticmethod(config.from_stored)
@@ -316,11 +317,12 @@ class Controlled:
         self._task = None  # the task trained on, built when the first model is trained
 
     @staticmethod
-    def report(out: Path):
-        """The report of the study stored in `out` (analysis/report.py writes it)."""
+    def report(out: Path, dest: Path | None = None):
+        """The report of the study stored in `out`, its figures drawn under `dest` (default `out`),
+        where analysis/report.py writes it."""
         from .report import report  # the report reads the store only
 
-        return report(out)
+        return report(out, dest)
 
     @staticmethod
     def table(out: Path):
@@ -357,7 +359,7 @@ class Controlled:
         return Plan(ordered, meta)
 
     def stored(self, store: Store, cells: list[Cell], runtime: Runtime) -> dict[str, bytes]:
-        _same_samples(store.meta().get("config"), self.study, runtime.out)
+        _same_samples(store.meta().get("config"), self.study, runtime.out)  # also under --force
         return {c.id: w for c in cells if c.stage == "train" and (w := _stored_weights(store.model(c.id)))}
 
     def job(self, cell: Cell, inputs: dict, runtime: Runtime):
@@ -394,10 +396,10 @@ class Controlled:
 
 def run_study(study: Study, out: Path, console: Console | None = None, command: str | None = None,
               backend: str = "local", workers: int | None = 0, address: str | None = None,
-              retries: int = 2) -> Path:
+              retries: int = 2, force: bool = False) -> Path:
     """Run (or continue) a study into `out`; return the path of report.md. The backends and
     the retry policy are the driver's (study/driver.py)."""
-    return run(Controlled(study), out, console, command, backend, workers, address, retries)
+    return run(Controlled(study), out, console, command, backend, workers, address, retries, force)
 
 
 class _LiveBars:

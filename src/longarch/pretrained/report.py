@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ..study.ids import slug
-from ..study.store import Store
+from ..study.store import for_reading
 from ..analysis import plots
 from ..analysis.measures import EffectiveLength, Estimate, LengthAccuracy, Plan, accuracy_at_lengths, cell_estimate, \
     effective_length, pooled_estimate
@@ -73,7 +73,7 @@ class PretrainedData:
 
 
 def load(out_dir: Path) -> PretrainedData:
-    with Store(Path(out_dir) / "results.sqlite") as store:
+    with for_reading(Path(out_dir) / "results.sqlite") as store:
         meta, rows, results = store.meta(), store.pretrained(), store.results()
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     settings, note = stored_settings(config)
@@ -315,11 +315,11 @@ def _ablation_blocks(data: PretrainedData, figures: dict[str, str], reference: d
     return blocks
 
 
-def report(out_dir: Path) -> Report:
+def report(out_dir: Path, dest: Path | None = None) -> Report:
     """The pretrained study's report, from the store in `out_dir`; its figures are drawn under
-    `<out_dir>/figures`."""
+    `<dest>/figures` (dest: where the report goes, `out_dir` unless given)."""
     data = load(out_dir)
-    figures = Figures(out_dir)
+    figures = Figures(dest or out_dir)
     if data.suite:
         _suite_figures(data, figures)
     for label in data.ablation:

@@ -215,6 +215,7 @@ class Pretrained:
     kind = "pretrained"
     Config = PretrainedStudy
     options = ("corpus", "squad", "hotpotqa", "trust_remote_code")  # the command-line options it takes
+    presentation = ("description", "analysis", "reference")  # change how results are shown, never a result
     prepare = staticmethod(config.prepare)
     complete = staticmethod(config.complete)
     from_stored = staticmethod(config.from_stored)
@@ -263,11 +264,12 @@ class Pretrained:
         return None
 
     @staticmethod
-    def report(out: Path):
-        """The report of the study stored in `out` (analysis/report.py writes it)."""
+    def report(out: Path, dest: Path | None = None):
+        """The report of the study stored in `out`, its figures drawn under `dest` (default `out`),
+        where analysis/report.py writes it."""
         from .report import report
 
-        return report(out)
+        return report(out, dest)
 
     @staticmethod
     def table(out: Path):
@@ -298,7 +300,7 @@ class Pretrained:
 
 def run_pretrained(study: PretrainedStudy, out: Path, console: Console | None = None, command: str | None = None,
                    backend: str = "local", workers: int | None = 0, address: str | None = None, retries: int = 2,
-                   cache_dir: str | None = None) -> Path:
+                   cache_dir: str | None = None, force: bool = False) -> Path:
     """Run (or continue) a pretrained study into `out`; return the path of report.md.
     workers 0 (the default here: one accelerator, models loaded once) runs in this process."""
-    return run(Pretrained(study, cache_dir), out, console, command, backend, workers, address, retries)
+    return run(Pretrained(study, cache_dir), out, console, command, backend, workers, address, retries, force)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import platform
 import shlex
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -27,8 +28,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import faults
 from .backends import InProcess, cores, describe_error, make_backend
-from .store import Store
+from .directory import claim, identity
 from .lock import StudyLock
+from .store import Store, StoreError
 
 # A cell's stage: its progress bar, the nouns of the run's first lines, the kill point reached
 # once it is stored (faults.py), and the `kind` column of the store's running and failures tables.
@@ -69,6 +71,8 @@ class StudyKind(Protocol):
     kind: ClassVar[str]          # the value of `kind:` in a study YAML
     Config: ClassVar[type]       # its schema (a pydantic model with `kind: Literal[<kind>]`)
     options: ClassVar[tuple[str, ...]]  # the command-line options it takes (corpus, scale, ...)
+    presentation: ClassVar[tuple[str, ...]]  # top-level keys that change how results are shown, not a
+                                             # result: left out of the study's identity (directory.py)
     name: str
     permanent: ClassVar[tuple[type[BaseException], ...]]  # errors that fail a cell at once
     gpus: float  # GPUs each job asks of Ray
@@ -91,8 +95,9 @@ class StudyKind(Protocol):
         """A configuration stored by an earlier version, as the schema reads it now."""
 
     @staticmethod
-    def report(out: Path):
-        """The report (analysis/report.py's Report) of the study stored in `out`."""
+    def report(out: Path, dest: Path | None = None):
+        """The report (analysis/report.py's Report) of the study stored in `out`; its figures are
+        drawn under `dest` (default `out`), the directory the report is written to."""
 
     @staticmethod
     def table(out: Path):
@@ -105,7 +110,9 @@ class StudyKind(Protocol):
         """The remaining work: train_tokens, train_tokens_max, eval_tokens, and seconds at the
         rates stored in `out` (None: unknown)."""
 
-    def plan(self) -> Plan: ...
+    def plan(self) -> Plan:
+        """The cells in the order to run them; `meta["config"]` is the validated study as plain
+        data (its identity, directory.py)."""
 
     def stored(self, store: Store, cells: list[Cell], runtime: Runtime) -> dict[str, object]:
         """The outputs of cells stored by an earlier run that other cells need (a trained model's
@@ -176,47 +183,70 @@ def first_line(error: BaseException) -> str:
 
 
 def drive(kind: StudyKind, out: Path, console: Console, command: str | None = None, backend: str = "local",
-          workers: int | None = 0, address: str | None = None, retries: int = 2) -> list:
+          workers: int | None = 0, address: str | None = None, retries: int = 2, force: bool = False,
+          then: Callable[[list], object] | None = None) -> list:
     """Run (or continue) a study of any kind into `out`; return the store's failures.
 
     backend "local" with workers 0 runs every job in this process; workers N > 0 (None: one per
     core) runs them in a pool of N processes with cores / N torch threads each; "ray" runs them
-    as Ray tasks (address None: a local Ray instance)."""
-    out.mkdir(parents=True, exist_ok=True)
+    as Ray tasks (address None: a local Ray instance). A directory that holds another study, or
+    files longarch did not write (unless `force`), is refused before anything is written
+    (directory.py). `then(failures)` runs before the directory is released (the report)."""
     plan = kind.plan()
+    config = plan.meta.get("config")
+    claim(out, kind, config, force)
     for note in plan.notes:
         console.print(f"[yellow]{note}[/yellow]")  # the rest runs
     pool_size = cores() if workers is None else workers
     threads = None if backend == "local" and pool_size == 0 else max(1, cores() // max(1, pool_size))
     # jobs on this machine may keep files under `out` (a remote Ray worker's disk is its own)
     runtime = Runtime(out, threads, backend == "local" or address is None)
-    with StudyLock(out), Store(out / "results.sqlite") as store:
-        log = logger(out)
-        store.clear_running()
-        outputs = kind.stored(store, plan.cells, runtime)
-        for key, value in {"kind": kind.kind, **plan.meta, **provenance(command or shlex.join(sys.argv))}.items():
-            store.set_meta(key, value)
-        done = store.cell_ids() | set(outputs)
-        todo = [cell for cell in plan.cells if cell.id not in done]
-        stages = [s for s in STAGES if any(c.stage == s for c in plan.cells)]
-        counts = {s: (sum(c.stage == s for c in plan.cells), sum(c.stage == s for c in todo)) for s in stages}
-        console.print(f"[bold]{kind.name}[/bold]: " + ", ".join(
-            f"{total} {STAGES[s]['noun']} ({total - left} {STAGES[s]['done']})" for s, (total, left) in counts.items())
-            + f" -> {out}")
-        log.info("run %s: %s, backend %s", kind.name,
-                 ", ".join(f"{left} {STAGES[s]['todo']}" for s, (_, left) in counts.items()), backend)
-        runner = make_backend(backend, workers, address, threads or 1, gpus=kind.gpus)
-        loop = _Loop(kind, store, runner, log, runtime, retries, outputs)
+    out.mkdir(parents=True, exist_ok=True)
+    with StudyLock(out, stamp=False) as lock:  # a refused run leaves the lock file as it was
+        claim(out, kind, config, force)  # again, now that no other run can write to it
+        lock.stamp()
         try:
-            with progress_display(console) as progress:
-                loop.run(progress, todo, stages)
-        except BaseException:
-            runner.close(abort=True)
-            raise
-        runner.close()
-        failed = store.failures()
-        log.info("run %s ended: %d cells stored of %d, %d failed", kind.name, len(store.cell_ids()),
-                 sum(c.stage == "eval" for c in plan.cells), len(failed))
+            with Store(out / "results.sqlite") as store:
+                meta = {"kind": kind.kind, "identity": identity(kind, config), **plan.meta,
+                        **provenance(command or shlex.join(sys.argv))}
+                failed = _run(kind, store, plan, meta, runtime, console, backend, workers, address, retries)
+        except sqlite3.OperationalError as error:  # a full disk, a file made read-only under the run
+            raise StoreError(f"{out / 'results.sqlite'}: {error}; what was stored is kept: run the same command "
+                             "again once that is resolved") from None
+        if then is not None:
+            then(failed)
+    return failed
+
+
+def _run(kind: StudyKind, store: Store, plan: Plan, meta: dict, runtime: Runtime, console: Console, backend: str,
+         workers: int | None, address: str | None, retries: int) -> list:
+    """The run itself, in a locked directory with its store open."""
+    log = logger(runtime.out)
+    store.clear_running()
+    outputs = kind.stored(store, plan.cells, runtime)
+    for key, value in meta.items():
+        store.set_meta(key, value)
+    done = store.cell_ids() | set(outputs)
+    todo = [cell for cell in plan.cells if cell.id not in done]
+    stages = [s for s in STAGES if any(c.stage == s for c in plan.cells)]
+    counts = {s: (sum(c.stage == s for c in plan.cells), sum(c.stage == s for c in todo)) for s in stages}
+    console.print(f"[bold]{kind.name}[/bold]: " + ", ".join(
+        f"{total} {STAGES[s]['noun']} ({total - left} {STAGES[s]['done']})" for s, (total, left) in counts.items())
+        + f" -> {runtime.out}")
+    log.info("run %s: %s, backend %s", kind.name,
+             ", ".join(f"{left} {STAGES[s]['todo']}" for s, (_, left) in counts.items()), backend)
+    runner = make_backend(backend, workers, address, runtime.threads or 1, gpus=kind.gpus)
+    loop = _Loop(kind, store, runner, log, runtime, retries, outputs)
+    try:
+        with progress_display(console) as progress:
+            loop.run(progress, todo, stages)
+    except BaseException:
+        runner.close(abort=True)
+        raise
+    runner.close()
+    failed = store.failures()
+    log.info("run %s ended: %d cells stored of %d, %d failed", kind.name, len(store.cell_ids()),
+             sum(c.stage == "eval" for c in plan.cells), len(failed))
     return failed
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .driver import Cell, Plan
 from .lock import held_by
-from .store import Store
+from .store import for_reading
 
 
 @dataclass
@@ -42,7 +42,7 @@ def grid_state(plan: Plan, out: Path) -> GridState:
     path = out / "results.sqlite"
     if not path.exists():
         return GridState(plan.cells, set(), {}, [], None, plan.notes)
-    with Store(path) as store:
+    with for_reading(path) as store:
         done = store.model_ids() | store.cell_ids()
         failures = {f["cell_id"]: f for f in store.failures()}
         running = store.running()
@@ -60,6 +60,6 @@ def eval_rate(out: Path) -> float | None:
     path = out / "results.sqlite"
     if not path.exists():
         return None
-    with Store(path) as store:
+    with for_reading(path) as store:
         rows = store.results()
     return seconds_per_token(rows, lambda r: r.n * r.length, lambda r: r.seconds) if rows else None

@@ -15,8 +15,8 @@ class StudyLock:
     """An exclusive lock on a study directory for the length of a run (released by the OS if
     the process dies, so a kill -9 never leaves it stuck)."""
 
-    def __init__(self, out: Path):
-        self.path = out / "run.lock"
+    def __init__(self, out: Path, stamp: bool = True):
+        self.path, self.stamped = out / "run.lock", stamp
 
     def __enter__(self) -> "StudyLock":
         self.file = open(self.path, "a+")
@@ -28,11 +28,17 @@ class StudyLock:
             self.file.close()
             raise StudyBusy(f"another longarch run (pid {holder}) is writing to {self.path.parent}; "
                             "wait for it to finish or choose another --out") from None
+        if self.stamped:
+            self.stamp()
+        return self
+
+    def stamp(self) -> None:
+        """Write this run's pid into the lock (for `status` and a refused second run), once the
+        run has decided to write to the directory."""
         self.file.seek(0)
         self.file.truncate()
         self.file.write(str(os.getpid()))
         self.file.flush()
-        return self
 
     def __exit__(self, *exc) -> None:
         fcntl.flock(self.file, fcntl.LOCK_UN)
@@ -42,9 +48,9 @@ class StudyLock:
 def held_by(out: Path) -> int | None:
     """The pid of the run holding `out`, or None when no run does."""
     path = out / "run.lock"
-    if not path.exists():
+    if not path.is_file():
         return None
-    with open(path, "a+") as file:
+    with open(path) as file:  # read-only: `status` works on a study it cannot write
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

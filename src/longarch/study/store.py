@@ -23,8 +23,10 @@ are keyed by content-addressed ids, so a rerun recognises what is already stored
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,18 +140,52 @@ class StoreError(ValueError):
     """A results file that is not a usable store (the file is never modified)."""
 
 
+TABLES = {"study", "models", "curves", "pretrained", "results", "failures", "running"}
+
+
 class Store:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30)
+    """A study's results database. `readonly`: opened read-only, nothing created or migrated (for
+    commands that only read, on a study that may be read-only). `untouched`: read-only, and not a
+    byte written anywhere, SQLite's side files included (for deciding whether a run may write)."""
+
+    def __init__(self, path: Path, readonly: bool = False, untouched: bool = False):
+        self.path, self.readonly = Path(path), readonly or untouched
+        if self.readonly:
+            self.db = _connect_read_only(self.path, untouched)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.db = sqlite3.connect(self.path, timeout=30)
+            except sqlite3.Error as error:
+                raise StoreError(f"{self.path}: cannot open the results database ({error})") from None
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
+            self._refuse_foreign()
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(SCHEMA)
+                self._migrate()
         except sqlite3.DatabaseError as error:
             self.db.close()
             raise StoreError(f"{self.path} is not a longarch results database ({error}); it is left as it is: "
                              "move it away or choose another output directory") from None
+        except StoreError:
+            self.db.close()
+            raise
+
+    def _refuse_foreign(self) -> None:
+        """A SQLite file with tables of its own is not ours to add to (nor to read as a store)."""
+        tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        foreign = tables - TABLES - {"sqlite_sequence"}  # older stores may lack some of ours
+        if foreign:
+            shown = ", ".join(sorted(foreign)[:3])
+            raise StoreError(f"{self.path} is not a longarch results database (it holds the tables {shown}); it "
+                             "is left as it is: move it away or choose another output directory")
+        if self.readonly and not tables:  # an empty file: read as an empty store
+            self.db.close()
+            self.db = sqlite3.connect(":memory:")
+            self.db.executescript(SCHEMA)
+
+    def _migrate(self) -> None:
         model_columns = {row[1] for row in self.db.execute("PRAGMA table_info(models)")}
         for column in ("steps", "steps_to_criterion"):  # a store written before training curves
             if column not in model_columns:
@@ -275,3 +311,32 @@ class Store:
 
     def model_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT model_id FROM models")}
+
+
+def _connect_read_only(path: Path, untouched: bool = False) -> sqlite3.Connection:
+    """A read-only connection. Immutable (SQLite then writes no side file and takes no lock) on a
+    directory this process cannot write, where no run can be writing either, and when asked not
+    to touch anything while no write-ahead log holds data the main file lacks."""
+    if not path.is_file():
+        raise StoreError(f"no results database at {path}")
+    wal = path.with_name(path.name + "-wal")
+    pending = wal.is_file() and wal.stat().st_size > 0
+    immutable = "&immutable=1" if not os.access(path.parent, os.W_OK) or (untouched and not pending) else ""
+    try:
+        return sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro{immutable}", uri=True,
+                               timeout=30)
+    except sqlite3.Error as error:
+        raise StoreError(f"{path}: cannot open the results database ({error})") from None
+
+
+def read_only(path: Path, untouched: bool = False) -> Store:
+    """The store at `path`, read-only (`untouched`: see Store)."""
+    return Store(path, readonly=True, untouched=untouched)
+
+
+def for_reading(path: Path) -> Store:
+    """The store at `path` for a command that only reads: opened as usual (older stores brought up
+    to date) where this process may write, else read-only."""
+    path = Path(path)
+    writable = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+    return Store(path, readonly=not writable)
