@@ -457,9 +457,8 @@ class Controlled:
             row = result.row
             if row.diverged is not None:  # no checkpoint: nothing of it is evaluated
                 store.put_model(row, result.curve)
-                reason = diverged_reason(row)
-                return (Skip(reason), f"{item.label} s{item.seed}: diverged",
-                        f"{cell.what}: {reason}; its cells are skipped")
+                return (Skip(diverged_reason(row)), f"{item.label} s{item.seed}: diverged",
+                        f"{cell.what}: diverged at step {row.diverged}; its cells are skipped")
             path = runtime.out / "checkpoints" / f"{item.label}-s{item.seed}-{item.model_id}.safetensors"
             write_atomic(path, result.weights)
             row.checkpoint, row.sha256 = str(path), hashlib.sha256(result.weights).hexdigest()
