@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from longarch.study.store import ResultRow, Store
-from longarch.study import Cell, Plan, drive
+from longarch.study import Cell, Plan, Skip, drive
 
 
 class Permanent(RuntimeError):
@@ -141,3 +141,54 @@ def test_a_kill_point_after_each_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(faults, "reached", reached.append)
     _run(Squares(tmp_path), tmp_path / "out")
     assert reached.count("model") == 2 and reached.count("cell") == 4
+
+
+class Diverging(Squares):
+    """Squares whose model b trains to a result that leaves its cells nothing (a diverged model):
+    its commit returns a Skip, and `stored` returns the Skip again once it is stored."""
+
+    def commit(self, store: Store, cell: Cell, result: int, runtime):
+        if cell.id != "b":
+            return super().commit(store, cell, result, runtime)
+        (self.tmp / "b.diverged").write_text("stored")
+        return Skip("b diverged at step 3"), cell.what, "train b: diverged at step 3"
+
+    def stored(self, store: Store, cells: list[Cell], runtime) -> dict:
+        out = super().stored(store, cells, runtime)
+        return {**out, "b": Skip("b diverged at step 3")} if (self.tmp / "b.diverged").exists() else out
+
+
+def _skipped(out: Path) -> dict[str, str]:
+    with Store(out / "results.sqlite") as store:
+        return {row["cell_id"]: row["reason"] for row in store.skipped()}
+
+
+def test_a_skip_leaves_the_cells_that_need_it_skipped_with_its_reason_and_a_rerun_runs_nothing(tmp_path):
+    out = tmp_path / "out"
+    kind = Diverging(tmp_path)
+    console = Console(file=io.StringIO(), width=200)
+    assert drive(kind, out, console, command="test", workers=0) == []  # not a failure
+    assert "b" in kind.jobs and "b1" not in kind.jobs and "b2" not in kind.jobs
+    assert set(_accuracies(out)) == {"a1", "a2"}  # the rest of the grid went on
+    assert _skipped(out) == {"b1": "b diverged at step 3", "b2": "b diverged at step 3"}
+    assert "skipped 2 cells (not run, not retried): b diverged at step 3" in console.file.getvalue()
+    assert "skipped 2 cells: b diverged at step 3" in (out / "run.log").read_text()
+
+    with Store(out / "results.sqlite") as store:  # a failure an earlier run left for b1 is settled by the skip
+        store.put_failure("b1", "eval", "b cell 1", 0, "needs train b (RuntimeError: an old error)")
+    again = Diverging(tmp_path)
+    assert _run(again, out) == []
+    assert again.jobs == []  # b is not trained again, and its cells are not tried
+    assert _skipped(out) == {"b1": "b diverged at step 3", "b2": "b diverged at step 3"}
+
+
+def test_a_cell_that_needs_a_skipped_cell_is_skipped_in_turn(tmp_path):
+    class Chain(Diverging):
+        def plan(self) -> Plan:
+            plan = super().plan()
+            return Plan(plan.cells + [Cell("b1x", "eval", "after b cell 1", {"value": 1}, ("b1",))], plan.meta)
+
+    kind = Chain(tmp_path)
+    assert _run(kind, tmp_path / "out") == []
+    assert _skipped(tmp_path / "out") == {c: "b diverged at step 3" for c in ("b1", "b2", "b1x")}
+    assert "b1x" not in kind.jobs

@@ -253,7 +253,7 @@ def plan_command(study: StudyArg = "quick",
 @app.command()
 @clean_errors
 def status(directory: Annotated[Path, typer.Argument(help="a study's output directory")]):
-    """Done, running and failed cells of a study directory, with each failure's last error."""
+    """Done, running, failed and skipped cells of a study directory, with each failure's last error."""
     from .kinds import kind_of, stored_study
     from .study.grid import grid_state
     from .study.schema import ConfigError
@@ -273,9 +273,18 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
     trained, cells = state.of("train"), state.of("eval")
     if trained:  # a pretrained study trains nothing
         planned, stored, failed, _ = state.counts(trained)
-        console.print(f"  models: {stored} of {planned} trained, {failed} failed")
+        diverged = sum(c.id in state.diverged for c in trained)
+        console.print(f"  models: {stored} of {planned} trained" + (f" ({diverged} diverged)" if diverged else "")
+                      + f", {failed} failed")
     planned, stored, failed, remaining = state.counts(cells)
-    console.print(f"  cells:  {stored} of {planned} stored, {failed} failed, {remaining - failed} not yet run")
+    skipped = state.skipped_of(cells)
+    console.print(f"  cells:  {stored} of {planned} stored, {failed} failed, "
+                  + (f"{len(skipped)} skipped, " if skipped else "") + f"{remaining - failed} not yet run")
+    reasons: dict[str, int] = {}
+    for cell in skipped:  # a line per reason: a diverged model skips all its cells
+        reasons[state.skipped[cell.id]["reason"]] = reasons.get(state.skipped[cell.id]["reason"], 0) + 1
+    for reason, count in reasons.items():
+        console.print(f"    skipped {count} (not run, not retried): {reason}", markup=False)
     if state.running:
         console.print(f"  in flight (handed to the workers, running or queued): {len(state.running)}")
     for row in state.running:

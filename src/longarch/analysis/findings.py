@@ -158,7 +158,10 @@ def split_models(models: Sequence[ModelSummary], settings: AnalysisSettings, cel
     kept, excluded = [], []
     bar = settings.learned_bar_fraction
     for model in models:
-        if settings.gate == "label":
+        if model.all_diverged:  # it learned nothing: left out whatever the gate
+            steps = ", ".join(f"seed {seed} at step {step}" for seed, step in sorted(model.diverged.items()))
+            excluded.append(Exclusion(model.name, model.family, f"did not learn: its training diverged ({steps})"))
+        elif settings.gate == "label":
             solved, failed = solved_labels(cells, model, plan, settings)
             if failed:
                 listed = ", ".join(f"{label} {accuracy:.3f}" for label, accuracy in failed)

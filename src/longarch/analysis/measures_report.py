@@ -80,7 +80,9 @@ def analysis_sections(meta: dict, config: dict, models: list[ModelSummary], cell
     partial_seeds, findings."""
     settings, note = read_settings(config)
     claims = check_claims(meta, models, cells, settings)
-    blocks, summary = measures(models, cells, plan_of(meta, cells), labels, settings, partial)
+    # a model whose every seed diverged has nothing to measure; the findings list it as not learned
+    blocks, summary = measures([m for m in models if not m.all_diverged], cells, plan_of(meta, cells), labels,
+                               settings, partial)
     if note:
         blocks.insert(1, ("warn", f"{note[0].upper()}{note[1:]}."))
     return blocks + findings_blocks(claims, settings.interval_level_fraction), {

@@ -59,11 +59,17 @@ class ModelSummary:
     train_length: int
     train_accuracy: float    # mean over seeds, in [0, 1]; nan if no model row is stored
     train_seconds: float     # mean over seeds
-    seeds: list[int]
+    seeds: list[int]         # the seeds it is summarised over: those that trained, or, when every seed diverged, those
+    diverged: dict[int, int] = field(default_factory=dict)  # seed -> the step its training diverged at
 
     def solved(self, threshold: float) -> bool:
         """Did the model learn the task at its training length (mean over seeds)?"""
         return bool(self.train_accuracy >= threshold)
+
+    @property
+    def all_diverged(self) -> bool:
+        """Every seed's training diverged: a model that learned nothing (training accuracy 0)."""
+        return bool(self.diverged) and not set(self.seeds) - set(self.diverged)
 
 
 @dataclass
@@ -99,20 +105,25 @@ def summarise_models(models: Iterable[ModelRow], results: Iterable[ResultRow] = 
 
     A name that has results but no stored model row (a store written by hand, or a training row
     lost) still gets a summary, with unknown fields left empty, so its results are not dropped.
+    A seed whose training diverged is left out of its name's summary (it has no results) and
+    listed in `diverged`; a name whose every seed diverged is summarised over them, with training
+    accuracy 0: a model that did not learn.
     """
     by_name: dict[str, list[ModelRow]] = {}
     for row in models:
         by_name.setdefault(row.name, []).append(row)
     summaries = []
-    for name, rows in by_name.items():
-        rows = sorted(rows, key=lambda r: r.seed)
+    for name, every in by_name.items():
+        every = sorted(every, key=lambda r: r.seed)
+        rows = [r for r in every if r.diverged is None] or every
         first = rows[0]
         summaries.append(ModelSummary(
             name=name, family=first.family, params=first.params, state_floats=first.state_floats,
             state_growth=first.state_growth, train_length=first.train_length,
             train_accuracy=float(np.mean([r.train_accuracy for r in rows])),
             train_seconds=float(np.mean([r.train_seconds for r in rows])),
-            seeds=sorted({r.seed for r in rows})))
+            seeds=sorted({r.seed for r in rows}),
+            diverged={r.seed: r.diverged for r in every if r.diverged is not None}))
     orphans: dict[str, list[ResultRow]] = {}
     for result in results:
         if result.model not in by_name:

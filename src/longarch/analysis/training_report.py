@@ -75,8 +75,7 @@ def training_section(model_rows: list[ModelRow], curves: dict[str, list], config
     for name in names:
         rows = by_name[name]
         lrs = {r.config.get("train", {}).get("lr") for r in rows}
-        line = [name, _per_seed(rows, lambda r: _rate(r.config.get("train", {}).get("lr"))),
-                _per_seed(rows, lambda r: MISSING if r.steps is None else r.steps)]
+        line = [name, _per_seed(rows, lambda r: _rate(r.config.get("train", {}).get("lr"))), _per_seed(rows, _steps)]
         if has_until:
             line.append(_per_seed(rows, lambda r: "not met" if r.steps_to_criterion is None else r.steps_to_criterion))
         table.append(line)
@@ -84,6 +83,8 @@ def training_section(model_rows: list[ModelRow], curves: dict[str, list], config
         for r in rows:
             seeds[str(r.seed)] = {"steps": r.steps, "steps_to_criterion": r.steps_to_criterion,
                                   "task_accuracy": r.config.get("task_accuracy")}
+            if r.diverged is not None:
+                seeds[str(r.seed)]["diverged"] = r.diverged
             if tries := _tries(r):
                 seeds[str(r.seed)]["sweep"] = tries
         summary[name] = {"lr": sorted(x for x in lrs if isinstance(x, (int, float))), "seeds": seeds}
@@ -106,6 +107,13 @@ def training_section(model_rows: list[ModelRow], curves: dict[str, list], config
     return blocks, figures, summary
 
 
+def _steps(row: ModelRow) -> str:
+    """Steps run, or where the training diverged."""
+    if row.diverged is not None:
+        return f"diverged at step {row.diverged}"
+    return MISSING if row.steps is None else str(row.steps)
+
+
 def _rate(value) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else MISSING
 
@@ -124,8 +132,11 @@ def sweep_line(name: str, row: ModelRow) -> str:
         met = "" if t.get("steps_to_criterion") is None else f", criterion met at step {t['steps_to_criterion']}"
         worst = t.get("worst_accuracy")
         worst_text = f", lowest task {100 * worst:.1f}%" if isinstance(worst, (int, float)) else ""
+        if t.get("diverged") is not None:
+            worst_text = f", diverged at step {t['diverged']}"
         parts.append(f"{_rate(t.get('lr'))} ({t.get('steps')} steps{met}{worst_text})")
-    return f"{name} seed {row.seed} tried {', '.join(parts)} and kept {_rate(row.config.get('train', {}).get('lr'))}"
+    kept = "kept none" if row.diverged is not None else f"kept {_rate(row.config.get('train', {}).get('lr'))}"
+    return f"{name} seed {row.seed} tried {', '.join(parts)} and {kept}"
 
 
 def _series(points: list) -> dict[str, list[tuple[int, float]]]:

@@ -44,6 +44,7 @@ class StudyData:
     partial: dict = field(default_factory=dict)  # cell key -> SeedGap, for cells missing planned seeds
     left_out: list[str] = field(default_factory=list)  # stored models the study's plan no longer has
     model_rows: list = field(default_factory=list)  # the stored rows of `models`, one per model and seed
+    cells_per_model: int = 0  # planned evaluation cells of one model and seed (0: unknown)
 
     @property
     def name(self) -> str:
@@ -86,10 +87,19 @@ class StudyData:
         return [m for m in self.models
                 if accuracy_at(self.cells.values(), m.name, task, m.train_length) < bar]  # nan: not below
 
+    @property
+    def diverged(self) -> list:
+        """The stored rows of the models (name and seed) whose training diverged."""
+        return [r for r in self.model_rows if r.diverged is not None]
+
+    def not_run(self) -> int:
+        """Planned cells of diverged models: skipped, not missing."""
+        return self.cells_per_model * len(self.diverged)
+
     def missing_cells(self) -> int:
         planned = self.meta.get("planned_cells")
-        if isinstance(planned, int) and not isinstance(planned, bool) and planned > self.stored_cells:
-            return planned - self.stored_cells
+        if isinstance(planned, int) and not isinstance(planned, bool) and planned > self.stored_cells + self.not_run():
+            return planned - self.stored_cells - self.not_run()
         return 0
 
 
@@ -120,7 +130,16 @@ def load(out_dir: Path) -> StudyData:
                    for t in tasks}
     seeds = [s for s in config.get("seeds") or [] if isinstance(s, int)]
     return StudyData(meta, models, cells, len(results), settings, lengths, depths, curves, tasks,
-                     task_curves, partial_seed_cells(cells, models, seeds), left_out, model_rows)
+                     task_curves, partial_seed_cells(cells, models, seeds), left_out, model_rows,
+                     _cells_per_model(meta))
+
+
+def _cells_per_model(meta: dict) -> int:
+    """The planned cells of one model and seed (every model has the same grid); 0: not recorded."""
+    planned, ids = meta.get("planned_cells"), meta.get("planned_models")
+    if isinstance(planned, int) and not isinstance(planned, bool) and isinstance(ids, list) and ids:
+        return planned // len(ids)
+    return 0
 
 
 def planned_only(meta: dict, model_rows: list, results: list) -> tuple[list, list, list[str]]:
@@ -168,11 +187,16 @@ def build_summary(data: StudyData) -> dict:
             "by_length": [{"length": p.length, "accuracy": rounded(p.accuracy), "interval": [rounded(p.low),
                                                                                               rounded(p.high)],
                            "n": p.n} for p in data.curves[model.name]],
-            "scores": scores})
-    return {"study": data.name, "learned_bar_fraction": data.learned_bar_fraction, "interval_level_fraction": data.level,
-            "planned_cells": data.meta.get("planned_cells"),
-            "stored_cells": data.stored_cells, "missing_cells": data.missing_cells(), "models": models,
-            "left_out_models": data.left_out}
+            "scores": scores,
+            **({"diverged": {str(k): v for k, v in model.diverged.items()}} if model.diverged else {})})
+    summary = {"study": data.name, "learned_bar_fraction": data.learned_bar_fraction,
+               "interval_level_fraction": data.level, "planned_cells": data.meta.get("planned_cells"),
+               "stored_cells": data.stored_cells, "missing_cells": data.missing_cells(), "models": models,
+               "left_out_models": data.left_out}
+    if data.diverged:  # only then, so that the summary of a study without one is as it was
+        summary["diverged_models"] = [{"name": r.name, "seed": r.seed, "model_id": r.model_id, "step": r.diverged,
+                                       "cells_not_run": data.cells_per_model} for r in data.diverged]
+    return summary
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,6 +218,40 @@ def _duration(seconds: float) -> str:
 
 def _length_header(length: int, train_lengths: set[int]) -> str:
     return f"{plots.format_length(length)} (T)" if length in train_lengths else plots.format_length(length)
+
+
+def _diverged_warning(model: ModelSummary, data: StudyData) -> str:
+    """The warning naming a model with a seed whose training diverged, and what that leaves out."""
+    rows = sorted((r for r in data.diverged if r.name == model.name), key=lambda r: r.seed)
+    what = "; ".join(f"seed {r.seed} at step {r.diverged}, its {(r.config.get('diverged') or {}).get('what', 'loss')} "
+                     "becoming non-finite" for r in rows)
+    cells = f"{data.cells_per_model * len(rows)} evaluation cells" if data.cells_per_model else "evaluation cells"
+    if model.all_diverged:
+        kept = f"it learned nothing and is left out of every analysis as a model that did not learn; its {cells} were"
+    else:
+        seeds = f"seed{'s' if len(model.seeds) > 1 else ''} {', '.join(map(str, model.seeds))}"
+        kept = (f"{'those seeds are' if len(rows) > 1 else 'that seed is'} left out of every analysis as a model that "
+                f"did not learn, and {model.name} stands for its {seeds} only; the {cells} of the diverged "
+                f"seed{'s' if len(rows) > 1 else ''} were")
+    return (f"**{model.name} diverged** ({what}): {kept} not run (`longarch status` lists them as skipped, and a "
+            "rerun does not train it again). A lower learning rate may train it.")
+
+
+def _train_accuracy(model: ModelSummary) -> str:
+    """The setup table's training accuracy: the seeds' mean, and which seeds diverged."""
+    steps = ", ".join(f"seed {seed} at step {step}" for seed, step in sorted(model.diverged.items()))
+    if model.all_diverged:
+        return f"diverged ({steps})"
+    return _percent(model.train_accuracy) + (f" (diverged: {steps})" if steps else "")
+
+
+def _marker(model: ModelSummary, unsolved: set[str], by_task: bool, bar: float) -> str:
+    """What a table's row says after a model's name: that it diverged, or did not learn."""
+    if model.all_diverged:
+        return " (diverged)"
+    if model.name in unsolved:
+        return f" (below {100 * bar:g}% at T)" if by_task else " (did not learn)"
+    return ""
 
 
 def _warning(model: ModelSummary, learned_bar: float) -> str:
@@ -239,10 +297,9 @@ def _length_table(data: StudyData, curves: dict[str, list[LengthPoint]], unsolve
                   task: str | None = None) -> Block:
     headers = ["model"] + [_length_header(x, data.train_lengths) for x in data.lengths]
     rows = []
-    marker = f" (below {100 * data.learned_bar_fraction:g}% at T)" if data.by_task else " (did not learn)"
     for model in data.models:
         points, partial = {p.length: p for p in curves[model.name]}, _partial_lengths(data, model.name, task)
-        rows.append([model.name + (marker if model.name in unsolved else "")]
+        rows.append([model.name + _marker(model, unsolved, data.by_task, data.learned_bar_fraction)]
                     + [_point(points.get(x), partial) for x in data.lengths])
     return ("table", headers, rows)
 
@@ -311,7 +368,7 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
     blocks.append(("h2", "Setup"))
     rows = [[m.name, m.family, f"{m.params:,}", f"{m.state_floats:,}",
              {"linear": "grows linearly"}.get(m.state_growth, m.state_growth), str(m.train_length),
-             _percent(m.train_accuracy), ", ".join(map(str, m.seeds)), _duration(m.train_seconds)]
+             _train_accuracy(m), ", ".join(map(str, sorted({*m.seeds, *m.diverged}))), _duration(m.train_seconds)]
             for m in data.models]
     blocks.append(("table", ["model", "family", "parameters", "state size (floats at T)", "state size with length",
                              "training length", "training accuracy (%)", "seeds", "training time (per seed)"], rows))
@@ -320,8 +377,12 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
                             f"has (its settings changed, so they have other ids): {'; '.join(data.left_out)}. Their "
                             "results stay in the store."))
     blocks += _unknown_words(config)
+    for model in data.models:
+        if model.diverged:
+            blocks.append(("warn", _diverged_warning(model, data)))
     for model in data.unsolved():
-        blocks.append(("warn", _warning(model, data.learned_bar_fraction)))
+        if not model.all_diverged:  # its warning above says why
+            blocks.append(("warn", _warning(model, data.learned_bar_fraction)))
     if data.by_task:
         blocks.append(("p", f"Trained on a mixture: the training accuracy is the mean over its tasks, so models are "
                             f"judged task by task. In each task's table, \"(below {100 * data.learned_bar_fraction:g}% at T)\" marks "
@@ -418,7 +479,7 @@ def _accuracy_figures(data: StudyData, figure_dir: Path, record) -> None:
     for task_label in data.tasks:
         if not any(c.task == task_label and c.depth is not None for c in data.cells.values()) and data.cells:
             continue  # a task without a needle depth has no depth heatmap
-        for model in data.models:
+        for model in (m for m in data.models if not m.all_diverged):  # nothing evaluated to draw
             key, stem = (f"{model.name} on {task_label}", f"heatmap_{slug(model.name)}_{slug(task_label)}") if several \
                 else (model.name, f"heatmap_{slug(model.name)}")
             record(f"heatmap {key}", plots.plot_heatmap(
@@ -476,8 +537,8 @@ def _table(data: StudyData) -> Table:
     for model in data.models:
         for task_label in data.tasks if several else [None]:
             below = model.name in ({m.name for m in data.unsolved(task_label)} if data.by_task else unsolved)
-            label = f"{model.name} [red]({'below bar at T' if data.by_task else 'did not learn'})[/red]" if below \
-                else model.name
+            flag = "diverged" if model.all_diverged else "below bar at T" if data.by_task else "did not learn"
+            label = f"{model.name} [red]({flag})[/red]" if below or model.all_diverged else model.name
             curve = data.task_curves[task_label][model.name] if several else data.curves[model.name]
             points = {p.length: p.accuracy for p in curve}
             cells = []

@@ -8,7 +8,11 @@ and a finished one is not recomputed.
 
 This module says what the cells are, what job computes each (plain functions of plain data
 that return rows, run on a worker) and how a finished one is stored: the model row, its curve
-and its checkpoint (a temporary file renamed into place), or the cell's result row. The
+and its checkpoint (a temporary file renamed into place, its sha256 in the row), or the cell's
+result row. A model whose training diverged is stored as such, with its step and no
+checkpoint, and its cells are skipped (the driver's `Skip`), now and by every later run. A
+stored model's checkpoint is used only when its bytes have the recorded hash (and name the
+model); otherwise the model is trained again. The
 driver of study/driver.py runs them, as it runs every kind of study: an evaluation cell needs
 its model's training, so a model's cells are handed out, with its weights, as soon as it is
 trained.
@@ -17,6 +21,7 @@ trained.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -37,9 +42,9 @@ from ..analysis.report import run
 from .config import Study, resolve_overrides, train_labels
 from .evaluate import evaluate_samples
 from ..study.store import ModelRow, ResultRow, Store
-from ..study import Cell, Plan, content_id, eval_seed
+from ..study import Cell, Plan, Skip, content_id, eval_seed
 from ..study.driver import Runtime
-from .train import LOSS_EVERY, Mixture, TrainSpec, train, train_sweep
+from .train import LOSS_EVERY, Diverged, Mixture, TrainSpec, train, train_sweep
 
 
 @dataclass
@@ -200,14 +205,34 @@ def _worker_setup(threads: int | None) -> None:
 
 
 def train_job(job: TrainJob) -> Trained:
+    """Train a model; a training that diverges is a result too (a row with its step, no weights)."""
     _worker_setup(job.threads)
     plan_ = job.plan
-    spec = plan_.train_spec
 
     def build() -> models.LanguageModel:
         torch.manual_seed(plan_.seed)  # identical initialisation for a given seed (and every rate of a sweep)
         return models.LanguageModel(plan_.config)
 
+    try:
+        model, result, seconds, train_record = _fit(job, build)
+    except Diverged as error:
+        return _diverged(plan_, build(), error)
+    weights = save_weights({k: v.contiguous() for k, v in model.state_dict().items()},
+                           metadata={"model_id": plan_.model_id, "arch": plan_.arch})
+    row = _model_row(plan_, model, train_accuracy=result.train_accuracy, train_seconds=seconds,
+                     final_loss=result.final_loss, config={"model": plan_.config.to_dict(), "train": train_record,
+                                                           "task_accuracy": result.task_accuracy},
+                     steps=result.steps, steps_to_criterion=result.steps_to_criterion)
+    curve = [(i * LOSS_EVERY, "loss", "", loss) for i, loss in enumerate(result.losses)]
+    curve += [(check["step"], "accuracy", label, value) for check in result.checks
+              for label, value in check["accuracy"].items()]
+    return Trained(row, weights, curve)
+
+
+def _fit(job: TrainJob, build):
+    """The trained model, its TrainResult, its training seconds and its `train` record: the
+    recipe, and with a sweep the rate kept and every rate tried."""
+    plan_, spec = job.plan, job.plan.train_spec
     live = _Live(job)
     hooks = {"on_step": live.step, "on_check": live.check, "label": job.label}
     train_record = spec.to_dict()
@@ -216,27 +241,48 @@ def train_job(job: TrainJob) -> Trained:
         result = train(model, job.task, spec, plan_.seed,
                        state_path=None if job.state_dir is None else state_path(job.state_dir, plan_.model_id),
                        state_key=plan_.model_id, **hooks)
-        seconds = result.seconds
-    else:
-        sweep = train_sweep(build, job.task, spec, plan_.seed, state_key=plan_.model_id, on_try=live.rate,
-                            attempt_path=None if job.state_dir is None else
-                            (lambda i: attempt_path(job.state_dir, plan_.model_id, i)), **hooks)
-        model, result, seconds = sweep.model, sweep.result, sum(t["seconds"] for t in sweep.tries)
-        train_record.update(lr=sweep.lr, sweep=sweep.tries)  # the kept rate, and every rate tried
-    weights = save_weights({k: v.contiguous() for k, v in model.state_dict().items()},
-                           metadata={"model_id": plan_.model_id, "arch": plan_.arch})
-    row = ModelRow(
+        return model, result, result.seconds, train_record
+    sweep = train_sweep(build, job.task, spec, plan_.seed, state_key=plan_.model_id, on_try=live.rate,
+                        attempt_path=None if job.state_dir is None else
+                        (lambda i: attempt_path(job.state_dir, plan_.model_id, i)), **hooks)
+    train_record.update(lr=sweep.lr, sweep=sweep.tries)  # the kept rate, and every rate tried
+    return sweep.model, sweep.result, sum(t["seconds"] for t in sweep.tries), train_record
+
+
+def _model_row(plan_: ModelPlan, model: models.LanguageModel, **fields) -> ModelRow:
+    """A model's row: what its plan and its (built) model say, and the training's `fields`."""
+    length = plan_.train_spec.length
+    return ModelRow(
         model_id=plan_.model_id, name=plan_.label, arch=plan_.arch, family=models.spec(plan_.arch).family,
-        seed=plan_.seed, params=model.num_params(), state_floats=model.state_floats(spec.length),
-        state_growth="linear" if model.state_floats(2 * spec.length) > model.state_floats(spec.length) else "constant",
-        train_length=spec.length, train_accuracy=result.train_accuracy, train_seconds=seconds,
-        final_loss=result.final_loss, config={"model": plan_.config.to_dict(), "train": train_record,
-                                              "task_accuracy": result.task_accuracy},
-        checkpoint="", steps=result.steps, steps_to_criterion=result.steps_to_criterion)
-    curve = [(i * LOSS_EVERY, "loss", "", loss) for i, loss in enumerate(result.losses)]
-    curve += [(check["step"], "accuracy", label, value) for check in result.checks
+        seed=plan_.seed, params=model.num_params(), state_floats=model.state_floats(length),
+        state_growth="linear" if model.state_floats(2 * length) > model.state_floats(length) else "constant",
+        train_length=length, checkpoint="", **fields)
+
+
+def _diverged(plan_: ModelPlan, model: models.LanguageModel, error: Diverged) -> Trained:
+    """The result of a training that diverged: a row with its step, training accuracy 0 (it
+    learned nothing usable), final loss inf (the column takes no NaN, which SQLite stores as
+    NULL), the curve until then, and no weights."""
+    train_record = plan_.train_spec.to_dict()
+    if error.tries:
+        train_record["sweep"] = error.tries  # every rate tried, each diverged
+    seconds = sum(t["seconds"] for t in error.tries) if error.tries else error.seconds
+    row = _model_row(plan_, model, train_accuracy=0.0, train_seconds=seconds, final_loss=float("inf"),
+                     config={"model": plan_.config.to_dict(), "train": train_record,
+                             "diverged": {"step": error.step, "what": error.what, "value": repr(error.value)}},
+                     steps=error.steps, steps_to_criterion=None, diverged=error.step)
+    curve = [(step, "loss", "", loss) for step, loss in error.losses]
+    curve += [(check["step"], "accuracy", label, value) for check in error.checks
               for label, value in check["accuracy"].items()]
-    return Trained(row, weights, curve)
+    return Trained(row, b"", curve)
+
+
+def diverged_reason(row: ModelRow) -> str:
+    """Why a diverged model's cells are not run, in one line."""
+    record = row.config.get("diverged") if isinstance(row.config.get("diverged"), dict) else {}
+    value = f" ({record['value']})" if record.get("what", "loss") == "loss" and "value" in record else ""
+    return (f"{row.name} seed {row.seed} diverged at step {row.diverged}: its {record.get('what', 'loss')} "
+            f"became non-finite{value}")
 
 
 def model_from_weights(plan_: ModelPlan, weights: bytes) -> models.LanguageModel:
@@ -270,17 +316,41 @@ def _what(item: ModelPlan | EvalCell) -> str:
 # --------------------------------------------------------------------------------------------
 # the controlled kind of study, as the driver sees it
 # --------------------------------------------------------------------------------------------
-def _stored_weights(row: ModelRow | None) -> bytes | None:
-    """A stored model's checkpoint if it is there and loads as safetensors, else None (the
-    model is retrained, not trusted)."""
-    if row is None:
+def _stored_weights(store: Store, row: ModelRow | None, plan_: ModelPlan) -> bytes | None:
+    """A stored model's checkpoint, if it is the one stored: its bytes have the recorded sha256
+    and its metadata names the model; in a store from before hashes, if its metadata names the
+    model and it loads into the model exactly (its hash is then recorded). None otherwise: the
+    model is retrained, not trusted (another model's weights, another architecture's file, a
+    damaged one)."""
+    if row is None or not row.checkpoint:
         return None
     try:
         weights = Path(row.checkpoint).read_bytes()
-        load_weights(weights)
-        return weights
-    except Exception:
+    except OSError:
         return None
+    digest = hashlib.sha256(weights).hexdigest()
+    if row.sha256 is not None and digest != row.sha256:
+        return None
+    if _metadata(weights).get("model_id") != row.model_id:
+        return None
+    if row.sha256 is None:
+        try:
+            model_from_weights(plan_, weights)  # strict: every tensor, each of the model's shape
+        except Exception:
+            return None
+        store.set_checkpoint_hash(row.model_id, digest)  # checked once, by its content from now on
+    return weights
+
+
+def _metadata(weights: bytes) -> dict:
+    """The metadata of safetensors bytes ({} when they are not safetensors): the format is an
+    8-byte little-endian header size, then a JSON header whose "__metadata__" holds it."""
+    try:
+        size = int.from_bytes(weights[:8], "little")
+        metadata = json.loads(weights[8:8 + size]).get("__metadata__")
+    except (ValueError, AttributeError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def _same_samples(stored: dict | None, study: Study, out: Path) -> None:
@@ -358,9 +428,18 @@ class Controlled:
                         for c in of_model.get(model_plan.model_id, [])]
         return Plan(ordered, meta)
 
-    def stored(self, store: Store, cells: list[Cell], runtime: Runtime) -> dict[str, bytes]:
+    def stored(self, store: Store, cells: list[Cell], runtime: Runtime) -> dict[str, bytes | Skip]:
+        """The weights of each stored model whose checkpoint is the one stored, and a Skip for each
+        stored as diverged (a result: it is not trained again)."""
         _same_samples(store.meta().get("config"), self.study, runtime.out)  # also under --force
-        return {c.id: w for c in cells if c.stage == "train" and (w := _stored_weights(store.model(c.id)))}
+        out: dict[str, bytes | Skip] = {}
+        for cell in cells:
+            row = store.model(cell.id) if cell.stage == "train" else None
+            if row is not None and row.diverged is not None:
+                out[cell.id] = Skip(diverged_reason(row))
+            elif cell.stage == "train" and (weights := _stored_weights(store, row, cell.item)):
+                out[cell.id] = weights
+        return out
 
     def job(self, cell: Cell, inputs: dict, runtime: Runtime):
         study = self.study
@@ -377,11 +456,15 @@ class Controlled:
     def commit(self, store: Store, cell: Cell, result, runtime: Runtime):
         if cell.stage == "train":
             item: ModelPlan = cell.item
+            row = result.row
+            if row.diverged is not None:  # no checkpoint: nothing of it is evaluated
+                store.put_model(row, result.curve)
+                return (Skip(diverged_reason(row)), f"{item.label} s{item.seed}: diverged",
+                        f"{cell.what}: diverged at step {row.diverged}; its cells are skipped")
             path = runtime.out / "checkpoints" / f"{item.label}-s{item.seed}-{item.model_id}.safetensors"
             write_atomic(path, result.weights)
-            result.row.checkpoint = str(path)
-            store.put_model(result.row, result.curve)
-            row = result.row
+            row.checkpoint, row.sha256 = str(path), hashlib.sha256(result.weights).hexdigest()
+            store.put_model(row, result.curve)
             return (result.weights, f"{item.label} s{item.seed}: acc@T {row.train_accuracy:.1%}",
                     f"{cell.what}: training accuracy {row.train_accuracy:.4f} in {row.train_seconds:.1f} s")
         store.put_result(result)

@@ -20,6 +20,10 @@ Along the way: the loss every 10 steps and held-out accuracy per task at T every
 `Check.every` steps (the curve), and, every `checkpoint_every` steps, the whole training state
 (weights, optimizer, step, curve) in one safetensors file, so that an interrupted training
 resumes where it stopped and ends with the same weights as an uninterrupted one.
+
+A training whose loss, or whose weights at the end, are not finite raises `Diverged` with the
+step: a result of the recipe (the same seed diverges at the same step every time), which the
+runner stores as such; a sweep goes on to its next rate.
 """
 
 from __future__ import annotations
@@ -176,6 +180,40 @@ class TrainSpec:
             if self.check.depths is not None:  # recipes from before check depths keep their ids
                 out["check"]["depths"] = list(self.check.depths)
         return out
+
+
+class Diverged(FloatingPointError):
+    """Training went non-finite at step `step` (0-based): its loss (`what` "loss", `value` the
+    loss), or the weights after it (`what` "weights"). Carries what training recorded before
+    (`losses`: [step, loss] every LOSS_EVERY steps; `checks`; `seconds`) and, from a sweep whose
+    every rate diverged, each rate tried (`tries`)."""
+
+    def __init__(self, step: int, value: float = float("nan"), what: str = "loss"):
+        self.step, self.value, self.what = step, value, what
+        self.losses: list = []
+        self.checks: list = []
+        self.seconds, self.tries = 0.0, []
+        detail = f"({value})" if what == "loss" else "(not finite after it)"
+        super().__init__(f"the {what} diverged at step {step} {detail}; lower the learning rate")
+
+    def __reduce__(self):  # pickled as its fields (a worker's exception crosses to the driver)
+        return _diverged, (self.step, self.value, self.what, self.__dict__)
+
+    @property
+    def steps(self) -> int:
+        """Steps run, the diverging one included."""
+        return self.step + 1
+
+    def after(self, progress: dict, seconds: float) -> "Diverged":
+        """This error with the curve recorded until it and the time it took."""
+        self.losses, self.checks, self.seconds = list(progress["losses"]), list(progress["checks"]), seconds
+        return self
+
+
+def _diverged(step: int, value: float, what: str, fields: dict) -> Diverged:
+    error = Diverged(step, value, what)
+    error.__dict__.update(fields)
+    return error
 
 
 @dataclass
@@ -362,8 +400,15 @@ def _update(model: LanguageModel, optimizer: torch.optim.Optimizer, samples, spe
     optimizer.step()
     loss_value = loss.item()
     if not math.isfinite(loss_value):
-        raise FloatingPointError(f"the loss diverged at step {step} ({loss_value}); lower the learning rate")
+        raise Diverged(step, loss_value)
     return loss_value
+
+
+def _finite_weights(model: LanguageModel, step: int) -> None:
+    """Raise Diverged when a weight is not finite after `step` steps: an update can blow the
+    weights up on a step whose loss was still finite, and no later step's loss shows it."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise Diverged(step - 1, what="weights")
 
 
 def _check(model: LanguageModel, task, spec: TrainSpec, progress: dict, step: int, check_seed: int,
@@ -402,6 +447,29 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
             first, progress = resumed
     model.train()
     start = time.perf_counter() - progress["seconds"]
+    try:
+        step, loss_value = _steps(model, optimizer, task, spec, seed, progress, first, start, state_path, state_key,
+                                  label, on_step, on_check)
+        _finite_weights(model, step)
+    except Diverged as error:
+        raise error.after(progress, time.perf_counter() - start) from None
+    seconds = time.perf_counter() - start
+    if state_path is not None and keep_final_state and step > first:
+        progress["seconds"] = seconds
+        write_atomic(Path(state_path), state_bytes(model, optimizer, step, progress, state_key), point="partial")
+    task_accuracy = held_out_accuracy(model, task, spec.length, spec.eval_samples, batch_seed(seed, -1 % 2**31), label)
+    model.eval()
+    accuracy = sum(weight * task_accuracy[name] for name, _, weight in _parts(task, label))
+    return TrainResult(seconds, loss_value, accuracy, [loss for _, loss in progress["losses"]], steps=step,
+                       steps_to_criterion=progress["criterion"], checks=progress["checks"],
+                       task_accuracy=task_accuracy)
+
+
+def _steps(model: LanguageModel, optimizer: torch.optim.Optimizer, task, spec: TrainSpec, seed: int, progress: dict,
+           first: int, start: float, state_path: Path | None, state_key: str, label: str | None, on_step,
+           on_check) -> tuple[int, float]:
+    """`train`'s steps from `first` to the end, `progress` kept up to date; the step reached and
+    its loss (the last one recorded when no step is left to run)."""
     check_seed = batch_seed(seed, CHECK_SEED)
     loss_value = progress["losses"][-1][1] if progress["losses"] else float("nan")
     step = first
@@ -423,16 +491,7 @@ def train(model: LanguageModel, task, spec: TrainSpec, seed: int,
                 and step < spec.end(progress["criterion"]):
             progress["seconds"] = time.perf_counter() - start
             write_atomic(Path(state_path), state_bytes(model, optimizer, step, progress, state_key), point="partial")
-    seconds = time.perf_counter() - start
-    if state_path is not None and keep_final_state and step > first:
-        progress["seconds"] = seconds
-        write_atomic(Path(state_path), state_bytes(model, optimizer, step, progress, state_key), point="partial")
-    task_accuracy = held_out_accuracy(model, task, spec.length, spec.eval_samples, batch_seed(seed, -1 % 2**31), label)
-    model.eval()
-    accuracy = sum(weight * task_accuracy[name] for name, _, weight in _parts(task, label))
-    return TrainResult(seconds, loss_value, accuracy, [loss for _, loss in progress["losses"]], steps=step,
-                       steps_to_criterion=progress["criterion"], checks=progress["checks"],
-                       task_accuracy=task_accuracy)
+    return step, loss_value
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,23 +520,34 @@ def train_sweep(build: Callable[[], LanguageModel], task, spec: TrainSpec, seed:
     part of the recipe is the same for every rate. `attempt_path(i)`: where try i's training
     state lives; a finished try leaves its final state there, so an interrupted sweep resumes
     inside the rate it was training and does not train the finished ones again. `on_try(i, lr)`
-    is called as try i starts; `hooks` (on_step, on_check, label) go to `train`."""
+    is called as try i starts; `hooks` (on_step, on_check, label) go to `train`. A rate whose
+    training diverges is recorded (`diverged`: its step) and the next one tried; when every rate
+    diverges, the last `Diverged` is raised with every try."""
     rates = spec.lr_sweep or (spec.lr,)
-    tries, trained = [], []
+    tries, trained, diverged = [], [], None
     for index, rate in enumerate(rates):
         if on_try is not None:
             on_try(index, rate)
         model = build()
         one = replace(spec, lr=rate, lr_sweep=None)
-        result = train(model, task, one, seed, state_path=None if attempt_path is None else attempt_path(index),
-                       state_key=f"{state_key}.lr{index}", keep_final_state=True, **hooks)
-        trained.append((model, result))
+        try:
+            result = train(model, task, one, seed, state_path=None if attempt_path is None else attempt_path(index),
+                           state_key=f"{state_key}.lr{index}", keep_final_state=True, **hooks)
+        except Diverged as error:  # too high a rate for this model: one of the others may do
+            diverged = error
+            tries.append({"lr": rate, "steps": error.steps, "steps_to_criterion": None, "worst_accuracy": None,
+                          "seconds": error.seconds, "diverged": error.step})
+            continue
+        trained.append((index, model, result))
         tries.append({"lr": rate, "steps": result.steps, "steps_to_criterion": result.steps_to_criterion,
                       "worst_accuracy": worst_accuracy(result, spec), "seconds": result.seconds})
         if spec.until is not None and result.steps_to_criterion is not None:
-            keep = index  # the first to meet the criterion; the rates after it are not tried
-            break
+            break  # the first to meet the criterion; the rates after it are not tried
     else:
-        keep = max(range(len(tries)), key=lambda i: (tries[i]["worst_accuracy"], -i))
-    model, result = trained[keep]
-    return SweepResult(result, model, rates[keep], tries)
+        if not trained:
+            diverged.tries = tries
+            raise diverged
+        # none met it (or there is none): the best lowest task, the earlier on a tie
+        trained.sort(key=lambda kept: (tries[kept[0]]["worst_accuracy"], -kept[0]))
+    index, model, result = trained[-1]
+    return SweepResult(result, model, rates[index], tries)

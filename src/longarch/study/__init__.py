@@ -7,7 +7,7 @@ driver.py). The engine does the rest the same way for every kind: content-addres
 display and one log (driver.py).
 """
 
-from .driver import Cell, Plan, StudyKind, drive
+from .driver import Cell, Plan, Skip, StudyKind, drive
 from .ids import content_id, eval_seed
 
-__all__ = ["Cell", "Plan", "StudyKind", "content_id", "drive", "eval_seed"]
+__all__ = ["Cell", "Plan", "Skip", "StudyKind", "content_id", "drive", "eval_seed"]

@@ -6,8 +6,11 @@ whose needs are met to the backend as a job (plain data in, plain data out; see 
 and commits each finished one in this process, one store transaction per cell, so that an
 interrupted run continues where it stopped. A failing job is tried 1 + `retries` times (none
 more for the errors its kind calls permanent), then recorded with its last error, together
-with every cell that needed it, and the rest of the grid goes on. One run at a time holds a
-study directory (lock.py).
+with every cell that needed it, and the rest of the grid goes on. A job may also finish with
+nothing for the cells that need it (a model whose training diverged): its kind stores that as
+the cell's result and returns a `Skip`, and those cells are recorded as skipped with its
+reason, not run, and not retried by later runs (their kind's `stored` returns the Skip again).
+One run at a time holds a study directory (lock.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Callable, ClassVar, Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import faults
@@ -46,6 +50,15 @@ class Cell:
     what: str                   # one line for the progress display, the log and the failures table
     item: object = None         # the kind's own description of the cell
     needs: tuple[str, ...] = ()  # ids of the cells whose outputs its job takes
+
+
+@dataclass(frozen=True)
+class Skip:
+    """The output of a cell that leaves nothing for the cells that need it (a model whose
+    training diverged): they are recorded as skipped with `reason` instead of run. It is a result,
+    not a failure: a kind's `stored` returns it again for the stored cell, so no later run retries
+    them."""
+    reason: str
 
 
 @dataclass
@@ -116,14 +129,15 @@ class StudyKind(Protocol):
 
     def stored(self, store: Store, cells: list[Cell], runtime: Runtime) -> dict[str, object]:
         """The outputs of cells stored by an earlier run that other cells need (a trained model's
-        weights); refuses a store this study cannot add to (ValueError)."""
+        weights, or a `Skip` for one stored as diverged); refuses a store this study cannot add to
+        (ValueError)."""
 
     def job(self, cell: Cell, inputs: dict[str, object], runtime: Runtime) -> tuple[Callable, object]:
         """The job of a cell: a module-level function and its picklable argument, run on a worker."""
 
     def commit(self, store: Store, cell: Cell, result, runtime: Runtime) -> tuple[object, str, str]:
-        """Store a finished cell; return its output for the cells that need it, the progress line
-        and the log line."""
+        """Store a finished cell; return its output for the cells that need it (a `Skip`: they are
+        not run), the progress line and the log line."""
 
     def blocked(self, cell: Cell, failed: Cell, error: str) -> str:
         """The failure recorded for `cell` when a cell it needs failed."""
@@ -259,12 +273,14 @@ class _Loop:
         self.retries, self.outputs = retries, outputs
         self.pending: dict = {}   # handle -> (cell, attempt)
         self.waiting: dict[str, list[Cell]] = {}  # id of a cell not yet done -> cells waiting for it
+        self.skipped: dict[str, int] = {}  # reason -> cells skipped for it in this run
 
     def run(self, progress: Progress, todo: list[Cell], stages: list[str]) -> None:
         self.progress = progress
         self.bars = {s: progress.add_task(STAGES[s]["bar"], total=sum(c.stage == s for c in todo), info="")
                      for s in stages}
         self.watcher = self.kind.watch(progress, todo, self.runtime, isinstance(self.runner, InProcess))
+        self.store.clear_skipped()  # this run records anew what it skips (a plan may have changed)
         try:
             for cell in todo:
                 self._submit_when_ready(cell)
@@ -279,6 +295,10 @@ class _Loop:
                         self._commit(cell, result)
                     else:
                         self._failed(cell, attempt, error)
+            for reason, count in self.skipped.items():
+                self.log.info("skipped %d cells: %s", count, reason)
+                progress.console.print(f"[yellow]skipped {count} cells (not run, not retried): "
+                                       f"{escape(reason)}[/yellow]", highlight=False)
         finally:
             if self.watcher is not None:
                 self.watcher.close()
@@ -289,13 +309,27 @@ class _Loop:
         self.pending[self.runner.submit(fn, job)] = (cell, attempt)
 
     def _submit_when_ready(self, cell: Cell) -> None:
-        """Submit the cell if every cell it needs is done, else let it wait for the first that is
-        not (cells waiting for one cell keep their plan order)."""
+        """Submit the cell if every cell it needs is done, skip it if one of them left it nothing
+        (a Skip), else let it wait for the first that is not done (cells waiting for one cell keep
+        their plan order)."""
+        skip = next((self.outputs[need] for need in cell.needs if isinstance(self.outputs.get(need), Skip)), None)
         missing = next((need for need in cell.needs if need not in self.outputs), None)
-        if missing is None:
+        if skip is not None:
+            self._skip(cell, skip.reason)
+        elif missing is None:
             self._submit(cell)
         else:
             self.waiting.setdefault(missing, []).append(cell)
+
+    def _skip(self, cell: Cell, reason: str) -> None:
+        """Record a cell as skipped (a failure recorded for it by an earlier run is settled with it);
+        the cells that need it are skipped in turn."""
+        self.store.put_skipped(cell.id, cell.stage, cell.what, reason)
+        self.outputs[cell.id] = Skip(reason)
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.progress.update(self.bars[cell.stage], advance=1, info=f"skipped: {cell.what}")
+        for waiting in self.waiting.pop(cell.id, []):
+            self._submit_when_ready(waiting)
 
     def _commit(self, cell: Cell, result) -> None:
         output, info, line = self.kind.commit(self.store, cell, result, self.runtime)
@@ -306,6 +340,8 @@ class _Loop:
         self.outputs[cell.id] = output
         self.log.info("%s", line)
         self.progress.update(self.bars[cell.stage], advance=1, info=info)
+        if isinstance(output, Skip):
+            self.progress.console.print(f"[yellow]{escape(line)}[/yellow]", highlight=False)
         for waiting in self.waiting.pop(cell.id, []):
             self._submit_when_ready(waiting)
 

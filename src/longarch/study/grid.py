@@ -20,21 +20,29 @@ class GridState:
     running: list[dict]           # cells handed out by a live run
     holder: int | None            # pid of the run holding the directory
     notes: list[str] = field(default_factory=list)  # what the plan skipped
+    skipped: dict[str, dict] = field(default_factory=dict)  # id -> skipped row: not run, as a cell it needs has nothing
+    diverged: set[str] = field(default_factory=set)  # ids of models stored as diverged (among `done`)
 
     def of(self, stage: str) -> list[Cell]:
         return [c for c in self.cells if c.stage == stage]
 
     def remaining(self, stage: str | None = None) -> list[Cell]:
-        return [c for c in self.cells if c.id not in self.done and stage in (None, c.stage)]
+        """Cells still to run: neither stored nor skipped."""
+        return [c for c in self.cells
+                if c.id not in self.done and c.id not in self.skipped and stage in (None, c.stage)]
+
+    def skipped_of(self, cells: list[Cell]) -> list[Cell]:
+        """The cells of `cells` the last run skipped (and that are not stored since)."""
+        return [c for c in cells if c.id in self.skipped and c.id not in self.done]
 
     def failed(self, cells: list[Cell]) -> list[Cell]:
         """The cells of `cells` whose last try failed (and that are not stored since)."""
         return [c for c in cells if c.id in self.failures and c.id not in self.done]
 
     def counts(self, cells: list[Cell]) -> tuple[int, int, int, int]:
-        """Planned, stored, failed and remaining cells among `cells`."""
+        """Planned, stored, failed and remaining cells among `cells` (skipped ones are not remaining)."""
         stored = sum(c.id in self.done for c in cells)
-        return len(cells), stored, len(self.failed(cells)), len(cells) - stored
+        return len(cells), stored, len(self.failed(cells)), len(cells) - stored - len(self.skipped_of(cells))
 
 
 def grid_state(plan: Plan, out: Path) -> GridState:
@@ -46,8 +54,10 @@ def grid_state(plan: Plan, out: Path) -> GridState:
         done = store.model_ids() | store.cell_ids()
         failures = {f["cell_id"]: f for f in store.failures()}
         running = store.running()
+        skipped = {s["cell_id"]: s for s in store.skipped()}
+        diverged = store.diverged_ids()
     holder = held_by(out)
-    return GridState(plan.cells, done, failures, running if holder else [], holder, plan.notes)
+    return GridState(plan.cells, done, failures, running if holder else [], holder, plan.notes, skipped, diverged)
 
 
 def seconds_per_token(rows: list, tokens, seconds) -> float:

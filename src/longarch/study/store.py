@@ -4,11 +4,15 @@ Tables
 - study:   key -> JSON value (the validated config, the command, versions, git commit)
 - models:  one row per trained model (architecture x seed): family, parameters, state size,
            training length and accuracy, steps run and steps to the criterion, checkpoint path
+           and the sha256 of its bytes; a model whose training diverged is a row too, with the
+           step it diverged at (a result of its recipe, so a rerun does not train it again)
 - curves:  per trained model, the training loss every 10 steps and the held-out accuracy of
            each trained task at T at every check
 - failures: cells that failed every attempt, with the last error (cleared when one succeeds)
 - running:  cells handed to the workers (running or queued) and not finished; meaningful
            while a run holds the study's lock
+- skipped: cells not run because a cell they need has nothing for them (its model diverged),
+           with the reason; written again by every run, and not retried as failures are
 - pretrained: one row per pretrained checkpoint of a pretrained study: its spec, kind, family,
            parameters and training length (with where that length came from), as JSON
 - results: one row per evaluated cell (model x task x length x depth): n, accuracy and the
@@ -51,7 +55,9 @@ CREATE TABLE IF NOT EXISTS models (
     config         TEXT NOT NULL,      -- JSON: model config and training spec
     checkpoint     TEXT NOT NULL,
     steps          INTEGER,            -- training steps run (NULL in stores from before curves)
-    steps_to_criterion INTEGER         -- the first check at which train.until was met; NULL: not met or none
+    steps_to_criterion INTEGER,        -- the first check at which train.until was met; NULL: not met or none
+    diverged       INTEGER,            -- the step its training diverged at (no checkpoint); NULL: trained
+    sha256         TEXT                -- of the checkpoint's bytes; NULL in stores from before it was recorded
 );
 CREATE TABLE IF NOT EXISTS curves (
     model_id  TEXT NOT NULL,
@@ -96,6 +102,13 @@ CREATE TABLE IF NOT EXISTS running (
     what      TEXT NOT NULL,
     started   REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS skipped (
+    cell_id   TEXT PRIMARY KEY,
+    kind      TEXT NOT NULL,
+    what      TEXT NOT NULL,
+    reason    TEXT NOT NULL,           -- why it is not run: what a cell it needs came to
+    at        REAL NOT NULL            -- unix time
+);
 """
 
 
@@ -117,6 +130,8 @@ class ModelRow:
     checkpoint: str
     steps: int | None = None
     steps_to_criterion: int | None = None
+    diverged: int | None = None   # the step training diverged at (train_accuracy 0, no checkpoint); None: trained
+    sha256: str | None = None     # of the checkpoint file's bytes; None: not recorded (an older store)
 
 
 @dataclass
@@ -140,7 +155,7 @@ class StoreError(ValueError):
     """A results file that is not a usable store (the file is never modified)."""
 
 
-TABLES = {"study", "models", "curves", "pretrained", "results", "failures", "running"}
+TABLES = {"study", "models", "curves", "pretrained", "results", "failures", "running", "skipped"}
 
 
 class Store:
@@ -160,7 +175,7 @@ class Store:
                 raise StoreError(f"{self.path}: cannot open the results database ({error})") from None
         try:
             self._refuse_foreign()
-            if not readonly:
+            if not self.readonly:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.executescript(SCHEMA)
                 self._migrate()
@@ -187,10 +202,12 @@ class Store:
 
     def _migrate(self) -> None:
         model_columns = {row[1] for row in self.db.execute("PRAGMA table_info(models)")}
-        for column in ("steps", "steps_to_criterion"):  # a store written before training curves
+        # a store written before training curves, before divergence was a result, before checkpoint hashes
+        for column, kind in (("steps", "INTEGER"), ("steps_to_criterion", "INTEGER"), ("diverged", "INTEGER"),
+                             ("sha256", "TEXT")):
             if column not in model_columns:
                 with self.db:
-                    self.db.execute(f"ALTER TABLE models ADD COLUMN {column} INTEGER")
+                    self.db.execute(f"ALTER TABLE models ADD COLUMN {column} {kind}")
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
         if "label" not in columns:  # a store written before labels: each row's label is its task
             with self.db:
@@ -309,9 +326,47 @@ class Store:
         columns = [c[0] for c in cursor.description]
         return [dict(zip(columns, r)) for r in cursor]
 
+    def set_checkpoint_hash(self, model_id: str, sha256: str) -> None:
+        """Record the hash of a checkpoint accepted without one (a store from before hashes)."""
+        with self.db:
+            self.db.execute("UPDATE models SET sha256 = ? WHERE model_id = ?", (sha256, model_id))
+
+    # skipped cells ---------------------------------------------------------------------------
+    def put_skipped(self, cell_id: str, kind: str, what: str, reason: str) -> None:
+        """A cell not run, and why; a failure recorded for it before is cleared (it is settled)."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?, ?)",
+                            (cell_id, kind, what, reason, time.time()))
+            self.db.execute("DELETE FROM failures WHERE cell_id = ?", (cell_id,))
+
+    def clear_skipped(self, cell_id: str | None = None) -> None:
+        """One cell, or every cell (a run records anew what it skips)."""
+        with self.db:
+            if cell_id is None:
+                self.db.execute("DELETE FROM skipped")
+            else:
+                self.db.execute("DELETE FROM skipped WHERE cell_id = ?", (cell_id,))
+
+    def skipped(self) -> list[dict]:
+        if not self._has("skipped"):  # a store from before the table, opened without adding it
+            return []
+        cursor = self.db.execute("SELECT * FROM skipped ORDER BY at, rowid")
+        columns = [c[0] for c in cursor.description]
+        return [dict(zip(columns, r)) for r in cursor]
+
     def model_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT model_id FROM models")}
 
+    def diverged_ids(self) -> set[str]:
+        """The models stored as diverged."""
+        if not self._has("models", "diverged"):  # a store from before the column, opened without adding it
+            return set()
+        return {r[0] for r in self.db.execute("SELECT model_id FROM models WHERE diverged IS NOT NULL")}
+
+    def _has(self, table: str, column: str | None = None) -> bool:
+        """Whether the database has the table (and its column)."""
+        columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+        return bool(columns) and (column is None or column in columns)
 
 def _connect_read_only(path: Path, untouched: bool = False) -> sqlite3.Connection:
     """A read-only connection. Immutable (SQLite then writes no side file and takes no lock) on a
