@@ -19,7 +19,7 @@ import itertools
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -32,6 +32,7 @@ from ..analysis.settings import from_stored as settings_from_stored
 
 
 MAX_SWEEP = 8  # learning rates a model's sweep may try
+AnyFloat = Annotated[float, Field(allow_inf_nan=True)]  # a float a validator of its own checks for finiteness
 BUDGET_TOLERANCE = 0.05  # a model with an explicit d_model may be this far (relative) from `params`
 
 
@@ -65,7 +66,9 @@ class ModelEntry(Strict):
     arch: str
     name: str | None = None  # label in tables and plots; defaults to arch
     overrides: dict[str, Any] = Field(default_factory=dict)
-    lr: float | list[float] | None = Field(
+    # a rate or a sweep: `_rates` says which rate is not positive and finite (the schema's own
+    # "not finite" would be reported for the first branch of the union, "not a number", for a sweep)
+    lr: AnyFloat | list[AnyFloat] | None = Field(
         None, description="this model's learning rate instead of train.lr, or a sweep [a, b, ...]: the rates are "
         "tried in turn from the same initialisation and the first to meet `until` is kept (without `until`, or "
         "when none meets it: the best lowest-task held-out accuracy at T); part of its id; reported")
