@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,39 @@ STUDIES = [
     pytest.param("name: a\n---\nname: b\n", ["not valid YAML"], id="yaml-two-documents"),
     pytest.param("name: tiny\n\tmodels: [transformer]\n", ["not valid YAML", "line 2"], id="yaml-tab"),
     pytest.param(b"\xff\xfe\x00bad: 1\n", ["UTF-8"], id="yaml-not-utf8"),
+    # limits: each over any machine's memory, refused with the estimate before anything is planned
+    pytest.param(_tiny(scale=10 ** 12), ["scale 1,000,000,000,000 (1,000,000,000,000 models to train)",
+                                         "needs at least 931.3 TiB of memory", "this machine has"],
+                 id="scale-in-the-yaml-huge"),
+    pytest.param(_tiny(eval__samples=10 ** 15),
+                 ["one evaluation cell (1,000,000,000,000,000 samples x 16 symbols)", "of memory"],
+                 id="eval-samples-huge"),
+    pytest.param(_tiny(train__length=10 ** 15), ["a training batch (4 x 1,000,000,000,000,000 symbols)"],
+                 id="train-length-huge"),
+    pytest.param(_tiny(eval__max_factor=10 ** 15), ["one evaluation cell (1 samples x", "needs at least"],
+                 id="eval-max-factor-huge"),
+    pytest.param(_tiny(eval__lengths=[16, 10 ** 14]),
+                 ["one evaluation cell (1 samples x 100,000,000,000,000 symbols)", "727.6 TiB"],
+                 id="eval-lengths-huge"),
+    pytest.param(_tiny(models=[{"arch": "transformer", "name": f"t{i}"} for i in range(100)],
+                       seeds=list(range(2 ** 14)), eval__lengths=list(range(16, 16 + 2 ** 14)),
+                       eval__depths=[float(d) for d in range(101)]),
+                 ["the plan's 2,711,199,744,000 cells", "needs at least 2.5 PiB"], id="too-many-cells"),
+    # a pretrained study's values
+    pytest.param({"kind": "pretrained", "name": "p", "models": ["hf:org/name"], "tasks": ["vt"],
+                  "eval": {"dtype": "float64"}}, ["eval.dtype", "'float32', 'bfloat16' or 'float16'"],
+                 id="pretrained-unknown-dtype"),
+    pytest.param({"kind": "pretrained", "name": "p", "models": ["hf:org/name"], "tasks": ["vt"],
+                  "eval": {"device": "gpu"}}, ["eval.device", "unknown device 'gpu'", "cuda:N"],
+                 id="pretrained-unknown-device"),
+    pytest.param({"kind": "pretrained", "name": "a/b", "models": ["hf:org/name"], "tasks": ["vt"]},
+                 ["name", "'a/b' is not a plain file name"], id="pretrained-name-with-slash"),
+    pytest.param({"kind": "pretrained", "name": "p", "models": ["hf:org/name"],
+                  "tasks": [{"name": "niah_single_1", "depths": [0, 100, 0]}]},
+                 ["tasks.0.depths", "depth 0 appears twice"], id="pretrained-duplicate-depths"),
+    pytest.param({"kind": "pretrained", "name": "p", "models": [{"model": "hf:org/name", "train_length": 4096}],
+                  "tasks": [{"name": "niah_single_1", "length_factors": [1, float("nan")]}]},
+                 ["tasks.0.length_factors.1", "finite"], id="pretrained-nan-length-factor"),
 ]
 
 
@@ -252,6 +286,12 @@ COMMANDS = [
                  id="plan-corpus-but-no-text-haystack"),
     pytest.param(lambda t: ["plan", _valid_study(t), "--out", str(t / "corrupt")], ["results.sqlite"],
                  id="plan-against-corrupt-store"),
+    pytest.param(lambda t: ["plan", _valid_study(t), "--out", str(t / "afile")],
+                 ["--out {tmp}/afile is a file, not a directory"], id="plan-out-is-a-file"),
+    pytest.param(lambda t: ["plan", "smoke", "--scale", str(10 ** 12)],
+                 ["preset smoke: scale 1,000,000,000,000", "models to train", "of memory"], id="plan-scale-huge"),
+    pytest.param(lambda t: ["run", "smoke", "--scale", str(10 ** 12), "--out", str(t / "o")],
+                 ["preset smoke: scale 1,000,000,000,000", "of memory"], id="run-scale-huge"),
     pytest.param(lambda t: ["status", str(t / "empty")], ["{tmp}/empty", "no results.sqlite"],
                  id="status-without-results"),
     pytest.param(lambda t: ["status", str(t / "corrupt")], ["results.sqlite"], id="status-corrupt-store"),
@@ -270,6 +310,25 @@ COMMANDS = [
                  ["KEY=VALUE", "'haystack'"], id="sample-knob-without-equals"),
     pytest.param(lambda t: ["sample", "needle", "--length", "20", "--knob", "=3"], ["KEY=VALUE", "'=3'"],
                  id="sample-knob-without-key"),
+    pytest.param(lambda t: ["sample", "needle", "--length", "20", "--knob",
+                            "n_keys=!!python/object/apply:os.system ['echo hi']"],
+                 ["--knob n_keys: not a plain YAML value: could not", "python/object/apply:os.system"],
+                 id="sample-knob-python-tag"),
+    pytest.param(lambda t: ["sample", "needle", "--length", "20", "--knob", "haystack=!text noise"],
+                 ["--knob haystack:", "constructor for the tag '!text'"], id="sample-knob-local-tag"),
+    pytest.param(lambda t: ["sample", "needle", "--length", "20", "--knob", "n_keys={a: 1, a: 2}"],
+                 ["--knob n_keys:", "key 'a' appears twice in one mapping"], id="sample-knob-duplicate-key"),
+    pytest.param(lambda t: ["sample", "needle", "--length", "20", "--knob", "n_keys=[&a [x, x, x, x, x, x, x, x], "
+                            + ", ".join(f"&{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 8)}]" for i in range(6))
+                            + "]"], ["--knob n_keys:", "its aliases expand it by", "100,000"],
+                 id="sample-knob-alias-bomb"),
+    pytest.param(lambda t: ["sample", "needle", "--length", "20", "--knob", "n_keys=*missing"],
+                 ["--knob n_keys:", "undefined alias"], id="sample-knob-undefined-alias"),
+    pytest.param(lambda t: ["sample", "needle", "--length", "20", "--knob", "n_keys=2", "--knob", "n_keys=3"],
+                 ["--knob n_keys is given twice"], id="sample-knob-twice"),
+    pytest.param(lambda t: ["sample", "needle", "--length", "1000000000000"],
+                 ["--length 1,000,000,000,000", "needs at least 90.9 TiB of memory", "this machine has"],
+                 id="sample-length-huge"),
     pytest.param(lambda t: ["sample", "needle", "--length", "2"], ["length 2", "minimum 5"],
                  id="sample-length-below-minimum"),
     pytest.param(lambda t: ["sample", "mqar", "--length", "3"], ["mqar", "length 3", "minimum 16"],
@@ -311,6 +370,29 @@ COMMANDS = [
                  id="bench-against-not-hf"),
     pytest.param(lambda t: ["bench", "s4d", "--against", "hf"], ["s4d", "mamba2"],
                  id="bench-against-hf-unmatched"),
+    pytest.param(lambda t: ["bench", "--lengths", "1K,1073741824K"],
+                 ["--lengths: a batch of 1 x 1,099,511,627,776 tokens at d_model 128", "needs at least 512.0 TiB"],
+                 id="bench-lengths-huge"),
+    pytest.param(lambda t: ["bench", "mamba", "--against", "hf", "--lengths", "4K", "--batch", "100000000"],
+                 ["--lengths: a batch of 100,000,000 x 4,096 tokens", "of memory"], id="bench-batch-huge"),
+    # eval: checks of its own flags, and the schema's
+    pytest.param(lambda t: ["eval", "--model", "hf:org/name", "--tokenizer", "org/tok"],
+                 ["--tokenizer org/tok is for mamba_ssm: checkpoints", "every --model here is hf:"],
+                 id="eval-tokenizer-with-only-hf-models"),
+    pytest.param(lambda t: ["eval", "--model", "hf:org/name", "--name", "../up"],
+                 ["--name: name '../up' is not a plain file name"], id="eval-name-with-slash"),
+    pytest.param(lambda t: ["eval", "--model", "hf:org/name", "--name", ".."], ["--name: name '..'"],
+                 id="eval-name-dot-dot"),
+    pytest.param(lambda t: ["eval", "--model", "hf:org/name", "--name", ""], ["--name: name ''"], id="eval-name-empty"),
+    pytest.param(lambda t: ["eval", "--model", "hf:org/name", "--dtype", "float64"], ["eval.dtype"],
+                 id="eval-unknown-dtype"),
+    pytest.param(lambda t: ["eval", "--model", "hf:org/name", "--device", "cuda1"],
+                 ["eval.device", "unknown device 'cuda1'"], id="eval-unknown-device"),
+    pytest.param(lambda t: ["eval", "--model", "hf:org/name", "--tasks", "vt", "--samples", str(10 ** 15)],
+                 ["longarch eval: one cell's prompts (1,000,000,000,000,000 samples", "of memory"],
+                 id="eval-samples-huge"),
+    pytest.param(lambda t: ["eval", "--model", "hf:org/name", "--tasks", "vt", "--lengths", "1000000000000K"],
+                 ["one cell's prompts (250 samples x 1,024,000,000,000,000 tokens)"], id="eval-lengths-huge"),
 ]
 
 
@@ -353,3 +435,39 @@ def test_installed_entry_point_prints_the_same_line(tmp_path, make_args):
     line = one_error_line(done.returncode, done.stderr, done.stdout, [])
     assert done.stdout == ""
     assert line == rejected(cli.invoke(app, args), [])
+
+
+# ---------------------------------------------------------------- refused before anything of its size is built
+
+ADDRESS_SPACE = 2 ** 31  # the process's whole address space: torch's import fits, a request built in full does not
+# 10 ** 9 nodes once expanded: aliases of aliases of ten
+BOMB = "[&a [x, x, x, x, x, x, x, x, x, x], " + ", ".join(
+    f"&{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]" for i in range(8)) + "]"
+
+BOUNDED = [
+    # a task's error message showed the knob's value: its repr alone is gigabytes
+    pytest.param(lambda t: ["sample", "needle", "--length", "20", "--knob", f"haystack={BOMB}"],
+                 ["--knob haystack", "aliases expand it"], id="knob-alias-bomb"),
+    pytest.param(lambda t: ["plan", str(_write(t, _tiny(task={"name": "needle", "knobs": {"haystack": "@"}})))],
+                 ["aliases expand it"], id="study-alias-bomb"),
+    # the scaled seeds were listed before any check: 4 GB in 10 s
+    pytest.param(lambda t: ["plan", "smoke", "--scale", str(10 ** 12)], ["scale 1,000,000,000,000"], id="scale"),
+    pytest.param(lambda t: ["sample", "needle", "--length", str(10 ** 12)], ["--length"], id="sample-length"),
+]
+
+
+@pytest.mark.parametrize("make_args, expected", BOUNDED)
+def test_a_huge_request_is_refused_in_a_small_address_space(tmp_path, make_args, expected):
+    """Refused from its numbers alone: the command runs with 2 GiB of address space, where a
+    request built before it is checked ends in a MemoryError and a traceback."""
+    args = make_args(tmp_path)
+    study = tmp_path / "study.yaml"
+    if study.exists():  # the study's knob becomes the alias bomb (yaml.safe_dump cannot write one)
+        study.write_text(study.read_text().replace("'@'", BOMB))
+
+    def small() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+    done = subprocess.run([sys.executable, "-m", "longarch.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, preexec_fn=small)
+    one_error_line(done.returncode, done.stderr, done.stdout, expected)

@@ -253,6 +253,7 @@ def bench_layer_pair(layer: str, d_model: int, length: int, batch: int, mode: st
 
 
 ARCH_LAYERS = {"mamba": "mamba", "mamba2": "mamba2", "hawk": "rglru", "transformer": "attention"}
+BATCH_TOKENS = 32768  # tokens of a batch when --batch is not given: batch = max(1, BATCH_TOKENS // length)
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -269,6 +270,18 @@ def parse_lengths(text: str) -> list[int]:
     return lengths
 
 
+def check_memory(lengths: list[int], batch: int | None, d_model: int, tokens: int = BATCH_TOKENS) -> None:
+    """Refuse, before anything is measured, a length whose batch cannot fit this machine
+    (study/limits.py): one float32 activation of d_model per token, a lower bound of what any
+    call holds (an architecture's embedding output, the input of a layer against transformers')."""
+    from .study import limits
+
+    for length in lengths:
+        b = batch or max(1, tokens // length)
+        limits.check_memory(f"--lengths: a batch of {b:,} x {length:,} tokens at d_model {d_model:,}",
+                            b * length * d_model * limits.FLOAT_BYTES)
+
+
 def _mib(measurement: Measurement) -> str:
     if measurement.error:
         return measurement.error
@@ -280,7 +293,7 @@ def _rate(measurement: Measurement) -> str:
 
 
 def run_bench(names: list[str], lengths: list[int], batch: int | None, d_model: int, modes: list[str],
-              repeats: int, against: str | None, on_row: Callable[[list[str]], None], tokens: int = 32768
+              repeats: int, against: str | None, on_row: Callable[[list[str]], None], tokens: int = BATCH_TOKENS
               ) -> tuple[list[Measurement], float]:
     """Measure, calling on_row with each finished table row; returns the measurements and the peak."""
     peak = matmul_peak()

@@ -72,15 +72,24 @@ def file_error(error: OSError) -> str:
 
 
 def parse_knobs(pairs: list[str]) -> dict:
-    """KEY=VALUE pairs; values are read as YAML scalars (numbers, booleans, strings)."""
+    """KEY=VALUE pairs; values are read as YAML (numbers, booleans, strings), as a study file's
+    are: plain data only (an explicit tag such as !!python/object is refused), no repeated keys,
+    bounded aliases (study/schema.py's StudyLoader). A KEY given twice is refused, not overridden."""
     import yaml
+
+    from .study.schema import parse_yaml, yaml_problem
 
     knobs = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--knob expects KEY=VALUE, got {pair!r}")
-        knobs[key] = yaml.safe_load(value)
+        if key in knobs:
+            raise ValueError(f"--knob {key} is given twice")
+        try:
+            knobs[key] = parse_yaml(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--knob {key}: not a plain YAML value{yaml_problem(error, lines=False)}") from None
     return knobs
 
 
@@ -179,7 +188,15 @@ def eval_command(
     from .bench import parse_lengths
     from .kinds import checkpoints_kind, kinds
     from .study.load import validate
+    from .study.schema import plain_name
 
+    try:
+        plain_name(name)
+    except ValueError as error:
+        raise ValueError(f"--name: {error}") from None
+    if tokenizer is not None and not any(m.startswith("mamba_ssm:") for m in model):
+        raise ValueError(f"--tokenizer {tokenizer} is for mamba_ssm: checkpoints, and every --model here is hf: "
+                         "(an hf: model uses its own tokenizer)")
     if threshold is not None:
         raise ValueError(f"--threshold was renamed: use --effective-length-bar, a fraction "
                          f"(85.6 -> 0.856), not {threshold}")
@@ -223,6 +240,7 @@ def plan_command(study: StudyArg = "quick",
     from .study.grid import grid_state
 
     loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale)
+    _check_out(out or Path("runs") / loaded.name)  # before the store in it is read
     kind = kind_of(loaded)(loaded)
     plan = kind.plan()
     for note in plan.notes:
@@ -380,11 +398,14 @@ def sample(task: Annotated[str, typer.Argument(help="task name (see `longarch ta
            corpus: Annotated[Optional[Path], typer.Option(help="UTF-8 text for a text haystack (sets the corpus knob)")] = None):
     """Print one generated sample readably; the symbols where an answer is due are highlighted."""
     from . import tasks
+    from .study import limits
 
     knobs = parse_knobs(knob or [])
     if corpus is not None:
         knobs["corpus"] = str(corpus)
     chosen = tasks.get(task, family="tokens", **knobs)
+    limits.check_memory(f"--length {length:,}: one sample shown ({limits.SHOWN_SYMBOL_BYTES} bytes a symbol)",
+                        length * limits.SHOWN_SYMBOL_BYTES)
     samples = chosen.generate(length=length, n=1, seed=seed, depth=depth)
     symbols = [chosen.symbol(int(t)) for t in samples.tokens[0]]
     marked = set() if samples.answer_positions is None else {int(i) for i in samples.answer_positions[0]}
@@ -435,6 +456,7 @@ def bench(names: Annotated[Optional[list[str]], typer.Argument(help="architectur
         for name in names:
             models.spec(name)  # unknown names fail here, before any measuring
     parsed = benchmark.parse_lengths(lengths)
+    benchmark.check_memory(parsed, batch, d_model)
     torch.set_flush_denormal(True)
 
     table = Table(title=f"longarch bench: d_model {d_model}, {torch.get_num_threads()} threads")

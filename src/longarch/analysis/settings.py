@@ -35,8 +35,9 @@ RENAMED = {
 class AnalysisSettings(BaseModel):
     """How results are judged. Accuracies are fractions; lengths past T are multiples of T."""
 
-    # strict as the rest of the config: no silent coercion (`true` is not 1.0, "0.9" is not a number)
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # strict as the rest of the config: no silent coercion (`true` is not 1.0, "0.9" is not a number),
+    # and no setting is infinite or NaN: refused as such, not as a bound it happens to miss
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     # -- which models, and which formats, are read -------------------------------------------
     learned_bar_fraction: float = Field(

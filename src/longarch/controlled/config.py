@@ -14,21 +14,26 @@ work starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
+from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .. import models, tasks
-from ..study.schema import ConfigError, Strict, distinct_models, repeated
+from ..study import limits
+from ..study.schema import ConfigError, Strict, distinct, distinct_models, plain_name, repeated
 from ..tasks.shifted import Shifted
 from ..analysis.settings import RENAMED, AnalysisSettings
 from ..analysis.settings import from_stored as settings_from_stored
 
 
 MAX_SWEEP = 8  # learning rates a model's sweep may try
+AnyFloat = Annotated[float, Field(allow_inf_nan=True)]  # a float a validator of its own checks for finiteness
+BUDGET_TOLERANCE = 0.05  # a model with an explicit d_model may be this far (relative) from `params`
 
 
 class TaskConfig(Strict):
@@ -61,7 +66,9 @@ class ModelEntry(Strict):
     arch: str
     name: str | None = None  # label in tables and plots; defaults to arch
     overrides: dict[str, Any] = Field(default_factory=dict)
-    lr: float | list[float] | None = Field(
+    # a rate or a sweep: `_rates` says which rate is not positive and finite (the schema's own
+    # "not finite" would be reported for the first branch of the union, "not a number", for a sweep)
+    lr: AnyFloat | list[AnyFloat] | None = Field(
         None, description="this model's learning rate instead of train.lr, or a sweep [a, b, ...]: the rates are "
         "tried in turn from the same initialisation and the first to meet `until` is kept (without `until`, or "
         "when none meets it: the best lowest-task held-out accuracy at T); part of its id; reported")
@@ -172,7 +179,7 @@ def _check_depths(depths: list[float]) -> list[float]:
         raise ValueError(f"depth {bad[0]} is outside 0-100")
     if not depths:
         raise ValueError("at least one depth is needed")
-    return depths
+    return distinct(depths, "depth")  # a repeated depth would be one cell planned twice
 
 
 class Study(Strict):
@@ -193,7 +200,12 @@ class Study(Strict):
         negative = [x for x in seeds if x < 0]
         if negative:
             raise ValueError(f"seed {negative[0]} is negative; seeds are integers >= 0")
-        return seeds
+        return distinct(seeds, "seed")  # a repeated seed would train the same model twice
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        return plain_name(name)
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings,
@@ -274,17 +286,27 @@ class Study(Strict):
         """`eval_tasks` before the id ranges: labels are made from the tasks' own knobs."""
         entries = self.eval.tasks or [EvalTask(name=self.task.name, knobs=self.task.knobs)]
         made = [entry.make() for entry in entries]
+        # per task name, once (linear in the entries): its tasks, and the knobs some entry of
+        # that name writes (a default resolved per task, such as a text haystack's vocabulary, is
+        # not what tells the tasks apart)
+        same_name: dict[str, list] = {}
+        written: dict[str, set] = {}
+        for entry, task in zip(entries, made):
+            same_name.setdefault(task.name, []).append(task)
+            written.setdefault(task.name, set()).update(entry.knobs)
+        varies = {}  # (name, knob) -> whether tasks of that name differ in it
         labels = []
         for entry, task in zip(entries, made):
             if entry.label is not None:
                 labels.append(entry.label)
                 continue
-            same_name = [t for t in made if t.name == task.name]
-            # knobs some entry of that name writes: a default resolved per task (a text haystack's
-            # vocabulary) is not what tells the tasks apart
-            written = {k for e, t in zip(entries, made) if t.name == task.name for k in e.knobs}
-            differing = [f.name for f in dataclasses.fields(task) if f.name in written
-                         and any(getattr(other, f.name) != getattr(task, f.name) for other in same_name)]
+            differing = []
+            for knob in (f.name for f in dataclasses.fields(task) if f.name in written[task.name]):
+                if (task.name, knob) not in varies:
+                    first = getattr(same_name[task.name][0], knob)
+                    varies[task.name, knob] = any(getattr(t, knob) != first for t in same_name[task.name])
+                if varies[task.name, knob]:
+                    differing.append(knob)
             labels.append(" ".join([task.name] + [f"{k}={_short(getattr(task, k))}" for k in differing]))
         twice = repeated(labels)
         if twice is not None:
@@ -323,7 +345,7 @@ def prepare(data: dict, origin: str, corpus: str | None = None, scale: int | Non
     the YAML's `scale`, else 1; see `scaled`)."""
     data = dict(data)
     in_yaml = data.pop("scale", 1)
-    return scaled(data, in_yaml if scale is None else scale)
+    return scaled(data, in_yaml if scale is None else scale, origin)
 
 
 def complete(study: Study, origin: str, corpus: str | None = None, scale: int | None = None) -> Study:
@@ -335,18 +357,25 @@ def complete(study: Study, origin: str, corpus: str | None = None, scale: int | 
     return study
 
 
-def scaled(data: dict, scale) -> dict:
+def scaled(data: dict, scale, origin: str = "study") -> dict:
     """A controlled study's YAML scaled up by an integer factor k, for bigger machines: k times
     the seeds (the listed ones, then the next unused integers) and k times eval.samples. Models,
     data and lengths are unchanged, so the models and cells of the unscaled study are reused;
-    only the intervals narrow. The result names its seeds and samples, so it reproduces alone."""
+    only the intervals narrow. The result names its seeds and samples, so it reproduces alone.
+    A scale whose models to train alone could not be planned on this machine is refused before
+    the seeds are listed (see study/limits.py)."""
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ConfigError(f"scale must be an integer >= 1, not {scale!r}")
     if scale == 1:
         return data
     data = dict(data)
     seeds = list(data.get("seeds") or [0])
-    unused = (x for x in itertools.count() if x not in seeds)
+    entries = data.get("models")
+    trained = len(seeds) * scale * max(1, len(entries) if isinstance(entries, list) else 1)
+    limits.check_memory(f"{origin}: scale {scale:,} ({trained:,} models to train)",
+                        trained * limits.PLANNED_CELL_BYTES)
+    taken = {x for x in seeds if isinstance(x, int)}  # a set: a list would make listing n new seeds take n^2 steps
+    unused = (x for x in itertools.count() if x not in taken)
     data["seeds"] = seeds + [next(unused) for _ in range((scale - 1) * len(seeds))]
     evaluation = dict(data.get("eval") or {})
     samples = evaluation.get("samples", EvalConfig.model_fields["samples"].default)
@@ -412,22 +441,64 @@ def check(study: Study, origin: str) -> None:
     unknown = [label for label in study.analysis.labels or () if label not in labels]
     if unknown:
         raise ConfigError(f"{origin}: analysis: {unknown[0]!r} is not an eval task label (labels: {', '.join(labels)})")
+    check_machine(study, origin)  # before the models are sized: that takes a while for many
     vocab_size = study.vocab_size()
     for entry in study.models:
         try:
             resolve_overrides(study, entry, vocab_size)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{origin}: model {entry.label!r}: {error}") from None
+        except ArithmeticError as error:  # a mixer's sizes divided by an option the checks let through
+            raise ConfigError(f"{origin}: model {entry.label!r}: overrides {entry.overrides} cannot be built "
+                              f"({type(error).__name__}: {error})") from None
+
+
+def check_machine(study: Study, origin: str) -> None:
+    """The study against this machine's memory (study/limits.py), from its numbers alone: its
+    planned cells, then one training batch, the held-out samples of a check and one evaluation
+    cell's samples at the longest length, each as int64 symbols."""
+    trained = len(study.models) * len(study.seeds)
+    lengths = study.eval_lengths()
+    per_model = len(lengths) * sum(len(depths) for depths in study.task_depths().values())
+    length = max([study.train.length] + [phase.length for phase in study.train.phases or ()])
+    batch, checked = study.train.batch_size, max(study.train.check.samples, study.train.eval_samples)
+    limits.check_plan(origin, trained * (1 + per_model), {
+        f"a training batch ({batch:,} x {length:,} symbols)": batch * length * limits.SYMBOL_BYTES,
+        f"a held-out check ({checked:,} samples x {study.train.length:,} symbols)":
+            checked * study.train.length * limits.SYMBOL_BYTES,
+        f"one evaluation cell ({study.eval.samples:,} samples x {max(lengths):,} symbols)":
+            study.eval.samples * max(lengths) * limits.SYMBOL_BYTES})
 
 
 def resolve_overrides(study: Study, entry: ModelEntry, vocab_size: int) -> dict:
-    """The build overrides of one entry: its own, plus the d_model that meets the budget."""
-    overrides = dict(entry.overrides)
-    if study.params is not None and "d_model" not in overrides:
-        overrides = models.size_to_budget(entry.arch, study.params, vocab_size=vocab_size,
-                                          embeddings=study.params_count == "all", **overrides)
-    models.config(entry.arch, vocab_size=vocab_size, **overrides)  # raises on unknown options
-    return overrides
+    """The build overrides of one entry: its own, plus the d_model that meets the budget. An
+    explicit d_model under a budget must meet it within BUDGET_TOLERANCE, counted as
+    size_to_budget counts (params_count), or the comparison would not be parameter-matched."""
+    # each value with its type: 1, 1.0 and True are equal keys, but only one is a valid count
+    given = tuple((key, type(value), value) for key, value in entry.overrides.items())
+    arguments = (study.params, study.params_count == "all", entry.arch, vocab_size, given)
+    try:
+        hash(arguments)
+    except TypeError:  # a list or mapping as an override's value: refused by models.config, uncached
+        return dict(_resolved.__wrapped__(*arguments))
+    return dict(_resolved(*arguments))
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolved(params: int | None, embeddings: bool, arch: str, vocab_size: int, given: tuple) -> tuple:
+    """`resolve_overrides` from hashable arguments, the overrides as (key, value) pairs: a study
+    of many entries of one architecture sizes it once (the check and the plan both ask)."""
+    overrides = {key: value for key, _, value in given}
+    if params is not None and "d_model" not in overrides:
+        overrides = models.size_to_budget(arch, params, vocab_size=vocab_size, embeddings=embeddings, **overrides)
+    built = models.config(arch, vocab_size=vocab_size, **overrides)  # raises on unknown options
+    if params is not None and any(key == "d_model" for key, _, _ in given):
+        counted = models.count_params(built, embeddings=embeddings)
+        if abs(counted - params) > BUDGET_TOLERANCE * params:
+            raise ValueError(f"d_model {overrides['d_model']} gives {counted:,} parameters"
+                             f"{'' if embeddings else ' (non-embedding)'}, more than {BUDGET_TOLERANCE:.0%} from "
+                             f"the budget params {params:,}; leave d_model out to size the model to the budget")
+    return tuple(overrides.items())
 
 
 def train_labels(study: Study) -> list[str]:
@@ -442,5 +513,6 @@ def train_labels(study: Study) -> list[str]:
                 if other.name == entry.name and other.knobs == entry.knobs]
         labels.append(same[0] if same else entry.name)
     if len(set(labels)) < len(labels):
-        labels = [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+        counts = Counter(labels)
+        labels = [f"{label} #{i + 1}" if counts[label] > 1 else label for i, label in enumerate(labels)]
     return labels

@@ -10,13 +10,14 @@ sequence fed in pieces gives the same logits as the same sequence fed whole.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..mixers import MIXERS, make_mixer, option_names, state_floats
+from ..mixers import MIXERS, make_mixer, mixer_config, option_names, state_floats
 
 
 @dataclass
@@ -52,6 +53,21 @@ class ModelConfig:
                              f"its options are {sorted(known)}")
         if self.n_layers < 1 or self.d_model < 1 or self.vocab_size < 2:
             raise ValueError("n_layers, d_model must be >= 1 and vocab_size >= 2")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Every numeric size is finite and positive (a convolution's width may be 0: none; the
+        MLP's ratio too), so that no mixer divides by zero (n_heads: 0) or makes a negative
+        dimension when it is built; then each mixer's own checks."""
+        sizes = {**self.mixer, "mlp_ratio": self.mlp_ratio}
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue  # names (position, a_init ...) are the mixers' to check
+            may_be_zero = name in ZERO_ALLOWED
+            if not math.isfinite(value) or value < 0 or (value == 0 and not may_be_zero):
+                raise ValueError(f"{name} must be {'>= 0' if may_be_zero else 'positive'} and finite, not {value}")
+        for letter in dict.fromkeys(self.pattern):  # in the pattern's order: the same error every run
+            mixer_config(letter, self.d_model, self.mixer)  # raises on a value the mixer refuses
 
     @property
     def layers(self) -> str:
@@ -70,6 +86,7 @@ class ModelConfig:
 
 
 INITS = ("gpt2", "torch")
+ZERO_ALLOWED = {"d_conv", "mlp_ratio"}  # sizes whose 0 means "none" (no short convolution, no MLP)
 _DEFAULTS = {"init": "gpt2", "tie_head": True}
 
 

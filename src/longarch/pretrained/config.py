@@ -11,18 +11,22 @@ T and 2T. The YAML says `kind: pretrained`; `longarch eval` builds the same obje
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ..analysis.settings import AnalysisSettings, from_stored as settings_from_stored
-from ..study.schema import Strict, distinct_models, repeated
+from ..study import limits
+from ..study.schema import Strict, distinct, distinct_models, plain_name, repeated
 from .. import tasks
 from ..tasks import text
 
 SCHEMES = ("hf", "mamba_ssm")
 SUITES = {"ruler": text.names}  # a name in `tasks` that stands for several tasks
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]+)?")  # the devices a checkpoint is evaluated on
 
 
 class PretrainedModel(Strict):
@@ -68,7 +72,7 @@ class TextTaskEntry(Strict):
         bad = [d for d in depths or [] if not 0 <= d <= 100]
         if bad:
             raise ValueError(f"depth {bad[0]} is outside 0-100")
-        return depths
+        return depths if depths is None else distinct(depths, "depth")  # else one cell twice
 
     @field_validator("length_factors")
     @classmethod
@@ -84,8 +88,8 @@ class PretrainedEval(Strict):
     samples: int = Field(250, ge=1, description="samples per (task, length, depth) cell")
     seed: int = Field(0, ge=0)
     template: Literal["base", "chat"] = "base"
-    dtype: str = Field("float32", description="float32, bfloat16 or float16")
-    device: str = Field("cpu", description="cpu, cuda, cuda:1, mps ...")
+    dtype: Literal[DTYPES] = Field("float32", description="float32, bfloat16 or float16")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N (the Nth GPU) or mps")
     chunk: int | None = Field(None, ge=1, description="prefill chunk in tokens, where exact [default: whole prompt]")
     batch_tokens: int = Field(16384, ge=1, description="prompt tokens per generation batch")
 
@@ -105,6 +109,13 @@ class PretrainedEval(Strict):
             raise ValueError(f"length {bad[0]} is not positive")
         return sorted(set(lengths))
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if not DEVICE.fullmatch(device):
+            raise ValueError(f"unknown device {device!r}: cpu, cuda, cuda:N (the Nth GPU) or mps")
+        return device
+
 
 class PretrainedStudy(Strict):
     kind: Literal["pretrained"] = "pretrained"
@@ -122,6 +133,11 @@ class PretrainedStudy(Strict):
         default_factory=AnalysisSettings,
         description="how the report judges the results, as for a controlled study; a pretrained study reads "
                     "effective_length_bar_fraction, interval_level_fraction and labels (the tasks averaged)")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        return plain_name(name)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -194,6 +210,7 @@ def check(study: PretrainedStudy, origin: str) -> None:
     """What the schema cannot see: unknown tasks and knobs, missing files, impossible depths."""
     from ..study.schema import ConfigError
 
+    skipped = set()  # labels of the tasks skipped at run time: they plan no cells
     for path, what in ((study.corpus, "corpus"), (study.squad, "squad"), (study.hotpotqa, "hotpotqa")):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{origin}: {what} file {path} does not exist")
@@ -201,6 +218,7 @@ def check(study: PretrainedStudy, origin: str) -> None:
         try:
             task = study.make_task(entry)
         except text.TaskSkipped:
+            skipped.add(label)
             continue  # skipped at run time with its one line; the rest runs
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{origin}: task {label!r}: {error}") from None
@@ -220,8 +238,29 @@ def check(study: PretrainedStudy, origin: str) -> None:
         for label, entry in study.task_entries():
             try:
                 study.lengths_for(entry, model.train_length)
-            except ValueError as error:
+            except (ValueError, OverflowError) as error:  # Overflow: a factor x its length past a float
                 raise ConfigError(f"{origin}: model {model.label!r}: {error}") from None
+    check_machine(study, origin, skipped)
+
+
+def check_machine(study: PretrainedStudy, origin: str, skipped: set = frozenset()) -> None:
+    """The study against this machine's memory (study/limits.py), from its numbers alone: its
+    planned cells (checkpoint x task x length x depth; not those of the `skipped` task labels
+    nor of the models that would need remote code), and the prompts of one cell (its samples at
+    the longest length, as token ids)."""
+    cells, longest = 0, 0
+    for model in study.models:
+        if model.trust_remote_code and not study.trust_remote_code:
+            continue
+        for label, entry in study.task_entries():
+            if label in skipped:
+                continue
+            lengths = study.lengths_for(entry, model.train_length)
+            cells += len(lengths) * len(entry.depths or [None])
+            longest = max([longest, *lengths])
+    samples = study.eval.samples
+    limits.check_plan(origin, cells, {f"one cell's prompts ({samples:,} samples x {longest:,} tokens)":
+                                      samples * longest * limits.SYMBOL_BYTES})
 
 
 def prepare(data: dict, origin: str, corpus: str | None = None, squad: str | None = None,
