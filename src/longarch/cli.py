@@ -240,13 +240,12 @@ def plan_command(study: StudyArg = "quick",
     from .study.grid import grid_state
 
     loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale)
-    _check_out(out or Path("runs") / loaded.name)  # before the store in it is read
+    target = out or Path("runs") / loaded.name
+    _check_out(target)  # before the store in it is read
     kind = kind_of(loaded)(loaded)
     plan = kind.plan()
     for note in plan.notes:
         console.print(f"[yellow]{note}[/yellow]")
-    target = out or Path("runs") / loaded.name
-    _check_out(target)
     try:
         claim(target, kind, plan.meta.get("config"))
     except DirectoryRefused as refused:  # plan only reads; say what `run` would do
