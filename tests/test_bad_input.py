@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import shutil
 import resource
 import subprocess
 import sys
@@ -21,9 +22,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from longarch.controlled import config
 from longarch.study import schema
 from longarch.cli import app
+from study_checks import snapshot
 from test_config import MALFORMED, _changed, _set, _write
 
 LONGARCH = str(Path(sys.executable).parent / "longarch")
@@ -219,15 +220,21 @@ def _study_file(tmp: Path, study) -> Path:
     *(pytest.param(change, fragments, id=f"config-{case_id}") for case_id, change, fragments in MALFORMED),
     *STUDIES,
 ])
-def test_run_rejects_a_malformed_study(tmp_path, study, expected):
+def test_run_rejects_a_malformed_study(tmp_path, finished, study, expected):
+    """Into an empty directory, which stays empty, and into a finished study, whose every file
+    stays byte-identical."""
     (tmp_path / "latin1.txt").write_bytes(b"\xff\xfe\x00bad")
     path = _study_file(tmp_path, study)
-    out = tmp_path / "out"
+    out, done = tmp_path / "out", tmp_path / "done"
     out.mkdir()
-    result = cli.invoke(app, ["run", str(path), "--out", str(out), *IN_PROCESS])
-    line = rejected(result, [str(path)] + [f.replace("{tmp}", str(tmp_path)) for f in expected])
-    assert line.startswith(f"error: {path}: "), line  # says which file first
+    shutil.copytree(finished, done)
+    before = snapshot(done)
+    for target in (out, done):
+        result = cli.invoke(app, ["run", str(path), "--out", str(target), *IN_PROCESS])
+        line = rejected(result, [str(path)] + [f.replace("{tmp}", str(tmp_path)) for f in expected])
+        assert line.startswith(f"error: {path}: "), line  # says which file first
     assert list(out.iterdir()) == [], "a rejected study wrote into --out"
+    assert snapshot(done) == before, "a rejected study changed a finished study"
 
 
 # ---------------------------------------------------------------- command lines

@@ -5,7 +5,6 @@ during a run is one line, and the next run resumes."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sqlite3
@@ -22,6 +21,7 @@ from longarch.cli import app
 from longarch.kinds import load_study
 from longarch.study.lock import held_by
 from longarch.study.store import Store
+from study_checks import snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,12 +41,6 @@ def _yaml(directory: Path, data: dict, name: str = "study.yaml") -> str:
 
 def _invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    """Every file under `directory` (and every folder), by relative path: its content's hash."""
-    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(directory.rglob("*"))}
 
 
 def refused(result, *fragments) -> str:
