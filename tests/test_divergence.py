@@ -24,7 +24,7 @@ from longarch.controlled import train as training
 from longarch.controlled.train import Diverged, TrainSpec, train
 from longarch.kinds import build_report, load_study
 from longarch.study.store import Store
-from test_runner import TINY, quiet, write_study
+from test_runner import quiet, write_study
 from test_training import TASK, tiny_model
 
 DIVERGING = [{"arch": "transformer", "lr": 1000}, "mamba2"]  # the transformer's loss goes NaN within 15 steps
@@ -194,7 +194,7 @@ def test_the_report_names_the_diverged_model_and_every_analysis_leaves_it_out(di
     step = rows(diverged)["transformer"].diverged
     report = " ".join((diverged / "report.md").read_text().split())
     assert f"**transformer diverged** (seed 0 at step {step}, its loss becoming non-finite)" in report
-    assert f"| transformer | attention |" in report and f"| diverged (seed 0 at step {step}) | 0 |" in report
+    assert "| transformer | attention |" in report and f"| diverged (seed 0 at step {step}) | 0 |" in report
     assert "| transformer (diverged) |" in report and "are missing from the store" not in report
     summary = json.loads((diverged / "summary.json").read_text())
     assert [(d["name"], d["seed"], d["step"]) for d in summary["diverged_models"]] == [("transformer", 0, step)]

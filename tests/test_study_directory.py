@@ -299,3 +299,17 @@ def test_a_full_disk_is_one_line_nothing_is_lost_and_the_next_run_resumes(tmp_pa
         after = {r.cell_id: r.scores for r in store.results()}
         assert len(store.models()) == 2 and len(after) == 4
     assert {k: after[k] for k in stored} == stored  # what was stored is kept as it was
+
+
+def test_a_study_over_the_free_disk_is_refused_with_the_estimate_before_anything_is_written(study_dir, tmp_path,
+                                                                                           monkeypatch):
+    from longarch.study import limits
+
+    monkeypatch.setattr(limits, "free_disk", lambda path: 1000)
+    new = tmp_path / "new"
+    line = refused(_invoke("run", _yaml(tmp_path, STUDY), "--out", new, "--workers", "0"),
+                   "the 3 cells left needs at least", "of disk;", "1000 B free")
+    assert "KiB of disk" in line and not new.exists()  # the model's weights alone: 4 bytes a parameter
+    # a finished study has nothing left to write: it needs no room
+    result = _invoke("run", _yaml(tmp_path, STUDY), "--out", study_dir, "--workers", "0")
+    assert result.exit_code == 0, result.output

@@ -401,6 +401,15 @@ class Controlled:
 
         return summary_table(out)
 
+    def disk_bytes(self, cells: list[Cell]) -> int:
+        """Each model's checkpoint (float32 weights) and each cell's scores (a few bytes a sample)."""
+        weights = 0
+        for cell in cells:
+            if cell.stage == "train":
+                with torch.device("meta"):  # counts parameters without allocating them
+                    weights += 4 * models.LanguageModel(cell.item.config).num_params()
+        return weights + 4 * self.study.eval.samples * sum(c.stage == "eval" for c in cells)
+
     def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
         from .grid import rows
 

@@ -29,6 +29,7 @@ from ..tasks import text
 from . import config
 from .config import PretrainedModel, PretrainedStudy
 
+PREDICTION_BYTES = 128  # a sample's line in predictions/: its nine keys and their punctuation alone take more
 SKIP_HINT = {"qa_1": "give a SQuAD v2 dev file (dev-v2.0.json) with --squad FILE, or `squad: FILE` in the study",
              "qa_2": "give a HotpotQA dev file (hotpot_dev_distractor_v1.json) with --hotpotqa FILE, or "
                      "`hotpotqa: FILE` in the study"}
@@ -277,6 +278,10 @@ class Pretrained:
         from .report import summary_table
 
         return summary_table(out)
+
+    def disk_bytes(self, cells: list[Cell]) -> int:
+        """Each cell's raw predictions: a JSON line of at least PREDICTION_BYTES a sample."""
+        return PREDICTION_BYTES * self.study.eval.samples * len(cells)
 
     def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
         """(what, its cells) for each task entry: its models, lengths and depths."""

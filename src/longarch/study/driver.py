@@ -34,7 +34,8 @@ from . import faults
 from .backends import InProcess, cores, describe_error, make_backend
 from .directory import claim, identity
 from .lock import StudyLock
-from .store import Store, StoreError
+from .limits import check_disk
+from .store import Store, StoreError, read_only
 
 # A cell's stage: its progress bar, the nouns of the run's first lines, the kill point reached
 # once it is stored (faults.py), and the `kind` column of the store's running and failures tables.
@@ -115,6 +116,10 @@ class StudyKind(Protocol):
     @staticmethod
     def table(out: Path):
         """The terminal's summary table of the study stored in `out`."""
+
+    def disk_bytes(self, cells: list[Cell]) -> int:
+        """A lower bound of the bytes `cells` will write to the study directory (checked against
+        the free disk before a run starts)."""
 
     def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
         """`longarch plan`'s rows: what each is and its cells (grid.py's GridState)."""
@@ -209,6 +214,7 @@ def drive(kind: StudyKind, out: Path, console: Console, command: str | None = No
     plan = kind.plan()
     config = plan.meta.get("config")
     claim(out, kind, config, force)
+    _check_room(out, kind, plan)
     for note in plan.notes:
         console.print(f"[yellow]{note}[/yellow]")  # the rest runs
     pool_size = cores() if workers is None else workers
@@ -230,6 +236,19 @@ def drive(kind: StudyKind, out: Path, console: Console, command: str | None = No
         if then is not None:
             then(failed)
     return failed
+
+
+def _check_room(out: Path, kind: StudyKind, plan: Plan) -> None:
+    """The disk the cells not yet stored will certainly write (the kind's lower bound), against
+    what `out`'s file system has free: refused before anything is written, with the estimate."""
+    stored: set[str] = set()
+    if (out / "results.sqlite").is_file():
+        with read_only(out / "results.sqlite", untouched=True) as store:
+            stored = store.cell_ids() | store.model_ids()
+    left = [cell for cell in plan.cells if cell.id not in stored]
+    need = kind.disk_bytes(left) if hasattr(kind, "disk_bytes") else 0
+    if need:
+        check_disk(f"{out}: the {len(left):,} cells left", need, out)
 
 
 def _run(kind: StudyKind, store: Store, plan: Plan, meta: dict, runtime: Runtime, console: Console, backend: str,

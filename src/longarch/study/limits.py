@@ -13,6 +13,7 @@ thousand billion seeds is refused as fast as one of ten.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from .schema import ConfigError
@@ -68,3 +69,18 @@ def check_plan(origin: str, cells: int, held: dict[str, int]) -> None:
     check_memory(f"{origin}: the plan's {cells:,} cells", cells * PLANNED_CELL_BYTES)
     for what, need in held.items():
         check_memory(f"{origin}: {what}", need)
+
+
+def free_disk(path: Path) -> int:
+    """Bytes free on the file system that holds `path` (or its nearest existing parent)."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_disk(what: str, need: int, path: Path) -> None:
+    """A ConfigError when `need` bytes exceed what the file system of `path` has free."""
+    free = free_disk(path)
+    if need > free:
+        raise ConfigError(f"{what} needs at least {human(need)} of disk; {path} has {human(free)} free")
