@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from longarch.study import schema
 from longarch.cli import app
 from study_checks import snapshot
-from test_config import MALFORMED, _changed, _set, _write
+from test_config import MALFORMED, with_changes, _changed, _set, _write
 
 LONGARCH = str(Path(sys.executable).parent / "longarch")
 cli = CliRunner()  # click >= 8.2 keeps stderr apart in result.stderr; result.output mixes both
@@ -72,14 +72,7 @@ TINY = {  # one model, one cell: a study that runs in a second or two
 
 
 def _tiny(**changes) -> dict:
-    data = copy.deepcopy(TINY)
-    for key, value in changes.items():
-        section, _, name = key.partition("__")
-        if name:
-            data[section][name] = value
-        else:
-            data[key] = value
-    return data
+    return with_changes(copy.deepcopy(TINY), changes)
 
 
 # ---------------------------------------------------------------- a finished store is never touched

@@ -566,13 +566,18 @@ def test_a_scale_over_this_machines_memory_is_refused_before_its_seeds_are_liste
 def _pretrained(tmp_path, **changes) -> str:
     data = {"kind": "pretrained", "name": "tiny", "models": ["hf:org/name"], "tasks": ["vt"],
             "eval": {"lengths": [1024], "samples": 2}}
+    return str(_write(tmp_path, with_changes(data, changes)))
+
+
+def with_changes(data: dict, changes: dict) -> dict:
+    """`data` with each change made in place: `key=value` at the top, `section__key=value` in a section."""
     for key, value in changes.items():
         section, _, name = key.partition("__")
         if name:
             data[section][name] = value
         else:
             data[key] = value
-    return str(_write(tmp_path, data))
+    return data
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:12", "mps"])

@@ -104,7 +104,7 @@ def test_the_reader_sees_relative_lazy_and_package_imports():
     """The graph is read right, or the layer test above proves nothing."""
     assert "longarch.study.store" in GRAPH["longarch.study.driver"]  # from .store import Store
     assert "longarch.models" in GRAPH["longarch.controlled.runner"]  # from .. import models
-    assert "longarch.controlled.report" in GRAPH["longarch.controlled.runner"]  # imported inside `report`
+    assert "longarch.controlled.grid" in GRAPH["longarch.controlled.runner"]  # imported inside `grid_rows`
     snippet = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..runner import ModelPlan\n"
                "def f():\n    from ..tasks import needle\n")
     assert _imported(snippet, "longarch.study") == {"longarch.tasks", "longarch.tasks.needle"}

@@ -43,7 +43,7 @@ from .config import Study, resolve_overrides, train_labels
 from .evaluate import evaluate_samples
 from ..study.store import ModelRow, ResultRow, Store
 from ..study import Cell, Plan, Skip, content_id, eval_seed
-from ..study.driver import Runtime
+from ..study.driver import Runtime, lazily
 from .train import LOSS_EVERY, Diverged, Mixture, TrainSpec, train, train_sweep
 
 
@@ -386,20 +386,8 @@ class Controlled:
         self.study, self.name = study, study.name
         self._task = None  # the task trained on, built when the first model is trained
 
-    @staticmethod
-    def report(out: Path, dest: Path | None = None):
-        """The report of the study stored in `out`, its figures drawn under `dest` (default `out`),
-        where analysis/report.py writes it."""
-        from .report import report  # the report reads the store only
-
-        return report(out, dest)
-
-    @staticmethod
-    def table(out: Path):
-        """The terminal's table of the study stored in `out`."""
-        from .report import summary_table
-
-        return summary_table(out)
+    report = lazily("longarch.controlled.report", "report")         # (out, dest=None) -> analysis.report.Report
+    table = lazily("longarch.controlled.report", "summary_table")   # (out) -> the terminal's table
 
     def disk_bytes(self, cells: list[Cell]) -> int:
         """Each model's checkpoint (float32 weights) and each cell's scores (a few bytes a sample)."""

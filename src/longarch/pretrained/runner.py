@@ -23,7 +23,7 @@ from ..analysis.report import run
 from ..study.store import ResultRow, Store
 from ..study import Cell, Plan, content_id, eval_seed
 from ..study.ids import slug
-from ..study.driver import Runtime
+from ..study.driver import Runtime, lazily
 from ..study.grid import eval_rate
 from ..tasks import text
 from . import config
@@ -264,20 +264,8 @@ class Pretrained:
     def watch(self, progress, cells, runtime, in_process):
         return None
 
-    @staticmethod
-    def report(out: Path, dest: Path | None = None):
-        """The report of the study stored in `out`, its figures drawn under `dest` (default `out`),
-        where analysis/report.py writes it."""
-        from .report import report
-
-        return report(out, dest)
-
-    @staticmethod
-    def table(out: Path):
-        """The terminal's table of the study stored in `out`."""
-        from .report import summary_table
-
-        return summary_table(out)
+    report = lazily("longarch.pretrained.report", "report")         # (out, dest=None) -> analysis.report.Report
+    table = lazily("longarch.pretrained.report", "summary_table")   # (out) -> the terminal's table
 
     def disk_bytes(self, cells: list[Cell]) -> int:
         """Each cell's raw predictions: a JSON line of at least PREDICTION_BYTES a sample."""

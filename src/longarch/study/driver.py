@@ -15,6 +15,7 @@ One run at a time holds a study directory (lock.py).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import platform
 import shlex
@@ -155,6 +156,15 @@ class Watcher(Protocol):
     def poll(self) -> None: ...
     def done(self, cell: Cell) -> None: ...
     def close(self) -> None: ...
+
+
+def lazily(module: str, name: str) -> staticmethod:
+    """A kind's function imported from `module` when first called: a kind's report module draws
+    figures, which its workers never need to import."""
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+    call.__doc__ = f"{module}.{name}"
+    return staticmethod(call)
 
 
 def provenance(command: str) -> dict:
