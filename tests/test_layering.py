@@ -1,7 +1,7 @@
 """The package's layers, read from the imports of its source files (every import, at the top
 or inside a function; those under `if TYPE_CHECKING:` are left out, as they never run).
 
-From the bottom: mixers and tasks (and the presets, data only), models, the study engine
+From the bottom: safe_yaml.py (reading YAML safely), mixers and tasks (and the presets, data only), models, the study engine
 (study/), analysis, the kinds of study (controlled/, pretrained/), and the command line on top
 (kinds.py: the table of kinds, and bench.py; cli.py over them). A module imports only from its own layer's
 package and from the layers below; the kinds do not import each other, and outside them only
@@ -76,7 +76,7 @@ def _layer(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-RANK = {"mixers": 0, "tasks": 0, "presets": 0, "models": 1, "study": 2, "analysis": 3, "controlled": 4,
+RANK = {"safe_yaml": -1, "mixers": 0, "tasks": 0, "presets": 0, "models": 1, "study": 2, "analysis": 3, "controlled": 4,
         "pretrained": 4, "kinds": 5, "bench": 5, "cli": 6, "": 7}
 KINDS = {"controlled", "pretrained"}
 

@@ -74,10 +74,10 @@ def file_error(error: OSError) -> str:
 def parse_knobs(pairs: list[str]) -> dict:
     """KEY=VALUE pairs; values are read as YAML (numbers, booleans, strings), as a study file's
     are: plain data only (an explicit tag such as !!python/object is refused), no repeated keys,
-    bounded aliases (study/schema.py's StudyLoader). A KEY given twice is refused, not overridden."""
+    bounded aliases (safe_yaml.py's StudyLoader). A KEY given twice is refused, not overridden."""
     import yaml
 
-    from .study.schema import parse_yaml, yaml_problem
+    from .safe_yaml import parse_yaml, yaml_problem
 
     knobs = {}
     for pair in pairs:

@@ -82,17 +82,15 @@ def load_templates(path: str | Path) -> dict[str, dict[str, str]]:
     pass as knobs: `tasks.get(name, **load_templates(path).get(name, {}))`."""
     import yaml  # YAML is a superset of JSON, so one parser reads both
 
+    from ...safe_yaml import parse_yaml, yaml_problem
+
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"template file {str(file)!r} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, RecursionError) as error:  # a parse error is bad input: one line, not a traceback
-        mark = getattr(error, "problem_mark", None)
-        problem = ("it is nested too deeply" if isinstance(error, RecursionError)
-                   else getattr(error, "problem", None) or (str(error).splitlines() or [""])[0])
-        raise ValueError(f"{file}: not valid YAML{'' if mark is None else f' at line {mark.line + 1}'}: "
-                         f"{' '.join(str(problem).split())}") from None
+    try:  # a repeated key, an alias bomb, a tag: bad input, one line, as in a study file
+        data = parse_yaml(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ValueError(f"{file}: not valid YAML{yaml_problem(error)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{file}: expected a mapping of task name -> {{template, answer_prefix}}")
     out: dict[str, dict[str, str]] = {}
