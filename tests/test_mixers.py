@@ -241,3 +241,32 @@ def test_parameter_count_grows_with_d_model(letter):
     assert all(b > a for a, b in zip(counts, counts[1:]))
     if letter in SMOOTHLY_SIZED:
         assert max(b / a for a, b in zip(counts[28:], counts[29:])) < 1.15  # from d_model 32 on
+
+
+@pytest.mark.parametrize("letter,variant", VARIANTS)
+def test_each_sequence_of_a_batch_is_mixed_on_its_own(letter, variant):
+    mixer = _mixer(letter, **variant)
+    u = torch.randn(3, 21, 16, dtype=torch.float64)
+    with torch.no_grad():
+        together, state = mixer(u)
+        alone = [mixer(u[i:i + 1]) for i in range(3)]
+    for i, (y, one_state) in enumerate(alone):
+        torch.testing.assert_close(together[i:i + 1], y, rtol=0, atol=1e-10)
+        for name, value in _fields(one_state).items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(_fields(state)[name][i:i + 1], value, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("letter", LETTERS)
+def test_every_mixer_keeps_the_written_contract(letter):
+    """mixers/base.py's Mixer and MixerConfig protocols: the members a new mixer must have."""
+    import inspect
+
+    from longarch.mixers.base import Mixer, MixerConfig
+
+    config_cls, mixer_cls, _ = MIXERS[letter]
+    assert dataclasses.is_dataclass(config_cls) and "d_model" in {f.name for f in dataclasses.fields(config_cls)}
+    mixer = _mixer(letter)
+    assert isinstance(mixer, Mixer) and isinstance(mixer.config, MixerConfig)
+    assert list(inspect.signature(mixer.forward).parameters)[1:] == ["state", "reference"]
+    assert isinstance(inspect.getattr_static(mixer_cls, "state_floats"), staticmethod)
