@@ -31,6 +31,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from safetensors import safe_open
 from safetensors.torch import load as load_weights
 from safetensors.torch import save as save_weights
 
@@ -331,7 +332,7 @@ def _stored_weights(store: Store, row: ModelRow | None, plan_: ModelPlan) -> byt
     digest = hashlib.sha256(weights).hexdigest()
     if row.sha256 is not None and digest != row.sha256:
         return None
-    if _metadata(weights).get("model_id") != row.model_id:
+    if _metadata(Path(row.checkpoint)).get("model_id") != row.model_id:
         return None
     if row.sha256 is None:
         try:
@@ -342,15 +343,13 @@ def _stored_weights(store: Store, row: ModelRow | None, plan_: ModelPlan) -> byt
     return weights
 
 
-def _metadata(weights: bytes) -> dict:
-    """The metadata of safetensors bytes ({} when they are not safetensors): the format is an
-    8-byte little-endian header size, then a JSON header whose "__metadata__" holds it."""
+def _metadata(path: Path) -> dict:
+    """The metadata of a safetensors file ({} when it is not one)."""
     try:
-        size = int.from_bytes(weights[:8], "little")
-        metadata = json.loads(weights[8:8 + size]).get("__metadata__")
-    except (ValueError, AttributeError):
+        with safe_open(path, framework="pt") as file:
+            return file.metadata() or {}
+    except Exception:  # safetensors' own error for a file that is not safetensors, or an OSError
         return {}
-    return metadata if isinstance(metadata, dict) else {}
 
 
 def _same_samples(stored: dict | None, study: Study, out: Path) -> None:

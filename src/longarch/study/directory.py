@@ -17,6 +17,7 @@ import sqlite3
 from pathlib import Path
 
 from .ids import content_id
+from .load import stored as read_stored
 from .store import StoreError, read_only
 
 # the names a run writes into a study directory (the SQLite side files included)
@@ -78,15 +79,14 @@ def _same_study(out: Path, kind, config: dict | None, force: bool) -> None:
     if stored_kind is not None and stored_kind != kind.kind:
         raise DirectoryRefused(f"{out} holds a {stored_kind} study ({meta.get('name', '?')!r}); this is a {kind.kind} "
                                f"study ({(config or {}).get('name', '?')!r}): choose another --out")
-    now = _settings(kind, config)
-    if recorded is not None and recorded.get("study_id") == content_id(now):
+    if recorded is not None and recorded.get("study_id") == identity(kind, config)["study_id"]:
         return
     if not isinstance(stored, dict):
         if recorded is not None or meta.get("name") is not None or _has_rows(path):
             raise DirectoryRefused(f"{out} holds a store without its study's configuration; choose another --out")
         return  # a store created by a run that stopped before writing anything
     before = _settings(kind, _as_now(out, kind, stored))
-    differences = _differences(before, now)
+    differences = _differences(before, _settings(kind, config))
     if differences and not force:
         more = f"; and {len(differences) - SHOWN_DIFFERENCES} more" if len(differences) > SHOWN_DIFFERENCES else ""
         raise DirectoryRefused(f"{out} holds study {meta.get('name', before.get('name'))!r} with other settings ("
@@ -98,11 +98,10 @@ def _same_study(out: Path, kind, config: dict | None, force: bool) -> None:
 def _as_now(out: Path, kind, stored: dict) -> dict:
     """A stored configuration as this version writes it (its schema's defaults filled in, older
     names read as the kind reads them), so that a store from before compares with a run now."""
-    schema = getattr(kind, "Config", None)
-    if schema is None:
+    if getattr(kind, "Config", None) is None:  # a kind without a schema compares what it stored
         return stored
     try:
-        return schema.model_validate({"kind": kind.kind, **kind.from_stored(stored)}).model_dump(mode="json")
+        return read_stored({"kind": kind.kind, **stored}, (kind,)).model_dump(mode="json")
     except Exception:  # pydantic's ValidationError, or a from_stored that cannot read it
         raise DirectoryRefused(f"{out} holds a study this version cannot read as a {kind.kind} study; choose "
                                "another --out") from None

@@ -305,7 +305,11 @@ class Store:
             self.db.execute("DELETE FROM failures WHERE cell_id = ?", (cell_id,))
 
     def failures(self) -> list[dict]:
-        cursor = self.db.execute("SELECT * FROM failures ORDER BY at")
+        return self._rows("SELECT * FROM failures ORDER BY at")
+
+    def _rows(self, query: str) -> list[dict]:
+        """The rows of a query as dicts keyed by column name."""
+        cursor = self.db.execute(query)
         columns = [c[0] for c in cursor.description]
         return [dict(zip(columns, r)) for r in cursor]
 
@@ -322,9 +326,7 @@ class Store:
                 self.db.execute("DELETE FROM running WHERE cell_id = ?", (cell_id,))
 
     def running(self) -> list[dict]:
-        cursor = self.db.execute("SELECT * FROM running ORDER BY started")
-        columns = [c[0] for c in cursor.description]
-        return [dict(zip(columns, r)) for r in cursor]
+        return self._rows("SELECT * FROM running ORDER BY started")
 
     def set_checkpoint_hash(self, model_id: str, sha256: str) -> None:
         """Record the hash of a checkpoint accepted without one (a store from before hashes)."""
@@ -339,20 +341,15 @@ class Store:
                             (cell_id, kind, what, reason, time.time()))
             self.db.execute("DELETE FROM failures WHERE cell_id = ?", (cell_id,))
 
-    def clear_skipped(self, cell_id: str | None = None) -> None:
-        """One cell, or every cell (a run records anew what it skips)."""
+    def clear_skipped(self) -> None:
+        """Every cell's record (a run records anew what it skips)."""
         with self.db:
-            if cell_id is None:
-                self.db.execute("DELETE FROM skipped")
-            else:
-                self.db.execute("DELETE FROM skipped WHERE cell_id = ?", (cell_id,))
+            self.db.execute("DELETE FROM skipped")
 
     def skipped(self) -> list[dict]:
         if not self._has("skipped"):  # a store from before the table, opened without adding it
             return []
-        cursor = self.db.execute("SELECT * FROM skipped ORDER BY at, rowid")
-        columns = [c[0] for c in cursor.description]
-        return [dict(zip(columns, r)) for r in cursor]
+        return self._rows("SELECT * FROM skipped ORDER BY at, rowid")
 
     def model_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT model_id FROM models")}
