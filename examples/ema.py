@@ -24,6 +24,10 @@ class EMAConfig:
 
 
 class EMAMixer(nn.Module):
+    """EMA: a gated exponential moving average per channel (examples/ema.py)."""
+
+    family = "linear-recurrent"  # how reports group it (a study's model entry may say `family:` instead)
+
     def __init__(self, config: EMAConfig):
         super().__init__()
         self.config, D = config, config.d_model

@@ -48,7 +48,7 @@ def test_models_lists_the_registry():
     assert result.exit_code == 0
     for name in models.names():
         assert name in result.output
-        assert models.spec(name).family in result.output
+        assert models.family(name) in result.output
 
 
 def test_tasks_lists_the_registry():

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from longarch import models
-from longarch.mixers import MIXERS, option_names
+from longarch import mixers
+from longarch.mixers import option_names
 from longarch.models import LanguageModel, ModelConfig, UnknownArchitecture, forward_in_chunks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,7 +24,7 @@ VOCAB = 37
 def _options(name: str, **wanted) -> dict:
     """The subset of `wanted` mixer options that architecture `name` accepts."""
     layers = models.config(name).layers
-    accepted = set().union(*(option_names(letter) for letter in set(layers)))
+    accepted = set().union(*(option_names(mixer) for mixer in set(layers)))
     return {k: v for k, v in wanted.items() if k in accepted}
 
 
@@ -66,7 +67,8 @@ def test_registry_is_consistent():
     for name in NAMES:
         spec = models.spec(name)
         assert spec.name == name and spec.description
-        assert set(spec.pattern) <= set(MIXERS)
+        assert set(mixers.layers(spec.pattern)) <= set(mixers.MIXERS)
+        assert models.family(name) in mixers.base.FAMILIES
 
 
 # ---------------------------------------------------------------- building and running
@@ -78,8 +80,8 @@ def test_build_gives_logits_over_the_vocabulary(name):
     assert isinstance(model, LanguageModel)
     config = models.config(name, vocab_size=VOCAB)
     assert model.config == config and len(model.blocks) == config.n_layers
-    for block, letter in zip(model.blocks, config.layers):
-        assert isinstance(block.mixer, MIXERS[letter][1])
+    for block, mixer in zip(model.blocks, config.layers):
+        assert isinstance(block.mixer, mixers.get(mixer).mixer)
     tokens = _tokens(3, 11)
     with torch.no_grad():
         logits, state = model(tokens)
@@ -158,13 +160,13 @@ def test_state_floats_measures_the_state(name):
         sizes[length] = sum(t.numel() for t in _tensors(state))
         assert model.state_floats(length) == sizes[length]
     # Only global attention ("A") keeps every token; recurrent state and windows are bounded.
-    global_attention = "A" in model.config.layers
+    global_attention = "attention" in model.config.layers
     if global_attention:
         per_token = (model.state_floats(2000) - model.state_floats(1000)) / 1000
         assert per_token > 0 and model.state_floats(3000) == model.state_floats(2000) + 1000 * per_token
     else:
         assert model.state_floats(100_000) == model.state_floats(10_000) > 0
-    if set(model.config.layers) == {"A"}:
+    if set(model.config.layers) == {"attention"}:
         assert model.state_floats(0) == 0 and model.state_floats(2000) == 2 * model.state_floats(1000)
 
 
@@ -180,9 +182,32 @@ def test_pure_mamba2_state_is_constant_and_attention_state_grows():
 
 def test_layer_pattern_repeats_to_n_layers():
     config = ModelConfig(vocab_size=8, pattern="MMA", n_layers=5)
-    assert config.layers == "MMAMM"
+    assert config.layers == ("mamba2", "mamba2", "attention", "mamba2", "mamba2")
     model = LanguageModel(config)
-    assert [type(block.mixer) for block in model.blocks] == [MIXERS[letter][1] for letter in "MMAMM"]
+    assert [type(block.mixer) for block in model.blocks] == [mixers.get(letter).mixer for letter in "MMAMM"]
+
+
+@pytest.mark.parametrize("pattern", [["mamba2", "mamba2", "attention"], ("M", "mamba2", "A"), "MMA"])
+def test_a_pattern_of_names_is_the_pattern_of_letters(pattern):
+    """Names and letters are two spellings of one pattern: the same config, so the same ids."""
+    config = ModelConfig(vocab_size=8, pattern=pattern, n_layers=5)
+    assert config.pattern == "MMA" and config == ModelConfig(vocab_size=8, pattern="MMA", n_layers=5)
+    assert config.to_dict() == ModelConfig(vocab_size=8, pattern="MMA", n_layers=5).to_dict()
+
+
+@pytest.mark.parametrize("pattern,message", [
+    (["mamba2", "mamba3"], "unknown mixer 'mamba3'"), ("MQ", "unknown mixer 'Q'"), ([], "pattern is empty"),
+    ("mamba-2", "unknown mixer 'mamba-2'"), ([1, 2], "a list of mixer names")])
+def test_an_unknown_mixer_in_a_pattern_is_named(pattern, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(vocab_size=8, pattern=pattern)
+
+
+def test_a_hybrid_made_by_overriding_the_pattern_is_reported_as_hybrid():
+    assert models.family("transformer") == "attention"
+    assert models.family("transformer", models.config("transformer", pattern="MA")) == "hybrid"
+    assert models.family("mamba2", models.config("mamba2", pattern=["mamba2", "mamba"])) == "state-space"
+    assert models.family("transformer", models.config("transformer", pattern="MA"), "my-family") == "my-family"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -110,7 +110,8 @@ def run(study: StudyArg = "quick",
         hotpotqa: Annotated[Optional[Path], typer.Option(help="pretrained studies: HotpotQA dev file for qa_2")] = None,
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="pretrained studies: let checkpoints that ship code run it")] = False,
         scale: Annotated[Optional[int], typer.Option(help="controlled studies: k times the seeds and the evaluation samples, for bigger machines [default: the YAML's scale, else 1]", min=1)] = None,
-        force: Annotated[bool, typer.Option("--force", help="write into an --out that holds files longarch did not write (they are left as they are)")] = False):
+        force: Annotated[bool, typer.Option("--force", help="write into an --out that holds files longarch did not write (they are left as they are)")] = False,
+        plugin: Annotated[Optional[list[Path]], typer.Option(help="controlled studies: a Python file (or module) of mixers and architectures to import; recorded in the study; repeatable")] = None):
     """Train and evaluate a study, or evaluate a pretrained one; rerunning it continues where it stopped."""
     from .kinds import kind_of
 
@@ -118,7 +119,7 @@ def run(study: StudyArg = "quick",
         raise ValueError(f"--backend must be local or ray, not {backend!r}")
     if address is not None and backend != "ray":
         raise ValueError("--address is for --backend ray")
-    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale)
+    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale, plugin)
     _run(kind_of(loaded)(loaded), out or Path("runs") / loaded.name, backend, workers, address, retries, force)
 
 
@@ -138,13 +139,13 @@ def _run(kind, target: Path, backend: str, workers: int | None, address: str | N
 
 
 def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | None, trust_remote_code: bool,
-          scale: int | None = None):
+          scale: int | None = None, plugin: list[Path] | None = None):
     """The study of `run` and `plan`, of any kind; an option its kind does not take is refused."""
     from .kinds import load_study
 
     return load_study(study, corpus=None if corpus is None else str(corpus), scale=scale,
                       squad=None if squad is None else str(squad), hotpotqa=None if hotpotqa is None else str(hotpotqa),
-                      trust_remote_code=trust_remote_code or None)
+                      trust_remote_code=trust_remote_code or None, plugin=[str(p) for p in plugin] if plugin else None)
 
 
 def _check_out(target: Path) -> None:
@@ -233,13 +234,14 @@ def plan_command(study: StudyArg = "quick",
                  squad: Annotated[Optional[Path], typer.Option(help="as for run")] = None,
                  hotpotqa: Annotated[Optional[Path], typer.Option(help="as for run")] = None,
                  trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="as for run")] = False,
-                 scale: Annotated[Optional[int], typer.Option(help="as for run", min=1)] = None):
+                 scale: Annotated[Optional[int], typer.Option(help="as for run", min=1)] = None,
+                 plugin: Annotated[Optional[list[Path]], typer.Option(help="as for run")] = None):
     """Print a study's grid: what is stored, what remains, and what the rest will cost."""
     from .kinds import kind_of
     from .study.directory import DirectoryRefused, claim
     from .study.grid import grid_state
 
-    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale)
+    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale, plugin)
     target = out or Path("runs") / loaded.name
     _check_out(target)  # before the store in it is read
     kind = kind_of(loaded)(loaded)
@@ -271,9 +273,11 @@ def plan_command(study: StudyArg = "quick",
 @clean_errors
 def status(directory: Annotated[Path, typer.Argument(help="a study's output directory")]):
     """Done, running, failed and skipped cells of a study directory, with each failure's last error."""
+    from pydantic import ValidationError
+
     from .kinds import kind_of, stored_study
     from .study.grid import grid_state
-    from .study.schema import ConfigError
+    from .study.schema import ConfigError, one_line
     from .study.store import for_reading
 
     if not (directory / "results.sqlite").is_file():
@@ -282,6 +286,8 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
         config = store.meta().get("config")
     try:
         study = stored_study(config)
+    except ValidationError as error:  # e.g. a plugin it records that is no longer there
+        raise ConfigError(one_line(error, f"{directory}: the stored study")) from None
     except Exception:
         raise ConfigError(f"{directory}: the stored study configuration is missing or unreadable") from None
     state = grid_state(kind_of(study)(study).plan(), directory)
@@ -341,9 +347,15 @@ def report(directory: Annotated[Path, typer.Argument(help="a study's output dire
 
 
 @app.command("models")
-def list_models(length: Annotated[int, typer.Option(help="sequence length for the state size column")] = 4096):
-    """List the registered architectures."""
-    from . import models
+@clean_errors
+def list_models(length: Annotated[int, typer.Option(help="sequence length for the state size column")] = 4096,
+                plugin: Annotated[Optional[list[str]], typer.Option(help="a Python file or module of mixers and architectures to list too; repeatable")] = None):
+    """List the registered architectures (and a plugin's)."""
+    from . import mixers, models
+    from .mixers import plugins
+
+    for ref in plugin or ():
+        plugins.load(plugins.absolute(ref))
 
     table = Table(title="architectures (parameters at d_model 64, vocabulary 64)")
     for column in ("name", "family", "layers", "params", f"state floats at {length}"):
@@ -354,9 +366,42 @@ def list_models(length: Annotated[int, typer.Option(help="sequence length for th
         with __import__("torch").device("meta"):
             model = models.build(name, vocab_size=64)
         growth = "grows" if model.state_floats(2 * length) > model.state_floats(length) else "bounded"
-        table.add_row(name, spec.family, model.config.layers, f"{model.num_params():,}",
+        table.add_row(name, models.family(name) or "(per model)", mixers.shown(model.config.layers), f"{model.num_params():,}",
                       f"{model.state_floats(length):,} ({growth})", spec.description)
     print_table(table)
+
+
+@app.command("check")
+def check_command(target: Annotated[str, typer.Argument(help="a mixer (mamba2, or its letter M), an architecture (its mixers), or a plugin: file.py, file.py:Class, package.module[:Object]")],
+                  option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE: a mixer option for the checks (n_heads=2, chunk_size=5, ...); repeatable")] = None,
+                  d_model: Annotated[int, typer.Option(help="the width the mixers are checked at", min=2)] = 16):
+    """Check mixers against the contract (mixers/base.py): fast, step-by-step and reference paths
+    at odd chunk sizes in float64, streaming, gradients against the reference (the initial state's
+    too), causality, batch independence, dtype and device. Exit 1 when a check fails."""
+    from rich.markup import escape
+
+    from .mixers import checks, plugins
+
+    try:
+        targets = plugins.mixers_named(target)
+        options = parse_knobs(option or [])
+    except (ValueError, TypeError) as error:
+        fail(str(error).splitlines()[0])
+    table = Table(title=f"the mixer contract: {target}")
+    for column in ("mixer", "check", "result", "detail"):
+        table.add_column(column, overflow="fold")
+    failures = []
+    for spec in targets:
+        for outcome in checks.run(spec.config, spec.mixer, {**checks.OPTIONS, **options}, d_model=d_model):
+            table.add_row(spec.name, outcome.name, "pass" if outcome.passed else "[red]FAIL[/red]", escape(outcome.detail))
+            if not outcome.passed:
+                failures.append(f"FAIL {spec.name} {outcome.name}: {outcome.detail}")
+    print_table(table)
+    for line in failures:
+        errors.print(line, markup=False, highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(1)
+    console.print(f"every check passed ({len(targets)} mixer{'s' if len(targets) > 1 else ''})")
 
 
 @app.command("tasks")

@@ -23,7 +23,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .. import models, tasks
+from .. import mixers, models, tasks
+from ..mixers import plugins
 from ..study import limits
 from ..study.schema import ConfigError, Strict, distinct, distinct_models, plain_name, repeated
 from ..tasks.shifted import Shifted
@@ -63,8 +64,11 @@ class EvalTask(TaskConfig):
 
 
 class ModelEntry(Strict):
-    arch: str
+    arch: str = Field(description="a registered architecture (`longarch models`), or a plugin's: path/to/file.py:Object "
+                      "or package.module:Object (an ArchSpec or a mixer class)")
     name: str | None = None  # label in tables and plots; defaults to arch
+    family: str | None = Field(None, description="the family it is reported under, instead of its mixers' (one "
+                               "family, or hybrid for several)")
     overrides: dict[str, Any] = Field(default_factory=dict)
     # a rate or a sweep: `_rates` says which rate is not positive and finite (the schema's own
     # "not finite" would be reported for the first branch of the union, "not a number", for a sweep)
@@ -193,6 +197,9 @@ class Study(Strict):
         "all", description="what the budget counts: every parameter, or all but the token embedding and output head "
                            "(for a large vocabulary, such as a text haystack's words)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    plugins: list[str] = Field(default_factory=list, description="mixers and architectures from outside longarch: "
+                               "Python files or importable modules, imported before the models are read (a file's path "
+                               "relative to the study file; --plugin adds more, relative to the working directory)")
 
     @field_validator("seeds")
     @classmethod
@@ -218,6 +225,16 @@ class Study(Strict):
         the settings do the same)."""
         if isinstance(data, dict) and "min_train_accuracy" in data:
             raise ValueError(f"'min_train_accuracy' was renamed: use {RENAMED['min_train_accuracy']}")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugins_loaded(cls, data):
+        """Import the plugins, and name each model's architecture as registered: a plugin
+        reference (file.py:Object, module:Object) becomes its name, and its module joins
+        `plugins`; `mixer: NAME_OR_REFERENCE` becomes the architecture of that mixer alone."""
+        if isinstance(data, dict) and (data.get("plugins") or _references(data.get("models"))):
+            return load_plugins(data)
         return data
 
     @field_validator("models", mode="before")
@@ -340,15 +357,98 @@ def _short(value) -> str:
     return Path(text).name if isinstance(value, str) and ("/" in text or "\\" in text) else text
 
 
-def prepare(data: dict, origin: str, corpus: str | None = None, scale: int | None = None) -> dict:
+def prepare(data: dict, origin: str, corpus: str | None = None, scale: int | None = None,
+            plugin: list[str] | None = None) -> dict:
     """A controlled study's YAML before validation: scaled by `scale` (the CLI's --scale, else
-    the YAML's `scale`, else 1; see `scaled`)."""
+    the YAML's `scale`, else 1; see `scaled`), with its plugin paths made absolute (the YAML's
+    against its folder, --plugin's against the working directory)."""
     data = dict(data)
     in_yaml = data.pop("scale", 1)
-    return scaled(data, in_yaml if scale is None else scale, origin)
+    return scaled(absolute_plugins(data, origin, plugin), in_yaml if scale is None else scale, origin)
 
 
-def complete(study: Study, origin: str, corpus: str | None = None, scale: int | None = None) -> Study:
+def absolute_plugins(data: dict, origin: str, given: list[str] | None) -> dict:
+    """The study with every plugin file path absolute, so that it means the same from any
+    working directory and in every worker; the --plugin values join `plugins`."""
+    here = Path(origin).parent if Path(origin).is_file() else None
+    listed = data.get("plugins")
+    if given or listed:
+        if listed is not None and not (isinstance(listed, list) and all(isinstance(r, str) for r in listed)):
+            raise ConfigError(f"{origin}: plugins must be a list of files or modules, not {listed!r}")
+        data["plugins"] = list(dict.fromkeys([plugins.absolute(r, here) for r in listed or []]
+                                             + [plugins.absolute(r) for r in given or []]))
+    entries = data.get("models")
+    if isinstance(entries, list):
+        data["models"] = [_absolute_entry(entry, here) for entry in entries]
+    return data
+
+
+def _absolute_entry(entry, here: Path | None):
+    if isinstance(entry, str) and plugins.is_reference(entry):
+        return plugins.absolute(entry, here)
+    if isinstance(entry, dict):
+        return {k: plugins.absolute(v, here) if k in ("arch", "mixer") and plugins.is_reference(v) else v
+                for k, v in entry.items()}
+    return entry
+
+
+def _references(entries) -> bool:
+    """Whether any model entry names a plugin or a mixer (and so needs `load_plugins`)."""
+    if not isinstance(entries, list):
+        return False
+    def named(e):
+        return e if isinstance(e, str) else e.get("arch") if isinstance(e, dict) else None
+
+    return any(plugins.is_reference(named(e)) or isinstance(e, dict) and "mixer" in e
+               or isinstance(named(e), str) and named(e) in mixers.MIXERS and named(e) not in mixers.ARCHITECTURES
+               for e in entries)
+
+
+def load_plugins(data: dict) -> dict:
+    """The study's data with its plugins imported (mixers.plugins) and each model entry naming a
+    registered architecture. Raises ValueError (a one-line error of the schema) on a plugin that
+    does not import or declare what is named."""
+    data = dict(data)
+    refs = list(data.get("plugins") or [])
+    if not (isinstance(refs, list) and all(isinstance(r, str) for r in refs)):
+        return data  # the schema says what is wrong with it
+    try:
+        plugins.ensure(refs)
+        entries = []
+        for entry in data.get("models") or []:
+            entry = {"arch": entry} if isinstance(entry, str) else entry
+            if isinstance(entry, dict):
+                entry = _registered_entry(entry, refs)
+            entries.append(entry)
+    except (plugins.PluginError, ValueError) as error:
+        raise ValueError(str(error)) from None
+    if "models" in data:
+        data["models"] = entries
+    data["plugins"] = list(dict.fromkeys(plugins.split(r)[0] for r in refs))
+    return data
+
+
+def _registered_entry(entry: dict, refs: list[str]) -> dict:
+    entry = dict(entry)
+    if "mixer" in entry:
+        if "arch" in entry:
+            raise ValueError("a model entry names an arch or a mixer, not both")
+        ref = entry.pop("mixer")
+        name = plugins.resolve(ref) if plugins.is_reference(ref) else mixers.get(str(ref)).name
+        if plugins.is_reference(ref):
+            refs.append(plugins.split(ref)[0])
+        entry["arch"] = plugins.alone(name)
+    elif plugins.is_reference(entry.get("arch")):
+        ref = entry["arch"]
+        entry["arch"] = plugins.resolve(ref)
+        refs.append(plugins.split(ref)[0])
+    elif entry.get("arch") in mixers.MIXERS and entry.get("arch") not in mixers.ARCHITECTURES:
+        entry["arch"] = plugins.alone(entry["arch"])  # a mixer's name: that mixer alone
+    return entry
+
+
+def complete(study: Study, origin: str, corpus: str | None = None, scale: int | None = None,
+             plugin: list[str] | None = None) -> Study:
     """The validated study with `corpus` (the CLI's --corpus: a text file read by every task whose
     haystack is `text`), checked against what the schema cannot see."""
     if corpus is not None:
@@ -451,6 +551,11 @@ def check(study: Study, origin: str) -> None:
         except ArithmeticError as error:  # a mixer's sizes divided by an option the checks let through
             raise ConfigError(f"{origin}: model {entry.label!r}: overrides {entry.overrides} cannot be built "
                               f"({type(error).__name__}: {error})") from None
+        if model_family(study, entry, vocab_size) is None:
+            unsaid = [name for name in dict.fromkeys(models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(
+                study, entry, vocab_size)).layers) if mixers.MIXERS[name].family is None]
+            raise ConfigError(f"{origin}: model {entry.label!r}: mixer {unsaid[0]!r} declares no family; give the "
+                              "model entry a family: (or its mixer class a `family` attribute)")
 
 
 def check_machine(study: Study, origin: str) -> None:
@@ -476,7 +581,7 @@ def resolve_overrides(study: Study, entry: ModelEntry, vocab_size: int) -> dict:
     size_to_budget counts (params_count), or the comparison would not be parameter-matched."""
     # each value with its type: 1, 1.0 and True are equal keys, but only one is a valid count
     given = tuple((key, type(value), value) for key, value in entry.overrides.items())
-    arguments = (study.params, study.params_count == "all", entry.arch, vocab_size, given)
+    arguments = (study.params, study.params_count == "all", entry.arch, vocab_size, given, mixers.generation())
     try:
         hash(arguments)
     except TypeError:  # a list or mapping as an override's value: refused by models.config, uncached
@@ -485,9 +590,11 @@ def resolve_overrides(study: Study, entry: ModelEntry, vocab_size: int) -> dict:
 
 
 @functools.lru_cache(maxsize=1024)
-def _resolved(params: int | None, embeddings: bool, arch: str, vocab_size: int, given: tuple) -> tuple:
+def _resolved(params: int | None, embeddings: bool, arch: str, vocab_size: int, given: tuple, generation: int = 0
+              ) -> tuple:
     """`resolve_overrides` from hashable arguments, the overrides as (key, value) pairs: a study
-    of many entries of one architecture sizes it once (the check and the plan both ask)."""
+    of many entries of one architecture sizes it once (the check and the plan both ask). The
+    registry's generation keeps an edited plugin from being sized from the cache."""
     overrides = {key: value for key, _, value in given}
     if params is not None and "d_model" not in overrides:
         overrides = models.size_to_budget(arch, params, vocab_size=vocab_size, embeddings=embeddings, **overrides)
@@ -499,6 +606,13 @@ def _resolved(params: int | None, embeddings: bool, arch: str, vocab_size: int, 
                              f"{'' if embeddings else ' (non-embedding)'}, more than {BUDGET_TOLERANCE:.0%} from "
                              f"the budget params {params:,}; leave d_model out to size the model to the budget")
     return tuple(overrides.items())
+
+
+def model_family(study: Study, entry: ModelEntry, vocab_size: int) -> str | None:
+    """The family an entry is reported under (models.family: its own `family:`, else its
+    architecture's, else its layers' mixers')."""
+    built = models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(study, entry, vocab_size))
+    return models.family(entry.arch, built, entry.family)
 
 
 def train_labels(study: Study) -> list[str]:

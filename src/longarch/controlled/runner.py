@@ -35,7 +35,8 @@ from safetensors import safe_open
 from safetensors.torch import load as load_weights
 from safetensors.torch import save as save_weights
 
-from .. import models
+from .. import mixers, models
+from ..mixers import plugins
 from ..study import faults
 from ..study.checkpoints import write_atomic
 from . import config
@@ -56,6 +57,8 @@ class ModelPlan:
     config: models.ModelConfig
     train_spec: TrainSpec
     model_id: str
+    family: str = ""
+    plugins: tuple[str, ...] = ()  # what a worker imports before it builds the model (mixers/plugins.py)
 
 
 @dataclass
@@ -101,9 +104,14 @@ def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
     for entry in study.models:
         config = models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(study, entry, vocab_size))
         spec = model_spec(study_spec, entry.rates)
+        family = models.family(entry.arch, config, entry.family)
+        # a plugin mixer's source is part of the id (editing it retrains); built-in ids are as before
+        sources = mixers.sources(config.pattern)
         for seed in study.seeds:
-            model_id = content_id({"model": config.to_dict(), "train": spec.to_dict(), "task": trained_on, "seed": seed})
-            model_plans.append(ModelPlan(entry.label, entry.arch, seed, config, spec, model_id))
+            identity = {"model": config.to_dict(), "train": spec.to_dict(), "task": trained_on, "seed": seed}
+            model_id = content_id({**identity, "plugins": sources} if sources else identity)
+            model_plans.append(ModelPlan(entry.label, entry.arch, seed, config, spec, model_id, family,
+                                         tuple(study.plugins)))
     task_depths = study.task_depths()
     for model_plan in model_plans:
         for label, task in study.eval_tasks():
@@ -199,15 +207,16 @@ class EvalJob:
     threads: int | None
 
 
-def _worker_setup(threads: int | None) -> None:
+def _worker_setup(threads: int | None, plan_: ModelPlan) -> None:
     torch.set_flush_denormal(True)  # denormals slow CPU training about tenfold
     if threads is not None:
         torch.set_num_threads(threads)
+    plugins.ensure(plan_.plugins)  # a worker process (or a Ray worker) knows no plugin until it imports it
 
 
 def train_job(job: TrainJob) -> Trained:
     """Train a model; a training that diverges is a result too (a row with its step, no weights)."""
-    _worker_setup(job.threads)
+    _worker_setup(job.threads, job.plan)
     plan_ = job.plan
 
     def build() -> models.LanguageModel:
@@ -254,7 +263,7 @@ def _model_row(plan_: ModelPlan, model: models.LanguageModel, **fields) -> Model
     """A model's row: what its plan and its (built) model say, and the training's `fields`."""
     length = plan_.train_spec.length
     return ModelRow(
-        model_id=plan_.model_id, name=plan_.label, arch=plan_.arch, family=models.spec(plan_.arch).family,
+        model_id=plan_.model_id, name=plan_.label, arch=plan_.arch, family=plan_.family,
         seed=plan_.seed, params=model.num_params(), state_floats=model.state_floats(length),
         state_growth="linear" if model.state_floats(2 * length) > model.state_floats(length) else "constant",
         train_length=length, checkpoint="", **fields)
@@ -294,7 +303,7 @@ def model_from_weights(plan_: ModelPlan, weights: bytes) -> models.LanguageModel
 
 
 def eval_job(job: EvalJob) -> ResultRow:
-    _worker_setup(job.threads)
+    _worker_setup(job.threads, job.cell.model)
     start = time.perf_counter()
     cell = job.cell
     model = model_from_weights(cell.model, job.weights)
@@ -372,8 +381,10 @@ class Controlled:
 
     kind = "controlled"
     Config = Study
-    options = ("corpus", "scale")  # the command-line options it takes (study/load.py)
-    presentation = ("description", "analysis")  # change how results are shown, never a result
+    options = ("corpus", "scale", "plugin")  # the command-line options it takes (study/load.py)
+    # change how results are shown, never a result (a plugin's source is in its models' ids,
+    # so where its file lies is not part of the study)
+    presentation = ("description", "analysis", "plugins")
     prepare = staticmethod(config.prepare)
     complete = staticmethod(config.complete)
     from_stored = staticmethod(config.from_stored)

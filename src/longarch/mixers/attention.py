@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from .base import ArchSpec, MixerSpec, around
 
 POSITIONS = ("rope", "alibi", "nope")
 ROPE_SCALINGS = ("none", "pi", "ntk", "yarn")
@@ -218,3 +219,38 @@ class CausalSelfAttention(nn.Module):
         """Floats of state per sequence after `length` tokens: the cached keys and values."""
         cached = length if config.span is None else min(length, config.span - 1)
         return 2 * config.n_heads * config.head_dim * cached
+
+
+MIXERS = [MixerSpec("attention", AttentionConfig, CausalSelfAttention, "attention", letter="A"),
+          MixerSpec("local-attention", LocalAttentionConfig, CausalSelfAttention, "attention", letter="W")]
+
+
+def _transformer(name: str, description: str, pattern: str = "A", **mixer) -> ArchSpec:
+    """A Transformer++ entry: two attention blocks of 4 heads with a SwiGLU MLP; `mixer` holds
+    what the entry changes (position encoding, RoPE scaling, window)."""
+    return ArchSpec(name, description, pattern=pattern, n_layers=2, mlp_ratio=4.0,
+                    mixer={"n_heads": 4, **mixer}, size_knobs={"mlp_ratio": around(4.0)})
+
+
+ARCHITECTURES = [
+    _transformer("transformer",
+                 "Transformer++: causal multi-head attention with RoPE, SwiGLU MLP"),
+    _transformer("transformer-nope",
+                 "Transformer++ without positional encoding (NoPE): order only through the causal mask",
+                 position="nope"),
+    _transformer("transformer-alibi",
+                 "Transformer++ with ALiBi: a per-head linear distance penalty instead of rotations",
+                 position="alibi"),
+    _transformer("transformer-pi",
+                 "Transformer++ with RoPE position interpolation: positions past T squeezed by L / T at evaluation",
+                 rope_scaling="pi"),
+    _transformer("transformer-ntk",
+                 "Transformer++ with NTK-aware RoPE: base raised at evaluation, slow pairs stretched by L / T, fast kept",
+                 rope_scaling="ntk"),
+    _transformer("transformer-yarn",
+                 "Transformer++ with YaRN: RoPE interpolated by parts to L / T at evaluation, plus a logit temperature",
+                 rope_scaling="yarn"),
+    _transformer("sliding-window",
+                 "Transformer++ with sliding-window (local) attention, window 64, RoPE: bounded state",
+                 pattern="W", window=64),
+]

@@ -27,6 +27,7 @@ The rules every mixer keeps (tests/test_mixers.py checks each, for every registe
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
@@ -59,3 +60,54 @@ class Mixer(Protocol):
     @staticmethod
     def state_floats(config: Any, length: int) -> int:
         """Floats of state one sequence holds after `length` tokens."""
+
+
+# --------------------------------------------------------------------------------------------
+# What the registry holds: a mixer by name, and an architecture (a stack of mixers) by name.
+# A built-in mixer file declares both as module-level lists, MIXERS and ARCHITECTURES; the
+# package finds them (mixers/__init__.py). A plugin may do the same, or leave its mixer class
+# to be found (mixers/plugins.py).
+# --------------------------------------------------------------------------------------------
+FAMILIES = ("attention", "state-space", "linear-recurrent", "hybrid")  # the report's order; a plugin may add its own
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """A mixer as the registry knows it."""
+
+    name: str                  # its name in layer patterns, `longarch check` and errors: "mamba2"
+    config: type               # its MixerConfig dataclass
+    mixer: type                # its Mixer class
+    family: str | None = None  # "attention", "state-space", "linear-recurrent", ... (None: say it per model)
+    letter: str | None = None  # a one-letter shorthand in patterns ("M"); built-ins only
+    source: str | None = None  # a plugin's source hash (part of its models' ids); None for a built-in
+    origin: str | None = None  # where a plugin came from: its file or module
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """An architecture: a layer pattern of mixers with its defaults and a one-line description.
+
+    `pattern` names one mixer per layer, repeated to `n_layers`: "MMAM" (letters) or
+    ["mamba2", "mamba2", "attention", "mamba2"] (names). The family is its mixers' (one family,
+    or "hybrid" for several) unless `family` says otherwise."""
+
+    name: str
+    description: str
+    pattern: str | tuple[str, ...]
+    n_layers: int
+    mlp_ratio: float = 0.0   # the SwiGLU MLP after each mixer, as a multiple of d_model; 0: none
+    mixer: dict = field(default_factory=dict)  # options for the mixers that have them (n_heads, ...)
+    init: str = "gpt2"       # ModelConfig.init: "gpt2" (N(0, 0.02)) or "torch" (PyTorch's defaults)
+    tie_head: bool = True    # ModelConfig.tie_head: the output head is the embedding
+    # Alternative values of width options that `size_to_budget` may use besides d_model, for
+    # mixers whose parameter count moves in steps (Mamba-2 adds a whole head at a time).
+    size_knobs: dict = field(default_factory=dict)
+    family: str | None = None
+    source: str | None = None  # a plugin's source hash; None for a built-in
+    origin: str | None = None
+
+
+def around(value: float) -> tuple[float, ...]:
+    """Widths `size_to_budget` may try besides the default, nearest first: +-12.5%, +-25%."""
+    return tuple(value * f for f in (0.875, 1.125, 0.75, 1.25))

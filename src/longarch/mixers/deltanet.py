@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
+from .base import ArchSpec, MixerSpec, around
 
 
 @dataclass
@@ -186,3 +187,13 @@ class DeltaNetMixer(nn.Module):
     def state_floats(config: DeltaNetConfig, length: int) -> int:
         """Floats of state per sequence: constant in the length."""
         return config.n_heads * config.head_dim ** 2 + (config.d_conv - 1) * 3 * config.d_inner
+
+
+MIXERS = [MixerSpec("deltanet", DeltaNetConfig, DeltaNetMixer, "linear-recurrent", letter="T"),
+          MixerSpec("gated-deltanet", GatedDeltaNetConfig, DeltaNetMixer, "linear-recurrent", letter="E")]
+ARCHITECTURES = [
+    ArchSpec("deltanet", "DeltaNet: linear attention with delta-rule writes (chunkwise WY form), short conv, no MLP",
+             pattern="T", n_layers=4, mixer={"head_dim": 16}, size_knobs={"expand": around(1.0)}),
+    ArchSpec("gated-deltanet", "Gated DeltaNet: the delta rule plus a Mamba-2-style per-head decay gate, no MLP",
+             pattern="E", n_layers=4, mixer={"head_dim": 16}, size_knobs={"expand": around(1.0)}),
+]

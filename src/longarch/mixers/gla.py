@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
+from .base import ArchSpec, MixerSpec, around
 
 
 @dataclass
@@ -176,3 +177,10 @@ class GLAMixer(nn.Module):
         """Floats of state per sequence: constant in the length."""
         H, K, V = config.n_heads, config.head_dim, config.value_head_dim
         return H * K * V + max(0, config.d_conv - 1) * H * (2 * K + V)
+
+
+MIXERS = [MixerSpec("gla", GLAConfig, GLAMixer, "linear-recurrent", letter="G")]
+ARCHITECTURES = [
+    ArchSpec("gla", "Gated Linear Attention: data-dependent per-key decays from a low-rank gate, SwiGLU MLP",
+             pattern="G", n_layers=2, mlp_ratio=4.0, mixer={"n_heads": 4}, size_knobs={"mlp_ratio": around(4.0)}),
+]

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
+from .base import ArchSpec, MixerSpec, around
 
 
 @dataclass
@@ -157,3 +158,10 @@ class MambaMixer(nn.Module):
     def state_floats(config: MambaConfig, length: int) -> int:
         """Floats of state per sequence: constant in the length."""
         return config.d_inner * config.d_state + (config.d_conv - 1) * config.d_inner
+
+
+MIXERS = [MixerSpec("mamba", MambaConfig, MambaMixer, "state-space", letter="S")]
+ARCHITECTURES = [
+    ArchSpec("mamba", "Mamba: selective state-space (S6) blocks with a chunked parallel scan, no MLP",
+             pattern="S", n_layers=4, mixer={"d_state": 16}, size_knobs={"expand": around(2.0)}),
+]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
+from .base import ArchSpec, MixerSpec, around
 
 
 @dataclass
@@ -199,3 +200,10 @@ class Mamba2Mixer(nn.Module):
     def state_floats(config: Mamba2Config, length: int) -> int:
         """Floats of state per sequence: constant in the length."""
         return config.n_heads * config.head_dim * config.d_state + (config.d_conv - 1) * (config.d_inner + 2 * config.d_state)
+
+
+MIXERS = [MixerSpec("mamba2", Mamba2Config, Mamba2Mixer, "state-space", letter="M")]
+ARCHITECTURES = [
+    ArchSpec("mamba2", "Mamba-2: selective state-space (SSD) blocks, chunked scan, no MLP",
+             pattern="M", n_layers=4, mixer={"d_state": 16, "head_dim": 16}, size_knobs={"expand": around(2.0)}),
+]

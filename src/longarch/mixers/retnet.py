@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .conv import CausalConv1d
 from .gla import gla_reference
+from .base import ArchSpec, MixerSpec, around
 
 
 @dataclass
@@ -186,3 +187,10 @@ class RetNetMixer(nn.Module):
         """Floats of state per sequence: constant in the length (the position is one integer)."""
         H, K, V = config.n_heads, config.head_dim, config.value_head_dim
         return H * K * V + max(0, config.d_conv - 1) * H * (2 * K + V)
+
+
+MIXERS = [MixerSpec("retnet", RetNetConfig, RetNetMixer, "linear-recurrent", letter="R")]
+ARCHITECTURES = [
+    ArchSpec("retnet", "RetNet: multi-scale retention (fixed per-head decays, RoPE), swish gate, SwiGLU MLP",
+             pattern="R", n_layers=2, mlp_ratio=2.0, mixer={"n_heads": 4}, size_knobs={"mlp_ratio": around(2.0)}),
+]

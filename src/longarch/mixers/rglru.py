@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
+from .base import ArchSpec, MixerSpec, around
 
 
 @dataclass
@@ -152,3 +153,11 @@ class RGLRUMixer(nn.Module):
     def state_floats(config: RGLRUConfig, length: int) -> int:
         """Floats of state per sequence: constant in the length."""
         return config.d_rnn * config.d_conv
+
+
+MIXERS = [MixerSpec("rglru", RGLRUConfig, RGLRUMixer, "linear-recurrent", letter="L")]
+ARCHITECTURES = [
+    ArchSpec("hawk", "Hawk: Griffin's RG-LRU blocks (gated diagonal linear recurrence after a width-4 conv), gated MLP",
+             pattern="L", n_layers=4, mlp_ratio=3.0, mixer={"expand": 4 / 3, "n_heads": 4},
+             size_knobs={"mlp_ratio": around(3.0)}),
+]

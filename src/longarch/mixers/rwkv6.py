@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from .base import ArchSpec, MixerSpec, around
 
 # Position of the layer in the stack for RWKV's depth-dependent init; a mixer does not know
 # its depth, so every layer gets the middle layer's values.
@@ -180,3 +181,10 @@ class RWKV6Mixer(nn.Module):
     def state_floats(config: RWKV6Config, length: int) -> int:
         """Floats of state per sequence: constant in the length."""
         return config.d_model + config.n_heads * config.head_dim ** 2
+
+
+MIXERS = [MixerSpec("rwkv6", RWKV6Config, RWKV6Mixer, "linear-recurrent", letter="K")]
+ARCHITECTURES = [
+    ArchSpec("rwkv6", "RWKV-6 (Finch): data-dependent token shift and per-channel decay, gated MLP as channel mix",
+             pattern="K", n_layers=4, mlp_ratio=7 / 3, mixer={"n_heads": 4}, size_knobs={"mlp_ratio": around(7 / 3)}),
+]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from .base import ArchSpec, MixerSpec, around
 
 A_INITS = ("lin", "inv", "real")
 
@@ -179,3 +180,10 @@ class S4DMixer(nn.Module):
     def state_floats(config: S4DConfig, length: int) -> int:
         """Floats of state per sequence: constant in the length."""
         return config.d_inner * config.d_state
+
+
+MIXERS = [MixerSpec("s4d", S4DConfig, S4DMixer, "state-space", letter="D")]
+ARCHITECTURES = [
+    ArchSpec("s4d", "S4D: diagonal time-invariant state-space model (S4D-Lin init), gated output, no MLP",
+             pattern="D", n_layers=4, mixer={"d_state": 16}, size_knobs={"expand": around(2.0)}),
+]

@@ -1,8 +1,8 @@
 """LanguageModel: token embedding -> a stack of blocks from a layer pattern -> output head
 (tied to the embedding unless `tie_head=False`).
 
-The pattern names one mixer per layer by letter ("A" attention, "M" Mamba-2, ...), repeated
-to `n_layers`: pattern "MA" with 4 layers is M, A, M, A. Hybrids need nothing more.
+The pattern names one mixer per layer, by name (["mamba2", "attention"]) or by letter ("MA"),
+repeated to `n_layers`: pattern "MA" with 4 layers is M, A, M, A. Hybrids need nothing more.
 
 `model(tokens, state) -> (logits, state)`; the state is one mixer state per layer, so a
 sequence fed in pieces gives the same logits as the same sequence fed whole.
@@ -17,14 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..mixers import MIXERS, make_mixer, mixer_config, option_names, state_floats
+from .. import mixers
+from ..mixers import make_mixer, mixer_config, option_names, state_floats
 
 
 @dataclass
 class ModelConfig:
     vocab_size: int
     d_model: int = 64
-    pattern: str = "A"
+    pattern: str | list[str] = "A"  # letters ("MMAM") or mixer names; kept canonical (mixers.canonical)
     n_layers: int = 2
     mlp_ratio: float = 0.0  # hidden width of the SwiGLU MLP after each mixer, as a multiple of d_model; 0 = none
     mixer: dict = field(default_factory=dict)  # options passed to the mixers that have them (n_heads, d_state, ...)
@@ -42,11 +43,8 @@ class ModelConfig:
             raise ValueError(f"init must be one of {INITS}, not {self.init!r}")
         if not isinstance(self.tie_head, bool):
             raise ValueError(f"tie_head must be true or false, not {self.tie_head!r}")
-        unknown_letters = set(self.pattern) - set(MIXERS)
-        if not self.pattern or unknown_letters:
-            raise ValueError(f"layer pattern {self.pattern!r}: unknown mixer letters {sorted(unknown_letters)}; "
-                             f"known: {sorted(MIXERS)}")
-        known = set().union(*(option_names(letter) for letter in set(self.pattern)))
+        self.pattern = mixers.canonical(self.pattern)  # raises UnknownMixer (a ValueError) on an unknown name
+        known = set().union(*(option_names(name) for name in set(mixers.layers(self.pattern))))
         unknown = set(self.mixer) - known
         if unknown:
             raise ValueError(f"mixer options {sorted(unknown)} are not used by pattern {self.pattern!r}; "
@@ -66,14 +64,15 @@ class ModelConfig:
             may_be_zero = name in ZERO_ALLOWED
             if not math.isfinite(value) or value < 0 or (value == 0 and not may_be_zero):
                 raise ValueError(f"{name} must be {'>= 0' if may_be_zero else 'positive'} and finite, not {value}")
-        for letter in dict.fromkeys(self.pattern):  # in the pattern's order: the same error every run
-            mixer_config(letter, self.d_model, self.mixer)  # raises on a value the mixer refuses
+        for name in dict.fromkeys(mixers.layers(self.pattern)):  # in the pattern's order: the same error every run
+            mixer_config(name, self.d_model, self.mixer)  # raises on a value the mixer refuses
 
     @property
-    def layers(self) -> str:
-        """The pattern repeated (and cut) to n_layers letters."""
-        reps = -(-self.n_layers // len(self.pattern))
-        return (self.pattern * reps)[: self.n_layers]
+    def layers(self) -> tuple[str, ...]:
+        """The mixer names of the pattern repeated (and cut) to n_layers."""
+        names = mixers.layers(self.pattern)
+        reps = -(-self.n_layers // len(names))
+        return (names * reps)[: self.n_layers]
 
     def to_dict(self) -> dict:
         """The fields; init and tie_head only when not at their defaults, so that the ids of
@@ -104,11 +103,11 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)) when it has an MLP."""
 
-    def __init__(self, letter: str, config: ModelConfig):
+    def __init__(self, name: str, config: ModelConfig):
         super().__init__()
-        self.letter = letter
+        self.kind = name  # the mixer's registered name
         self.mixer_norm = nn.RMSNorm(config.d_model)
-        self.mixer = make_mixer(letter, config.d_model, config.mixer)
+        self.mixer = make_mixer(name, config.d_model, config.mixer)
         hidden = round(config.mlp_ratio * config.d_model)
         self.mlp_norm = nn.RMSNorm(config.d_model) if hidden else None
         self.mlp = SwiGLU(config.d_model, hidden) if hidden else None
@@ -126,7 +125,7 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(letter, config) for letter in config.layers)
+        self.blocks = nn.ModuleList(Block(name, config) for name in config.layers)
         self.final_norm = nn.RMSNorm(config.d_model)
         # an untied head: its own (V, D) weight; tied: the embedding's
         self.head = None if config.tie_head else nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -161,8 +160,8 @@ class LanguageModel(nn.Module):
 
     def state_floats(self, length: int) -> int:
         """Floats of state per sequence after `length` tokens, summed over layers."""
-        return sum(state_floats(letter, self.config.d_model, self.config.mixer, length)
-                   for letter in self.config.layers)
+        return sum(state_floats(name, self.config.d_model, self.config.mixer, length)
+                   for name in self.config.layers)
 
 
 def _init_weights(module: nn.Module) -> None:

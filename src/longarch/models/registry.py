@@ -1,7 +1,9 @@
-"""The architecture registry: name -> family, layer pattern, defaults and a one-line description.
+"""The architecture registry: name -> layer pattern, defaults and a one-line description, and
+what is built from it (configs, models, sizes to a parameter budget).
 
-Adding an architecture is one mixer file plus one entry here; the registry-driven tests
-cover every entry automatically.
+The architectures are declared beside their mixers (each mixer file's ARCHITECTURES list; the
+hybrids in mixers/hybrids.py) or by a plugin (mixers/plugins.py), and found by mixers/__init__.py:
+adding one is one file, and the registry-driven tests cover it automatically.
 """
 
 from __future__ import annotations
@@ -10,112 +12,15 @@ import dataclasses
 import difflib
 import functools
 import json
-from dataclasses import dataclass, field
 
 import torch
 
+from .. import mixers
+from ..mixers.base import ArchSpec
 from .lm import LanguageModel, ModelConfig
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str
-    family: str
-    description: str
-    pattern: str
-    n_layers: int
-    mlp_ratio: float = 0.0
-    mixer: dict = field(default_factory=dict)
-    init: str = "gpt2"     # ModelConfig.init: "gpt2" (N(0, 0.02)) or "torch" (PyTorch's defaults)
-    tie_head: bool = True  # ModelConfig.tie_head: the output head is the embedding
-    # Alternative values of width options that `size_to_budget` may use besides d_model, for
-    # mixers whose parameter count moves in steps (Mamba-2 adds a whole head at a time).
-    size_knobs: dict = field(default_factory=dict)
-
-
-def around(value: float) -> tuple[float, ...]:
-    """Widths `size_to_budget` may try besides the default, nearest first: +-12.5%, +-25%."""
-    return tuple(value * f for f in (0.875, 1.125, 0.75, 1.25))
-
-
-def _transformer(name: str, description: str, pattern: str = "A", **mixer) -> ArchSpec:
-    """A Transformer++ entry: two attention blocks of 4 heads with a SwiGLU MLP; `mixer` holds
-    what the entry changes (position encoding, RoPE scaling, window)."""
-    return ArchSpec(name, "attention", description, pattern=pattern, n_layers=2, mlp_ratio=4.0,
-                    mixer={"n_heads": 4, **mixer}, size_knobs={"mlp_ratio": around(4.0)})
-
-
-_SPECS = [
-    _transformer("transformer",
-                 "Transformer++: causal multi-head attention with RoPE, SwiGLU MLP"),
-    _transformer("transformer-nope",
-                 "Transformer++ without positional encoding (NoPE): order only through the causal mask",
-                 position="nope"),
-    _transformer("transformer-alibi",
-                 "Transformer++ with ALiBi: a per-head linear distance penalty instead of rotations",
-                 position="alibi"),
-    _transformer("transformer-pi",
-                 "Transformer++ with RoPE position interpolation: positions past T squeezed by L / T at evaluation",
-                 rope_scaling="pi"),
-    _transformer("transformer-ntk",
-                 "Transformer++ with NTK-aware RoPE: base raised at evaluation, slow pairs stretched by L / T, fast kept",
-                 rope_scaling="ntk"),
-    _transformer("transformer-yarn",
-                 "Transformer++ with YaRN: RoPE interpolated by parts to L / T at evaluation, plus a logit temperature",
-                 rope_scaling="yarn"),
-    _transformer("sliding-window",
-                 "Transformer++ with sliding-window (local) attention, window 64, RoPE: bounded state",
-                 pattern="W", window=64),
-    ArchSpec("s4d", "state-space",
-             "S4D: diagonal time-invariant state-space model (S4D-Lin init), gated output, no MLP",
-             pattern="D", n_layers=4, mixer={"d_state": 16},
-             size_knobs={"expand": around(2.0)}),
-    ArchSpec("mamba", "state-space",
-             "Mamba: selective state-space (S6) blocks with a chunked parallel scan, no MLP",
-             pattern="S", n_layers=4, mixer={"d_state": 16},
-             size_knobs={"expand": around(2.0)}),
-    ArchSpec("mamba2", "state-space",
-             "Mamba-2: selective state-space (SSD) blocks, chunked scan, no MLP",
-             pattern="M", n_layers=4, mixer={"d_state": 16, "head_dim": 16},
-             size_knobs={"expand": around(2.0)}),
-    ArchSpec("mamba2-attn", "hybrid",
-             "Mamba-2 blocks with one attention block in four, as in the Mamba2-Attention model",
-             pattern="MMAM", n_layers=4, mixer={"n_heads": 4, "d_state": 16, "head_dim": 16},
-             size_knobs={"expand": around(2.0)}),
-    ArchSpec("retnet", "linear-recurrent",
-             "RetNet: multi-scale retention (fixed per-head decays, RoPE), swish gate, SwiGLU MLP",
-             pattern="R", n_layers=2, mlp_ratio=2.0, mixer={"n_heads": 4},
-             size_knobs={"mlp_ratio": around(2.0)}),
-    ArchSpec("gla", "linear-recurrent",
-             "Gated Linear Attention: data-dependent per-key decays from a low-rank gate, SwiGLU MLP",
-             pattern="G", n_layers=2, mlp_ratio=4.0, mixer={"n_heads": 4},
-             size_knobs={"mlp_ratio": around(4.0)}),
-    ArchSpec("deltanet", "linear-recurrent",
-             "DeltaNet: linear attention with delta-rule writes (chunkwise WY form), short conv, no MLP",
-             pattern="T", n_layers=4, mixer={"head_dim": 16},
-             size_knobs={"expand": around(1.0)}),
-    ArchSpec("gated-deltanet", "linear-recurrent",
-             "Gated DeltaNet: the delta rule plus a Mamba-2-style per-head decay gate, no MLP",
-             pattern="E", n_layers=4, mixer={"head_dim": 16},
-             size_knobs={"expand": around(1.0)}),
-    ArchSpec("hawk", "linear-recurrent",
-             "Hawk: Griffin's RG-LRU blocks (gated diagonal linear recurrence after a width-4 conv), gated MLP",
-             pattern="L", n_layers=4, mlp_ratio=3.0, mixer={"expand": 4 / 3, "n_heads": 4},
-             size_knobs={"mlp_ratio": around(3.0)}),
-    ArchSpec("rwkv6", "linear-recurrent",
-             "RWKV-6 (Finch): data-dependent token shift and per-channel decay, gated MLP as channel mix",
-             pattern="K", n_layers=4, mlp_ratio=7 / 3, mixer={"n_heads": 4},
-             size_knobs={"mlp_ratio": around(7 / 3)}),
-    ArchSpec("jamba", "hybrid",
-             "Jamba-style interleave: Mamba blocks with one attention block in four, SwiGLU MLP",
-             pattern="SSAS", n_layers=4, mlp_ratio=2.0, mixer={"n_heads": 4, "d_state": 16},
-             size_knobs={"mlp_ratio": around(2.0)}),
-    ArchSpec("griffin", "hybrid",
-             "Griffin / RecurrentGemma: two RG-LRU blocks per sliding-window attention block (window 64)",
-             pattern="LLW", n_layers=3, mlp_ratio=3.0, mixer={"expand": 4 / 3, "n_heads": 4, "window": 64},
-             size_knobs={"mlp_ratio": around(3.0)}),
-]
-REGISTRY: dict[str, ArchSpec] = {spec.name: spec for spec in _SPECS}
+REGISTRY = mixers.ARCHITECTURES  # name -> ArchSpec: the built-ins, then any plugin's (a live view)
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"mixer"}
 
@@ -134,6 +39,16 @@ def spec(name: str) -> ArchSpec:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UnknownArchitecture(f"unknown architecture {name!r}{hint} (known: {', '.join(REGISTRY)})")
     return REGISTRY[name]
+
+
+def family(name: str, config: ModelConfig | None = None, declared: str | None = None) -> str | None:
+    """The family of architecture `name` as built (`config`, whose pattern may be overridden):
+    `declared` (a model entry's `family:`), else the architecture's own when its pattern is kept,
+    else its mixers' (one family, or "hybrid"); None when a plugin mixer leaves it unsaid."""
+    arch = spec(name)
+    pattern = arch.pattern if config is None else config.pattern
+    kept = mixers.canonical(pattern) == mixers.canonical(arch.pattern)
+    return mixers.family_of(pattern, declared or (arch.family if kept else None))
 
 
 def config(name: str, vocab_size: int = 64, **overrides) -> ModelConfig:
@@ -163,14 +78,15 @@ def build(name: str, **overrides) -> LanguageModel:
 def count_params(model_config: ModelConfig, embeddings: bool = True) -> int:
     """Parameters of a model; with embeddings=False, without the token embedding and the output
     head (non-embedding parameters, as scaling-law papers count them)."""
-    total = _count_params(json.dumps(model_config.to_dict(), sort_keys=True))
+    # the plugin sources in the key: an edited plugin's mixer is counted anew
+    total = _count_params(json.dumps(model_config.to_dict(), sort_keys=True), str(mixers.sources(model_config.pattern)))
     if embeddings:
         return total
     return total - model_config.vocab_size * model_config.d_model * (1 if model_config.tie_head else 2)
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def _count_params(config_json: str) -> int:
+def _count_params(config_json: str, sources: str) -> int:
     with torch.device("meta"):  # shapes only, no memory
         return LanguageModel(ModelConfig(**json.loads(config_json))).num_params()
 
