@@ -10,7 +10,8 @@ model (models/lm.py wraps it as x + mixer(norm(x)), optionally followed by an ML
     y2, state = mixer(x2, state)                # continues the same sequences
     y_ref, _ = mixer(x, reference=True)         # the slow, obviously correct path: same result
 
-The rules every mixer keeps (tests/test_mixers.py checks each, for every registered mixer):
+The rules every mixer keeps (mixers/checks.py runs each as a check on any mixer, and
+tests/test_mixers.py runs those checks on every registered one):
 - Causal: y[:, t] depends on x[:, :t + 1] only.
 - Batch-independent: each sequence of the batch is mixed on its own.
 - Streaming: feeding a sequence in pieces, each piece with the state the previous one returned,

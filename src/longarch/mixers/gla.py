@@ -145,7 +145,9 @@ class GLAMixer(nn.Module):
         # The gate's bias is a plain parameter (the model re-initialises Linear biases); zero as
         # in the reference implementation, so every decay starts at 0.5^(1/16) = 0.958.
         self.gate_bias = nn.Parameter(torch.zeros(H * K))
-        self.norm = nn.RMSNorm(V)  # per head, shared across heads
+        # Per head, shared across heads; a fixed eps as in flash-linear-attention (and Mamba-2 here),
+        # not the dtype's, which made float32 differ from float64 where the output is small.
+        self.norm = nn.RMSNorm(V, eps=1e-5)
         if config.d_conv > 0:
             self.conv = CausalConv1d(H * (2 * K + V), config.d_conv, bias=False)
         self.out_proj = nn.Linear(H * V, config.d_model, bias=False)
