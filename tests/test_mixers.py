@@ -1,10 +1,10 @@
-"""The contract of every mixer letter in the registry. The contract's checks (mixers/checks.py,
+"""The contract of every mixer in the registry. The contract's checks (mixers/checks.py,
 also run by `longarch check` on any mixer) run on every variant: the fast, step and reference
 paths agree (gradients included), pieces equal the whole, every part of the state matters and is
 counted truthfully, no output depends on a later input, each sequence of a batch is mixed on its
 own, and float32, meta and cuda builds work. Beside them, what is not a check: shape and options,
-float32 paths, any width, parameter counts and the written protocols. A new letter in MIXERS is
-covered here without a new test; each family's own file keeps only what is specific to it."""
+float32 paths, any width, parameter counts and the written protocols. A new mixer in the registry
+is covered here without a new test; each family's own file keeps only what is specific to it."""
 
 from __future__ import annotations
 
@@ -13,18 +13,17 @@ import dataclasses
 import pytest
 import torch
 
-from longarch.mixers import MIXERS, checks, make_mixer, option_names, state_floats
+from longarch import mixers
+from longarch.mixers import checks, make_mixer, option_names, state_floats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-LETTERS = sorted(MIXERS)
-# Options handed to every mixer (each takes only the fields it has): small chunks and a small
-# window so that a few dozen tokens already cross several chunk boundaries and slide the window.
-OPTIONS = {"n_heads": 2, "d_state": 8, "head_dim": 8, "chunk_size": 8, "window": 11}
+LETTERS = list(mixers.MIXERS)  # every mixer by its name (the built-ins: this file is imported before any plugin)
+OPTIONS = checks.OPTIONS  # small heads, chunks and window: a few dozen tokens cross several of each
 
 
 def _option_default(letter: str, name: str):
-    fields = {f.name: f for f in dataclasses.fields(MIXERS[letter][0])}
+    fields = {f.name: f for f in dataclasses.fields(mixers.get(letter).config)}
     return fields[name].default if name in fields else None
 
 
@@ -58,7 +57,7 @@ def _floats_per_sequence(state) -> int:
 
 
 def _subject(letter: str, variant: dict) -> checks.Subject:
-    config_cls, mixer_cls, _ = MIXERS[letter]
+    config_cls, mixer_cls = mixers.get(letter).config, mixers.get(letter).mixer
     return checks.Subject(config_cls, mixer_cls, {**OPTIONS, **variant})
 
 
@@ -75,7 +74,8 @@ def test_mixer_passes_the_check(letter, variant, check):
 
 @pytest.mark.parametrize("letter,variant", VARIANTS)
 def test_mixer_shape_and_options(letter, variant):
-    config_cls, module_cls, family = MIXERS[letter]
+    spec = mixers.get(letter)
+    config_cls, module_cls, family = spec.config, spec.mixer, spec.family
     assert dataclasses.is_dataclass(config_cls) and isinstance(family, str) and family
     assert "d_model" not in option_names(letter)
     mixer = make_mixer(letter, 16, {**OPTIONS, **variant})
@@ -114,13 +114,13 @@ def test_any_width_builds_runs_and_counts_its_state(letter, variant, d_model):
         assert state_floats(letter, d_model, options, 9) == _floats_per_sequence(state)
         _, state = mixer(torch.randn(2, 5, d_model), state)
         assert state_floats(letter, d_model, options, 14) == _floats_per_sequence(state)
-    if MIXERS[letter][2] != "attention":  # a recurrent state does not grow with the length
+    if mixers.get(letter).family != "attention":  # a recurrent state does not grow with the length
         assert state_floats(letter, d_model, options, 10 ** 6) == state_floats(letter, d_model, options, 9)
 
 
-# Letters whose parameter count steps by under 15% per unit of d_model (from 32 on); the others
+# Mixers whose parameter count steps by under 15% per unit of d_model (from 32 on); the others
 # step by whole heads.
-SMOOTHLY_SIZED = {"G", "K", "L", "R"}
+SMOOTHLY_SIZED = {"gla", "rwkv6", "rglru", "retnet"}
 
 
 @pytest.mark.parametrize("letter", LETTERS)
@@ -138,7 +138,7 @@ def test_every_mixer_keeps_the_written_contract(letter):
 
     from longarch.mixers.base import Mixer, MixerConfig
 
-    config_cls, mixer_cls, _ = MIXERS[letter]
+    config_cls, mixer_cls = mixers.get(letter).config, mixers.get(letter).mixer
     assert dataclasses.is_dataclass(config_cls) and "d_model" in {f.name for f in dataclasses.fields(config_cls)}
     mixer = _mixer(letter)
     assert isinstance(mixer, Mixer) and isinstance(mixer.config, MixerConfig)

@@ -281,3 +281,44 @@ def test_the_example_plugin_runs_on_a_process_pool_and_on_ray_alike(tmp_path):
         assert (local["name"], local["family"]) == (ray["name"], ray["family"])
         assert local["scores"] == ray["scores"] and local["scores"]
     assert [m["family"] for m in summaries["local"]["models"]] == ["linear-recurrent", "hybrid"]
+
+
+# ---------------------------------------------------------------- longarch check
+
+
+def test_check_passes_the_example_and_a_built_in_architecture():
+    result = cli.invoke(app, ["check", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("│ pass ") == 7 and "every check passed (1 mixer)" in result.output
+    hawk = cli.invoke(app, ["check", "griffin", "--option", "chunk_size=5"])
+    assert hawk.exit_code == 0, hawk.output
+    assert "rglru" in hawk.output and "local-attention" in hawk.output and "2 mixers" in hawk.output
+
+
+@pytest.mark.parametrize("old,new,failing", [
+    # a causality leak: the chunk's mask dropped, so an output sees later inputs of its chunk
+    ("powers = powers.masked_fill((lags < 0)[..., None], 0.0)", "pass", "causal"),
+    # a state that is not carried: every call starts from zero
+    ("h0 = u.new_zeros(u.shape[0], u.shape[2]) if state is None else state",
+     "h0 = u.new_zeros(u.shape[0], u.shape[2])", "streaming"),
+])
+def test_check_fails_a_broken_copy_with_a_clear_line(tmp_path, old, new, failing):
+    text = EXAMPLE.read_text()
+    assert old in text
+    path = tmp_path / "broken.py"
+    path.write_text(text.replace(old, new))
+    result = cli.invoke(app, ["check", str(path)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("FAIL ")]
+    assert any(line.startswith(f"FAIL ema {failing}: ") for line in lines), result.output
+    assert "batch" not in {line.split()[2].rstrip(":") for line in lines}  # what is not broken still passes
+
+
+@pytest.mark.parametrize("args,message", [
+    (["check", "nosuch"], "'nosuch' is neither a mixer"),
+    (["check", "nowhere.py"], "plugin file"),
+    (["check", "mamba2", "--option", "chunk_size"], "--knob expects KEY=VALUE"),
+])
+def test_check_of_bad_input_is_one_line(args, message):
+    result = cli.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output

@@ -395,7 +395,8 @@ def check_command(target: Annotated[str, typer.Argument(help="a mixer (mamba2, o
         for outcome in checks.run(spec.config, spec.mixer, {**checks.OPTIONS, **options}, d_model=d_model):
             table.add_row(spec.name, outcome.name, "pass" if outcome.passed else "[red]FAIL[/red]", escape(outcome.detail))
             if not outcome.passed:
-                failures.append(f"FAIL {spec.name} {outcome.name}: {outcome.detail}")
+                detail = outcome.detail if outcome.detail.startswith(f"{outcome.name}:") else f"{outcome.name}: {outcome.detail}"
+                failures.append(f"FAIL {spec.name} {detail}")
     print_table(table)
     for line in failures:
         errors.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -43,6 +43,10 @@ GRADIENT_TOLERANCE = 1e-8
 FLOAT32_TOLERANCE = 1e-4
 CHANGED = 1e-6  # a change smaller than this counts as no change
 SEED = 1
+# Options handed to every mixer checked (each takes only the fields it has): small heads, chunks
+# and window, so that a few dozen tokens already cross several chunk boundaries and slide the
+# window; `longarch check --option KEY=VALUE` changes them.
+OPTIONS = {"n_heads": 2, "d_state": 8, "head_dim": 8, "chunk_size": 8, "window": 11}
 
 
 class CheckFailed(Exception):
