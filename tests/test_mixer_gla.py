@@ -87,3 +87,17 @@ def test_initial_decays_follow_the_paper(monkeypatch, normalizer, expected):
     alpha = seen["log_a"].exp()  # (1, 50, H, K)
     assert alpha.shape[:2] == (1, 50)
     assert (alpha - expected).abs().max() < 0.01
+
+
+def test_the_output_norm_is_float32s_in_float32_and_the_same_function_in_float64():
+    """The output norm's eps is float32's epsilon whatever the dtype: a float32 GLA computes
+    exactly what it did with PyTorch's default (the dtype's epsilon), and float64 the same function."""
+    import torch.nn.functional as F
+
+    from longarch.mixers.gla import GLAConfig, GLAMixer
+
+    norm = GLAMixer(GLAConfig(d_model=16, n_heads=2)).norm
+    x = torch.randn(3, 8) * 1e-4  # small outputs, where the eps matters
+    assert torch.equal(norm(x), F.rms_norm(x, (8,), norm.weight))  # eps=None: float32's own
+    y64 = norm.double()(x.double())
+    assert (y64.float() - F.rms_norm(x, (8,), norm.weight.float())).abs().max() < 1e-5

@@ -159,7 +159,7 @@ def test_registered_scaled_transformers_train_like_the_transformer(method):
     plain = models.build("transformer", vocab_size=37, d_model=24).double().eval()
     torch.manual_seed(0)
     scaled = models.build(f"transformer-{method}", vocab_size=37, d_model=24).double().eval()
-    assert models.spec(f"transformer-{method}").family == "attention"
+    assert models.family(f"transformer-{method}") == "attention"
     assert scaled.num_params() == plain.num_params()
     with torch.no_grad():
         torch.testing.assert_close(scaled(tokens)[0], plain(tokens)[0], rtol=0, atol=0)

@@ -62,7 +62,8 @@ def register_architecture(spec: ArchSpec) -> None:
         raise ValueError(f"architecture {spec.name!r} from {spec.origin or 'longarch'} clashes with the one from "
                          f"{known.origin or 'longarch (built in)'}; give it another name")
     layers(spec.pattern)  # every mixer it names is known
-    ARCHITECTURES[spec.name] = spec
+    # its family said once, by its mixers, unless it declares its own
+    ARCHITECTURES[spec.name] = dataclasses.replace(spec, family=family_of(spec.pattern, spec.family))
     _GENERATION[0] += spec.origin is not None
 
 

@@ -91,7 +91,7 @@ class ArchSpec:
 
     `pattern` names one mixer per layer, repeated to `n_layers`: "MMAM" (letters) or
     ["mamba2", "mamba2", "attention", "mamba2"] (names). The family is its mixers' (one family,
-    or "hybrid" for several) unless `family` says otherwise."""
+    or "hybrid" for several) unless `family` says otherwise; the registry fills it in."""
 
     name: str
     description: str

@@ -145,9 +145,10 @@ class GLAMixer(nn.Module):
         # The gate's bias is a plain parameter (the model re-initialises Linear biases); zero as
         # in the reference implementation, so every decay starts at 0.5^(1/16) = 0.958.
         self.gate_bias = nn.Parameter(torch.zeros(H * K))
-        # Per head, shared across heads; a fixed eps as in flash-linear-attention (and Mamba-2 here),
-        # not the dtype's, which made float32 differ from float64 where the output is small.
-        self.norm = nn.RMSNorm(V, eps=1e-5)
+        # Per head, shared across heads. A fixed eps (float32's epsilon, what PyTorch uses for a
+        # float32 input, so training is as before), not the input dtype's: with the dtype's, float64
+        # computed another function than float32 where the head outputs are small (up to 0.17 apart).
+        self.norm = nn.RMSNorm(V, eps=torch.finfo(torch.float32).eps)
         if config.d_conv > 0:
             self.conv = CausalConv1d(H * (2 * K + V), config.d_conv, bias=False)
         self.out_proj = nn.Linear(H * V, config.d_model, bias=False)

@@ -57,7 +57,12 @@ class Loaded:
 def is_reference(text: object) -> bool:
     """Whether a name in a study is a plugin reference (a path, a module:object) rather than a
     registered name."""
-    return isinstance(text, str) and (":" in text or "/" in text or "\\" in text or text.endswith(".py"))
+    return isinstance(text, str) and (":" in text or _is_file(text))
+
+
+def _is_file(module_ref: str) -> bool:
+    """Whether a reference's module part is a file path rather than a module name."""
+    return module_ref.endswith(".py") or "/" in module_ref or "\\" in module_ref
 
 
 def split(ref: str) -> tuple[str, str | None]:
@@ -72,7 +77,7 @@ def absolute(ref: str, base: Path | None = None) -> str:
     """The reference with a file path made absolute (against `base`, else the working
     directory), so that it means the same from anywhere; a module name is left as it is."""
     module, obj = split(ref)
-    if module.endswith(".py") or "/" in module or "\\" in module:
+    if _is_file(module):
         module = str(((base or Path.cwd()) / Path(module).expanduser()).resolve())
     return module if obj is None else f"{module}:{obj}"
 
@@ -119,7 +124,7 @@ def resolve(ref: str) -> str:
 
 
 def _file_of(module_ref: str) -> Path | None:
-    if not (module_ref.endswith(".py") or "/" in module_ref or "\\" in module_ref):
+    if not _is_file(module_ref):
         return None
     path = Path(module_ref)
     if not path.is_file():
@@ -132,14 +137,10 @@ def _digest(path: Path) -> str:
 
 
 def _module_name(module_ref: str, digest: str) -> str:
-    if _file_of_name(module_ref):
+    if _is_file(module_ref):
         stem = re.sub(r"\W", "_", Path(module_ref).stem)
         return f"longarch_plugin_{stem}_{digest[:8]}"
     return module_ref
-
-
-def _file_of_name(module_ref: str) -> bool:
-    return module_ref.endswith(".py") or "/" in module_ref or "\\" in module_ref
 
 
 def _import(module_ref: str, path: Path | None, digest: str | None):
