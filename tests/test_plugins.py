@@ -221,6 +221,7 @@ def test_editing_a_plugin_changes_its_models_ids_and_no_other(tmp_path):
 # ---------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow  # five commands, one with a worker process: about 20 s
 def test_status_plan_and_report_of_a_plugin_study_from_another_directory(tmp_path):
     """The plugin is recorded in the study, so commands run elsewhere import it again (each in a
     process of its own, which knows nothing of it beforehand); the run uses worker processes."""
