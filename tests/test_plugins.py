@@ -294,6 +294,8 @@ def test_check_passes_the_example_and_a_built_in_architecture():
     hawk = cli.invoke(app, ["check", "griffin", "--option", "chunk_size=5"])
     assert hawk.exit_code == 0, hawk.output
     assert "rglru" in hawk.output and "local-attention" in hawk.output and "2 mixers" in hawk.output
+    one = cli.invoke(app, ["check", "M", "--only", "causal"])
+    assert one.exit_code == 0 and one.output.count("│ pass ") == 1 and "1 of 7 checks passed (1 mixer)" in one.output
 
 
 @pytest.mark.parametrize("old,new,failing", [
@@ -318,7 +320,10 @@ def test_check_fails_a_broken_copy_with_a_clear_line(tmp_path, old, new, failing
 @pytest.mark.parametrize("args,message", [
     (["check", "nosuch"], "'nosuch' is neither a mixer"),
     (["check", "nowhere.py"], "plugin file"),
-    (["check", "mamba2", "--option", "chunk_size"], "--knob expects KEY=VALUE"),
+    (["check", "mamba2", "--option", "chunk_size"], "--option expects KEY=VALUE"),
+    (["check", "mamba2", "--option", "head_dim=-1"], "head_dim must be positive and finite, not -1"),
+    (["check", "mamba2", "--option", "windw=3"], "--option windw: no mixer checked has it"),
+    (["check", "mamba2", "--only", "speed"], "--only speed: no such check; the checks are paths, streaming"),
 ])
 def test_check_of_bad_input_is_one_line(args, message):
     result = cli.invoke(app, args)

@@ -71,7 +71,7 @@ def file_error(error: OSError) -> str:
     return f"{where}: {cause.lower()}{kept}" if where else f"{cause}{kept}"
 
 
-def parse_knobs(pairs: list[str]) -> dict:
+def parse_knobs(pairs: list[str], flag: str = "--knob") -> dict:
     """KEY=VALUE pairs; values are read as YAML (numbers, booleans, strings), as a study file's
     are: plain data only (an explicit tag such as !!python/object is refused), no repeated keys,
     bounded aliases (safe_yaml.py's StudyLoader). A KEY given twice is refused, not overridden."""
@@ -83,13 +83,13 @@ def parse_knobs(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--knob expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
         if key in knobs:
-            raise ValueError(f"--knob {key} is given twice")
+            raise ValueError(f"{flag} {key} is given twice")
         try:
             knobs[key] = parse_yaml(value)
         except yaml.YAMLError as error:
-            raise ValueError(f"--knob {key}: not a plain YAML value{yaml_problem(error, lines=False)}") from None
+            raise ValueError(f"{flag} {key}: not a plain YAML value{yaml_problem(error, lines=False)}") from None
     return knobs
 
 
@@ -374,17 +374,29 @@ def list_models(length: Annotated[int, typer.Option(help="sequence length for th
 @app.command("check")
 def check_command(target: Annotated[str, typer.Argument(help="a mixer (mamba2, or its letter M), an architecture (its mixers), or a plugin: file.py, file.py:Class, package.module[:Object]")],
                   option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE: a mixer option for the checks (n_heads=2, chunk_size=5, ...); repeatable")] = None,
-                  d_model: Annotated[int, typer.Option(help="the width the mixers are checked at", min=2)] = 16):
+                  d_model: Annotated[int, typer.Option(help="the width the mixers are checked at", min=2)] = 16,
+                  only: Annotated[Optional[list[str]], typer.Option(help="run only this check (paths, streaming, state, gradients, causal, batch, dtype-device); repeatable")] = None):
     """Check mixers against the contract (mixers/base.py): fast, step-by-step and reference paths
     at odd chunk sizes in float64, streaming, gradients against the reference (the initial state's
     too), causality, batch independence, dtype and device. Exit 1 when a check fails."""
     from rich.markup import escape
 
     from .mixers import checks, plugins
+    from .models.lm import check_sizes
 
     try:
         targets = plugins.mixers_named(target)
-        options = parse_knobs(option or [])
+        options = parse_knobs(option or [], "--option")
+        unknown = sorted(set(only or []) - set(checks.CHECKS))
+        if unknown:
+            raise ValueError(f"--only {unknown[0]}: no such check; the checks are {', '.join(checks.CHECKS)}")
+        check_sizes(options)  # as in a study: a size that is not positive is bad input, not a failed check
+        for spec in targets:  # so is a value the mixer's config refuses
+            checks.Subject(spec.config, spec.mixer, {**checks.OPTIONS, **options}, d_model).config()
+        taken = set().union(*(checks.Subject(spec.config, spec.mixer).fields() for spec in targets))
+        if set(options) - taken:
+            raise ValueError(f"--option {sorted(set(options) - taken)[0]}: no mixer checked has it "
+                             f"(their options: {', '.join(sorted(taken))})")
     except (ValueError, TypeError) as error:
         fail(str(error).splitlines()[0])
     table = Table(title=f"the mixer contract: {target}")
@@ -392,7 +404,7 @@ def check_command(target: Annotated[str, typer.Argument(help="a mixer (mamba2, o
         table.add_column(column, overflow="fold")
     failures = []
     for spec in targets:
-        for outcome in checks.run(spec.config, spec.mixer, {**checks.OPTIONS, **options}, d_model=d_model):
+        for outcome in checks.run(spec.config, spec.mixer, {**checks.OPTIONS, **options}, d_model=d_model, only=only):
             table.add_row(spec.name, outcome.name, "pass" if outcome.passed else "[red]FAIL[/red]", escape(outcome.detail))
             if not outcome.passed:
                 detail = outcome.detail if outcome.detail.startswith(f"{outcome.name}:") else f"{outcome.name}: {outcome.detail}"
@@ -402,7 +414,8 @@ def check_command(target: Annotated[str, typer.Argument(help="a mixer (mamba2, o
         errors.print(line, markup=False, highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)
-    console.print(f"every check passed ({len(targets)} mixer{'s' if len(targets) > 1 else ''})")
+    ran = f"{len(only)} of {len(checks.CHECKS)} checks" if only else "every check"
+    console.print(f"{ran} passed ({len(targets)} mixer{'s' if len(targets) > 1 else ''})")
 
 
 @app.command("tasks")

@@ -57,13 +57,7 @@ class ModelConfig:
         """Every numeric size is finite and positive (a convolution's width may be 0: none; the
         MLP's ratio too), so that no mixer divides by zero (n_heads: 0) or makes a negative
         dimension when it is built; then each mixer's own checks."""
-        sizes = {**self.mixer, "mlp_ratio": self.mlp_ratio}
-        for name, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue  # names (position, a_init ...) are the mixers' to check
-            may_be_zero = name in ZERO_ALLOWED
-            if not math.isfinite(value) or value < 0 or (value == 0 and not may_be_zero):
-                raise ValueError(f"{name} must be {'>= 0' if may_be_zero else 'positive'} and finite, not {value}")
+        check_sizes({**self.mixer, "mlp_ratio": self.mlp_ratio})
         for name in dict.fromkeys(mixers.layers(self.pattern)):  # in the pattern's order: the same error every run
             mixer_config(name, self.d_model, self.mixer)  # raises on a value the mixer refuses
 
@@ -82,6 +76,17 @@ class ModelConfig:
             if data[name] == _DEFAULTS[name]:
                 del data[name]
         return data
+
+
+def check_sizes(options: dict) -> None:
+    """Raise ValueError on a numeric option that is not finite and positive (zero allowed for
+    the sizes in ZERO_ALLOWED); names (position, a_init ...) are the mixers' to check."""
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        may_be_zero = name in ZERO_ALLOWED
+        if not math.isfinite(value) or value < 0 or (value == 0 and not may_be_zero):
+            raise ValueError(f"{name} must be {'>= 0' if may_be_zero else 'positive'} and finite, not {value}")
 
 
 INITS = ("gpt2", "torch")
