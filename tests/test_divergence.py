@@ -82,11 +82,14 @@ class Counted:
 
 
 def copy_study(source: Path, target: Path) -> Path:
-    """A copy of a study directory whose store points at its own checkpoints."""
+    """A copy of a study directory: its store records its checkpoints relative to it, so the copy
+    uses its own."""
     shutil.copytree(source, target)
-    with Store(target / "results.sqlite") as store, store.db:
-        store.db.execute("UPDATE models SET checkpoint = replace(checkpoint, ?, ?)", (str(source), str(target)))
     return target
+
+
+def checkpoint(out: Path, row) -> Path:
+    return runner.checkpoint_path(out, row.checkpoint)
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +168,7 @@ def test_a_diverged_model_is_stored_with_its_step_and_its_cells_skipped(diverged
     assert isinstance(bad.diverged, int) and 0 <= bad.diverged < 15 and bad.steps == bad.diverged + 1
     assert bad.checkpoint == "" and bad.sha256 is None and bad.train_accuracy == 0.0
     assert bad.config["diverged"]["what"] == "loss" and bad.config["train"]["lr"] == 1000
-    assert good.diverged is None and good.sha256 == hashlib.sha256(Path(good.checkpoint).read_bytes()).hexdigest()
+    assert good.diverged is None and good.sha256 == hashlib.sha256(checkpoint(diverged, good).read_bytes()).hexdigest()
     with Store(diverged / "results.sqlite") as store:
         assert store.failures() == []  # a result, not a failure
         skipped = store.skipped()
@@ -234,10 +237,10 @@ def _assert_as_clean(out: Path, clean: Path) -> None:
     """The same results and weights as the clean run, each checkpoint recorded by its hash."""
     assert results(out) == results(clean)
     for name, row in rows(out).items():
-        data = Path(row.checkpoint).read_bytes()
+        data = checkpoint(out, row).read_bytes()
         assert row.sha256 == hashlib.sha256(data).hexdigest()
         # tensors and metadata, not bytes: safetensors writes its metadata keys in no fixed order
-        expected = Path(rows(clean)[name].checkpoint).read_bytes()
+        expected = checkpoint(clean, rows(clean)[name]).read_bytes()
         assert runner._metadata(data) == runner._metadata(expected)
         mine, theirs = load_weights(data), load_weights(expected)
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
@@ -246,7 +249,7 @@ def _assert_as_clean(out: Path, clean: Path) -> None:
 def test_a_checkpoint_with_other_weights_of_the_same_shapes_is_retrained(clean, tmp_path, monkeypatch):
     out = copy_study(clean, tmp_path / "out")
     row = rows(out)["transformer"]
-    path = Path(row.checkpoint)
+    path = checkpoint(out, row)
     tensors = {k: v + 0.5 if v.is_floating_point() else v for k, v in load_weights(path.read_bytes()).items()}
     path.write_bytes(save_tensors(tensors, metadata={"model_id": row.model_id, "arch": "transformer"}))
     counted = _rerun_after(out, tmp_path, monkeypatch)
@@ -257,7 +260,7 @@ def test_a_checkpoint_with_other_weights_of_the_same_shapes_is_retrained(clean, 
 def test_another_architectures_checkpoint_is_retrained(clean, tmp_path, monkeypatch):
     out = copy_study(clean, tmp_path / "out")
     stored = rows(out)
-    shutil.copyfile(stored["mamba2"].checkpoint, stored["transformer"].checkpoint)
+    shutil.copyfile(checkpoint(out, stored["mamba2"]), checkpoint(out, stored["transformer"]))
     counted = _rerun_after(out, tmp_path, monkeypatch)
     assert counted.trained == [stored["transformer"].model_id]
     with Store(out / "results.sqlite") as store:
@@ -289,7 +292,7 @@ def test_a_store_from_before_hashes_reports_identically_and_keeps_the_checkpoint
 
     # its mamba2 checkpoint names its model and loads: kept (and its hash recorded); the
     # transformer's is another architecture's file: retrained
-    shutil.copyfile(stored["mamba2"].checkpoint, stored["transformer"].checkpoint)
+    shutil.copyfile(checkpoint(old, stored["mamba2"]), checkpoint(old, stored["transformer"]))
     counted = _rerun_after(old, tmp_path, monkeypatch)
     assert counted.trained == [stored["transformer"].model_id]
     _assert_as_clean(old, clean)

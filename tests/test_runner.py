@@ -110,7 +110,7 @@ def test_damaged_checkpoint_is_retrained(tmp_path, uninterrupted):
     out = tmp_path / "out"
     runner.run_study(study, out, quiet())
     with Store(out / "results.sqlite") as store:
-        checkpoint = Path(store.models()[0].checkpoint)
+        checkpoint = runner.checkpoint_path(out, store.models()[0].checkpoint)
         with store.db:
             store.db.execute("DELETE FROM results WHERE length = 64")
     checkpoint.write_bytes(b"not a safetensors file")

@@ -196,7 +196,7 @@ def test_a_pickled_checkpoint_is_never_loaded(tmp_path):
     before = contents(out / "results.sqlite")
     marker = tmp_path / "executed"
     with Store(out / "results.sqlite") as store:
-        checkpoint = Path(store.models()[0].checkpoint)
+        checkpoint = runner.checkpoint_path(out, store.models()[0].checkpoint)
         with store.db:
             store.db.execute("DELETE FROM results")
     checkpoint.write_bytes(pickle.dumps(_Payload(marker)))

@@ -388,7 +388,8 @@ def test_a_study_stores_curves_and_steps_and_resumes_after_a_kill_inside_trainin
     def stored(out):
         with Store(out / "results.sqlite") as store:
             (row,) = store.models()
-            return row, store.curves()[row.model_id], load_weights(Path(row.checkpoint).read_bytes())
+            return (row, store.curves()[row.model_id],
+                    load_weights(runner.checkpoint_path(out, row.checkpoint).read_bytes()))
 
     (a, curve_a, weights_a), (b, curve_b, weights_b) = stored(clean), stored(killed)
     assert weights_a.keys() == weights_b.keys()

@@ -326,7 +326,19 @@ def _what(item: ModelPlan | EvalCell) -> str:
 # --------------------------------------------------------------------------------------------
 # the controlled kind of study, as the driver sees it
 # --------------------------------------------------------------------------------------------
-def _stored_weights(store: Store, row: ModelRow | None, plan_: ModelPlan) -> bytes | None:
+def checkpoint_path(out: Path, recorded: str) -> Path:
+    """Where a stored model's checkpoint is: the path recorded in its row is relative to the study
+    directory `out` (so the directory can be moved or copied and still resume). A store written
+    before that recorded it relative to the working directory of its first run, or absolute:
+    that path when it still exists, else the file of that name in `out`'s checkpoints/."""
+    path = Path(recorded)
+    for candidate in ([path] if path.is_absolute() else [Path(out) / path, path]):
+        if candidate.is_file():
+            return candidate
+    return Path(out) / "checkpoints" / path.name
+
+
+def _stored_weights(store: Store, row: ModelRow | None, plan_: ModelPlan, out: Path) -> bytes | None:
     """A stored model's checkpoint, if it is the one stored: its bytes have the recorded sha256
     and its metadata names the model; in a store from before hashes, if its metadata names the
     model and it loads into the model exactly (its hash is then recorded). None otherwise: the
@@ -334,14 +346,15 @@ def _stored_weights(store: Store, row: ModelRow | None, plan_: ModelPlan) -> byt
     damaged one)."""
     if row is None or not row.checkpoint:
         return None
+    path = checkpoint_path(out, row.checkpoint)
     try:
-        weights = Path(row.checkpoint).read_bytes()
+        weights = path.read_bytes()
     except OSError:
         return None
     digest = hashlib.sha256(weights).hexdigest()
     if row.sha256 is not None and digest != row.sha256:
         return None
-    if _metadata(Path(row.checkpoint)).get("model_id") != row.model_id:
+    if _metadata(path).get("model_id") != row.model_id:
         return None
     if row.sha256 is None:
         try:
@@ -444,7 +457,7 @@ class Controlled:
             row = store.model(cell.id) if cell.stage == "train" else None
             if row is not None and row.diverged is not None:
                 out[cell.id] = Skip(diverged_reason(row))
-            elif cell.stage == "train" and (weights := _stored_weights(store, row, cell.item)):
+            elif cell.stage == "train" and (weights := _stored_weights(store, row, cell.item, runtime.out)):
                 out[cell.id] = weights
         return out
 
@@ -468,9 +481,10 @@ class Controlled:
                 store.put_model(row, result.curve)
                 return (Skip(diverged_reason(row)), f"{item.label} s{item.seed}: diverged",
                         f"{cell.what}: diverged at step {row.diverged}; its cells are skipped")
-            path = runtime.out / "checkpoints" / f"{item.label}-s{item.seed}-{item.model_id}.safetensors"
-            write_atomic(path, result.weights)
-            row.checkpoint, row.sha256 = str(path), hashlib.sha256(result.weights).hexdigest()
+            name = Path("checkpoints") / f"{item.label}-s{item.seed}-{item.model_id}.safetensors"
+            write_atomic(runtime.out / name, result.weights)
+            # relative to the study directory: it can be moved, copied, or run from anywhere
+            row.checkpoint, row.sha256 = name.as_posix(), hashlib.sha256(result.weights).hexdigest()
             store.put_model(row, result.curve)
             return (result.weights, f"{item.label} s{item.seed}: acc@T {row.train_accuracy:.1%}",
                     f"{cell.what}: training accuracy {row.train_accuracy:.4f} in {row.train_seconds:.1f} s")

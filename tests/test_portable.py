@@ -1,0 +1,107 @@
+"""A study directory is portable: every path stored in it is relative to it, so a directory that
+is moved (or copied, or run from another working directory) resumes, plans and reports without
+training or evaluating anything again. Issue 21 found `cd elsewhere; longarch run STUDY --out
+/abs/dir` training every model again: checkpoint paths were stored relative to the first run's
+working directory."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from longarch.cli import app
+from longarch.controlled import runner
+from longarch.kinds import load_study
+from longarch.study.store import Store
+
+from test_runner import quiet, write_study
+
+cli = CliRunner()
+
+
+class Counting:
+    """Counts the trainings and evaluations of runs in this process."""
+
+    def __init__(self, monkeypatch):
+        self.trained = self.evaluated = 0
+        real_train, real_evaluate = runner.train, runner.evaluate_samples
+
+        def train(*args, **kwargs):
+            self.trained += 1
+            return real_train(*args, **kwargs)
+
+        def evaluate(*args, **kwargs):
+            self.evaluated += 1
+            return real_evaluate(*args, **kwargs)
+
+        monkeypatch.setattr(runner, "train", train)
+        monkeypatch.setattr(runner, "evaluate_samples", evaluate)
+
+
+def _stored(out: Path) -> tuple[list, dict]:
+    with Store(out / "results.sqlite") as store:
+        return sorted((r.model_id, r.checkpoint, r.sha256) for r in store.models()), \
+            {r.cell_id: r.scores for r in store.results()}
+
+
+@pytest.fixture
+def relative_run(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """TINY run from tmp_path with a relative --out, as a user types it: (the study file, out)."""
+    study_file = write_study(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runner.run_study(load_study(str(study_file)), Path("runs") / "tiny", quiet())
+    return study_file, tmp_path / "runs" / "tiny"
+
+
+def test_checkpoints_are_recorded_relative_to_the_study_directory(relative_run):
+    _, out = relative_run
+    models, _ = _stored(out)
+    assert models and all(path.startswith("checkpoints/") for _, path, _ in models)
+    assert all((out / path).is_file() for _, path, _ in models)
+
+
+def test_a_moved_directory_resumes_from_elsewhere_without_work(relative_run, tmp_path, monkeypatch):
+    study_file, out = relative_run
+    before = _stored(out)
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(str(out), str(moved))
+    monkeypatch.chdir(moved.parent)  # neither the first run's directory nor the study's
+    counting = Counting(monkeypatch)
+    runner.run_study(load_study(str(study_file)), moved, quiet())
+    assert (counting.trained, counting.evaluated) == (0, 0)
+    assert _stored(moved) == before
+    planned = cli.invoke(app, ["plan", str(study_file), "--out", str(moved)])
+    assert planned.exit_code == 0 and "remaining: 0 training tokens, 0 evaluation tokens" in planned.output
+    status = cli.invoke(app, ["status", "moved"])
+    assert status.exit_code == 0 and "models: 2 of 2 trained" in status.output
+    (moved / "report.md").unlink()
+    assert cli.invoke(app, ["report", "moved"]).exit_code == 0 and (moved / "report.md").is_file()
+
+
+def test_a_copy_uses_its_own_checkpoints(relative_run, tmp_path, monkeypatch):
+    """A copy's store names the copy's files: damaging the original's does not touch the copy."""
+    study_file, out = relative_run
+    copy = shutil.copytree(out, tmp_path / "copy")
+    for path in (out / "checkpoints").glob("*.safetensors"):
+        path.write_bytes(b"damaged")
+    counting = Counting(monkeypatch)
+    runner.run_study(load_study(str(study_file)), copy, quiet())
+    assert (counting.trained, counting.evaluated) == (0, 0)
+
+
+def test_a_store_from_before_finds_its_checkpoints_after_a_move(relative_run, tmp_path, monkeypatch):
+    """An older store recorded each checkpoint by the path its first run saw (absolute here);
+    after a move that path is gone, and the file of that name in the moved directory is used
+    (its recorded hash still has to match)."""
+    study_file, out = relative_run
+    with Store(out / "results.sqlite") as store, store.db:
+        store.db.execute("UPDATE models SET checkpoint = ? || '/' || checkpoint", (str(out),))
+    moved = Path(shutil.move(str(out), str(tmp_path / "moved")))
+    counting = Counting(monkeypatch)
+    runner.run_study(load_study(str(study_file)), moved, quiet())
+    assert (counting.trained, counting.evaluated) == (0, 0)
+    assert runner.checkpoint_path(moved, str(out / "checkpoints" / "x.safetensors")) == moved / "checkpoints" / "x.safetensors"
