@@ -3,7 +3,7 @@ or inside a function; those under `if TYPE_CHECKING:` are left out, as they neve
 
 From the bottom: safe_yaml.py (reading YAML safely), mixers and tasks (and the presets, data only), models, the study engine
 (study/), analysis, the kinds of study (controlled/, pretrained/), and the command line on top
-(kinds.py: the table of kinds, and bench.py; cli.py over them). A module imports only from its own layer's
+(kinds.py: the table of kinds, and bench.py; export.py over the table; cli.py over them). A module imports only from its own layer's
 package and from the layers below; the kinds do not import each other, and outside them only
 the table of kinds names one; and there are no cycles."""
 
@@ -77,7 +77,7 @@ def _layer(module: str) -> str:
 
 
 RANK = {"safe_yaml": -1, "mixers": 0, "tasks": 0, "presets": 0, "models": 1, "study": 2, "analysis": 3, "controlled": 4,
-        "pretrained": 4, "kinds": 5, "bench": 5, "cli": 6, "": 7}
+        "pretrained": 4, "kinds": 5, "bench": 5, "export": 6, "cli": 7, "": 8}
 KINDS = {"controlled", "pretrained"}
 
 

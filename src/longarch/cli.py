@@ -226,6 +226,37 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document to standard output instead of the tables")]
+
+
+def print_json(document) -> None:
+    """What --json prints: one JSON document on standard output and nothing else there (notes
+    and warnings go to standard error)."""
+    import json
+
+    typer.echo(json.dumps(document, indent=2, default=str))
+
+
+def _note(message: str, as_json: bool) -> None:
+    """A note beside the tables (yellow, on standard output); under --json, a line on standard error."""
+    if as_json:
+        errors.print(message, markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[yellow]{message}[/yellow]")
+
+
+def _counts(state, cells) -> dict:
+    """The counts of `cells` in a grid state, as plan's table, status and --json show them."""
+    planned, stored, failed, remaining = state.counts(cells)
+    return {"planned": planned, "stored": stored, "failed": failed, "remaining": remaining,
+            "skipped": len(state.skipped_of(cells))}
+
+
+def _grid_rows(kind, state) -> list[dict]:
+    """The grid's rows: what each holds ("cells") and its counts."""
+    return [{"cells": what, **_counts(state, cells)} for what, cells in kind.grid_rows(state)]
+
+
 @app.command("plan")
 @clean_errors
 def plan_command(study: StudyArg = "quick",
@@ -235,7 +266,8 @@ def plan_command(study: StudyArg = "quick",
                  hotpotqa: Annotated[Optional[Path], typer.Option(help="as for run")] = None,
                  trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="as for run")] = False,
                  scale: Annotated[Optional[int], typer.Option(help="as for run", min=1)] = None,
-                 plugin: Annotated[Optional[list[Path]], typer.Option(help="as for run")] = None):
+                 plugin: Annotated[Optional[list[Path]], typer.Option(help="as for run")] = None,
+                 as_json: JsonFlag = False):
     """Print a study's grid: what is stored, what remains, and what the rest will cost."""
     from .kinds import kind_of
     from .study.directory import DirectoryRefused, claim
@@ -247,20 +279,33 @@ def plan_command(study: StudyArg = "quick",
     kind = kind_of(loaded)(loaded)
     plan = kind.plan()
     for note in plan.notes:
-        console.print(f"[yellow]{note}[/yellow]")
+        _note(note, as_json)
+    refused = None
     try:
         claim(target, kind, plan.meta.get("config"))
-    except DirectoryRefused as refused:  # plan only reads; say what `run` would do
-        console.print(f"[yellow]`longarch run` would refuse this directory: {refused}[/yellow]")
+    except DirectoryRefused as error:  # plan only reads; say what `run` would do
+        refused = str(error)
+        _note(f"`longarch run` would refuse this directory: {refused}", as_json)
     state = grid_state(plan, target)
-    table = Table(title=f"{loaded.name}: the grid against {target}")
+    document = {"study": loaded.name, "out": str(target), "rows": _grid_rows(kind, state),
+                "remaining_cost": kind.cost(state, target), "trains": bool(state.of("train")),
+                "notes": list(plan.notes), "run_refused": refused}
+    if as_json:
+        print_json(document)
+    else:
+        _print_plan(document)
+
+
+def _print_plan(plan: dict) -> None:
+    """plan's document as its table and a line on the cost of what remains."""
+    table = Table(title=f"{plan['study']}: the grid against {plan['out']}")
     for column in ("cells", "planned", "stored", "failed", "remaining"):
         table.add_column(column, justify="left" if column == "cells" else "right")
-    for what, cells in kind.grid_rows(state):
-        table.add_row(what, *(str(n) for n in state.counts(cells)))
+    for row in plan["rows"]:
+        table.add_row(row["cells"], *(str(row[c]) for c in ("planned", "stored", "failed", "remaining")))
     print_table(table)
-    estimate = kind.cost(state, target)
-    training = f"{estimate['train_tokens']:,} training tokens, " if state.of("train") else ""
+    estimate = plan["remaining_cost"]
+    training = f"{estimate['train_tokens']:,} training tokens, " if plan["trains"] else ""
     if estimate["train_tokens_max"] > estimate["train_tokens"]:  # `until` or a sweep may add
         training = (f"{estimate['train_tokens']:,} training tokens as planned (up to "
                     f"{estimate['train_tokens_max']:,} if training runs to until.max_steps plus its anneal and "
@@ -271,7 +316,8 @@ def plan_command(study: StudyArg = "quick",
 
 @app.command()
 @clean_errors
-def status(directory: Annotated[Path, typer.Argument(help="a study's output directory")]):
+def status(directory: Annotated[Path, typer.Argument(help="a study's output directory")],
+           as_json: JsonFlag = False):
     """Done, running, failed and skipped cells of a study directory, with each failure's last error."""
     from pydantic import ValidationError
 
@@ -290,37 +336,57 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
         raise ConfigError(one_line(error, f"{directory}: the stored study")) from None
     except Exception:
         raise ConfigError(f"{directory}: the stored study configuration is missing or unreadable") from None
-    state = grid_state(kind_of(study)(study).plan(), directory)
-    running = f"running now (pid {state.holder})" if state.holder else "no run in progress"
-    console.print(f"[bold]{study.name}[/bold] in {directory}: {running}")
+    kind = kind_of(study)(study)
+    document = _status_document(study.name, directory, kind, grid_state(kind.plan(), directory))
+    if as_json:
+        print_json(document)
+    else:
+        _print_status(document)
+
+
+def _status_document(name: str, directory: Path, kind, state) -> dict:
+    """What status shows: the counts of models (none for a study that trains nothing) and cells,
+    the grid's rows, why cells were skipped, the cells in flight and the failures."""
     trained, cells = state.of("train"), state.of("eval")
-    if trained:  # a pretrained study trains nothing
-        planned, stored, failed, _ = state.counts(trained)
-        diverged = sum(c.id in state.diverged for c in trained)
-        console.print(f"  models: {stored} of {planned} trained" + (f" ({diverged} diverged)" if diverged else "")
-                      + f", {failed} failed")
-    planned, stored, failed, remaining = state.counts(cells)
-    skipped = state.skipped_of(cells)
-    console.print(f"  cells:  {stored} of {planned} stored, {failed} failed, "
-                  + (f"{len(skipped)} skipped, " if skipped else "") + f"{remaining - failed} not yet run")
+    models = {**_counts(state, trained), "diverged": sum(c.id in state.diverged for c in trained)} if trained else None
     reasons: dict[str, int] = {}
-    for cell in skipped:  # a line per reason: a diverged model skips all its cells
+    for cell in state.skipped_of(cells):  # a line per reason: a diverged model skips all its cells
         reasons[state.skipped[cell.id]["reason"]] = reasons.get(state.skipped[cell.id]["reason"], 0) + 1
-    for reason, count in reasons.items():
-        console.print(f"    skipped {count} (not run, not retried): {reason}", markup=False)
-    if state.running:
-        console.print(f"  in flight (handed to the workers, running or queued): {len(state.running)}")
-    for row in state.running:
+    counts = _counts(state, cells)
+    return {"study": name, "directory": str(directory), "run_pid": state.holder, "models": models,
+            "cells": {**counts, "not_yet_run": counts["remaining"] - counts["failed"]},
+            "rows": _grid_rows(kind, state),
+            "skipped": [{"reason": reason, "cells": count} for reason, count in reasons.items()],
+            "running": list(state.running),
+            "failures": [state.failures[c.id] for c in state.failed(trained) + state.failed(cells)],
+            "log": str(directory / "run.log")}
+
+
+def _print_status(status: dict) -> None:
+    """status's document as lines and a table of the failures."""
+    running = f"running now (pid {status['run_pid']})" if status["run_pid"] else "no run in progress"
+    console.print(f"[bold]{status['study']}[/bold] in {status['directory']}: {running}")
+    models, cells = status["models"], status["cells"]
+    if models:  # a pretrained study trains nothing
+        console.print(f"  models: {models['stored']} of {models['planned']} trained"
+                      + (f" ({models['diverged']} diverged)" if models["diverged"] else "")
+                      + f", {models['failed']} failed")
+    console.print(f"  cells:  {cells['stored']} of {cells['planned']} stored, {cells['failed']} failed, "
+                  + (f"{cells['skipped']} skipped, " if cells["skipped"] else "") + f"{cells['not_yet_run']} not yet run")
+    for skipped in status["skipped"]:
+        console.print(f"    skipped {skipped['cells']} (not run, not retried): {skipped['reason']}", markup=False)
+    if status["running"]:
+        console.print(f"  in flight (handed to the workers, running or queued): {len(status['running'])}")
+    for row in status["running"]:
         console.print(f"    {row['what']}", markup=False)
-    failed_rows = [state.failures[c.id] for c in state.failed(trained) + state.failed(cells)]
-    if failed_rows:
+    if status["failures"]:
         table = Table(title="failed cells (the last error of each; `longarch run` again retries them)")
         for column in ("cell", "attempts", "last error"):
             table.add_column(column)
-        for row in failed_rows:
+        for row in status["failures"]:
             table.add_row(row["what"], str(row["attempts"]), row["error"])
         print_table(table)
-    console.print(f"  log: {directory / 'run.log'}")
+    console.print(f"  log: {status['log']}")
 
 
 @app.command()
@@ -346,28 +412,70 @@ def report(directory: Annotated[Path, typer.Argument(help="a study's output dire
     console.print(f"report: {paths['md']}  and  {paths['html']}")
 
 
+@app.command("export")
+@clean_errors
+def export_command(directory: Annotated[Path, typer.Argument(help="a study's output directory")],
+                   format: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet (parquet needs pyarrow)")] = "csv",
+                   out: Annotated[Optional[str], typer.Option(help="the file to write, '-' for standard output (csv, jsonl) [default: DIR/export.<format>]")] = None):
+    """Write a study's results as one table, one row per evaluated sample (columns: see README)."""
+    from .export import check_format, destination, export
+
+    check_format(format, out)
+    if not (directory / "results.sqlite").is_file():
+        fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
+    dest = destination(directory, format, out)
+    try:
+        count, notes = export(directory, format, dest)
+    except BrokenPipeError:  # `longarch export DIR --out - | head`: the reader took what it wanted
+        _silence_stdout()
+        raise typer.Exit(0) from None
+    for note in notes:
+        errors.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    if dest is not None:  # on standard output the table is all there is
+        console.print(f"exported {count:,} rows (one per sample) to {dest}", markup=False, highlight=False,
+                      soft_wrap=True)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that Python's flush at exit does not raise
+    again on a pipe whose reader has gone."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (a test's captured output)
+        pass
+
+
 @app.command("models")
 @clean_errors
 def list_models(length: Annotated[int, typer.Option(help="sequence length for the state size column")] = 4096,
-                plugin: Annotated[Optional[list[str]], typer.Option(help="a Python file or module of mixers and architectures to list too; repeatable")] = None):
+                plugin: Annotated[Optional[list[str]], typer.Option(help="a Python file or module of mixers and architectures to list too; repeatable")] = None,
+                as_json: JsonFlag = False):
     """List the registered architectures (and a plugin's)."""
     from . import mixers, models
     from .mixers import plugins
 
     for ref in plugin or ():
         plugins.load(plugins.absolute(ref))
-
+    rows = []
+    for name in models.names():
+        with __import__("torch").device("meta"):
+            model = models.build(name, vocab_size=64)
+        rows.append({"name": name, "family": models.family(name), "layers": mixers.shown(model.config.layers),
+                     "params": model.num_params(), "state_floats": model.state_floats(length),
+                     "state_growth": "grows" if model.state_floats(2 * length) > model.state_floats(length) else "bounded",
+                     "description": models.spec(name).description})
+    if as_json:
+        print_json({"d_model": 64, "vocab_size": 64, "length": length, "models": rows})
+        return
     table = Table(title="architectures (parameters at d_model 64, vocabulary 64)")
     for column in ("name", "family", "layers", "params", f"state floats at {length}"):
         table.add_column(column, overflow="fold")
     table.add_column("description", ratio=1)
-    for name in models.names():
-        spec = models.spec(name)
-        with __import__("torch").device("meta"):
-            model = models.build(name, vocab_size=64)
-        growth = "grows" if model.state_floats(2 * length) > model.state_floats(length) else "bounded"
-        table.add_row(name, models.family(name) or "(per model)", mixers.shown(model.config.layers), f"{model.num_params():,}",
-                      f"{model.state_floats(length):,} ({growth})", spec.description)
+    for row in rows:
+        table.add_row(row["name"], row["family"] or "(per model)", row["layers"], f"{row['params']:,}",
+                      f"{row['state_floats']:,} ({row['state_growth']})", row["description"])
     print_table(table)
 
 
@@ -419,31 +527,53 @@ def check_command(target: Annotated[str, typer.Argument(help="a mixer (mamba2, o
 
 
 @app.command("tasks")
-def list_tasks(text_tasks: Annotated[bool, typer.Option("--text", help="only the RULER-style text tasks of pretrained studies")] = False):
+def list_tasks(text_tasks: Annotated[bool, typer.Option("--text", help="only the RULER-style text tasks of pretrained studies")] = False,
+               as_json: JsonFlag = False):
     """List the registered tasks and their knobs: the token tasks of controlled studies, then the
     text tasks of pretrained ones."""
-    import dataclasses
-
-    from . import tasks
-
+    rows = _task_rows(text_tasks)
+    if as_json:
+        print_json({"tasks": rows})
+        return
     if not text_tasks:
         table = Table(title="token tasks (controlled studies)")
         table.add_column("name", no_wrap=True)
         for column in ("minimum length", "knobs (defaults)", "description"):
             table.add_column(column)
-        for name in tasks.names("tokens"):
-            task = tasks.get(name)
-            knobs = ", ".join(f"{f.name}={getattr(task, f.name)}" for f in dataclasses.fields(task))
-            table.add_row(name, str(task.min_length), knobs, tasks.describe(name))
+        for row in (r for r in rows if r["family"] == "tokens"):
+            table.add_row(row["name"], str(row["min_length"]), _knobs(row["knobs"]), row["description"])
         print_table(table)
     table = Table(title="text tasks (pretrained studies; 'ruler' in --tasks stands for all 13)")
     for column in ("name", "knobs (defaults)", "description"):
         table.add_column(column, no_wrap=column == "name")
-    for name in tasks.names("text"):
-        knobs = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(tasks.task_class(name))
-                          if f.default is not dataclasses.MISSING)
-        table.add_row(name, knobs, tasks.describe(name))
+    for row in (r for r in rows if r["family"] == "text"):
+        table.add_row(row["name"], _knobs(row["knobs"]), row["description"])
     print_table(table)
+
+
+def _task_rows(text_only: bool) -> list[dict]:
+    """Each registered task: name, family (tokens or text), minimum length (token tasks), knobs
+    with their defaults, description; the token tasks first, unless only the text ones."""
+    import dataclasses
+
+    from . import tasks
+
+    rows = []
+    for name in [] if text_only else tasks.names("tokens"):
+        task = tasks.get(name)
+        rows.append({"name": name, "family": "tokens", "min_length": task.min_length,
+                     "knobs": {f.name: getattr(task, f.name) for f in dataclasses.fields(task)},
+                     "description": tasks.describe(name)})
+    for name in tasks.names("text"):
+        knobs = {f.name: f.default for f in dataclasses.fields(tasks.task_class(name))
+                 if f.default is not dataclasses.MISSING}
+        rows.append({"name": name, "family": "text", "min_length": None, "knobs": knobs,
+                     "description": tasks.describe(name)})
+    return rows
+
+
+def _knobs(knobs: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in knobs.items())
 
 
 @app.command()

@@ -56,6 +56,12 @@ def stored_kind(out: Path):
         raise FileNotFoundError(f"no results database at {path}")
     with for_reading(path) as store:
         meta = store.meta()
+    return kind_named(meta, out)
+
+
+def kind_named(meta: dict, out: Path):
+    """The kind a store's metadata names (its `kind`, else its configuration's, else the default
+    kind), for a reader that opened the store itself; `out` names the study in an error."""
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     try:
         return loading.kind_of(meta.get("kind", config.get("kind")), kinds())

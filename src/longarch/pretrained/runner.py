@@ -191,8 +191,26 @@ def text_job(job: TextJob) -> TextResult:
 # the pretrained kind of study, as the driver sees it
 # --------------------------------------------------------------------------------------------
 def predictions_path(out: Path, cell: TextCell) -> Path:
-    depth = "" if cell.depth is None else f"-d{cell.depth:g}"
-    return out / "predictions" / slug(cell.model.label) / f"{slug(cell.label)}-{cell.length}{depth}.jsonl"
+    return predictions_file(out, cell.model.label, cell.label, cell.length, cell.depth)
+
+
+def predictions_file(out: Path, model: str, label: str, length: int, depth: float | None) -> Path:
+    """Where a cell's raw predictions are: by its model's and task entry's labels, as stored."""
+    shown = "" if depth is None else f"-d{depth:g}"
+    return out / "predictions" / slug(model) / f"{slug(label)}-{length}{shown}.jsonl"
+
+
+def sample_outputs(out: Path, row: ResultRow) -> dict[int, tuple[str, str]] | None:
+    """A stored cell's raw predictions for `longarch export`: sample index -> (the decoded
+    prediction, its reference answers joined by " | "); None when the file is missing or
+    unreadable (the scores in the store stand without it)."""
+    path = predictions_file(out, row.model, row.label or row.task, row.length, row.depth)
+    try:
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return {int(line["index"]): (str(line["prediction"]), " | ".join(str(a) for a in line["answers"]))
+                for line in lines}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -264,6 +282,7 @@ class Pretrained:
     def watch(self, progress, cells, runtime, in_process):
         return None
 
+    sample_outputs = staticmethod(sample_outputs)  # (out, result row) -> each sample's prediction and answer
     report = lazily("longarch.pretrained.report", "report")         # (out, dest=None) -> analysis.report.Report
     table = lazily("longarch.pretrained.report", "summary_table")   # (out) -> the terminal's table
 

@@ -23,6 +23,7 @@ from .store import StoreError, read_only
 # the names a run writes into a study directory (the SQLite side files included)
 WRITTEN = {"results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "results.sqlite-journal", "run.lock",
            "run.log", "report.md", "report.html", "summary.json", "figures", "checkpoints", "predictions"}
+EXPORTED = {"export.csv", "export.jsonl", "export.parquet"}  # `longarch export` writes beside a store
 STARTED = {"run.lock", "run.log"}  # what a run killed before it created its store leaves
 SHOWN_DIFFERENCES = 3
 
@@ -56,7 +57,7 @@ def claim(out: Path, kind, config: dict | None, force: bool = False) -> None:
     if "results.sqlite" not in names and clash:  # someone's own report.md, say: never overwritten
         raise DirectoryRefused(f"{out} holds {', '.join(sorted(clash)[:SHOWN_DIFFERENCES])} that longarch would write, "
                                "but no study of its own; choose another --out")
-    foreign = names - (WRITTEN if "results.sqlite" in names else STARTED)
+    foreign = names - (WRITTEN | EXPORTED if "results.sqlite" in names else STARTED)
     if foreign and not force:
         shown = ", ".join(sorted(foreign)[:SHOWN_DIFFERENCES]) + (", ..." if len(foreign) > SHOWN_DIFFERENCES else "")
         raise DirectoryRefused(f"{out} holds files longarch did not write ({shown}); choose another --out, or "

@@ -274,6 +274,8 @@ class Store:
 
     def pretrained(self) -> list[dict]:
         """{model_id, name, spec, **info} per checkpoint, in the order first evaluated."""
+        if not self._has("pretrained"):  # a store from before the table, opened without adding it
+            return []
         return [{"model_id": m, "name": n, "spec": s, **json.loads(i)}
                 for m, n, s, i in self.db.execute("SELECT * FROM pretrained ORDER BY rowid")]
 
