@@ -130,7 +130,7 @@ def test_eval_command_flags_and_a_model_that_fails_to_load(checkpoints, tmp_path
     result = _invoke("eval", "--model", f"hf:{checkpoints['llama']}", "--model", f"hf:{broken}",
                      "--tasks", "niah_single_1", "--lengths", "1024", "--samples", "2", "--train-length", "1000",
                      "--effective-length-bar", "0.5", "--out", out)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a cell failed (test_exit_status.py)
     with Store(out / "results.sqlite") as store:
         results, failures, rows = store.results(), store.failures(), store.pretrained()
         assert store.meta()["config"]["analysis"]["effective_length_bar_fraction"] == 0.5

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -125,17 +128,80 @@ def run(study: StudyArg = "quick",
 
 def _run(kind, target: Path, backend: str, workers: int | None, address: str | None, retries: int,
          force: bool = False) -> None:
-    """Run a study of any kind into `target`; Ctrl-C ends with one line and status 130, what is
-    stored kept. workers None: the kind's default."""
+    """Run a study of any kind into `target`, then exit with a status a script can trust: 0 when
+    every planned cell is stored (or skipped), 1 when some failed or were not run (one line names
+    the first error; the report is written first), 128 + the signal's number when Ctrl-C (130),
+    SIGTERM (143) or SIGHUP (129) stopped it, what is stored kept. workers None: the kind's default."""
     from .analysis.report import run
+    from .study.grid import grid_state
 
     _check_out(target)
     command = "longarch " + " ".join(sys.argv[1:])
     try:
-        run(kind, target, console, command, backend, workers, address, retries, force)
+        with stopped_by_signals() as received:
+            run(kind, target, console, command, backend, workers, address, retries, force)
+            unsettled = _unsettled(grid_state(kind.plan(), target), target)
     except KeyboardInterrupt:
-        errors.print(f"interrupted; stored cells are kept. Run the same command again to continue ({target}).")
-        raise typer.Exit(130)
+        number = received[0] if received else signal.SIGINT  # Ray's waits raise Stopped as a plain one
+        how = "interrupted" if number == signal.SIGINT else f"stopped by {signal.Signals(number).name}"
+        errors.print(f"{how}; stored cells are kept. Run the same command again to continue ({target}).",
+                     markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + number)
+    if unsettled:
+        errors.print(f"error: {unsettled}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _unsettled(state, target: Path) -> str | None:
+    """The line a run that left cells unsettled ends with (None: every planned cell is stored or
+    skipped): how many failed, the first error, and what to do."""
+    tally = state.tally()
+    failed, left, planned = tally["failed"], tally["not_attempted"], tally["planned"]
+    if not failed and not left:
+        return None
+    also = f" ({left} more not run)" if left else ""
+    if not failed:
+        return f"{left} of {planned} cells were not run; running the same command again runs them"
+    first = state.first_failure()
+    return (f"{failed} of {planned} cells failed{also}; the first: {first['what']}: {first['error']}; "
+            f"longarch status {target} lists them, and running the same command again retries them")
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, taken as Ctrl-C is: the driver stops its workers, keeps what is stored
+    and releases the directory (a KeyboardInterrupt, so every clean-up for Ctrl-C runs)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stopped_by_signals():
+    """While the block runs, SIGTERM (a `kill`, a scheduler's stop) and SIGHUP (the terminal
+    closed) raise Stopped in this thread; a second signal while the run cleans up is ignored,
+    so it is not cut short (SIGKILL still ends it). Yields the list of the signal taken (what
+    catches a KeyboardInterrupt may raise a plain one in its place). A signal this process
+    ignores (`nohup`) stays ignored; the previous handlers come back afterwards."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield received
+        return
+    taken = [number for number in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+             if number is not None and signal.getsignal(number) is not signal.SIG_IGN]
+
+    def stop(number, frame):
+        for each in taken:
+            signal.signal(each, signal.SIG_IGN)
+        received.append(number)
+        raise Stopped(number)
+
+    previous = {number: signal.signal(number, stop) for number in taken}
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
 def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | None, trust_remote_code: bool,

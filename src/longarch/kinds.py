@@ -77,7 +77,22 @@ def build_report(out: Path, dest: Path | None = None) -> dict[str, Path]:
 
     dest = Path(dest or out)
     dest.mkdir(parents=True, exist_ok=True)
-    return write(dest, stored_kind(out).report(Path(out), dest))
+    return write(dest, stored_kind(out).report(Path(out), dest), stored_state(Path(out)))
+
+
+def stored_state(out: Path):
+    """The plan of the study stored in `out` against its store (study/grid.py's GridState), or
+    None when the stored configuration no longer makes a plan (a plugin it records is gone): the
+    report is still written, without the count of its cells."""
+    from .study.grid import grid_state
+
+    with for_reading(Path(out) / "results.sqlite") as store:
+        config = store.meta().get("config")
+    try:
+        study = stored_study(config)
+        return grid_state(kind_of(study)(study).plan(), Path(out))
+    except (ValueError, TypeError, KeyError, AttributeError):  # pydantic's ValidationError is a ValueError
+        return None
 
 
 def summary_table(out: Path):

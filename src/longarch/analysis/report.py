@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..study.driver import drive
+from ..study.grid import GridState, grid_state
 from .render import Block, render_html, render_markdown
 
 
@@ -45,18 +46,45 @@ class Figures:
         self.keys[key] = written[0].relative_to(self.out).as_posix()
 
 
-def write(out: Path, report: Report) -> dict[str, Path]:
+def write(out: Path, report: Report, state: GridState | None = None) -> dict[str, Path]:
     """Write summary.json, report.md and report.html into `out`; return every path written:
-    "summary", "md", "html" and each figure under its path relative to `out`."""
+    "summary", "md", "html" and each figure under its path relative to `out`. `state`, the
+    study's plan against its store, adds what became of its cells (summary.json's "cells", and a
+    sentence under the title when some are not stored), the same for every kind."""
     out = Path(out)
+    summary, blocks = report.summary, report.blocks
+    if state is not None:
+        items = list(summary.items())  # the study's name, then what became of its cells
+        summary = dict([*items[:1], ("cells", state.tally()), *items[1:]])
+        unsettled = outcome(state.tally())
+        blocks = blocks[:1] + [("warn", unsettled)] + blocks[1:] if unsettled else blocks
     paths = dict(report.files)
     paths["summary"] = out / "summary.json"
-    paths["summary"].write_text(json.dumps(report.summary, indent=2) + "\n")
+    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     paths["md"] = out / "report.md"
-    paths["md"].write_text(render_markdown(report.blocks), encoding="utf-8")
+    paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"] = out / "report.html"
-    paths["html"].write_text(render_html(report.blocks, f"longarch report: {report.name}", out), encoding="utf-8")
+    paths["html"].write_text(render_html(blocks, f"longarch report: {report.name}", out), encoding="utf-8")
     return paths
+
+
+def outcome(tally: dict[str, int]) -> str | None:
+    """One sentence on the planned cells when some are neither stored nor skipped (None: every
+    one is), e.g. "Of 66 planned cells, 60 are stored, 3 failed (see `longarch status`), 3 were
+    never attempted (the run was interrupted)."""
+    def were(n: int) -> str:
+        return f"{n} {'was' if n == 1 else 'were'}"
+
+    if not tally["failed"] and not tally["not_attempted"]:
+        return None
+    parts = [f"{tally['stored']} {'is' if tally['stored'] == 1 else 'are'} stored"]
+    if tally["failed"]:
+        parts.append(f"{tally['failed']} failed (see `longarch status`)")
+    if tally["skipped"]:
+        parts.append(f"{were(tally['skipped'])} skipped")
+    if tally["not_attempted"]:
+        parts.append(f"{were(tally['not_attempted'])} never attempted (the run was interrupted, or is still going)")
+    return f"Of {tally['planned']} planned cells, {', '.join(parts)}."
 
 
 def run(kind, out: Path, console: Console | None = None, command: str | None = None, backend: str = "local",
@@ -68,16 +96,17 @@ def run(kind, out: Path, console: Console | None = None, command: str | None = N
     workers = kind.default_workers if workers is None else workers
     written = []
     drive(kind, out, console, command, backend, workers, address, retries, force,
-          then=lambda failed: written.append(finish(out, console, failed, kind.report(out))))
+          then=lambda plan: written.append(finish(out, console, kind.report(out), grid_state(plan, out))))
     return written[0]
 
 
-def finish(out: Path, console: Console, failed: list, report: Report) -> Path:
-    """After a run: the report written, its table printed, what failed; returns report.md's path."""
-    paths = write(out, report)
+def finish(out: Path, console: Console, report: Report, state: GridState) -> Path:
+    """After a run: the report written, its table printed, what is not stored; returns report.md's path."""
+    paths = write(out, report, state)
     console.print(report.table)
-    if failed:
-        console.print(f"[red]{len(failed)} cells failed; `longarch status {out}` lists them with their last error, "
-                      "and running the same command again retries them.[/red]")
+    unsettled = outcome(state.tally())
+    if unsettled:
+        console.print(f"[red]{unsettled} Running the same command again retries what is not stored.[/red]",
+                      highlight=False)
     console.print(f"report: {paths['md']}  and  {paths['html']}")
     return paths["md"]

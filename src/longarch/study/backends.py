@@ -147,18 +147,32 @@ class RayBackend:
         # A local instance: its reaper starts first, to see every process ray.init() starts.
         self._reaper = _start_reaper() if self._started and address is None else None
         if self._started:
-            try:
-                if address is None:
-                    ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False,
-                             configure_logging=False)
-                else:
-                    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as error:
-                self.close(abort=True)
-                raise BackendError(f"cannot reach a Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
+            self._init(address, workers * threads)
             _tell_reaper(self._reaper, INITIALISED)
         self._remote: dict[Callable, object] = {}
         self._pending: list = []
+
+    def _init(self, address: str | None, cpus: int) -> None:
+        """ray.init(), keeping this process's SIGTERM handler: Ray's own exits with status 15 and
+        would take the place of the command line's, which stops a run as Ctrl-C does (cli.py)."""
+        ray = self.ray
+        kept = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+        try:
+            if address is None:
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            self.close(abort=True)
+            raise BackendError(f"cannot reach a Ray cluster at {address!r}: {str(error).splitlines()[0]}") from None
+        except SystemExit as exit:  # Ray's handler took a SIGTERM inside ray.init()
+            self.close(abort=True)
+            if callable(kept) and exit.code == signal.SIGTERM:
+                kept(signal.SIGTERM, None)  # what this process does with one (the command line's: stop)
+            raise
+        finally:
+            if kept is not None:
+                signal.signal(signal.SIGTERM, kept)
 
     def submit(self, fn: Callable, job):
         if fn not in self._remote:
@@ -195,12 +209,15 @@ class RayBackend:
 
 
 def _start_worker(driver: int) -> None:
-    """In a pool worker, before its first job. Ctrl-C reaches the whole process group, and the
-    driver alone decides what happens (it stops the workers and keeps what is stored), so the
-    worker ignores it. And the worker dies with the driver: a driver killed with `kill -9` never
+    """In a pool worker, before its first job. Ctrl-C reaches the whole process group, and so
+    does SIGHUP when the terminal closes; the driver alone decides what happens (it stops the
+    workers and keeps what is stored), so the worker ignores both (not SIGTERM: the driver stops
+    it with that). And the worker dies with the driver: a driver killed with `kill -9` never
     closes the pool, and a worker holds both ends of the pool's queues, so it would never see
     them close; it would train on for nobody, holding cores and memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     die_with_parent(driver)
 
 

@@ -213,14 +213,14 @@ def first_line(error: BaseException) -> str:
 
 def drive(kind: StudyKind, out: Path, console: Console, command: str | None = None, backend: str = "local",
           workers: int | None = 0, address: str | None = None, retries: int = 2, force: bool = False,
-          then: Callable[[list], object] | None = None) -> list:
+          then: Callable[[Plan], object] | None = None) -> list:
     """Run (or continue) a study of any kind into `out`; return the store's failures.
 
     backend "local" with workers 0 runs every job in this process; workers N > 0 (None: one per
     core) runs them in a pool of N processes with cores / N torch threads each; "ray" runs them
     as Ray tasks (address None: a local Ray instance). A directory that holds another study, or
     files longarch did not write (unless `force`), is refused before anything is written
-    (directory.py). `then(failures)` runs before the directory is released (the report)."""
+    (directory.py). `then(plan)` runs before the directory is released (the report)."""
     plan = kind.plan()
     config = plan.meta.get("config")
     claim(out, kind, config, force)
@@ -244,7 +244,7 @@ def drive(kind: StudyKind, out: Path, console: Console, command: str | None = No
             raise StoreError(f"{out / 'results.sqlite'}: {error}; what was stored is kept: run the same command "
                              "again once that is resolved") from None
         if then is not None:
-            then(failed)
+            then(plan)
     return failed
 
 

@@ -44,6 +44,23 @@ class GridState:
         stored = sum(c.id in self.done for c in cells)
         return len(cells), stored, len(self.failed(cells)), len(cells) - stored - len(self.skipped_of(cells))
 
+    def tally(self) -> dict[str, int]:
+        """What became of the planned evaluation cells, for summary.json and a run's exit status:
+        stored, failed (a cell whose model failed to train among them), skipped (settled: a cell it
+        needs left it nothing), and not attempted (a run was interrupted before it). They add up
+        to planned."""
+        planned, stored, failed, remaining = self.counts(self.of("eval"))
+        skipped = planned - stored - remaining
+        return {"planned": planned, "stored": stored, "failed": failed, "skipped": skipped,
+                "not_attempted": remaining - failed}
+
+    def first_failure(self) -> dict | None:
+        """The failure row to name first: the earliest recorded of any stage whose cell failed
+        itself (a model's training, say), before one recorded for the cells that needed it."""
+        unsettled = {c.id for c in self.failed(self.cells)}
+        rows = [row for cell_id, row in self.failures.items() if cell_id in unsettled]
+        return next((row for row in rows if row["attempts"] > 0), rows[0] if rows else None)
+
 
 def grid_state(plan: Plan, out: Path) -> GridState:
     """The plan against what `out` holds (nothing, when it holds no store); read only."""
