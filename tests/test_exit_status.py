@@ -257,37 +257,15 @@ def _env() -> dict:
                                                                       os.environ.get("PYTHONPATH")]))}
 
 
-def _signal_the_driver(tmp_path: Path, number: int, *options: str) -> tuple[list[str], int, str]:
-    """Start `longarch run` with two workers on a study whose models train for a while, send
-    `number` to the driver alone once both are training; return the command lines of what the
-    driver had started, its exit status and its stderr."""
-    from test_orphans import _cmdline, _kill_all, _survivors, _training, _until  # skips without Ray
+def _signal_the_driver(tmp_path: Path, number: int, *options: str, study: Path) -> tuple[list[str], int, str]:
+    """Send `number` to a `longarch run` driver with two workers once both models train
+    (test_orphans.signal_the_driver); no process it started may survive. Return the command lines
+    of what it had started, its exit status and its stderr."""
+    from test_orphans import _training, signal_the_driver  # skips without Ray
 
-    import psutil  # Ray's copy, on sys.path once ray is imported
-
-    command = [sys.executable, "-m", "longarch.cli", "run", str(tmp_path / "tiny.yaml"), "--out",
-               str(tmp_path / "out"), "--workers", "2", *options]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True, env=_env())
-    started: list = []
-    try:
-        def training() -> bool:
-            if driver.poll() is not None:
-                pytest.fail(f"the run ended ({driver.returncode}) too soon: {driver.stderr.read()[-2000:]}")
-            return _training(tmp_path / "out", psutil.Process(driver.pid))
-
-        _until(training, 300, "both models in training")
-        started = psutil.Process(driver.pid).children(recursive=True)
-        commands = [_cmdline(p) for p in started]
-        driver.send_signal(number)
-        _, stderr = driver.communicate(timeout=60)
-        assert _survivors(started) == []
-        return commands, driver.returncode, stderr
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-        _kill_all(started)
+    commands, survivors, code, stderr = signal_the_driver(tmp_path, _training, number, *options, study=study)
+    assert survivors == []
+    return commands, code, stderr
 
 
 @pytest.mark.slow
@@ -295,7 +273,7 @@ def _signal_the_driver(tmp_path: Path, number: int, *options: str) -> tuple[list
 def test_a_pool_driver_signalled_mid_training_stops_its_workers_and_keeps_the_store(tmp_path, number, status):
     pytest.importorskip("ray")  # the process table is read with psutil, which Ray ships
     study = write_study(tmp_path, train={**TINY["train"], "steps": 300})
-    commands, code, stderr = _signal_the_driver(tmp_path, number)
+    commands, code, stderr = _signal_the_driver(tmp_path, number, study=study)
     assert sum("multiprocessing.spawn" in c for c in commands) == 2, commands
     assert code == status, stderr
     assert f"stopped by {signal.Signals(number).name}; stored cells are kept" in stderr and "Traceback" not in stderr
@@ -311,8 +289,8 @@ def test_a_pool_driver_signalled_mid_training_stops_its_workers_and_keeps_the_st
 @pytest.mark.slow
 def test_a_ray_driver_stopped_by_sigterm_leaves_no_process_of_ray(tmp_path):
     pytest.importorskip("ray")
-    write_study(tmp_path, train={**TINY["train"], "steps": 1_000_000})
-    commands, code, stderr = _signal_the_driver(tmp_path, signal.SIGTERM, "--backend", "ray")
+    study = write_study(tmp_path, train={**TINY["train"], "steps": 1_000_000})
+    commands, code, stderr = _signal_the_driver(tmp_path, signal.SIGTERM, "--backend", "ray", study=study)
     assert any("raylet" in c for c in commands) and any("backends.py reap" in c for c in commands), commands
     assert code == 143, stderr
     assert "stopped by SIGTERM; stored cells are kept" in stderr

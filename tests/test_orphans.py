@@ -91,15 +91,24 @@ def _starting_ray(out: Path, driver: psutil.Process) -> bool:
 
 
 def _kill_the_driver(tmp_path: Path, moment, *options: str) -> tuple[list[str], list[str]]:
-    """Start `longarch run` on a study whose two models would train for hours, with two workers;
-    at `moment` (a condition on the output directory and the driver), kill -9 the driver alone.
-    Return the command lines of the processes it had started (read before the kill) and of those
-    still alive EXIT_SECONDS later."""
-    study = write_study(tmp_path, train={**TINY["train"], "steps": 1_000_000})
+    """kill -9 the driver alone at `moment` (see `signal_the_driver`): the command lines of the
+    processes it had started, and of those still alive EXIT_SECONDS later."""
+    commands, survivors, _, _ = signal_the_driver(tmp_path, moment, signal.SIGKILL, *options)
+    return commands, survivors
+
+
+def signal_the_driver(tmp_path: Path, moment, number: int, *options: str, study: Path | None = None
+                      ) -> tuple[list[str], list[str], int, str]:
+    """Start `longarch run` on `study` (default: one whose two models would train for hours) with
+    two workers; at `moment` (a condition on the output directory and the driver), send signal
+    `number` to the driver alone. Return the command lines of the processes it had started (read
+    before the signal), of those still alive EXIT_SECONDS after it ended, its exit status and its
+    stderr."""
+    study = study or write_study(tmp_path, train={**TINY["train"], "steps": 1_000_000})
     out = tmp_path / "out"
     log = tmp_path / "driver.err"
     with open(log, "w") as err:
-        # Its own session, as a job of a shell would be: the kill reaches the driver only.
+        # Its own session, as a job of a shell would be: the signal reaches the driver only.
         driver = subprocess.Popen([sys.executable, "-m", "longarch.cli", "run", str(study), "--out", str(out),
                                    "--workers", "2", *options], stdout=subprocess.DEVNULL, stderr=err,
                                   start_new_session=True)
@@ -113,9 +122,9 @@ def _kill_the_driver(tmp_path: Path, moment, *options: str) -> tuple[list[str], 
         _until(now, 300, moment.__name__)
         started = psutil.Process(driver.pid).children(recursive=True)
         commands = [_cmdline(p) for p in started]
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        return commands, _survivors(started)
+        driver.send_signal(number)
+        driver.wait(timeout=60)
+        return commands, _survivors(started), driver.returncode, log.read_text()
     finally:
         if driver.poll() is None:
             driver.kill()

@@ -17,28 +17,10 @@ from longarch.controlled import runner
 from longarch.kinds import load_study
 from longarch.study.store import Store
 
+from test_divergence import Counted
 from test_runner import quiet, write_study
 
 cli = CliRunner()
-
-
-class Counting:
-    """Counts the trainings and evaluations of runs in this process."""
-
-    def __init__(self, monkeypatch):
-        self.trained = self.evaluated = 0
-        real_train, real_evaluate = runner.train, runner.evaluate_samples
-
-        def train(*args, **kwargs):
-            self.trained += 1
-            return real_train(*args, **kwargs)
-
-        def evaluate(*args, **kwargs):
-            self.evaluated += 1
-            return real_evaluate(*args, **kwargs)
-
-        monkeypatch.setattr(runner, "train", train)
-        monkeypatch.setattr(runner, "evaluate_samples", evaluate)
 
 
 def _stored(out: Path) -> tuple[list, dict]:
@@ -70,9 +52,9 @@ def test_a_moved_directory_resumes_from_elsewhere_without_work(relative_run, tmp
     moved.parent.mkdir()
     shutil.move(str(out), str(moved))
     monkeypatch.chdir(moved.parent)  # neither the first run's directory nor the study's
-    counting = Counting(monkeypatch)
+    counting = Counted(monkeypatch)
     runner.run_study(load_study(str(study_file)), moved, quiet())
-    assert (counting.trained, counting.evaluated) == (0, 0)
+    assert (counting.trained, counting.evaluated) == ([], 0)
     assert _stored(moved) == before
     planned = cli.invoke(app, ["plan", str(study_file), "--out", str(moved)])
     assert planned.exit_code == 0 and "remaining: 0 training tokens, 0 evaluation tokens" in planned.output
@@ -88,9 +70,9 @@ def test_a_copy_uses_its_own_checkpoints(relative_run, tmp_path, monkeypatch):
     copy = shutil.copytree(out, tmp_path / "copy")
     for path in (out / "checkpoints").glob("*.safetensors"):
         path.write_bytes(b"damaged")
-    counting = Counting(monkeypatch)
+    counting = Counted(monkeypatch)
     runner.run_study(load_study(str(study_file)), copy, quiet())
-    assert (counting.trained, counting.evaluated) == (0, 0)
+    assert (counting.trained, counting.evaluated) == ([], 0)
 
 
 def test_a_store_from_before_finds_its_checkpoints_after_a_move(relative_run, tmp_path, monkeypatch):
@@ -101,7 +83,7 @@ def test_a_store_from_before_finds_its_checkpoints_after_a_move(relative_run, tm
     with Store(out / "results.sqlite") as store, store.db:
         store.db.execute("UPDATE models SET checkpoint = ? || '/' || checkpoint", (str(out),))
     moved = Path(shutil.move(str(out), str(tmp_path / "moved")))
-    counting = Counting(monkeypatch)
+    counting = Counted(monkeypatch)
     runner.run_study(load_study(str(study_file)), moved, quiet())
-    assert (counting.trained, counting.evaluated) == (0, 0)
+    assert (counting.trained, counting.evaluated) == ([], 0)
     assert runner.checkpoint_path(moved, str(out / "checkpoints" / "x.safetensors")) == moved / "checkpoints" / "x.safetensors"
