@@ -513,6 +513,33 @@ def _silence_stdout() -> None:
         pass
 
 
+@app.command()
+@clean_errors
+def compare(directories: Annotated[list[Path], typer.Argument(help="study output directories (two or more, of any kind)")],
+            out: Annotated[Path, typer.Option(help="where the comparison's report.md, report.html, summary.json and figures go")] = Path("runs") / "compare"):
+    """Put several studies in one report: each task's accuracy by length side by side, every model
+    labelled with its study (compare your architecture with a stored baseline without retraining it)."""
+    from .analysis.compare import compare as build
+    from .analysis.report import write
+
+    for directory in directories:
+        if not (directory / "results.sqlite").is_file():
+            fail(f"{directory} has no results.sqlite; compare takes study directories (longarch run STUDY --out DIR)")
+    if len({d.resolve() for d in directories}) < 2:
+        fail("compare takes two or more different study directories")
+    _check_out(out)
+    if (out / "results.sqlite").exists():
+        fail(f"--out {out} is a study directory: its own report would be overwritten; give the comparison its own")
+    others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES) if out.is_dir() else []
+    if others:
+        fail(f"--out {out} holds other files ({', '.join(others[:3])}); give the comparison a directory of its own")
+    out.mkdir(parents=True, exist_ok=True)
+    report = build(directories, out)
+    paths = write(out, report)
+    print_table(report.table)
+    console.print(f"report: {paths['md']}  and  {paths['html']}")
+
+
 @app.command("models")
 @clean_errors
 def list_models(length: Annotated[int, typer.Option(help="sequence length for the state size column")] = 4096,
