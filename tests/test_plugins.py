@@ -328,3 +328,13 @@ def test_check_fails_a_broken_copy_with_a_clear_line(tmp_path, old, new, failing
 def test_check_of_bad_input_is_one_line(args, message):
     result = cli.invoke(app, args)
     assert result.exit_code == 2 and message in result.output
+
+
+def test_the_example_study_is_the_quick_study_with_the_plugin():
+    """examples/quick-ema.yaml trains and evaluates as the quick preset does, so that `longarch
+    compare` reads the two side by side like for like."""
+    mine = load_study(str(EXAMPLE.parent / "quick-ema.yaml")).model_dump(mode="json")
+    quick = load_study("quick").model_dump(mode="json")
+    assert mine["plugins"] == [str(EXAMPLE)] and [m["arch"] for m in mine["models"]] == ["ema"]
+    different = {key for key in quick if mine[key] != quick[key]}
+    assert different == {"name", "description", "models", "plugins"}
