@@ -148,6 +148,8 @@ class Trained:
 # beside its training state, which the driver reads while it waits.
 _LIVE_HOOK = None
 LIVE_EVERY = 10  # steps between two progress reports
+LOSS_SMOOTHING = 10  # steps the reported loss is an average over (an exponential one)
+RATE_WINDOW = 60.0  # seconds of a model's reports its steps a second are measured over
 
 
 def state_path(state_dir: str, model_id: str) -> Path:
@@ -164,20 +166,26 @@ def progress_path(state_dir: str, model_id: str) -> Path:
 
 
 class _Live:
-    """A training job's reporter: kill points, and progress (step, loss, last check)."""
+    """A training job's reporter: kill points, and progress (step, steps at most, loss, last
+    check, the time of the report; with a sweep, the rate being tried). The loss is smoothed (an
+    average over about the last LOSS_SMOOTHING steps): one batch's loss jumps about too much to read."""
 
     def __init__(self, job: TrainJob):
-        self.job, self.info = job, {"step": 0, "of": job.plan.train_spec.max_steps, "loss": None, "accuracy": None}
+        spec = job.plan.train_spec
+        self.job, self.smooth = job, None
+        self.info = {"step": 0, "of": spec.max_steps, "upto": spec.until is not None, "loss": None, "accuracy": None}
 
     def rate(self, index: int, lr: float) -> None:
         """A sweep starts its try `index`, at learning rate `lr`."""
+        self.smooth = None
         self.info.update(step=0, loss=None, accuracy=None,
                          lr=f"lr {lr:g} ({index + 1} of {len(self.job.plan.train_spec.lr_sweep or ())})")
         self._report()
 
     def step(self, step: int, loss: float) -> None:
         faults.reached("step")
-        self.info.update(step=step + 1, loss=loss)
+        self.smooth = loss if self.smooth is None else self.smooth + (loss - self.smooth) / LOSS_SMOOTHING
+        self.info.update(step=step + 1, loss=self.smooth)
         if (step + 1) % LIVE_EVERY == 0:
             self._report()
 
@@ -186,6 +194,7 @@ class _Live:
         self._report()
 
     def _report(self) -> None:
+        self.info["time"] = time.time()  # the job's own clock: the driver reads a file when it polls
         if _LIVE_HOOK is not None:
             _LIVE_HOOK(self.job.plan.model_id, dict(self.info))
         elif self.job.state_dir is not None:
@@ -507,13 +516,16 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
 
 
 class _LiveBars:
-    """One progress bar per model in training, with its step, loss and held-out accuracy: fed
-    by the hook (in-process jobs) or read from the workers' progress files (`poll`)."""
+    """One progress bar per model in training: its step out of its steps (at most, with `until`),
+    its loss, its held-out accuracy, the rate a sweep is trying, and its time left at its own
+    steps a second. Fed by the hook (in-process jobs) or read from the workers' progress files
+    (`poll`)."""
 
     def __init__(self, progress: Progress, plans: dict[str, ModelPlan], state_dir: str | None,
                  in_process: bool = False):
         global _LIVE_HOOK
         self.progress, self.plans, self.state_dir, self.bars = progress, plans, state_dir, {}
+        self.reports: dict[str, list[tuple[float, int]]] = {}  # model id -> its (time, step) reports
         _LIVE_HOOK = self.update if in_process else None
 
     def update(self, model_id: str, info: dict) -> None:
@@ -522,12 +534,28 @@ class _LiveBars:
             return
         if model_id not in self.bars:
             self.bars[model_id] = self.progress.add_task(f"  {plan_.label} s{plan_.seed}", total=info["of"], info="")
-        text = "" if info.get("loss") is None else f"loss {info['loss']:.3f}"
+        text = [] if info.get("loss") is None else [f"loss {info['loss']:.3f}"]
         if info.get("accuracy") is not None:
-            text += f"  held-out acc@T {info['accuracy']:.0%} (lowest task)"
+            text.append(f"held-out acc@T {info['accuracy']:.0%} (lowest task)")
         if info.get("lr"):
-            text += f"  {info['lr']}"
-        self.progress.update(self.bars[model_id], completed=info["step"], info=text)
+            text.append(info["lr"])
+        rate = self._rate(model_id, info.get("time", time.time()), info["step"])
+        self.progress.update(self.bars[model_id], completed=info["step"], info="  ".join(text), rate=rate,
+                             upto=bool(info.get("upto")))
+
+    def _rate(self, model_id: str, now: float, step: int) -> float | None:
+        """A model's steps a second over its reports of the last RATE_WINDOW seconds (one older
+        report kept as the start), by the job's own clock; None until two reports tell one. A step
+        lower than the last starts over (a sweep's next rate, or a training resumed)."""
+        reports = self.reports.setdefault(model_id, [])
+        if reports and step < reports[-1][1]:
+            reports.clear()
+        if not reports or now > reports[-1][0]:  # a file polled again says nothing new
+            reports.append((now, step))
+        while len(reports) > 2 and reports[1][0] <= now - RATE_WINDOW:
+            reports.pop(0)
+        (first, start), (last, end) = reports[0], reports[-1]
+        return (end - start) / (last - first) if last > first and end > start else None
 
     def poll(self) -> None:
         if self.state_dir is None:
@@ -552,6 +580,7 @@ class _LiveBars:
         if model_id in self.bars:
             self.progress.remove_task(self.bars.pop(model_id))
         self.plans.pop(model_id, None)
+        self.reports.pop(model_id, None)
         if self.state_dir is not None:
             for path in (state_path(self.state_dir, model_id), progress_path(self.state_dir, model_id),
                          *Path(self.state_dir).glob(f"{model_id}.lr*.safetensors")):

@@ -29,12 +29,13 @@ from typing import Callable, ClassVar, Protocol
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from . import faults
 from .backends import InProcess, cores, describe_error, make_backend
 from .directory import claim, identity
 from .lock import StudyLock
+from .progress import progress_display
 from .limits import check_disk
 from .store import Store, StoreError, read_only
 
@@ -200,12 +201,6 @@ def logger(out: Path) -> logging.Logger:
     return log
 
 
-def progress_display(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
-
-
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
@@ -306,8 +301,10 @@ class _Loop:
 
     def run(self, progress: Progress, todo: list[Cell], stages: list[str]) -> None:
         self.progress = progress
-        self.bars = {s: progress.add_task(STAGES[s]["bar"], total=sum(c.stage == s for c in todo), info="")
-                     for s in stages}
+        # a stage's clock starts with its first job: its time left is then its own pace, not the
+        # wait for the cells it needs (the evaluations, for the first model's training)
+        self.bars = {s: progress.add_task(STAGES[s]["bar"], total=sum(c.stage == s for c in todo), info="",
+                                          start=False) for s in stages}
         self.watcher = self.kind.watch(progress, todo, self.runtime, isinstance(self.runner, InProcess))
         self.store.clear_skipped()  # this run records anew what it skips (a plan may have changed)
         try:
@@ -334,6 +331,7 @@ class _Loop:
 
     def _submit(self, cell: Cell, attempt: int = 1) -> None:
         self.store.set_running(cell.id, cell.stage, cell.what)
+        self.progress.start_task(self.bars[cell.stage])  # once: a started clock goes on
         fn, job = self.kind.job(cell, {need: self.outputs[need] for need in cell.needs}, self.runtime)
         self.pending[self.runner.submit(fn, job)] = (cell, attempt)
 
