@@ -41,7 +41,8 @@ def clean(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def diverged(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("diverged")
-    report = runner.run_study(load_study(str(write_study(directory, models=DIVERGING))), directory / "out", quiet())
+    report = runner.run_study(load_study(str(write_study(directory, models=DIVERGING, analysis={"claims": "paper"}))),
+                              directory / "out", quiet())
     assert report == directory / "out" / "report.md"  # the run ended normally
     return directory / "out"
 
@@ -197,7 +198,7 @@ def test_the_report_names_the_diverged_model_and_every_analysis_leaves_it_out(di
     step = rows(diverged)["transformer"].diverged
     report = " ".join((diverged / "report.md").read_text().split())
     assert f"**transformer diverged** (seed 0 at step {step}, its loss becoming non-finite)" in report
-    assert "| transformer | attention |" in report and f"| diverged (seed 0 at step {step}) | 0 |" in report
+    assert "| transformer | attention |" in report and f"| diverged (seed 0 at step {step}) | 0 (1 seed) |" in report
     assert "| transformer (diverged) |" in report and "are missing from the store" not in report
     summary = json.loads((diverged / "summary.json").read_text())
     assert [(d["name"], d["seed"], d["step"]) for d in summary["diverged_models"]] == [("transformer", 0, step)]

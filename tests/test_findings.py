@@ -167,7 +167,7 @@ def test_models_below_the_learned_bar_are_excluded_with_the_reason():
     finding = claim_degradation(models, cells)  # gate None: 'model'
     assert finding.verdict == SUPPORTED  # the unlearned model would have said otherwise
     assert [e.model for e in finding.evidence] == ["t"]
-    assert [x.model for x in finding.excluded] == ["bad"] and "0.500 below 0.950" in finding.excluded[0].reason
+    assert [x.model for x in finding.excluded] == ["bad"] and "training accuracy 50.0%, below the 95% bar" in finding.excluded[0].reason
     assert "bad" in finding.explanation
     lenient = claim_degradation(models, cells, settings=AnalysisSettings(learned_bar_fraction=0.4))
     assert lenient.verdict == NOT_SUPPORTED and not lenient.excluded
@@ -192,8 +192,8 @@ def test_label_gate_judges_each_model_on_the_formats_it_learned_at_t():
     drops = {int(k): v for k, v in gated.evidence[0].details["drops"].items()}
     assert drops[2 * T][0] == pytest.approx(0.9) and drops[4 * T][0] == pytest.approx(1.0)
     reasons = {x.model: x.reason for x in gated.excluded}
-    assert reasons["ssm"].startswith("labels below 0.950 at T=64: text 0.500")
-    assert reasons["attn"].startswith("every label below 0.950") and "noise 0.300" in reasons["attn"]
+    assert reasons["ssm"].startswith("labels below the 95% bar at T=64: text 50.0%")
+    assert reasons["attn"].startswith("every label below the 95% bar") and "noise 30.0%" in reasons["attn"]
     # the verdict flips when the data do: ssm keeps its accuracy on noise
     kept = cells_from({**table, **curve("ssm", {T: 1.0, 2 * T: 1.0, 4 * T: 0.98}, "noise")})
     assert claim_degradation(models, kept, plan, LABEL_GATE).verdict == NOT_SUPPORTED

@@ -114,12 +114,16 @@ def _summary(out, analysis: dict | None, **top) -> dict:
 
 
 def test_a_store_without_analysis_reports_with_the_defaults(tmp_path):
+    """A store without an `analysis:` block was written before `claims` existed, when every report
+    judged the paper's claims: it reports with the defaults and the claims, as a new study that
+    asks for them (`claims: paper`) does."""
     write_study(tmp_path / "old")
     write_study(tmp_path / "new")
     old = _summary(tmp_path / "old", None)
-    new = _summary(tmp_path / "new", AnalysisSettings().model_dump(mode="json"))
+    new = _summary(tmp_path / "new", {**AnalysisSettings().model_dump(mode="json"), "claims": "paper"})
     assert old["measures"] == new["measures"] and old["findings"] == new["findings"]
-    assert old["analysis"] == new["analysis"] == {**AnalysisSettings().model_dump(mode="json"), "gate": "model"}
+    assert old["analysis"] == new["analysis"] == {**AnalysisSettings().model_dump(mode="json"), "gate": "model",
+                                                  "claims": "paper"}
     section = _measures_section((tmp_path / "old" / "report.md").read_text())
     assert "before issue 15" not in section and "does not validate" not in section
 
@@ -151,7 +155,7 @@ def test_the_report_judges_claims_with_the_studys_bars(tmp_path, sharp_drop, ver
     claim = _summary(tmp_path, {"sharp_drop_fraction": sharp_drop, "interval_level_fraction": 0.5})["findings"][0]
     assert claim["evidence"][0]["model"] == "alpha" and claim["evidence"][0]["verdict"] == verdict
     assert claim["verdict"] == {"supported": "inconclusive", "not supported": "not supported"}[verdict]  # beta's family
-    assert f"above {sharp_drop:.2f}" in claim["rule"] and "50%" in claim["rule"]
+    assert f"above {100 * sharp_drop:g} points" in claim["rule"] and "50%" in claim["rule"]
     report = (tmp_path / "report.md").read_text()
     assert "[50% interval]" in _measures_section(report) and "[95%" not in _measures_section(report)
 
@@ -228,7 +232,7 @@ def test_effective_length_by_lower_bounds_beside_rulers_rule(tmp_path, bar, a, b
     a_row = rows[0].split(" | ")
     assert a_row[4:8] == [str(a[0]).replace("None", "none"), "none" if a[0] is None else f"{a[0] / 16:.1f}x",
                           str(a[1]), f"{a[2]} |"]
-    assert f"above {100 * bar:g}% (`analysis.effective_length_bar_fraction` {bar:g})" in paths["md"].read_text()
+    assert f"above {100 * bar:g}% (`analysis.effective_length_bar_fraction`)" in paths["md"].read_text()
 
 
 def test_measures_per_format_are_exact(tmp_path):

@@ -387,7 +387,7 @@ def test_the_effective_length_bar_comes_from_the_analysis_block(tmp_path):
     summary = build_report(tmp_path)["summary"]
     good = json.loads(summary.read_text())["models"]["good"]
     assert (good["effective_length"], good["ruler_effective_length"]) == (4096, 4096)  # 85% now clears the bar
-    assert "above 75 (`analysis.effective_length_bar_fraction` 0.75" in (tmp_path / "report.md").read_text()
+    assert "above 75 (`analysis.effective_length_bar_fraction`; " in (tmp_path / "report.md").read_text()
 
 
 def test_a_store_with_the_old_percent_threshold_still_reports(tmp_path):

@@ -15,6 +15,11 @@ where one statement reads several lengths or depths), and the verdicts are then 
 Only models that learned their task at T are read: a model whose training accuracy is below
 `learned_bar_fraction` (gate 'model'), or each model on the formats it learned at T (gate
 'label'). Each finding lists what it left out and why, and states its rule in one sentence.
+
+Every text here (rules, reasons, explanations) gives accuracies in percent and differences and
+bars in percentage points, in sentences that name each input of the rule (each length's side of
+its bar); the numbers themselves stay fractions in `Evidence.numbers` and `details`, as in
+summary.json.
 """
 
 from __future__ import annotations
@@ -164,15 +169,15 @@ def split_models(models: Sequence[ModelSummary], settings: AnalysisSettings, cel
         elif settings.gate == "label":
             solved, failed = solved_labels(cells, model, plan, settings)
             if failed:
-                listed = ", ".join(f"{label} {accuracy:.3f}" for label, accuracy in failed)
+                listed = _and([f"{label} {_accuracy(accuracy)}" for label, accuracy in failed])
                 what = "every label" if not solved else "labels"
-                excluded.append(Exclusion(model.name, model.family, f"{what} below {bar:.3f} at T={model.train_length}: "
-                                                                    f"{listed}"))
+                excluded.append(Exclusion(model.name, model.family, f"{what} below the {100 * bar:g}% bar at "
+                                                                    f"T={model.train_length}: {listed}"))
             if solved:
                 kept.append(Judged(model.name, model.family, model.train_length, tuple(solved)))
         elif not np.isnan(model.train_accuracy) and model.train_accuracy < bar:
-            excluded.append(Exclusion(model.name, model.family,
-                                      f"training accuracy {model.train_accuracy:.3f} below {bar:.3f}"))
+            excluded.append(Exclusion(model.name, model.family, f"training accuracy {_accuracy(model.train_accuracy)}, "
+                                                                f"below the {100 * bar:g}% bar"))
         else:
             kept.append(Judged(model.name, model.family, model.train_length,
                               None if settings.labels is None else tuple(settings.labels)))
@@ -204,7 +209,8 @@ def _gate(verdict: str, coverage: Coverage, settings: AnalysisSettings) -> tuple
     if coverage.complete or settings.allow_incomplete or verdict == INCONCLUSIVE:
         return verdict, ""
     missing = coverage.expected - coverage.covered
-    return INCONCLUSIVE, f"; decided on the stored cells, but {missing} of {coverage.expected} planned cells are missing"
+    return INCONCLUSIVE, (f" Inconclusive all the same: it was decided on the stored cells, but {missing} of "
+                          f"{coverage.expected} planned cells are missing.")
 
 
 def every_family(verdict: str, evidence: list[Evidence], models: Sequence[ModelSummary], summary: str) -> tuple[str, str]:
@@ -226,13 +232,14 @@ def _by_family(evidence: list[Evidence]) -> str:
     parts = []
     for family, items in families.items():
         verdict = every(e.verdict for e in items)
-        parts.append(f"{family}: {verdict} ({', '.join(f'{e.model} {e.verdict}' for e in items)})")
-    return "; ".join(parts)
+        parts.append(f"In the {family} family the claim is {verdict}: "
+                     + _and([f"{e.model} {e.verdict}" for e in items]) + ".")
+    return " ".join(parts)
 
 
 def _explain(verdict: str, evidence: list[Evidence], excluded: list[Exclusion], summary: str) -> str:
     lines = [f"Verdict: {verdict}. {summary}".rstrip()]
-    lines += [f"- {e.model} ({e.family}): {e.quantity} {_fmt(e.estimate, '')} -> {e.verdict or 'not judged'}: {e.reason}"
+    lines += [f"- {e.model} ({e.family}), {e.quantity}: {_fmt(e.estimate)}; {e.verdict or 'not judged'}. {e.reason}"
               for e in evidence]
     lines += [f"- {x.model} ({x.family}) left out on {x.reason}" if x.reason.startswith("labels") else
               f"- {x.model} ({x.family}) excluded: {x.reason}" for x in excluded]
@@ -252,8 +259,47 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or np.isnan(x) else f"{100 * x:.0f}%"
 
 
+def _accuracy(x: float) -> str:
+    """An accuracy (a fraction) in percent, one decimal: 0.81 -> '81.0%'."""
+    return "nothing stored" if x is None or np.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _points(x: float) -> str:
+    """A bar on a difference of accuracies (a fraction) in percentage points: 0.2 -> '20 points'."""
+    return f"{100 * x:g} points"
+
+
+def _and(items: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _lengths_text(lengths: Sequence[int], T: int) -> str:
-    return ", ".join(f"{length} ({length / T:g}T)" for length in lengths) or "none"
+    """'128 (2T), 256 (4T) and 512 (8T)', or 'no length'."""
+    return _and([f"{length} ({'' if length == T else f'{length / T:g}'}T)" for length in lengths]) or "no length"
+
+
+SIDE = {"above": "is wholly above {}", "undecided": "straddles {}", "below": "is at or below {}"}
+
+
+def _side(e: Estimate, bar: float) -> str:
+    """Where an interval lies against a bar, in words: 'is wholly above 20 points', 'straddles 20
+    points' or 'is at or below 20 points'."""
+    return SIDE[e.compare(bar)].format(_points(bar))
+
+
+def _sides(estimates: dict[int, Estimate], bar: float, T: int) -> str:
+    """Each length's interval against `bar` in one phrase, lengths with the same side together in
+    the order they come: 'is wholly above 20 points at 128 (2T) and 256 (4T), straddles 20 points
+    at 512 (8T), is at or below 20 points at 1024 (16T)'."""
+    groups: dict[str, list[int]] = {}
+    for length, e in estimates.items():
+        groups.setdefault(e.compare(bar), []).append(length)
+    return ", ".join(f"{SIDE[side].format(_points(bar))} at {_lengths_text(lengths, T)}"
+                     for side, lengths in groups.items())
 
 
 def _triple(e: Estimate) -> list[float | None]:
@@ -296,15 +342,9 @@ def claim_degradation(models: Sequence[ModelSummary], cells, plan: Plan | None =
         shown = drops[shown_at]
         effective = effective_length(cells, name, T, plan, model.labels, settings.effective_length_bar_fraction, level)
         first = pooled_estimate(at_t.cells, level)
-        if decided == SUPPORTED:
-            why = f"drop above {bar:.2f} from {_lengths_text(sharp, T)}"
-        elif decided == NOT_SUPPORTED:
-            why = f"every drop up to {max(past)} is at most {bar:.2f}"
-        else:
-            why = f"no drop is decided above {bar:.2f}, and not every one is decided at or below it"
-        reason = (f"{_fmt(first, '%')} at T={T}; {'first sharp' if sharp else 'largest'} drop {_fmt(shown)} at "
-                  f"{shown_at}; {why}; effective length "
-                  f"{effective.length if effective.length is not None else 'none'}" + note)
+        reason = (f"Accuracy at T={T} is {_fmt(first, '%')}. The drop from T {_sides(drops, bar, T)}. The "
+                  f"{'first sharp' if sharp else 'largest'} drop is {_fmt(shown)}, at {shown_at} ({shown_at / T:g}T). "
+                  f"Effective length: {effective.length if effective.length is not None else 'none'}." + note)
         evidence.append(Evidence(
             name, model.family, f"drop from T={T} ({'first sharp' if sharp else 'largest'}, at {shown_at})", shown,
             verdict, reason, keys, coverage,
@@ -314,8 +354,8 @@ def claim_degradation(models: Sequence[ModelSummary], cells, plan: Plan | None =
              "interval_level_each": each, "effective_length": effective.length,
              "ruler_effective_length": effective.ruler_length}))
     rule = (f"A model degrades sharply when, at some length past T, its accuracy at T minus its accuracy there has "
-            f"an interval wholly above {bar:.2f} ({100 * level:g}% over all lengths together), and does not when "
-            f"every such interval ends at or below {bar:.2f}; the claim holds when every family's judged models "
+            f"an interval wholly above {_points(bar)} ({100 * level:g}% over all lengths together), and does not when "
+            f"every such interval ends at or below {_points(bar)}; the claim holds when every family's judged models "
             "degrade.")
     verdict, summary = every_family(every(e.verdict for e in evidence), evidence, models, _by_family(evidence))
     return _finish(1, rule, verdict, evidence, excluded, summary)
@@ -344,14 +384,14 @@ def claim_recurrent_vs_attention(models: Sequence[ModelSummary], cells, plan: Pl
         for a in attention:
             evidence.append(_pair(cells, plan, settings, r, a, level, margin))
     verdict = every(e.verdict for e in evidence if e.verdict is not None)
-    summary = "; ".join(_pair_summary(e) for e in evidence if e.verdict is not None)
+    summary = " ".join(_pair_summary(e) for e in evidence if e.verdict is not None)
     if not recurrent or not attention:
         have = "a recurrent" if recurrent else "an attention" if attention else "no"
         verdict, summary = INCONCLUSIVE, f"needs a judged recurrent and a judged attention model; has {have} model only. "
     rule = (f"For each recurrent or state-space model paired with each attention model, the difference in accuracy "
             f"(recurrent minus attention, on the formats both learned) is read at every length past T with "
             f"{100 * level:g}% intervals over all lengths together: a family is ahead where its interval clears a "
-            f"margin of {margin:.2f}, and the claim holds when every recurrent model is ahead somewhere and attention "
+            f"margin of {_points(margin)}, and the claim holds when every recurrent model is ahead somewhere and attention "
             "nowhere.")
     return _finish(2, rule, verdict, evidence, excluded, summary)
 
@@ -391,9 +431,14 @@ def _pair(cells: list[Cell], plan: Plan | None, settings: AnalysisSettings, r: J
         decided = INCONCLUSIVE
     verdict, note = _gate(decided, coverage, settings)
     longest = max(past)
-    reason = (f"{r.name} ahead at {_lengths_text(r_ahead, T)}; {a.name} ahead at {_lengths_text(a_ahead, T)}; "
-              f"at {longest}: {_fmt(diffs[longest])}"
-              + ("" if labels is None else f"; on {', '.join(labels)}") + note)
+    neither = [length for length in past if length not in r_ahead and length not in a_ahead]
+    if r_ahead or a_ahead:
+        ahead = (f"{r.name} is ahead by more than {_points(margin)} at {_lengths_text(r_ahead, T)}, {a.name} at "
+                 f"{_lengths_text(a_ahead, T)}" + (f", neither at {_lengths_text(neither, T)}" if neither else ""))
+    else:
+        ahead = f"Neither is ahead by more than {_points(margin)} at any of {_lengths_text(past, T)}"
+    reason = (ahead + f". At {longest} ({longest / T:g}T) {r.name} minus {a.name} is {_fmt(diffs[longest])}."
+              + ("" if labels is None else f" Read on {_and(labels)}.") + note)
     return Evidence(name, r.family, f"{r.name} minus {a.name} at {longest} ({longest / T:g}T)", diffs[longest],
                     verdict, reason, keys, coverage, {"length": float(longest)},
                     {"recurrent": r.name, "attention": a.name, "recurrent_ahead": r_ahead, "attention_ahead": a_ahead,
@@ -411,8 +456,9 @@ def _pair_summary(e: Evidence) -> str:
     d = e.details
     if not d:
         return f"{e.model}: {e.verdict}"
-    return (f"{e.model}: {e.verdict} ({d['recurrent']} ahead at {', '.join(map(str, d['recurrent_ahead'])) or 'no length'}"
-            f", {d['attention']} ahead at {', '.join(map(str, d['attention_ahead'])) or 'no length'})")
+    return (f"{e.model}: {e.verdict}, as {d['recurrent']} is ahead at "
+            f"{_and([str(n) for n in d['recurrent_ahead']]) or 'no length'} and {d['attention']} at "
+            f"{_and([str(n) for n in d['attention_ahead']]) or 'no length'}.")
 
 
 def _middle_evidence(model: ModelSummary, cells, plan: Plan | None, settings: AnalysisSettings) -> Evidence:
@@ -451,13 +497,14 @@ def _middle_evidence(model: ModelSummary, cells, plan: Plan | None, settings: An
     verdict, note = _gate(decided, coverage, settings)
     shown_at = lost[0] if lost else max(again, key=lambda L: again[L].u_index.value)
     shown = again[shown_at]
-    reason = (f"at {shown_at} ({shown_at / T:g}T): start {_pct(shown.start.value)}, middle "
-              f"{_pct(shown.middle_accuracy.value)}, end {_pct(shown.end.value)}; primacy {_fmt(shown.primacy)}, "
-              f"recency {_fmt(shown.recency)}; "
-              + ("worse in the middle than at both ends" if decided == SUPPORTED else
-                 "not worse in the middle than at both ends" if decided == NOT_SUPPORTED else
-                 "undecided")
-              + (f"; not read (at the ceiling or floor) at {', '.join(limits)}" if limits else "") + note)
+    reason = (f"At {shown_at} ({shown_at / T:g}T) the accuracy is {_pct(shown.start.value)} at the start, "
+              f"{_pct(shown.middle_accuracy.value)} in the middle and {_pct(shown.end.value)} at the end; primacy "
+              f"(start minus middle) is {_fmt(shown.primacy)}, recency (end minus middle) {_fmt(shown.recency)}. The "
+              f"worse end minus the middle {_sides({L: m.u_index for L, m in again.items()}, gap, T)}: "
+              + ("worse in the middle than at both ends." if decided == SUPPORTED else
+                 "not worse in the middle than at both ends." if decided == NOT_SUPPORTED else "undecided.")
+              + (f" Not read, at the ceiling or the floor: {_lengths_text([int(L) for L in limits], T)}." if limits
+                 else "") + note)
     return Evidence(
         name, model.family, f"min(start, end) minus middle at {shown_at} ({shown_at / T:g}T)", shown.u_index,
         verdict, reason, keys, coverage,
@@ -484,7 +531,7 @@ def claim_lost_in_the_middle(models: Sequence[ModelSummary], cells, plan: Plan |
     rule = (f"At the first {settings.middle_lengths_read} lengths from T on where a model's accuracy over all depths "
             f"is off the ceiling and floor ({_pct(settings.floor_fraction)}-{_pct(settings.ceiling_fraction)}), "
             f"the worse of its two ends minus its middle (depths {settings.middle_depths_percent[0]:g}-"
-            f"{settings.middle_depths_percent[1]:g}%) must have an interval wholly above {settings.middle_gap_fraction:.2f} "
+            f"{settings.middle_depths_percent[1]:g}%) must have an interval wholly above {_points(settings.middle_gap_fraction)} "
             f"at some length ({100 * level:g}% over the lengths together) for the model to be lost in the middle, so "
             "that a rise toward the question alone (recency) does not count; the claim holds when every family's judged "
             "models are.")
@@ -535,9 +582,7 @@ def claim_format_inconsistency(models: Sequence[ModelSummary], cells, plan: Plan
         verdict, note = _gate(decided, sum((r[1].coverage + r[2].coverage for r in results), Coverage(0, 0)), settings)
         group, at_t, at_fixed, *_ = max(results, key=lambda r: (r[3], -np.inf if np.isnan(r[2].spread.value)
                                                                 else r[2].spread.value))
-        ranking = f"{at_fixed.best} best, {at_fixed.worst} worst" if at_fixed.spread.value > 0 else "formats equal"
-        reason = (f"formats {', '.join(group)}: spread at T={T} {_fmt(at_t.spread)}, at {fixed} "
-                  f"({settings.format_length_factor}T) {_fmt(at_fixed.spread)}, {ranking}" + note)
+        reason = _spread_reason(group, at_t, at_fixed, T, settings) + note
         coverage = sum((r[1].coverage + r[2].coverage for r in results), Coverage(0, 0))
         keys = [k for r in results for k in r[1].cells + r[2].cells]
         evidence.append(Evidence(
@@ -549,9 +594,20 @@ def claim_format_inconsistency(models: Sequence[ModelSummary], cells, plan: Plan
                          "by_label_at_fixed": {k: _triple(v) for k, v in f.by_label.items()}}
                         for g, t, f, *_ in results], "interval_level_each": each}))
     rule = (f"Among formats of equal answer length, a model is inconsistent when their spread in accuracy is decided "
-            f"below {small:.2f} at T and above {large:.2f} at {settings.format_length_factor}T (a length fixed in "
+            f"below {_points(small)} at T and above {_points(large)} at {settings.format_length_factor}T (a length fixed in "
             f"advance; {100 * level:g}% intervals over every comparison together); the claim holds when some model is.")
     return _finish(4, rule, some(e.verdict for e in evidence), evidence, excluded)
+
+
+def _spread_reason(group: Sequence[str], at_t, at_fixed, T: int, settings: AnalysisSettings) -> str:
+    """Claim 4's inputs in words: the spread of a group of formats at T against the small bar and
+    at the fixed length against the large one, and which format is best and worst there."""
+    ranking = (f"{at_fixed.best} is best and {at_fixed.worst} worst" if at_fixed.spread.value > 0
+               else "the formats are equal")
+    factor = settings.format_length_factor
+    return (f"Across the formats {_and(list(group))} the spread is {_fmt(at_t.spread)} at T={T}, "
+            f"which {_side(at_t.spread, settings.small_spread_fraction)}, and {_fmt(at_fixed.spread)} at {factor * T} "
+            f"({factor}T), which {_side(at_fixed.spread, settings.large_spread_fraction)}; {ranking}.")
 
 
 CLAIM_FUNCTIONS = {1: claim_degradation, 2: claim_recurrent_vs_attention, 3: claim_lost_in_the_middle,

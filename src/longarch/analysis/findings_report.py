@@ -1,5 +1,7 @@
 """The "Findings" section of a controlled study's report: the paper's four claims checked against
-this run's results (findings.py), with the evidence per model as a table.
+this run's results (findings.py), with the evidence per model as a table. Only a study that asks
+for them (`analysis.claims: paper`) has the section; every number in it is in percent or
+percentage points.
 
 The planned grid comes from the store's metadata (tasks, lengths, depths), so a claim whose
 cells are not all stored says so and is judged inconclusive rather than on what happens to
@@ -70,8 +72,8 @@ def _estimate(e) -> str:
 
 def findings_blocks(result: list[Finding], level: float = 0.95) -> list[Block]:
     blocks: list[Block] = [("h2", "Findings"), ("p",
-        "The four claims of the study this product is built on (Huang, COLING 2025), each checked against this "
-        f"run: the measure per model with its {100 * level:g}% interval, the rule in one sentence, and a verdict "
+        "The four claims of Huang (COLING 2025) about long-context extrapolation, which this study asks about "
+        f"(`analysis.claims: paper`), each checked against this run: the measure per model with its {100 * level:g}% interval, the rule in one sentence, and a verdict "
         "computed from the intervals. An accuracy's interval is the Jeffreys interval of its counts pooled over "
         "seeds (every seed is evaluated on its own samples); it covers the mean accuracy of these trained seeds, "
         "not of seeds not trained, and at 100% it still has width (48 of 48: 94.9-100). A difference gets Newcombe's "
@@ -91,8 +93,8 @@ def findings_blocks(result: list[Finding], level: float = 0.95) -> list[Block]:
         rows = [[e.model, e.family, e.quantity, _estimate(e.estimate), e.verdict or "shown only", e.reason,
                  f"{e.coverage.covered} of {e.coverage.expected}"] for e in finding.evidence]
         if rows:
-            blocks.append(("table", ["model", "family", "measure", f"% [{100 * level:g}% interval]", "verdict", "why",
-                                     "cells"], rows))
+            blocks.append(("table", ["model", "family", "measure", f"points [{100 * level:g}% interval]", "verdict",
+                                     "why", "cells"], rows))
         shown = tuple(f"- {e.model} (" for e in finding.evidence)  # per-model lines: already in the table
         lines = [line for line in finding.explanation.splitlines()[1:]
                  if not line.startswith(shown) or " left out on " in line or " excluded: " in line]

@@ -17,6 +17,9 @@ The settings are the one `AnalysisSettings` (analysis/settings.py), read from th
 `analysis:` block as stored with its results (`settings.from_stored`): a store written before
 issue 15 reports with its old names read as the new ones and says so, a store without the block
 reports with the defaults, and one whose block no longer validates says so, then uses them.
+The "Findings" section (the paper's claims) follows only for a study with `analysis.claims:
+paper` (a store from before that setting reads as such); without it the measures stand alone
+and say nothing of the claims.
 """
 
 from __future__ import annotations
@@ -75,19 +78,22 @@ def settings_of(config: dict) -> AnalysisSettings:
 
 def analysis_sections(meta: dict, config: dict, models: list[ModelSummary], cells: Mapping, labels: list[str],
                       partial: dict) -> tuple[list[Block], dict]:
-    """The "Per-model measures" and "Findings" sections, judged with the study's `analysis:`
-    settings, and their summary.json entries: analysis (the settings used), measures,
-    partial_seeds, findings."""
+    """The "Per-model measures" and, for a study with `analysis.claims: paper`, "Findings"
+    sections, judged with the study's `analysis:` settings, and their summary.json entries:
+    analysis (the settings used), measures, partial_seeds, and findings with the claims."""
     settings, note = read_settings(config)
-    claims = check_claims(meta, models, cells, settings)
     # a model whose every seed diverged has nothing to measure; the findings list it as not learned
     blocks, summary = measures([m for m in models if not m.all_diverged], cells, plan_of(meta, cells), labels,
                                settings, partial)
     if note:
         blocks.insert(1, ("warn", f"{note[0].upper()}{note[1:]}."))
+    entries = {"analysis": settings.model_dump(mode="json"), "measures": summary,
+               "partial_seeds": partial_summary(partial)}
+    if settings.claims != "paper":
+        return blocks, entries
+    claims = check_claims(meta, models, cells, settings)
     return blocks + findings_blocks(claims, settings.interval_level_fraction), {
-        "analysis": settings.model_dump(mode="json"), "measures": summary, "partial_seeds": partial_summary(partial),
-        "findings": [finding.as_dict() for finding in claims]}
+        **entries, "findings": [finding.as_dict() for finding in claims]}
 
 
 def partial_seed_cells(cells: Mapping, models: list[ModelSummary], seeds: list[int]) -> dict[tuple, SeedGap]:
@@ -241,13 +247,13 @@ def _middle_rows(cells: list[Cell], model: str, T: int, plan: Plan | None, label
 def _blocks(rows, lim_rows, spread_rows, settings: AnalysisSettings, labels: list[str], partial: dict) -> list[Block]:
     level = f"{100 * settings.interval_level_fraction:g}%"
     bar = settings.effective_length_bar_fraction
-    low, high = settings.middle_depths_percent
+    claims = settings.claims == "paper"  # the measures name the claims that read them only when the study has them
     blocks: list[Block] = [("h2", "Per-model measures"), ("p",
         f"Every interval in this section is a {level} {INTERVAL}. Effective length (lower bounds): the longest "
         "evaluated length L such that at every evaluated length up to L the lower end of the interval of the "
-        f"accuracy (pooled over seeds and depths) is above {100 * bar:g}% (`analysis.effective_length_bar_fraction` "
-        f"{bar:g}); \"none\" when the shortest evaluated length already falls short. This is the effective length "
-        "the findings read. The ratio is that length divided by T (\"< T\" when it is shorter than T). RULER's rule "
+        f"accuracy (pooled over seeds and depths) is above {100 * bar:g}% (`analysis.effective_length_bar_fraction`); "
+        "\"none\" when the shortest evaluated length already falls short. "
+        + ("This is the effective length the findings read. " if claims else "") + "The ratio is that length divided by T (\"< T\" when it is shorter than T). RULER's rule "
         f"is what RULER reports: the longest evaluated length whose accuracy itself is above {100 * bar:g}%, whether "
         "or not a shorter length falls below it. The last column applies the lower-bound rule to the upper ends of "
         "the intervals: the longest effective length these intervals allow. \"(k of n cells)\" marks an entry "
@@ -258,32 +264,40 @@ def _blocks(rows, lim_rows, spread_rows, settings: AnalysisSettings, labels: lis
                                  "effective length (lower bounds)", "ratio", "RULER's rule (point values)",
                                  "from upper bounds"], rows))
     if lim_rows:
-        floor, ceiling = 100 * settings.floor_fraction, 100 * settings.ceiling_fraction
-        blocks += [("h3", "Lost in the middle"), ("p",
-            f"At T and at the first {settings.middle_lengths_read} lengths from T on where the accuracy over all "
-            f"depths is off the floor and the ceiling ({floor:g}-{ceiling:g}%, `analysis.floor_fraction` and "
-            "`analysis.ceiling_fraction`: the lengths claim 3 reads, here for each format alone): accuracy at the "
-            f"shallowest needle depth (start), at depths {low:g}-{high:g}% (middle) and at the deepest depth (end, "
-            "next to the question), pooled over seeds. Primacy is start minus middle and recency end minus middle, "
-            f"each with its {level} interval; the U index is min(start, end) minus middle, above zero only when both "
-            "ends beat the middle (lost in the middle; a model that only does better near the question has "
-            "recency, not a U). The U index's interval is [the lower of the two lows, the lower of the two highs] "
-            f"of primacy and recency, each taken at the {100 * (1 - (1 - settings.interval_level_fraction) / 2):g}% "
-            "level. \"(at the ceiling)\" or \"(at the floor)\" marks a length where no depth can do better or worse "
-            "and claim 3 does not read it. Claim 3's verdict takes its intervals at a level that holds over the "
-            "lengths it reads together, so they are wider than these."),
+        blocks += [("h3", "Lost in the middle"), ("p", _middle_text(settings, claims)),
             ("table", ["model", "task", "length", "start (%)", "middle (%)", "end (%)",
                        f"primacy (points) [{level}]", f"recency (points) [{level}]", f"U index (points) [{level}]"],
              lim_rows)]
     if spread_rows:
         blocks += [("h3", "Format sensitivity"), ("p",
             f"Spread (best minus worst) of accuracy across the formats {', '.join(settings.labels or labels)} at each "
-            f"length, each pooled over seeds and depths. The spread's {level} interval holds for every format at "
-            "once (each format's interval at a Bonferroni-corrected level; from the largest gap the formats' "
-            "intervals force to the largest they allow). Claim 4 compares only formats with answers of equal "
-            "length."),
+            f"length, each pooled over seeds and depths, in percentage points. The spread's {level} interval holds "
+            "for every format at once (each format's interval at a Bonferroni-corrected level; from the largest gap "
+            "the formats' intervals force to the largest they allow)."
+            + (" Claim 4 compares only formats with answers of equal length." if claims else "")),
             ("table", ["model", "length", f"spread (points) [{level} interval]", "best format (%)",
                        "worst format (%)"], spread_rows)]
     if partial:
         blocks.append(("warn", partial_note(partial)))
     return blocks
+
+
+def _middle_text(settings: AnalysisSettings, claims: bool) -> str:
+    """What the lost-in-the-middle table shows; with the paper's claims, how claim 3 reads it."""
+    level = f"{100 * settings.interval_level_fraction:g}%"
+    low, high = settings.middle_depths_percent
+    floor, ceiling = 100 * settings.floor_fraction, 100 * settings.ceiling_fraction
+    return (
+        f"At T and at the first {settings.middle_lengths_read} lengths from T on where the accuracy over all "
+        f"depths is off the floor and the ceiling ({floor:g}-{ceiling:g}%, `analysis.floor_fraction` and "
+        "`analysis.ceiling_fraction`" + (": the lengths claim 3 reads, here for each format alone" if claims else "")
+        + f"): accuracy at the shallowest needle depth (start), at depths {low:g}-{high:g}% (middle) and at the "
+        "deepest depth (end, next to the question), pooled over seeds. Primacy is start minus middle and recency end "
+        f"minus middle, in percentage points, each with its {level} interval; the U index is min(start, end) minus "
+        "middle, above zero only when both ends beat the middle (lost in the middle; a model that only does better "
+        "near the question has recency, not a U). The U index's interval is [the lower of the two lows, the lower of "
+        f"the two highs] of primacy and recency, each taken at the "
+        f"{100 * (1 - (1 - settings.interval_level_fraction) / 2):g}% level. \"(at the ceiling)\" or \"(at the "
+        "floor)\" marks a length where no depth can do better or worse"
+        + (" and claim 3 does not read it. Claim 3's verdict takes its intervals at a level that holds over the "
+           "lengths it reads together, so they are wider than these." if claims else "."))

@@ -29,6 +29,23 @@ class Report:
     summary: dict                  # written to summary.json
     table: Table                   # the terminal's summary, printed after a run and by `longarch report`
     files: dict[str, Path] = field(default_factory=dict)  # figures written, by path relative to the study dir
+    title: str | None = None       # the study's own title (`analysis.title`), else "longarch report: <name>"
+
+    @property
+    def page_title(self) -> str:
+        return self.title or f"longarch report: {self.name}"
+
+
+def heading(name: str, config: dict, settings) -> list[Block]:
+    """The top of every report: the study's title (`analysis.title`, else "longarch report:
+    <name>"), its description, and the question it asks (`analysis.question`), when it sets one.
+    What a study is about is its own to say: nothing here frames it as any paper's."""
+    blocks: list[Block] = [("h1", settings.title or f"longarch report: {name}")]
+    if config.get("description"):
+        blocks.append(("p", str(config["description"])))
+    if settings.question:
+        blocks.append(("p", f"**Question:** {settings.question}"))
+    return blocks
 
 
 class Figures:
@@ -64,7 +81,7 @@ def write(out: Path, report: Report, state: GridState | None = None) -> dict[str
     paths["md"] = out / "report.md"
     paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"] = out / "report.html"
-    paths["html"].write_text(render_html(blocks, f"longarch report: {report.name}", out), encoding="utf-8")
+    paths["html"].write_text(render_html(blocks, report.page_title, out), encoding="utf-8")
     return paths
 
 

@@ -8,6 +8,12 @@ Every name says its unit:
   percentage;
 - `..._factor` / `..._factors`: a length as a multiple of the training length T;
 - `..._percent`: a needle depth, in percent of the context (0 = start, 100 = next to the question).
+
+The report shows every accuracy, interval, drop and bar in percent (or percentage points, for a
+difference); summary.json keeps fractions, as these settings are written.
+
+`title`, `question` and `claims` say what the report is about: a study asks its own question, and
+the four claims of Huang (COLING 2025) are judged only when it says `claims: paper`.
 """
 
 from __future__ import annotations
@@ -93,6 +99,16 @@ class AnalysisSettings(BaseModel):
     small_spread_fraction: float = Field(0.10, ge=0, le=1, description="claim 4: format spread at T below this")
     large_spread_fraction: float = Field(0.30, ge=0, le=1, description="claim 4: spread at the fixed length above this")
 
+    # -- what the report is about ---------------------------------------------------------------
+    title: str | None = Field(None, min_length=1, description="the report's title [default: 'longarch report: "
+                                                             "<the study's name>']")
+    question: str | None = Field(None, min_length=1, description="the question the study asks, shown under the "
+                                                                "report's title [default: none]")
+    claims: Literal["none", "paper"] = Field(
+        "none", description="'paper': the report judges the four claims of Huang (COLING 2025) in a Findings "
+                            "section; 'none': it shows the measures only [default; a store written before this "
+                            "setting existed reads as 'paper', see `from_stored`]")
+
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data):
@@ -126,8 +142,13 @@ def from_stored(block: dict | None, min_train_accuracy: float | None = None) -> 
     read leniently (else ""). A block written before issue 15 has its old names translated
     (`threshold` in percent becomes a fraction; claim-2 settings that no longer exist are
     dropped); a block that still does not validate gives the defaults and says why.
-    `min_train_accuracy`: the old top-level setting, now `learned_bar_fraction`."""
+    `min_train_accuracy`: the old top-level setting, now `learned_bar_fraction`.
+    A block without `claims` was stored before that setting existed, when every report judged the
+    paper's claims: it reads as `claims: paper`, so that its report is rebuilt as it was written (a
+    new study's stored block always has the key)."""
     block = dict(block) if isinstance(block, dict) else {}
+    before_claims = {} if "claims" in block else {"claims": "paper"}
+    block.update(before_claims)
     translated = []
     if "threshold" in block:
         threshold = block.pop("threshold")
@@ -142,10 +163,10 @@ def from_stored(block: dict | None, min_train_accuracy: float | None = None) -> 
     for gone in ("factor", "nontrivial", "collapsed", "chance"):
         if block.pop(gone, None) is not None:
             translated.append(gone)
-    learned = {}
+    learned = dict(before_claims)
     if (isinstance(min_train_accuracy, (int, float)) and not isinstance(min_train_accuracy, bool)
             and "learned_bar_fraction" not in block):
-        learned = {"learned_bar_fraction": float(min_train_accuracy)}
+        learned["learned_bar_fraction"] = float(min_train_accuracy)
         block.update(learned)
     try:
         settings = AnalysisSettings.model_validate(block)
@@ -154,7 +175,7 @@ def from_stored(block: dict | None, min_train_accuracy: float | None = None) -> 
         first = errors[0]
         where = ".".join(map(str, first["loc"])) or "analysis"
         try:
-            fallback = AnalysisSettings.model_validate(learned)  # keep the stored training bar
+            fallback = AnalysisSettings.model_validate(learned)  # keep the stored training bar and claims
         except ValueError:
             fallback = AnalysisSettings()
         return fallback, (f"the stored `analysis:` block does not validate ({where}: {first['msg']}); the default "

@@ -22,7 +22,7 @@ from ..analysis.findings import accuracy_at
 from ..analysis.measures import cell_estimate
 from ..analysis.measures_report import INTERVAL, PARTIAL, analysis_sections, partial_seed_cells, settings_of
 from ..analysis.render import MISSING, Block, reproducibility
-from ..analysis.report import Figures, Report
+from ..analysis.report import Figures, Report, heading
 from ..analysis.settings import AnalysisSettings
 from ..analysis.training_report import training_section
 from ..analysis.stats import Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells, summarise_models
@@ -354,9 +354,7 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
     train_lengths = data.train_lengths
     t_text = ", ".join(str(t) for t in sorted(train_lengths)) or "?"
     longest = plots.format_length(max(data.lengths)) if data.lengths else "?"
-    blocks: list[Block] = [("h1", f"longarch report: {data.name}")]
-    if config.get("description"):
-        blocks.append(("p", str(config["description"])))
+    blocks: list[Block] = heading(data.name, config, data.settings)
 
     blocks += [("h2", "What this measures"), ("p",
         f"Each model was trained from scratch on {task} at the training length T = {t_text} tokens, "
@@ -368,7 +366,7 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
     blocks.append(("h2", "Setup"))
     rows = [[m.name, m.family, f"{m.params:,}", f"{m.state_floats:,}",
              {"linear": "grows linearly"}.get(m.state_growth, m.state_growth), str(m.train_length),
-             _train_accuracy(m), ", ".join(map(str, sorted({*m.seeds, *m.diverged}))), _duration(m.train_seconds)]
+             _train_accuracy(m), seeds_text(sorted({*m.seeds, *m.diverged})), _duration(m.train_seconds)]
             for m in data.models]
     blocks.append(("table", ["model", "family", "parameters", "state size (floats at T)", "state size with length",
                              "training length", "training accuracy (%)", "seeds", "training time (per seed)"], rows))
@@ -387,11 +385,20 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
         blocks.append(("p", f"Trained on a mixture: the training accuracy is the mean over its tasks, so models are "
                             f"judged task by task. In each task's table, \"(below {100 * data.learned_bar_fraction:g}% at T)\" marks "
                             "a model that did not solve that task at T (accuracy pooled over seeds and depths); its "
-                            "accuracy past T on that task is not interpreted, and the findings leave it out there."))
+                            "accuracy past T on that task is not interpreted"
+                            + (", and the findings leave it out there." if data.settings.claims == "paper" else ".")))
     blocks += training_blocks or []
     blocks += _accuracy_blocks(data, figures, unsolved)
     blocks += analysis_blocks or []  # Per-model measures, then Findings
     return blocks + _closing_blocks(data, config)
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """The setup table's seeds: each seed and how many, so that seed 0 alone does not read as no
+    seeds: '0 (1 seed)', '0, 1 (2 seeds)'."""
+    if not seeds:
+        return MISSING
+    return f"{', '.join(map(str, seeds))} ({len(seeds)} seed{'' if len(seeds) == 1 else 's'})"
 
 
 def _accuracy_blocks(data: StudyData, figures: dict[str, str], unsolved: set[str]) -> list[Block]:
@@ -507,7 +514,7 @@ def report(out_dir: Path, dest: Path | None = None) -> Report:
                                                           data.partial)
     summary = {**build_summary(data), **analysis_summary, "training": training_summary}
     return Report(data.name, _blocks(data, figures.keys, analysis_blocks, training_blocks), summary,
-                  _table(data), figures.files)
+                  _table(data), figures.files, data.settings.title)
 
 
 def _depth_grid(data: StudyData, model: str, task: str) -> dict[tuple[int, float], float]:

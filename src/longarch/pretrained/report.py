@@ -27,7 +27,7 @@ from ..analysis.measures import EffectiveLength, Estimate, LengthAccuracy, Plan,
     effective_length, pooled_estimate
 from ..analysis.reference import REFERENCES
 from ..analysis.render import MISSING, Block, reproducibility
-from ..analysis.report import Figures, Report
+from ..analysis.report import Figures, Report, heading
 from ..analysis.settings import AnalysisSettings
 from ..analysis.stats import Cell, LengthPoint, collect_cells
 from .config import stored_settings
@@ -170,9 +170,7 @@ def _ablation_grid(data: PretrainedData, model: str, label: str) -> dict[tuple[i
 def _blocks(data: PretrainedData, figures: dict[str, str], summary: dict) -> list[Block]:
     config = data.config
     reference = REFERENCES.get(config.get("reference") or "")
-    blocks: list[Block] = [("h1", f"longarch report: {data.name}")]
-    if config.get("description"):
-        blocks.append(("p", str(config["description"])))
+    blocks: list[Block] = heading(data.name, config, data.settings)
     ev = config.get("eval", {})
     blocks += [("h2", "What this measures"), ("p",
         f"Pretrained checkpoints evaluated on RULER-style text tasks at {', '.join(plots.format_length(n) for n in data.lengths)} "
@@ -234,7 +232,7 @@ def _suite_blocks(data: PretrainedData, figures: dict[str, str], summary: dict, 
         "evaluation of one checkpoint, so the interval is about these prompts' sampling, not about other "
         f"checkpoints. Effective length (lower bounds): the longest length L such that at every evaluated length "
         f"up to L the lower end of the average's {level} interval is above {100 * data.bar:g} "
-        f"(`analysis.effective_length_bar_fraction` {data.bar:g}; RULER's bar is Llama-2-7B's 85.6 at 4K); "
+        f"(`analysis.effective_length_bar_fraction`; RULER's bar is Llama-2-7B's 85.6 at 4K); "
         "\"none\" when the shortest length already falls short. RULER's rule, what RULER reports: the longest "
         f"length whose average itself is above {100 * data.bar:g}, whether or not a shorter length falls below "
         "it. Both read complete averages only: a length where a task's cell is missing is not effective."))
@@ -331,7 +329,8 @@ def report(out_dir: Path, dest: Path | None = None) -> Report:
                     figures.dir / f"depth_{slug(m['name'])}_{slug(label)}",
                     title=f"{m['name']} on {label}: score (%) by length and needle depth"))
     summary = build_summary(data)
-    return Report(data.name, _blocks(data, figures.keys, summary), summary, _table(data), figures.files)
+    return Report(data.name, _blocks(data, figures.keys, summary), summary, _table(data), figures.files,
+                  data.settings.title)
 
 
 def _suite_figures(data: PretrainedData, figures: Figures) -> None:
