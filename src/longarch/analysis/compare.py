@@ -52,7 +52,9 @@ def read(directory: Path) -> tuple[str, dict[str, list[Row]]]:
     trained_at = {m.name: m.train_length for m in models}
     cells = collect_cells(results).values()
     labels: dict[str, list[Row]] = {}
-    for model in dict.fromkeys(r.model for r in results):
+    # in the study's own order: its models as stored (trained or loaded), then any other name with results
+    named = [m.name for m in models] + [p["name"] for p in checkpoints] + [r.model for r in results]
+    for model in [m for m in dict.fromkeys(named) if any(r.model == m for r in results)]:
         for label in dict.fromkeys(c.task for c in cells if c.model == model):
             points = accuracy_by_length(cells, model, settings.interval_level_fraction, task=label)
             t = trained_at.get(model)
