@@ -133,14 +133,14 @@ def _run(kind, target: Path, backend: str, workers: int | None, address: str | N
     the first error; the report is written first), 128 + the signal's number when Ctrl-C (130),
     SIGTERM (143) or SIGHUP (129) stopped it, what is stored kept. workers None: the kind's default."""
     from .analysis.report import run
-    from .study.grid import grid_state
 
     _check_out(target)
     command = "longarch " + " ".join(sys.argv[1:])
     try:
         with stopped_by_signals() as received:
-            run(kind, target, console, command, backend, workers, address, retries, force)
-            unsettled = _unsettled(grid_state(kind.plan(), target), target)
+            # the plan against the store as the report read it: the same counts, not read twice
+            unsettled = _unsettled(run(kind, target, console, command, backend, workers, address, retries,
+                                       force).state, target)
     except KeyboardInterrupt:
         number = received[0] if received else signal.SIGINT  # Ray's waits raise Stopped as a plain one
         how = "interrupted" if number == signal.SIGINT else f"stopped by {signal.Signals(number).name}"
@@ -212,6 +212,14 @@ def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | 
     return load_study(study, corpus=None if corpus is None else str(corpus), scale=scale,
                       squad=None if squad is None else str(squad), hotpotqa=None if hotpotqa is None else str(hotpotqa),
                       trust_remote_code=trust_remote_code or None, plugin=[str(p) for p in plugin] if plugin else None)
+
+
+def _report_out(out: Path, what: str) -> None:
+    """A report's --out: a directory (or none yet) that holds nothing but a report's files."""
+    _check_out(out)
+    others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES) if out.is_dir() else []
+    if others:
+        fail(f"--out {out} holds other files ({', '.join(others[:3])}); give {what} a directory of its own")
 
 
 def _check_out(target: Path) -> None:
@@ -469,10 +477,7 @@ def report(directory: Annotated[Path, typer.Argument(help="a study's output dire
     if out is None and not os.access(directory, os.W_OK):
         fail(f"{directory} is read-only: the report cannot be written there; write it elsewhere with --out DIR")
     if out is not None:
-        _check_out(out)
-        others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES) if out.is_dir() else []
-        if others:
-            fail(f"--out {out} holds other files ({', '.join(others[:3])}); give the report a directory of its own")
+        _report_out(out, "the report")
     paths = build_report(directory, out)
     console.print(summary_table(directory))
     console.print(f"report: {paths['md']}  and  {paths['html']}")
@@ -527,12 +532,9 @@ def compare(directories: Annotated[list[Path], typer.Argument(help="study output
             fail(f"{directory} has no results.sqlite; compare takes study directories (longarch run STUDY --out DIR)")
     if len({d.resolve() for d in directories}) < 2:
         fail("compare takes two or more different study directories")
-    _check_out(out)
     if (out / "results.sqlite").exists():
         fail(f"--out {out} is a study directory: its own report would be overwritten; give the comparison its own")
-    others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES) if out.is_dir() else []
-    if others:
-        fail(f"--out {out} holds other files ({', '.join(others[:3])}); give the comparison a directory of its own")
+    _report_out(out, "the comparison")
     out.mkdir(parents=True, exist_ok=True)
     report = build(directories, out)
     paths = write(out, report)

@@ -81,7 +81,7 @@ def compare(directories: list[Path], out: Path) -> Report:
     figures.dir.mkdir(parents=True, exist_ok=True)
     summary = {"compared": [{"study": s, "directory": str(d)} for s, d in studies], "labels": {}}
     for label, rows in by_label.items():
-        blocks += _label_blocks(label, rows, figures, out)
+        blocks += _label_blocks(label, rows, figures)
         summary["labels"][label] = [{"study": r.study, "model": r.model, "family": r.family,
                                      "train_length": r.train_length, "learned": r.learned,
                                      "points": [vars(p) for p in r.points]} for r in rows]
@@ -117,7 +117,7 @@ def _cell(point: LengthPoint | None) -> str:
     return f"{100 * point.accuracy:.1f} [{100 * point.low:.1f}, {100 * point.high:.1f}]"
 
 
-def _label_blocks(label: str, rows: list[Row], figures: Figures, out: Path) -> list:
+def _label_blocks(label: str, rows: list[Row], figures: Figures) -> list:
     lengths = _lengths(rows)
     headers = ["model (study)", "family", "T"] + [plots.format_length(n) for n in lengths]
     table = []

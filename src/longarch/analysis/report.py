@@ -104,17 +104,29 @@ def outcome(tally: dict[str, int]) -> str | None:
     return f"Of {tally['planned']} planned cells, {', '.join(parts)}."
 
 
+@dataclass
+class Ran:
+    """What a run left: its report.md, and its plan against the store as the report read it."""
+
+    report: Path
+    state: GridState
+
+
 def run(kind, out: Path, console: Console | None = None, command: str | None = None, backend: str = "local",
-        workers: int | None = 0, address: str | None = None, retries: int = 2, force: bool = False) -> Path:
+        workers: int | None = 0, address: str | None = None, retries: int = 2, force: bool = False) -> Ran:
     """Run (or continue) a study of any kind into `out` through the one driver, then write its
-    report while the directory is still locked; return report.md's path. workers None: the kind's
-    default. `force`: write into a directory that holds files longarch did not write."""
+    report while the directory is still locked. workers None: the kind's default. `force`: write
+    into a directory that holds files longarch did not write."""
     console = console or Console()
     workers = kind.default_workers if workers is None else workers
-    written = []
-    drive(kind, out, console, command, backend, workers, address, retries, force,
-          then=lambda plan: written.append(finish(out, console, kind.report(out), grid_state(plan, out))))
-    return written[0]
+    ran = []
+
+    def then(plan) -> None:
+        state = grid_state(plan, out)
+        ran.append(Ran(finish(out, console, kind.report(out), state), state))
+
+    drive(kind, out, console, command, backend, workers, address, retries, force, then=then)
+    return ran[0]
 
 
 def finish(out: Path, console: Console, report: Report, state: GridState) -> Path:

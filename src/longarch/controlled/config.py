@@ -545,15 +545,14 @@ def check(study: Study, origin: str) -> None:
     vocab_size = study.vocab_size()
     for entry in study.models:
         try:
-            resolve_overrides(study, entry, vocab_size)
+            built = models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(study, entry, vocab_size))
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{origin}: model {entry.label!r}: {error}") from None
         except ArithmeticError as error:  # a mixer's sizes divided by an option the checks let through
             raise ConfigError(f"{origin}: model {entry.label!r}: overrides {entry.overrides} cannot be built "
                               f"({type(error).__name__}: {error})") from None
-        if model_family(study, entry, vocab_size) is None:
-            unsaid = [name for name in dict.fromkeys(models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(
-                study, entry, vocab_size)).layers) if mixers.MIXERS[name].family is None]
+        if models.family(entry.arch, built, entry.family) is None:
+            unsaid = [name for name in dict.fromkeys(built.layers) if mixers.MIXERS[name].family is None]
             raise ConfigError(f"{origin}: model {entry.label!r}: mixer {unsaid[0]!r} declares no family; give the "
                               "model entry a family: (or its mixer class a `family` attribute)")
 
@@ -606,13 +605,6 @@ def _resolved(params: int | None, embeddings: bool, arch: str, vocab_size: int, 
                              f"{'' if embeddings else ' (non-embedding)'}, more than {BUDGET_TOLERANCE:.0%} from "
                              f"the budget params {params:,}; leave d_model out to size the model to the budget")
     return tuple(overrides.items())
-
-
-def model_family(study: Study, entry: ModelEntry, vocab_size: int) -> str | None:
-    """The family an entry is reported under (models.family: its own `family:`, else its
-    architecture's, else its layers' mixers')."""
-    built = models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(study, entry, vocab_size))
-    return models.family(entry.arch, built, entry.family)
 
 
 def train_labels(study: Study) -> list[str]:

@@ -512,7 +512,7 @@ def run_study(study: Study, out: Path, console: Console | None = None, command: 
               retries: int = 2, force: bool = False) -> Path:
     """Run (or continue) a study into `out`; return the path of report.md. The backends and
     the retry policy are the driver's (study/driver.py)."""
-    return run(Controlled(study), out, console, command, backend, workers, address, retries, force)
+    return run(Controlled(study), out, console, command, backend, workers, address, retries, force).report
 
 
 class _LiveBars:

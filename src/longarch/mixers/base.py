@@ -105,8 +105,7 @@ class ArchSpec:
     # mixers whose parameter count moves in steps (Mamba-2 adds a whole head at a time).
     size_knobs: dict = field(default_factory=dict)
     family: str | None = None
-    source: str | None = None  # a plugin's source hash; None for a built-in
-    origin: str | None = None
+    origin: str | None = None  # where a plugin's came from (its mixers' sources go into model ids)
 
 
 def around(value: float) -> tuple[float, ...]:

@@ -182,7 +182,7 @@ def _register(module, origin: str, digest: str) -> Loaded:
             objects[id(obj)] = spec.name
             registered_mixers.append(spec.name)
         for obj, spec in archs:
-            registry.register_architecture(dataclasses.replace(spec, **stamp))
+            registry.register_architecture(dataclasses.replace(spec, origin=origin))
             objects[id(obj)] = spec.name
             registered_archs.append(spec.name)
         for name in registered_mixers:  # a mixer alone, unless an architecture has its name
@@ -253,7 +253,7 @@ def lone(spec: MixerSpec) -> ArchSpec:
     doc = (inspect.getdoc(spec.mixer) or "").strip().splitlines()
     description = doc[0] if doc else f"{spec.mixer.__name__} (plugin)"
     return ArchSpec(spec.name, description, pattern=(spec.name,), n_layers=2, mlp_ratio=4.0,
-                    size_knobs={"mlp_ratio": around(4.0)}, source=spec.source, origin=spec.origin)
+                    size_knobs={"mlp_ratio": around(4.0)}, origin=spec.origin)
 
 
 def alone(mixer: str) -> str:

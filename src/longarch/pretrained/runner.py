@@ -315,4 +315,4 @@ def run_pretrained(study: PretrainedStudy, out: Path, console: Console | None = 
                    cache_dir: str | None = None, force: bool = False) -> Path:
     """Run (or continue) a pretrained study into `out`; return the path of report.md.
     workers 0 (the default here: one accelerator, models loaded once) runs in this process."""
-    return run(Pretrained(study, cache_dir), out, console, command, backend, workers, address, retries, force)
+    return run(Pretrained(study, cache_dir), out, console, command, backend, workers, address, retries, force).report
