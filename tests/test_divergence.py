@@ -199,7 +199,7 @@ def test_the_report_names_the_diverged_model_and_every_analysis_leaves_it_out(di
     report = " ".join((diverged / "report.md").read_text().split())
     assert f"**transformer diverged** (seed 0 at step {step}, its loss becoming non-finite)" in report
     assert "| transformer | attention |" in report and f"| diverged (seed 0 at step {step}) | 0 (1 seed) |" in report
-    assert "| transformer (diverged) |" in report and "are missing from the store" not in report
+    assert "| transformer (diverged) |" in report and "planned evaluation cells are not stored" not in report
     summary = json.loads((diverged / "summary.json").read_text())
     assert [(d["name"], d["seed"], d["step"]) for d in summary["diverged_models"]] == [("transformer", 0, step)]
     assert summary["missing_cells"] == 0  # its cells were skipped, not lost

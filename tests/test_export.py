@@ -75,7 +75,10 @@ def test_csv_export_is_one_row_per_sample_with_the_stores_scores(smoke):
     assert {(r["cell_id"], int(r["sample"])): float(r["score"]) for r in rows} == scores
     assert {r["study"] for r in rows} == {"smoke"} and {r["model"] for r in rows} == {"transformer", "mamba2"}
     assert {r["family"] for r in rows} == {models.family("transformer"), models.family("mamba2")}
-    assert {r["prediction"] for r in rows} == {r["answer"] for r in rows} == {""}  # controlled: scores only
+    # each sample's predicted and expected symbols, kept beside the store: exact match is the score
+    assert all(r["prediction"] and r["answer"] for r in rows)
+    assert all((r["prediction"] == r["answer"]) == (float(r["score"]) == 1.0) for r in rows)
+    assert 0 < sum(float(r["score"]) == 1.0 for r in rows) < len(rows)  # both kinds of sample are checked
     assert {float(r["depth"]) for r in rows} == {0.0, 50.0, 100.0}
     with read_only(smoke / "results.sqlite") as store:
         counts = sum(row.n for row in store.results())

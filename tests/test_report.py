@@ -190,7 +190,7 @@ def test_html_needs_nothing_external(study):
 def test_missing_cells_are_noted_and_dashed(tmp_path):
     stored = write_study(tmp_path, planned_cells=40, max_factor=8)  # plans lengths 16..128; 128 never ran
     md = build_report(tmp_path)["md"].read_text()
-    assert f"{40 - stored} of 40 planned evaluation cells are missing" in md
+    assert f"{40 - stored} of 40 planned evaluation cells are not stored" in md
     assert "| model | 16 (T) | 32 | 64 | 128 |" in md
     alpha_row = next(line for line in md.splitlines() if line.startswith("| alpha | 79.2"))
     assert alpha_row.endswith("| — |")

@@ -405,7 +405,7 @@ def status(directory: Annotated[Path, typer.Argument(help="a study's output dire
     with for_reading(directory / "results.sqlite") as store:
         config = store.meta().get("config")
     try:
-        study = stored_study(config)
+        study = stored_study(config, directory)
     except ValidationError as error:  # e.g. a plugin it records that is no longer there
         raise ConfigError(one_line(error, f"{directory}: the stored study")) from None
     except Exception:

@@ -2,11 +2,12 @@
 analysis elsewhere (pandas, R, a spreadsheet) without reading SQLite or the JSON inside it.
 
 The store keeps each cell's per-sample scores as a JSON list; this unrolls them, one row per
-sample, with the cell's model, task, length and depth beside each score. A kind that keeps each
-sample's output (the pretrained kind's raw predictions, `predictions/.../*.jsonl`) hands them
-over through its `sample_outputs(out, row)`; a kind without it (the controlled kind stores
-scores only) exports an empty prediction and answer. The store is opened read-only and left
-byte for byte as it was; any kind of study exports the same columns.
+sample, with the cell's model, task, length and depth beside each score. Each kind keeps every
+sample's raw output beside the store (`predictions/.../*.jsonl`, study/predictions.py: decoded
+text for a pretrained model, symbol ids for a model trained here) and hands it over through its
+`sample_outputs(out, row)`; a cell whose file is missing (a store from before they were kept)
+exports an empty prediction and answer, and the export says how many. The store is opened
+read-only and left byte for byte as it was; any kind of study exports the same columns.
 """
 
 from __future__ import annotations

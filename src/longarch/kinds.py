@@ -42,10 +42,10 @@ def load_study(source: str, overrides: dict | None = None, corpus: str | None = 
     return loading.load(source, kinds(), overrides, corpus=corpus, scale=scale, **options)
 
 
-def stored_study(config: dict):
-    """The study of a configuration stored with results, of any kind; pydantic's
-    ValidationError when it does not validate."""
-    return loading.stored(config, kinds())
+def stored_study(config: dict, out: Path | None = None):
+    """The study of a configuration stored with results in `out` (its input files read from
+    there), of any kind; pydantic's ValidationError when it does not validate."""
+    return loading.stored(config, kinds(), out)
 
 
 def stored_kind(out: Path):
@@ -89,7 +89,7 @@ def stored_state(out: Path):
     with for_reading(Path(out) / "results.sqlite") as store:
         config = store.meta().get("config")
     try:
-        study = stored_study(config)
+        study = stored_study(config, Path(out))
         return grid_state(kind_of(study)(study).plan(), Path(out))
     except (ValueError, TypeError, KeyError, AttributeError):  # pydantic's ValidationError is a ValueError
         return None

@@ -96,10 +96,12 @@ def predict_at(model: LanguageModel, tokens: np.ndarray, positions: np.ndarray, 
 
 
 def evaluate_samples(model: LanguageModel, task, samples: Samples, chunk: int = 1024,
-                     train_length: int | None = None) -> np.ndarray:
-    """Per-sample scores in [0, 1]."""
+                     train_length: int | None = None, with_predictions: bool = False):
+    """Per-sample scores in [0, 1], (n,); with_predictions: (the scores, the predicted symbols
+    (n, k), aligned with samples.answers)."""
     if samples.answer_positions is not None:
         predictions = predict_at(model, samples.tokens, samples.answer_positions, chunk, train_length=train_length)
     else:
         predictions = predict(model, samples.tokens, samples.answers.shape[1], chunk, train_length=train_length)
-    return task.score(samples, predictions)
+    scores = task.score(samples, predictions)
+    return (scores, predictions) if with_predictions else scores

@@ -45,6 +45,7 @@ class StudyData:
     left_out: list[str] = field(default_factory=list)  # stored models the study's plan no longer has
     model_rows: list = field(default_factory=list)  # the stored rows of `models`, one per model and seed
     cells_per_model: int = 0  # planned evaluation cells of one model and seed (0: unknown)
+    out: Path | None = None  # the study directory (its input files are read from there)
 
     @property
     def name(self) -> str:
@@ -131,7 +132,7 @@ def load(out_dir: Path) -> StudyData:
     seeds = [s for s in config.get("seeds") or [] if isinstance(s, int)]
     return StudyData(meta, models, cells, len(results), settings, lengths, depths, curves, tasks,
                      task_curves, partial_seed_cells(cells, models, seeds), left_out, model_rows,
-                     _cells_per_model(meta))
+                     _cells_per_model(meta), Path(out_dir))
 
 
 def _cells_per_model(meta: dict) -> int:
@@ -324,15 +325,17 @@ def _comparison_table(data: StudyData) -> Block:
 UNKNOWN_SAMPLES = 64  # samples (seed 0) generated to measure a text haystack's unknown words
 
 
-def _unknown_words(config: dict) -> list[Block]:
+def _unknown_words(config: dict, out: Path | None) -> list[Block]:
     """A line per evaluated task with a text haystack: the share of its haystack that is the
     unknown-word symbol at T and at the longest evaluated length, measured on samples generated
     from the stored configuration; nothing when that configuration no longer builds (a corpus
     file that is not on this machine, a store without one)."""
+    from ..study import inputs
     from .config import Study, from_stored
+    from .runner import Controlled
 
     try:
-        study = Study.model_validate(from_stored(config))
+        study = Study.model_validate(from_stored(inputs.resolved(config, Controlled.input_keys, out)))
         evaluated, lengths = study.eval_tasks(), (study.train.length, max(study.eval_lengths()))
     except (ValueError, TypeError, OSError):
         return []
@@ -374,7 +377,7 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
         blocks.append(("p", f"Left out: {len(data.left_out)} stored model(s) that this study, as last run, no longer "
                             f"has (its settings changed, so they have other ids): {'; '.join(data.left_out)}. Their "
                             "results stay in the store."))
-    blocks += _unknown_words(config)
+    blocks += _unknown_words(config, data.out)
     for model in data.models:
         if model.diverged:
             blocks.append(("warn", _diverged_warning(model, data)))
@@ -419,9 +422,9 @@ def _accuracy_blocks(data: StudyData, figures: dict[str, str], unsolved: set[str
     if data.partial:
         blocks.append(seed_note)
     if data.missing_cells():
-        blocks.append(("p", f"**{data.missing_cells()} of {data.meta['planned_cells']} planned evaluation cells "
-                            "are missing from the store** (the run was interrupted or is still going). Averages "
-                            f"cover the stored cells only; entries with nothing stored show {MISSING}."))
+        blocks.append(("p", f"Averages cover the stored cells only: **{data.missing_cells()} of "
+                            f"{data.meta['planned_cells']} planned evaluation cells are not stored** (what became "
+                            f"of them is said under the title). Entries with nothing stored show {MISSING}."))
     if len(data.tasks) <= 1:
         blocks.append(("figure", figures["accuracy_vs_length"], "Accuracy against context length"))
     else:

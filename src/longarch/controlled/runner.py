@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -37,7 +38,7 @@ from safetensors.torch import save as save_weights
 
 from .. import mixers, models
 from ..mixers import plugins
-from ..study import faults
+from ..study import faults, inputs, predictions
 from ..study.checkpoints import write_atomic
 from . import config
 from ..analysis.report import run
@@ -72,7 +73,8 @@ class EvalCell:
 
 
 def task_id(task) -> dict:
-    return {"name": task.name, "knobs": task.knobs, "version": task.version}
+    """A task as ids see it: a corpus file by its content, not its path (study/inputs.py)."""
+    return {"name": task.name, "knobs": inputs.identity_knobs(task.knobs), "version": task.version}
 
 
 def training_task(study: Study):
@@ -311,18 +313,47 @@ def model_from_weights(plan_: ModelPlan, weights: bytes) -> models.LanguageModel
     return model
 
 
-def eval_job(job: EvalJob) -> ResultRow:
+SAMPLE_LINE_BYTES = 60  # a sample's line in predictions/: its keys and punctuation alone take more
+
+
+@dataclass
+class Evaluated:
+    """An evaluation job's result: the store's row, and each sample's raw output (predictions/)."""
+
+    row: ResultRow
+    outputs: list[dict]
+
+
+def eval_job(job: EvalJob) -> Evaluated:
     _worker_setup(job.threads, job.cell.model)
     start = time.perf_counter()
     cell = job.cell
     model = model_from_weights(cell.model, job.weights)
     samples = cell.task.generate(length=cell.length, n=job.samples, seed=job.seed, depth=cell.depth)
-    scores = evaluate_samples(model, cell.task, samples, chunk=job.chunk, train_length=job.train_length)
-    return ResultRow(
+    scores, predicted = evaluate_samples(model, cell.task, samples, chunk=job.chunk, train_length=job.train_length,
+                                         with_predictions=True)
+    row = ResultRow(
         cell_id=cell.cell_id, model_id=cell.model.model_id, model=cell.model.label, task=cell.task.name,
-        label=cell.label, knobs=cell.task.knobs, length=cell.length, depth=cell.depth, seed=cell.model.seed,
+        label=cell.label, knobs=inputs.portable(cell.task.knobs, Controlled.input_keys)[0], length=cell.length,
+        depth=cell.depth, seed=cell.model.seed,
         n=len(scores), accuracy=float(scores.mean()), scores=[float(s) for s in scores],
         seconds=time.perf_counter() - start)
+    return Evaluated(row, sample_lines(predicted, samples.answers, scores))
+
+
+def sample_lines(predicted: np.ndarray, answers: np.ndarray, scores: np.ndarray) -> list[dict]:
+    """Each sample's predicted and expected symbols (their ids, space-separated) and its score."""
+    return [{"index": i, "prediction": " ".join(map(str, p)), "answers": [" ".join(map(str, a))], "score": float(s)}
+            for i, (p, a, s) in enumerate(zip(predicted.tolist(), answers.tolist(), scores))]
+
+
+def outputs_file(out: Path, row: ResultRow) -> Path:
+    return predictions.path_of(out, row.model, row.label or row.task, row.length, row.depth, row.seed)
+
+
+def sample_outputs(out: Path, row: ResultRow) -> dict[int, tuple[str, str]] | None:
+    """A stored cell's samples for `longarch export`: index -> (predicted symbols, answer)."""
+    return predictions.read(outputs_file(out, row))
 
 
 def _what(item: ModelPlan | EvalCell) -> str:
@@ -407,6 +438,7 @@ class Controlled:
     # change how results are shown, never a result (a plugin's source is in its models' ids,
     # so where its file lies is not part of the study)
     presentation = ("description", "analysis", "plugins")
+    input_keys = ("corpus",)  # where its configuration names a file (study/inputs.py)
     prepare = staticmethod(config.prepare)
     complete = staticmethod(config.complete)
     from_stored = staticmethod(config.from_stored)
@@ -418,17 +450,19 @@ class Controlled:
         self.study, self.name = study, study.name
         self._task = None  # the task trained on, built when the first model is trained
 
+    sample_outputs = staticmethod(sample_outputs)  # (out, result row) -> each sample's prediction and answer
     report = lazily("longarch.controlled.report", "report")         # (out, dest=None) -> analysis.report.Report
     table = lazily("longarch.controlled.report", "summary_table")   # (out) -> the terminal's table
 
     def disk_bytes(self, cells: list[Cell]) -> int:
-        """Each model's checkpoint (float32 weights) and each cell's scores (a few bytes a sample)."""
+        """Each model's checkpoint (float32 weights) and each cell's scores and raw outputs (a few
+        bytes a sample in the store, and a JSON line of at least SAMPLE_LINE_BYTES)."""
         weights = 0
         for cell in cells:
             if cell.stage == "train":
                 with torch.device("meta"):  # counts parameters without allocating them
                     weights += 4 * models.LanguageModel(cell.item.config).num_params()
-        return weights + 4 * self.study.eval.samples * sum(c.stage == "eval" for c in cells)
+        return weights + (4 + SAMPLE_LINE_BYTES) * self.study.eval.samples * sum(c.stage == "eval" for c in cells)
 
     def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
         from .grid import rows
@@ -497,8 +531,9 @@ class Controlled:
             store.put_model(row, result.curve)
             return (result.weights, f"{item.label} s{item.seed}: acc@T {row.train_accuracy:.1%}",
                     f"{cell.what}: training accuracy {row.train_accuracy:.4f} in {row.train_seconds:.1f} s")
-        store.put_result(result)
-        return None, cell.what, f"{cell.what}: accuracy {result.accuracy:.4f}"
+        predictions.write(outputs_file(runtime.out, result.row), result.outputs)
+        store.put_result(result.row)
+        return None, cell.what, f"{cell.what}: accuracy {result.row.accuracy:.4f}"
 
     def blocked(self, cell: Cell, failed: Cell, error: str) -> str:
         return f"its model failed to train ({error})"

@@ -90,6 +90,10 @@ def load(ref: str) -> Loaded:
     known = _LOADED.get(module_ref)
     if known is not None and (digest is None or known.source == digest):
         return known
+    same = next((x for x in _LOADED.values() if digest is not None and x.source == digest), None)
+    if same is not None:  # the same file elsewhere (a study directory's copy of it): already registered
+        _LOADED[module_ref] = same
+        return same
     module = _import(module_ref, path, digest)
     digest = digest or _digest(Path(module.__file__))
     loaded = _register(module, module_ref, digest)
@@ -109,7 +113,7 @@ def resolve(ref: str) -> str:
     loaded = load(ref)
     module_ref, obj = split(ref)
     if obj is not None:
-        module = sys.modules[_module_name(module_ref, loaded.source)]
+        module = sys.modules[_module_name(loaded.ref, loaded.source)]
         if not hasattr(module, obj):
             raise PluginError(f"plugin {module_ref} has no {obj!r}")
         name = loaded.objects.get(id(getattr(module, obj)))

@@ -12,7 +12,6 @@ beyond-training in its predictions and in the report.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,7 @@ from rich.console import Console
 
 from ..analysis.report import run
 from ..study.store import ResultRow, Store
-from ..study import Cell, Plan, content_id, eval_seed
-from ..study.ids import slug
+from ..study import Cell, Plan, content_id, eval_seed, inputs, predictions
 from ..study.driver import Runtime, lazily
 from ..study.grid import eval_rate
 from ..tasks import text
@@ -86,7 +84,8 @@ def plan(study: PretrainedStudy) -> tuple[list[TextCell], list[tuple[str, str]]]
                         if (label, reason) not in skipped:
                             skipped.append((label, reason))
                         break
-                    cell_id = content_id({"model_id": mid, "task": task.name, "knobs": task.knobs,
+                    cell_id = content_id({"model_id": mid, "task": task.name,
+                                          "knobs": inputs.identity_knobs(task.knobs),
                                           "length": length, "depth": depth, "n": study.eval.samples,
                                           "seed": study.eval.seed, "version": task.version})
                     cells.append(TextCell(entry, mid, label, task, length, depth, cell_id))
@@ -181,7 +180,7 @@ def text_job(job: TextJob) -> TextResult:
             "beyond_training": info["train_length"] is not None and total > info["train_length"],
             "metadata": sample.metadata})
     row = ResultRow(cell_id=cell.cell_id, model_id=cell.model_id, model=cell.model.label, task=cell.task.name,
-                    label=cell.label, knobs=cell.task.knobs,
+                    label=cell.label, knobs=inputs.portable(cell.task.knobs, Pretrained.input_keys)[0],
                     length=cell.length, depth=cell.depth, seed=0, n=len(scores),
                     accuracy=sum(scores) / len(scores), scores=scores, seconds=time.perf_counter() - start)
     return TextResult(row, predictions, info)
@@ -196,30 +195,14 @@ def predictions_path(out: Path, cell: TextCell) -> Path:
 
 def predictions_file(out: Path, model: str, label: str, length: int, depth: float | None) -> Path:
     """Where a cell's raw predictions are: by its model's and task entry's labels, as stored."""
-    shown = "" if depth is None else f"-d{depth:g}"
-    return out / "predictions" / slug(model) / f"{slug(label)}-{length}{shown}.jsonl"
+    return predictions.path_of(out, model, label, length, depth)
 
 
 def sample_outputs(out: Path, row: ResultRow) -> dict[int, tuple[str, str]] | None:
     """A stored cell's raw predictions for `longarch export`: sample index -> (the decoded
     prediction, its reference answers joined by " | "); None when the file is missing or
     unreadable (the scores in the store stand without it)."""
-    path = predictions_file(out, row.model, row.label or row.task, row.length, row.depth)
-    try:
-        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return {int(line["index"]): (str(line["prediction"]), " | ".join(str(a) for a in line["answers"]))
-                for line in lines}
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as file:
-        for row in rows:
-            file.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    return predictions.read(predictions_file(out, row.model, row.label or row.task, row.length, row.depth))
 
 
 def _what(cell: TextCell) -> str:
@@ -234,6 +217,7 @@ class Pretrained:
     kind = "pretrained"
     Config = PretrainedStudy
     options = ("corpus", "squad", "hotpotqa", "trust_remote_code")  # the command-line options it takes
+    input_keys = ("corpus", "squad", "hotpotqa", "path")  # where its configuration names a file (study/inputs.py)
     presentation = ("description", "analysis", "reference")  # change how results are shown, never a result
     prepare = staticmethod(config.prepare)
     complete = staticmethod(config.complete)
@@ -268,7 +252,7 @@ class Pretrained:
 
     def commit(self, store: Store, cell: Cell, result: TextResult, runtime: Runtime):
         item = cell.item
-        _write_jsonl(predictions_path(runtime.out, item), result.predictions)
+        predictions.write(predictions_path(runtime.out, item), result.predictions)
         store.put_pretrained(item.model_id, item.model.label, item.model.model,
                              {**result.model_info, "template": item.model.template or self.study.eval.template,
                               "tokenizer": item.model.tokenizer})

@@ -16,13 +16,15 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from . import inputs
 from .ids import content_id
 from .load import stored as read_stored
 from .store import StoreError, read_only
 
 # the names a run writes into a study directory (the SQLite side files included)
 WRITTEN = {"results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "results.sqlite-journal", "run.lock",
-           "run.log", "report.md", "report.html", "summary.json", "figures", "checkpoints", "predictions"}
+           "run.log", "report.md", "report.html", "summary.json", "figures", "checkpoints", "predictions",
+           inputs.FOLDER}
 EXPORTED = {"export.csv", "export.jsonl", "export.parquet"}  # `longarch export` writes beside a store
 STARTED = {"run.lock", "run.log"}  # what a run killed before it created its store leaves
 SHOWN_DIFFERENCES = 3
@@ -41,7 +43,8 @@ def identity(kind, config: dict | None) -> dict:
 
 def _settings(kind, config: dict | None) -> dict:
     shown = set(getattr(kind, "presentation", ()))
-    return {k: v for k, v in (config or {}).items() if k not in shown}
+    config = inputs.by_content(config or {}, getattr(kind, "input_keys", ()))  # input files by content
+    return {k: v for k, v in config.items() if k not in shown}
 
 
 def claim(out: Path, kind, config: dict | None, force: bool = False) -> None:
@@ -101,8 +104,8 @@ def _as_now(out: Path, kind, stored: dict) -> dict:
     names read as the kind reads them), so that a store from before compares with a run now."""
     if getattr(kind, "Config", None) is None:  # a kind without a schema compares what it stored
         return stored
-    try:
-        return read_stored({"kind": kind.kind, **stored}, (kind,)).model_dump(mode="json")
+    try:  # its input files read from `out` (study/inputs.py)
+        return read_stored({"kind": kind.kind, **stored}, (kind,), out).model_dump(mode="json")
     except Exception:  # pydantic's ValidationError, or a from_stored that cannot read it
         raise DirectoryRefused(f"{out} holds a study this version cannot read as a {kind.kind} study; choose "
                                "another --out") from None

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
-from . import faults
+from . import faults, inputs
 from .backends import InProcess, cores, describe_error, make_backend
 from .directory import claim, identity
 from .lock import StudyLock
@@ -217,7 +217,8 @@ def drive(kind: StudyKind, out: Path, console: Console, command: str | None = No
     files longarch did not write (unless `force`), is refused before anything is written
     (directory.py). `then(plan)` runs before the directory is released (the report)."""
     plan = kind.plan()
-    config = plan.meta.get("config")
+    # stored with the inputs named inside `out`, so that the directory is the same study anywhere
+    config, copies = inputs.portable(plan.meta.get("config"), getattr(kind, "input_keys", ()))
     claim(out, kind, config, force)
     _check_room(out, kind, plan)
     for note in plan.notes:
@@ -230,9 +231,10 @@ def drive(kind: StudyKind, out: Path, console: Console, command: str | None = No
     with StudyLock(out, stamp=False) as lock:  # a refused run leaves the lock file as it was
         claim(out, kind, config, force)  # again, now that no other run can write to it
         lock.stamp()
+        inputs.keep(out, copies)
         try:
             with Store(out / "results.sqlite") as store:
-                meta = {"kind": kind.kind, "identity": identity(kind, config), **plan.meta,
+                meta = {"kind": kind.kind, "identity": identity(kind, config), **plan.meta, "config": config,
                         **provenance(command or shlex.join(sys.argv))}
                 failed = _run(kind, store, plan, meta, runtime, console, backend, workers, address, retries)
         except sqlite3.OperationalError as error:  # a full disk, a file made read-only under the run

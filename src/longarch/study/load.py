@@ -11,10 +11,12 @@ then rejects what no schema can see (unknown task names, impossible lengths, mis
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Sequence, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from . import inputs
 from .schema import ConfigError, one_line, read_yaml
 
 TAG = "kind"
@@ -69,9 +71,11 @@ def load(source: str, kinds: Sequence, overrides: dict | None = None, **options)
     return kind.complete(validate(kind.prepare(data, origin, **given), kinds, origin), origin, **given)
 
 
-def stored(config: dict, kinds: Sequence):
-    """The study of a configuration stored with results; each kind reads its older stores
-    (`from_stored`). Anything that does not validate raises pydantic's ValidationError."""
+def stored(config: dict, kinds: Sequence, out: Path | None = None):
+    """The study of a configuration stored with results in `out` (its input files read from
+    there: study/inputs.py); each kind reads its older stores (`from_stored`). Anything that does
+    not validate raises pydantic's ValidationError."""
     data = _tagged(dict(config), kinds)
     kind = kind_of(data[TAG], kinds)
+    data = inputs.resolved(data, getattr(kind, "input_keys", ()), out)
     return _union(tuple(k.Config for k in kinds)).validate_python(_tagged(kind.from_stored(data), kinds))
