@@ -21,13 +21,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from .. import mixers, models, tasks
 from ..mixers import plugins
 from ..study import limits
 from ..study.schema import ConfigError, Strict, distinct, distinct_models, plain_name, repeated
 from ..tasks.shifted import Shifted
+from ..analysis.diagnostics import is_needle_task
 from ..analysis.settings import RENAMED, AnalysisSettings
 from ..analysis.settings import from_stored as settings_from_stored
 
@@ -177,6 +178,29 @@ class EvalConfig(Strict):
         return _check_depths(depths)
 
 
+DIAGNOSTICS = ("loss", "retention", "attention", "state-norm")  # analysis/diagnostics.py's MEASURES
+
+
+class DiagnosticsConfig(Strict):
+    """Diagnostics of every trained model (analysis/diagnostics.py): each measure on each
+    evaluated needle format is a cell run once the model is trained, stored in the store's
+    `diagnostics` table and drawn in the report's Diagnostics section."""
+
+    measures: list[Literal["loss", "retention", "attention", "state-norm"]] = Field(
+        default_factory=lambda: list(DIAGNOSTICS), min_length=1,
+        description="which diagnostics: loss (per-position loss past T), retention (the needle's write left in "
+                    "a recurrent state after k symbols), attention (attention mass on the needle and entropy), "
+                    "state-norm (each layer's state norm with length)")
+    max_factor: int = Field(64, ge=1, description="measured up to max_factor * T")
+    samples: int = Field(16, ge=1, description="samples per measure, format and length")
+    seed: int = Field(4321, ge=0, description="seed of the samples (with each model's training seed)")
+
+    @field_validator("measures")
+    @classmethod
+    def _distinct_measures(cls, measures: list[str]) -> list[str]:
+        return distinct(measures, "diagnostic")
+
+
 def _check_depths(depths: list[float]) -> list[float]:
     bad = [d for d in depths if not 0 <= d <= 100]
     if bad:
@@ -217,6 +241,17 @@ class Study(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings,
                                        description="how the report judges the results (never part of a result's id)")
+    diagnostics: DiagnosticsConfig | None = Field(None, description="why models fail past T: per-position loss, "
+                                                  "needle retention, attention on the needle, state norms (default: none)")
+
+    @model_serializer(mode="wrap")
+    def _without_diagnostics(self, handler):
+        """No `diagnostics` key when there are none, so that the stored configuration, and so the
+        study's identity (study/directory.py), of a study without them is as it was before they existed."""
+        data = handler(self)
+        if isinstance(data, dict) and self.diagnostics is None:
+            data.pop("diagnostics", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -537,6 +572,9 @@ def check(study: Study, origin: str) -> None:
     if unknown:
         raise ConfigError(f"{origin}: train.until.labels: {unknown[0]!r} is not a trained task "
                           f"(trained: {', '.join(train_labels(study))})")
+    if study.diagnostics is not None and not any(is_needle_task(task) for task in evaluated):
+        raise ConfigError(f"{origin}: diagnostics read where a needle stands: they need an evaluated needle task "
+                          f"(evaluated: {', '.join(label for label, _ in study.eval_tasks())})")
     labels = [label for label, _ in study.eval_tasks()]
     unknown = [label for label in study.analysis.labels or () if label not in labels]
     if unknown:

@@ -21,8 +21,15 @@ def rows(study: Study, state: GridState) -> list[tuple[str, list]]:
         depths = " x 1 depth" if task_depths[label] != [None] and n_depths == 1 else depths
         out.append((f"evaluate {label} ({len(study.models) * len(study.seeds)} models x "
                     f"{len(study.eval_lengths())} lengths{depths})",
-                    [c for c in state.of("eval") if c.item.label == label]))
+                    [c for c in state.of("eval") if not _diagnostic(c) and c.item.label == label]))
+    for measure in (study.diagnostics.measures if study.diagnostics else ()):
+        cells = [c for c in state.of("eval") if _diagnostic(c) and c.item.measure == measure]
+        out.append((f"diagnose {measure} (models with it x needle formats, to {study.diagnostics.max_factor} T)", cells))
     return out
+
+
+def _diagnostic(cell) -> bool:
+    return hasattr(cell.item, "measure")  # runner.DiagCell
 
 
 def cost(study: Study, state: GridState, out: Path) -> dict:
@@ -35,7 +42,8 @@ def cost(study: Study, state: GridState, out: Path) -> dict:
     train_tokens = sum(m.train_spec.tokens() for m in remaining)
     train_tokens_max = sum(m.train_spec.tokens(m.train_spec.max_steps) * len(m.train_spec.lr_sweep or (1,))
                            for m in remaining)
-    eval_tokens = sum(study.eval.samples * c.item.length for c in state.remaining("eval"))
+    eval_tokens = sum(c.item.tokens if _diagnostic(c) else study.eval.samples * c.item.length
+                      for c in state.remaining("eval"))
     seconds = None
     path = out / "results.sqlite"
     if path.exists() and state.done:

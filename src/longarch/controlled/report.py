@@ -18,6 +18,7 @@ from rich.table import Table
 from ..study.ids import slug
 from ..study.store import for_reading
 from ..analysis import plots
+from ..analysis.diagnostics_report import diagnostics_section
 from ..analysis.findings import accuracy_at
 from ..analysis.measures import cell_estimate
 from ..analysis.measures_report import INTERVAL, PARTIAL, analysis_sections, partial_seed_cells, settings_of
@@ -351,7 +352,7 @@ def _unknown_words(config: dict, out: Path | None) -> list[Block]:
 
 
 def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Block] | None = None,
-            training_blocks: list[Block] | None = None) -> list[Block]:
+            training_blocks: list[Block] | None = None, diagnostic_blocks: list[Block] | None = None) -> list[Block]:
     config, unsolved = data.config, {m.name for m in data.unsolved()}
     task = _trained_on(config, data)
     train_lengths = data.train_lengths
@@ -392,6 +393,7 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
                             + (", and the findings leave it out there." if data.settings.claims == "paper" else ".")))
     blocks += training_blocks or []
     blocks += _accuracy_blocks(data, figures, unsolved)
+    blocks += diagnostic_blocks or []  # beside the accuracy curves they explain
     blocks += analysis_blocks or []  # Per-model measures, then Findings
     return blocks + _closing_blocks(data, config)
 
@@ -515,9 +517,30 @@ def report(out_dir: Path, dest: Path | None = None) -> Report:
         figures.record(key, written)
     analysis_blocks, analysis_summary = analysis_sections(data.meta, data.config, data.models, data.cells, data.tasks,
                                                           data.partial)
-    summary = {**build_summary(data), **analysis_summary, "training": training_summary}
-    return Report(data.name, _blocks(data, figures.keys, analysis_blocks, training_blocks), summary,
+    diagnostic_blocks, diagnostic_summary = diagnostics_section(
+        _diagnostic_rows(out_dir, data), order, _accuracy_figure_keys(data, figures.keys), figures)
+    summary = {**build_summary(data), **analysis_summary, "training": training_summary, **diagnostic_summary}
+    return Report(data.name, _blocks(data, figures.keys, analysis_blocks, training_blocks, diagnostic_blocks), summary,
                   _table(data), figures.files, data.settings.title)
+
+
+def _diagnostic_rows(out_dir: Path, data: StudyData) -> list:
+    """The stored diagnostics of the study as last run: only when it asks for them, of its
+    planned models, and of its planned diagnostic cells."""
+    if not data.config.get("diagnostics"):
+        return []
+    with for_reading(Path(out_dir) / "results.sqlite") as store:
+        rows = store.diagnostics()
+    planned, models = data.meta.get("planned_diagnostics"), data.meta.get("planned_models")
+    return [r for r in rows if (not isinstance(planned, list) or r.cell_id in planned)
+            and (not isinstance(models, list) or r.model_id in models)]
+
+
+def _accuracy_figure_keys(data: StudyData, keys: dict[str, str]) -> dict[str, str]:
+    """Evaluated task label -> its accuracy figure (the one figure, for a study of one task)."""
+    if len(data.tasks) <= 1:
+        return {task: keys["accuracy_vs_length"] for task in data.tasks if "accuracy_vs_length" in keys}
+    return {task: keys[f"accuracy_vs_length {task}"] for task in data.tasks if f"accuracy_vs_length {task}" in keys}
 
 
 def _depth_grid(data: StudyData, model: str, task: str) -> dict[tuple[int, float], float]:

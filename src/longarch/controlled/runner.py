@@ -44,7 +44,8 @@ from . import config
 from ..analysis.report import run
 from .config import Study, resolve_overrides, train_labels
 from .evaluate import evaluate_samples
-from ..study.store import ModelRow, ResultRow, Store
+from ..analysis import diagnostics
+from ..study.store import DiagnosticRow, ModelRow, ResultRow, Store
 from ..study import Cell, Plan, Skip, content_id, eval_seed
 from ..study.driver import Runtime, lazily
 from .train import LOSS_EVERY, Diverged, Mixture, TrainSpec, train, train_sweep
@@ -70,6 +71,21 @@ class EvalCell:
     length: int
     depth: float | None  # None: the task has no needle depth (or draws it at random)
     cell_id: str
+
+
+@dataclass
+class DiagCell:
+    """One diagnostic (analysis/diagnostics.py) of a trained model on one evaluated needle format."""
+
+    model: ModelPlan
+    measure: str      # loss | retention | attention | state-norm
+    label: str        # the evaluated task's label
+    task: object
+    cell_id: str
+    tokens: int       # symbols it feeds through the model, about (for `longarch plan`'s cost)
+
+
+DIAGNOSTICS_VERSION = 1  # bump when a measure's computation changes, so stored ones are recomputed
 
 
 def task_id(task) -> dict:
@@ -124,6 +140,36 @@ def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
                                           "samples": "per-seed"})
                     cells.append(EvalCell(model_plan, label, task, length, depth, cell_id))
     return model_plans, cells
+
+
+def diagnostic_cells(study: Study, model_plans: list[ModelPlan]) -> list[DiagCell]:
+    """The diagnostic cells of a study with `diagnostics:` (none without): each trained model x
+    measure x evaluated needle format, for the measures its layers have (retention needs a
+    recurrent layer, attention an attention layer)."""
+    settings = study.diagnostics
+    if settings is None:
+        return []
+    formats = [(label, task) for label, task in study.eval_tasks() if diagnostics.is_needle_task(task)]
+    cells = []
+    for model_plan in model_plans:
+        for measure in settings.measures:
+            if not diagnostics.applicable(measure, model_plan.config.layers):
+                continue
+            for label, task in formats:
+                cell_id = content_id({"model_id": model_plan.model_id, "diagnostic": measure, "task": task_id(task),
+                                      "max_factor": settings.max_factor, "n": settings.samples, "seed": settings.seed,
+                                      "version": DIAGNOSTICS_VERSION})
+                cells.append(DiagCell(model_plan, measure, label, task, cell_id,
+                                      _diagnostic_tokens(measure, study.train.length, settings)))
+    return cells
+
+
+def _diagnostic_tokens(measure: str, train_length: int, settings) -> int:
+    """Symbols a diagnostic feeds through its model, about: its samples over every length (loss,
+    attention), twice over the longest (retention: with and without the needle), or once (state-norm)."""
+    longest = settings.max_factor * train_length
+    per_sample = {"loss": 2 * longest, "attention": 2 * longest, "retention": 2 * (longest + train_length)}
+    return settings.samples * per_sample.get(measure, longest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,6 +257,18 @@ class _Live:
 class EvalJob:
     cell: EvalCell
     weights: bytes
+    samples: int
+    seed: int
+    chunk: int
+    train_length: int
+    threads: int | None
+
+
+@dataclass(frozen=True)
+class DiagJob:
+    cell: DiagCell
+    weights: bytes
+    max_factor: int
     samples: int
     seed: int
     chunk: int
@@ -341,6 +399,21 @@ def eval_job(job: EvalJob) -> Evaluated:
     return Evaluated(row, sample_lines(predicted, samples.answers, scores))
 
 
+def diag_job(job: DiagJob) -> DiagnosticRow:
+    """One diagnostic of a trained model on one format: its store row."""
+    _worker_setup(job.threads, job.cell.model)
+    start = time.perf_counter()
+    cell = job.cell
+    model = model_from_weights(cell.model, job.weights)
+    data = diagnostics.measure(cell.measure, model, cell.task, job.train_length, job.max_factor, job.samples,
+                               job.seed, job.chunk)
+    return DiagnosticRow(cell_id=cell.cell_id, model_id=cell.model.model_id, model=cell.model.label,
+                         seed=cell.model.seed, measure=cell.measure, label=cell.label,
+                         data={"train_length": job.train_length, "max_factor": job.max_factor, "samples": job.samples,
+                               **data},
+                         seconds=time.perf_counter() - start)
+
+
 def sample_lines(predicted: np.ndarray, answers: np.ndarray, scores: np.ndarray) -> list[dict]:
     """Each sample's predicted and expected symbols (their ids, space-separated) and its score."""
     return [{"index": i, "prediction": " ".join(map(str, p)), "answers": [" ".join(map(str, a))], "score": float(s)}
@@ -359,6 +432,8 @@ def sample_outputs(out: Path, row: ResultRow) -> dict[int, tuple[str, str]] | No
 def _what(item: ModelPlan | EvalCell) -> str:
     if isinstance(item, ModelPlan):
         return f"train {item.label} seed {item.seed}"
+    if isinstance(item, DiagCell):
+        return f"{item.model.label} s{item.model.seed}: diagnostic {item.measure} on {item.label}"
     depth = "" if item.depth is None else f" depth {item.depth:g}"
     return f"{item.model.label} s{item.model.seed} on {item.label} at {item.length}{depth}"
 
@@ -462,7 +537,8 @@ class Controlled:
             if cell.stage == "train":
                 with torch.device("meta"):  # counts parameters without allocating them
                     weights += 4 * models.LanguageModel(cell.item.config).num_params()
-        return weights + (4 + SAMPLE_LINE_BYTES) * self.study.eval.samples * sum(c.stage == "eval" for c in cells)
+        evaluated = sum(isinstance(c.item, EvalCell) for c in cells)  # a diagnostic's row is smaller than this
+        return weights + (4 + SAMPLE_LINE_BYTES) * self.study.eval.samples * evaluated
 
     def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
         from .grid import rows
@@ -481,8 +557,11 @@ class Controlled:
                 "planned_models": [p.model_id for p in model_plans], "planned_lengths": study.eval_lengths(),
                 "planned_depths": study.eval.depths, "planned_task_depths": study.task_depths(),
                 "planned_tasks": [label for label, _ in study.eval_tasks()]}
-        of_model: dict[str, list[EvalCell]] = {}
-        for cell in cells:
+        diagnosed = diagnostic_cells(study, model_plans)
+        if diagnosed:  # only then, so that the meta of a study without them is as it was
+            meta["planned_diagnostics"] = [c.cell_id for c in diagnosed]
+        of_model: dict[str, list[EvalCell | DiagCell]] = {}
+        for cell in [*cells, *diagnosed]:  # a model's evaluation cells, then its diagnostics
             of_model.setdefault(cell.model.model_id, []).append(cell)
         ordered = []  # a model's training, then its cells: its cells start as soon as it is trained
         for model_plan in model_plans:
@@ -511,7 +590,12 @@ class Controlled:
                 self._task = training_task(study)
             label = None if study.train.tasks is not None else train_labels(study)[0]
             return train_job, TrainJob(cell.item, self._task, runtime.threads, _state_dir(runtime), label)
-        item: EvalCell = cell.item
+        item = cell.item
+        if isinstance(item, DiagCell):
+            settings = study.diagnostics
+            return diag_job, DiagJob(item, inputs[item.model.model_id], settings.max_factor, settings.samples,
+                                     eval_seed(settings.seed, 0, None, item.model.seed), study.eval.chunk,
+                                     study.train.length, runtime.threads)
         return eval_job, EvalJob(item, inputs[item.model.model_id], study.eval.samples,
                                  eval_seed(study.eval.seed, item.length, item.depth, item.model.seed),
                                  study.eval.chunk, study.train.length, runtime.threads)
@@ -531,6 +615,9 @@ class Controlled:
             store.put_model(row, result.curve)
             return (result.weights, f"{item.label} s{item.seed}: acc@T {row.train_accuracy:.1%}",
                     f"{cell.what}: training accuracy {row.train_accuracy:.4f} in {row.train_seconds:.1f} s")
+        if isinstance(result, DiagnosticRow):
+            store.put_diagnostic(result)
+            return None, cell.what, f"{cell.what}: measured in {result.seconds:.1f} s"
         predictions.write(outputs_file(runtime.out, result.row), result.outputs)
         store.put_result(result.row)
         return None, cell.what, f"{cell.what}: accuracy {result.row.accuracy:.4f}"

@@ -23,6 +23,10 @@ without further training, by a factor s = L / T set per evaluated length (`set_c
   and those in between are blended by a ramp; plus a temperature: q and k are both
   multiplied by 0.1 ln(s) + 1, so the logits by its square (sqrt(1/t) in the paper).
 With s = 1 all three are plain RoPE, bit for bit, so training is unchanged.
+
+`attention_weights(x, state, queries)` gives the softmax weights of chosen query positions, the
+reference way (explicit scores, the same mask, RoPE and scaling), for diagnostics
+(analysis/diagnostics.py); the fast path never forms them and does not change.
 """
 
 from __future__ import annotations
@@ -169,6 +173,26 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, state: KVCache | None = None, reference: bool = False) -> tuple[Tensor, KVCache]:
         B, L, _ = x.shape
         cfg = self.config
+        q, k, v, positions, key_positions = self._project(x, state)
+        if reference:
+            y = self._reference(q, k, v, positions, key_positions)
+        elif cfg.position != "alibi" and cfg.span is None and k.shape[2] == L:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, Dh)
+        else:
+            # Queries in a later piece, windows and ALiBi need an explicit mask: is_causal
+            # aligns its triangle to the top-left corner and knows no bias.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(positions, key_positions, x.dtype))
+        y = y.transpose(1, 2).reshape(B, L, cfg.n_heads * cfg.head_dim)  # (B, L, H*Dh)
+        if cfg.span is not None:  # a window only ever needs its last `span - 1` keys again
+            start = max(0, k.shape[2] - (cfg.span - 1))
+            k, v = k[:, :, start:], v[:, :, start:]
+        return self.out(y), KVCache(k, v, (0 if state is None else state.seen) + L)
+
+    def _project(self, x: Tensor, state: KVCache | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """q (B, H, L, Dh), and k, v (B, H, P+L, Dh) with the cached ones in front, q and k rotated
+        (RoPE, scaled as set); the absolute positions of the queries (L,) and of the keys (P+L,)."""
+        B, L, _ = x.shape
+        cfg = self.config
         H, Dh = cfg.n_heads, cfg.head_dim
         seen = 0 if state is None else state.seen
         q, k, v = self.qkv(x).view(B, L, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
@@ -181,19 +205,7 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([state.keys, k], dim=2)  # (B, H, P+L, Dh)
             v = torch.cat([state.values, v], dim=2)
         key_positions = torch.arange(seen + L - k.shape[2], seen + L, device=x.device)  # (P+L,)
-        if reference:
-            y = self._reference(q, k, v, positions, key_positions)
-        elif cfg.position != "alibi" and cfg.span is None and k.shape[2] == L:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, Dh)
-        else:
-            # Queries in a later piece, windows and ALiBi need an explicit mask: is_causal
-            # aligns its triangle to the top-left corner and knows no bias.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(positions, key_positions, x.dtype))
-        y = y.transpose(1, 2).reshape(B, L, H * Dh)  # (B, L, H*Dh)
-        if cfg.span is not None:  # a window only ever needs its last `span - 1` keys again
-            start = max(0, k.shape[2] - (cfg.span - 1))
-            k, v = k[:, :, start:], v[:, :, start:]
-        return self.out(y), KVCache(k, v, seen + L)
+        return q, k, v, positions, key_positions
 
     def _mask(self, positions: Tensor, key_positions: Tensor, dtype: torch.dtype) -> Tensor:
         """Boolean (L, K) visibility, or an additive (H, L, K) float mask for ALiBi."""
@@ -207,12 +219,31 @@ class CausalSelfAttention(nn.Module):
         bias = -slopes[:, None, None] * distance.to(dtype)  # (H, L, K)
         return bias.masked_fill(~visible, float("-inf"))
 
-    def _reference(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, key_positions: Tensor) -> Tensor:
-        """Plain softmax attention with the same mask, for the tests."""
+    def _weights(self, q: Tensor, k: Tensor, positions: Tensor, key_positions: Tensor) -> Tensor:
+        """Plain softmax(q k^T / sqrt(Dh) + mask): (B, H, L, K)."""
         scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, L, K)
         mask = self._mask(positions, key_positions, q.dtype)
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        return scores.softmax(dim=-1) @ v  # (B, H, L, Dh)
+        return scores.softmax(dim=-1)
+
+    def _reference(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, key_positions: Tensor) -> Tensor:
+        """Plain softmax attention with the same mask, for the tests."""
+        return self._weights(q, k, positions, key_positions) @ v  # (B, H, L, Dh)
+
+    def attention_weights(self, x: Tensor, state: KVCache | None = None, queries=None) -> Tensor:
+        """The attention weights of some queries, for diagnostics: (B, H, Q, K).
+
+        x (B, L, D) continues `state` as in `forward`; `queries` picks positions of x (indices,
+        a list or a slice; None: all L). Row q is softmax over the K = P + L visible-or-masked
+        keys, the P cached ones first, in order of position (the last key is x's last token, at
+        absolute position state.seen + L - 1); masked keys get 0. Computed the reference way
+        (explicit scores, the forward pass's mask and RoPE with its scaling as set by
+        `set_context`), beside the fast path, which never forms the weights and is unchanged:
+        `weights @ v` is the forward pass's output for those queries before `out`."""
+        q, k, _, positions, key_positions = self._project(x, state)
+        if queries is not None:
+            q, positions = q[:, :, queries], positions[queries]  # (B, H, Q, Dh), (Q,)
+        return self._weights(q, k, positions, key_positions)
 
     @staticmethod
     def state_floats(config: AttentionConfig, length: int) -> int:

@@ -19,6 +19,10 @@ Tables
            per-sample scores (so intervals can be recomputed from the store alone). `label`
            names the evaluated task or format ("needle haystack=text"); `depth` is NULL for a
            task without a needle depth.
+- diagnostics: one row per diagnostic cell (trained model x measure x evaluated format) of a
+           study with `diagnostics:` (analysis/diagnostics.py): the measure's data as JSON. A
+           store from before the table gets it when next opened for writing, and reads as
+           holding none until then.
 
 Every write is one transaction, so a crash leaves either the whole row or none of it; rows
 are keyed by content-addressed ids, so a rerun recognises what is already stored.
@@ -88,6 +92,16 @@ CREATE TABLE IF NOT EXISTS results (
     scores    TEXT NOT NULL,           -- JSON list of the n per-sample scores
     seconds   REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS diagnostics (
+    cell_id   TEXT PRIMARY KEY,
+    model_id  TEXT NOT NULL REFERENCES models(model_id),
+    model     TEXT NOT NULL,
+    seed      INTEGER NOT NULL,
+    measure   TEXT NOT NULL,           -- loss | retention | attention | state-norm
+    label     TEXT NOT NULL,           -- the evaluated task's (format's) label
+    data      TEXT NOT NULL,           -- JSON: what the measure computed (analysis/diagnostics.py)
+    seconds   REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS failures (
     cell_id   TEXT PRIMARY KEY,        -- a model_id for a training cell
     kind      TEXT NOT NULL,           -- 'train' or 'eval'
@@ -151,11 +165,23 @@ class ResultRow:
     label: str = ""  # empty: the task's name
 
 
+@dataclass
+class DiagnosticRow:
+    cell_id: str
+    model_id: str
+    model: str
+    seed: int
+    measure: str
+    label: str
+    data: dict
+    seconds: float
+
+
 class StoreError(ValueError):
     """A results file that is not a usable store (the file is never modified)."""
 
 
-TABLES = {"study", "models", "curves", "pretrained", "results", "failures", "running", "skipped"}
+TABLES = {"study", "models", "curves", "pretrained", "results", "diagnostics", "failures", "running", "skipped"}
 
 
 class Store:
@@ -288,13 +314,31 @@ class Store:
                             f"VALUES ({', '.join('?' * len(values))})", list(values.values()))
 
     def cell_ids(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT cell_id FROM results")}
+        """The ids of every stored cell: evaluated ones and diagnostics."""
+        ids = {r[0] for r in self.db.execute("SELECT cell_id FROM results")}
+        if self._has("diagnostics"):  # a store from before the table, opened without adding it
+            ids |= {r[0] for r in self.db.execute("SELECT cell_id FROM diagnostics")}
+        return ids
 
     def results(self) -> list[ResultRow]:
         cursor = self.db.execute("SELECT * FROM results ORDER BY model, label, length, depth")
         columns = [c[0] for c in cursor.description]
         rows = [dict(zip(columns, r)) for r in cursor]
         return [ResultRow(**{**r, "knobs": json.loads(r["knobs"]), "scores": json.loads(r["scores"])}) for r in rows]
+
+    # diagnostics ----------------------------------------------------------------------------
+    def put_diagnostic(self, row: DiagnosticRow) -> None:
+        values = {**row.__dict__, "data": json.dumps(row.data, sort_keys=True)}
+        with self.db:
+            self.db.execute(f"INSERT OR REPLACE INTO diagnostics ({', '.join(values)}) "
+                            f"VALUES ({', '.join('?' * len(values))})", list(values.values()))
+
+    def diagnostics(self) -> list[DiagnosticRow]:
+        """Every stored diagnostic, by model, measure, label and seed."""
+        if not self._has("diagnostics"):
+            return []
+        return [DiagnosticRow(**{**r, "data": json.loads(r["data"])})
+                for r in self._rows("SELECT * FROM diagnostics ORDER BY model, measure, label, seed")]
 
     # failures and cells in flight ------------------------------------------------------------
     def put_failure(self, cell_id: str, kind: str, what: str, attempts: int, error: str) -> None:

@@ -199,6 +199,16 @@ class NeedleTask(TokenTask):
         return self.queries * (1 + self._format_length(self.key))
 
     @property
+    def needle_length(self) -> int:
+        """Symbols of one needle (KEY VALUE), each starting at a meta `needle_positions` entry."""
+        return self._needle_length
+
+    @property
+    def tail_length(self) -> int:
+        """Symbols of the tail (QUERY KEY per queried key) that ends every sample."""
+        return self._tail_length
+
+    @property
     def min_length(self) -> int:
         """The needles, any distractors, the tail and at least one haystack symbol."""
         needles = self.needle_keys * self.values_per_key + self.distractors
