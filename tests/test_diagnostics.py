@@ -15,7 +15,7 @@ from torch import nn
 
 from longarch import models, tasks
 from longarch.analysis import diagnostics as dg
-from longarch.analysis.diagnostics_report import best_head, pooled, retention_sentences
+from longarch.analysis.diagnostics_report import best_head, grouped, retention_sentences
 from longarch.controlled import runner
 from longarch.kinds import load_study
 from longarch.mixers.attention import AttentionConfig, CausalSelfAttention
@@ -101,6 +101,22 @@ def test_a_single_head_of_fixed_decay_keeps_a_to_the_k():
     for head, a in enumerate([0.99, 0.9]):
         assert layer["retention"][head] == pytest.approx([a ** k for k in data["steps"]], abs=2e-4)
     assert best_head(data)[:2] == (0, 0)
+
+
+def test_each_layer_is_read_on_its_own_inputs_so_a_deeper_fixed_decay_keeps_a_to_the_k_too():
+    """Two layers of fixed decays: the second layer's input changes with the needle long after it
+    (the first layer's state carries it), yet its own recurrence keeps a^k of its write; fed the
+    inputs of two different runs, it would not."""
+    task = needle_task()
+    torch.manual_seed(0)
+    model = with_mixer(FixedDecay(8, [0.95]), task.vocab_size)
+    model.blocks.append(type(model.blocks[0])("mamba2", model.config))
+    model.blocks[1].mixer = FixedDecay(8, [0.8, 0.97])
+    data = dg.needle_retention(model, task, train_length=16, max_factor=2, samples=3, seed=1, chunk=8)
+    [first, second] = data["layers"]
+    assert first["retention"][0] == pytest.approx([0.95 ** k for k in data["steps"]], abs=2e-4)
+    for head, a in enumerate([0.8, 0.97]):
+        assert second["retention"][head] == pytest.approx([a ** k for k in data["steps"]], abs=2e-4)
 
 
 def test_retention_reads_heads_on_axis_1_of_a_4_dimensional_state_and_skips_shift_registers():
@@ -205,15 +221,20 @@ def test_bad_measures_are_refused_in_one_line():
 
 
 def test_retention_sentence_names_the_best_head_on_each_format():
-    def row(label, values):
+    def row(label, values, seed=0):
         data = {"train_length": 64, "steps": [1, 2048], "layers": [
             {"layer": 1, "mixer": "mamba2", "heads": 2, "retention": [[0.9, values[0]], [0.8, values[1]]]}]}
-        return DiagnosticRow("c" + label, "m", "mamba2", 0, "retention", label, data, 0.0)
+        return DiagnosticRow(f"c{label}{seed}", "m", "mamba2", seed, "retention", label, data, 0.0)
 
-    data = pooled([row("noise", [0.66, 0.1]), row("text", [0.05, 0.2])])
-    assert retention_sentences(data, ["mamba2"], ["noise", "text"]) == [
+    rows = [row("noise", [0.66, 0.1]), row("text", [0.05, 0.2])]
+    assert retention_sentences(grouped(rows), ["mamba2"], ["noise", "text"]) == [
         "mamba2's best head keeps 66% of the needle after 2,048 noise symbols (layer 1, head 0) and 20% after "
         "text (layer 1, head 1)."]
+    # a head of one seed is not that head in another: each seed's best, then their mean
+    rows += [row("noise", [0.1, 0.5], seed=1)]
+    assert retention_sentences(grouped(rows), ["mamba2"], ["noise"]) == [
+        "mamba2's best head keeps 58% of the needle after 2,048 noise symbols (mean of 2 seeds' best heads: "
+        "layer 1, head 0; layer 1, head 1)."]
 
 
 DIAGNOSED = {**TINY, "models": ["transformer", "mamba2"],

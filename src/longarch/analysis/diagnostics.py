@@ -15,11 +15,16 @@ for the length as evaluation scales it. Each returns plain data (dicts of lists)
 - `retention` (needle_retention): how much of the needle's write is left in each recurrent
   layer's state after k filler symbols. Two runs of the same prefix up to and including the
   needle (at position T), one with the needle and one with it cut out (the haystack that follows
-  moves up to fill its place): D = state(with) - state(without) is the needle's write. Both then
-  read the same k symbols of the haystack after the needle, and retention(k) = <D_k, D> / <D, D>,
-  the projection of the write that is left on the write, per layer and head, summed over the
-  samples (numerator and denominator apart). A single head with a fixed decay a gives a^k
-  exactly. k = 1, 2, 4, ... up to max_factor T.
+  moves up to fill its place): D = state(with) - state(without) is the needle's write, per layer.
+  Then the run with the needle reads the k haystack symbols after the needle, and each layer's
+  two states are stepped by that layer's mixer on the same inputs, the ones the layer gets in
+  that run: retention(k) = <D_k, D> / <D, D>, the projection of the write that is left on the
+  write, per layer and head, summed over the samples (numerator and denominator apart). Feeding
+  both states the same layer inputs keeps apart what a layer's own recurrence keeps (the
+  product of its decays, for a decay per head: a single head with a fixed decay a gives a^k
+  exactly) from what the layers below pass up of the needle later. The needle's last
+  symbols still reach the first d_conv - 1 filler steps through a short convolution's window
+  (its tail is state too), so retention may pass 1 there. k = 1, 2, 4, ... up to max_factor T.
 - `attention` (needle_attention): for each attention layer and head, the weight that the query
   of the prompt's last symbol (the one whose next-symbol prediction is the answer's first)
   puts on the needles' symbols, and the entropy (nats) of its weights, averaged over the
@@ -245,26 +250,54 @@ def retention_sums(model, tokens: Tensor, start: int, needle_length: int, steps:
                    ) -> dict[int, tuple[Tensor, Tensor]]:
     """For sequences (n, L) whose needle starts at `start`: per recurrent layer index, the sums
     over the sequences of <D_k, D> for each k of `steps` (len(steps), H) and of <D, D> (H,)
-    (module docstring). The haystack after the needle must hold max(steps) + needle_length symbols."""
+    (module docstring). The haystack after the needle must hold max(steps) + needle_length symbols.
+
+    The run with the needle goes on through the whole model; each recurrent layer's pair of
+    states (with, without) is stepped by the layer's own mixer on the inputs that layer gets in
+    that run, read by a hook, so both see the same inputs and D_k is what the layer's own
+    recurrence keeps of its write (for a decay a_t per head: the product of the a_t)."""
     n, m = tokens.shape[0], needle_length
-    with_needle = tokens[:, :start + m]
     without = torch.cat([tokens[:, :start], tokens[:, start + m:start + 2 * m]], dim=1)  # the needle cut out
-    state = _stream(model, torch.cat([with_needle, without]), None, chunk)  # (2n, start + m) fed
+    pairs = _stream(model, torch.cat([tokens[:, :start + m], without]), None, chunk)  # (2n, .) per layer
     recurrent = [i for i, block in enumerate(model.blocks) if not is_attention(block.mixer)]
 
-    def written(layer_state, i: int) -> Tensor:
-        heads = by_head(model.blocks[i].mixer, layer_state)  # (2n, H, F)
+    def written(i: int) -> Tensor:
+        heads = by_head(model.blocks[i].mixer, pairs[i])  # (2n, H, F)
         return heads[:n] - heads[n:]  # (n, H, F)
 
-    writes = {i: written(state[i], i) for i in recurrent}
+    def step_pair(i: int):
+        def hook(mixer, args):  # args[0]: the layer's input (n, c, D) in the run with the needle
+            _, pairs[i] = mixer.forward(torch.cat([args[0], args[0]]), pairs[i])  # forward: no hook again
+        return hook
+
+    writes = {i: written(i) for i in recurrent}
     dots: dict[int, list[Tensor]] = {i: [] for i in recurrent}
-    filler, done = tokens[:, start + m:].repeat(2, 1), 0  # the same symbols after both
-    for k in steps:
-        state = _stream(model, filler[:, done:k], state, chunk)
-        done = k
-        for i in recurrent:
-            dots[i].append((written(state[i], i) * writes[i]).sum(dim=(0, 2)))  # (H,)
+    state, done = [_rows(layer_state, n) for layer_state in pairs], 0  # the run with the needle
+    hooks = [model.blocks[i].mixer.register_forward_pre_hook(step_pair(i)) for i in recurrent]
+    try:
+        for k in steps:
+            state = _stream(model, tokens[:, start + m + done:start + m + k], state, chunk)
+            done = k
+            for i in recurrent:
+                dots[i].append((written(i) * writes[i]).sum(dim=(0, 2)))  # (H,)
+    finally:
+        for hook in hooks:
+            hook.remove()
     return {i: (torch.stack(dots[i]), (writes[i] ** 2).sum(dim=(0, 2))) for i in recurrent}
+
+
+def _rows(state, n: int):
+    """A layer's state of its first n sequences (every tensor cut on its batch axis, 0)."""
+    if isinstance(state, Tensor):
+        return state[:n]
+    if dataclasses.is_dataclass(state):
+        return dataclasses.replace(state, **{f.name: _rows(getattr(state, f.name), n) for f in dataclasses.fields(state)
+                                             if f.init})
+    if isinstance(state, (tuple, list)):
+        return type(state)(_rows(value, n) for value in state)
+    if isinstance(state, dict):
+        return {key: _rows(value, n) for key, value in state.items()}
+    return state
 
 
 def needle_retention(model, task, train_length: int, max_factor: int, samples: int, seed: int,

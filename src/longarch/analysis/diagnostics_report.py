@@ -1,8 +1,11 @@
 """The report's Diagnostics section: one figure per measure of analysis/diagnostics.py, read
 beside the accuracy curves they explain, and plain sentences computed from the stored rows.
 
-Rows of one (model, measure, format) stored for several training seeds are pooled: every
-number is the mean over the seeds (element by element; a missing value is left out).
+Rows of one (model, measure, format) stored for several training seeds are pooled. Loss and
+state norms are averaged over the seeds, element by element (a missing value left out). A
+head of one seed is not the same head in another, so retention and attention pick each seed's
+head first (the one that keeps the most of the needle, or attends most to it at T) and average
+what those heads do; the retention figure draws every head of every seed.
 """
 
 from __future__ import annotations
@@ -35,12 +38,12 @@ EXPLAINS = {
 }
 
 
-def pooled(rows: list) -> dict[tuple[str, str, str], dict]:
-    """(model, measure, label) -> its data averaged over the stored seeds."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for row in rows:
+def grouped(rows: list) -> dict[tuple[str, str, str], list[dict]]:
+    """(model, measure, label) -> the data of each stored seed, in seed order."""
+    groups: dict[tuple[str, str, str], list] = {}
+    for row in sorted(rows, key=lambda r: r.seed):
         groups.setdefault((row.model, row.measure, row.label), []).append(row.data)
-    return {key: _mean_of(datas) for key, datas in groups.items()}
+    return groups
 
 
 def _mean_of(values: list):
@@ -56,6 +59,12 @@ def _mean_of(values: list):
             return first  # a length, a layer index: the same in every seed
         return float(np.mean(numbers)) if numbers else None
     return first
+
+
+def _pooled(data: dict, key: tuple[str, str, str]) -> dict | None:
+    """The seeds' data of `key` averaged (None: none stored)."""
+    seeds = data.get(key)
+    return _mean_of(seeds) if seeds else None
 
 
 def _series(values: Sequence) -> np.ndarray:
@@ -76,22 +85,25 @@ def best_head(data: dict, at: int = -1) -> tuple[int, int, float] | None:
     return max(found, key=lambda item: item[2]) if found else None
 
 
-def retention_sentences(data: dict[tuple[str, str, str], dict], models: Sequence[str], labels: Sequence[str]
+def retention_sentences(data: dict[tuple[str, str, str], list[dict]], models: Sequence[str], labels: Sequence[str]
                         ) -> list[str]:
     """'mamba2's best head keeps 66% of the needle after 2,048 noise symbols (layer 1, head 3) and
-    20% after text (layer 0, head 5).' per model."""
+    20% after text (layer 0, head 5).' per model; with several seeds, the mean of each seed's best
+    head, the heads named seed by seed."""
     out = []
     for model in models:
         parts = []
         for label in labels:
-            entry = data.get((model, "retention", label))
-            best = best_head(entry) if entry else None
-            if best is None:
+            seeds = data.get((model, "retention", label)) or []
+            bests = [best for best in (best_head(entry) for entry in seeds) if best is not None]
+            if not bests:
                 continue
-            steps = entry["steps"][-1]
-            text = (f"{_percent(best[2])} of the needle after {steps:,} {label} symbols" if not parts
-                    else f"{_percent(best[2])} after {label}")
-            parts.append(f"{text} (layer {best[0]}, head {best[1]})")
+            kept = float(np.mean([best[2] for best in bests]))
+            heads = "; ".join(f"layer {layer}, head {head}" for layer, head, _ in bests)
+            heads = heads if len(bests) == 1 else f"mean of {len(bests)} seeds' best heads: {heads}"
+            text = (f"{_percent(kept)} of the needle after {seeds[0]['steps'][-1]:,} {label} symbols" if not parts
+                    else f"{_percent(kept)} after {label}")
+            parts.append(f"{text} ({heads})")
         if parts:
             out.append(f"{model}'s best head keeps {' and '.join(parts)}.")
     return out
@@ -106,25 +118,28 @@ def attention_sentences(data, models, labels) -> list[str]:
     out = []
     for model in models:
         for label in labels:
-            entry = data.get((model, "attention", label))
-            if not entry or not entry.get("layers"):
+            seeds = [e for e in data.get((model, "attention", label)) or [] if e.get("layers")]
+            if not seeds:
                 continue
+            entry = seeds[0]
             t = _at_train_length(entry["lengths"], entry["train_length"])
-            layer, head = _attentive_head(entry, t)
-            mass, entropy = layer["mass"][head], layer["entropy"][head]
+            picked = [_attentive_head(e["layers"], t) for e in seeds]  # (layer, head) of each seed
+            mass = _mean_of([layer["mass"][head] for layer, head in picked])
+            entropy = _mean_of([layer["entropy"][head] for layer, head in picked])
+            heads = "; ".join(f"layer {layer['layer']}, head {head}" for layer, head in picked)
+            heads = (f"{heads}, its head most on the needle at T" if len(picked) == 1
+                     else f"each seed's head most on the needle at T: {heads}")
             uniform = entry["uniform_entropy"]
-            out.append(f"On {label}, {model}'s answer query (layer {layer['layer']}, head {head}, its head most on "
-                       f"the needle at T) puts {_percent(mass[t])} of its attention on the needle at T and "
-                       f"{_percent(mass[-1])} at {format_length(entry['lengths'][-1])}; its entropy goes from "
-                       f"{_nats(entropy[t])} to {_nats(entropy[-1])} nats (uniform: {_nats(uniform[t])} to "
-                       f"{_nats(uniform[-1])}).")
+            out.append(f"On {label}, {model}'s answer query ({heads}) puts {_percent(mass[t])} of its attention on "
+                       f"the needle at T and {_percent(mass[-1])} at {format_length(entry['lengths'][-1])}; its "
+                       f"entropy goes from {_nats(entropy[t])} to {_nats(entropy[-1])} nats (uniform: "
+                       f"{_nats(uniform[t])} to {_nats(uniform[-1])}).")
     return out
 
 
-def _attentive_head(entry: dict, at: int) -> tuple[dict, int]:
-    """The (layer, head) whose mass on the needle is largest at length index `at`."""
-    options = [(layer, h) for layer in entry["layers"] for h in range(layer["heads"])
-               if layer["mass"][h][at] is not None]
+def _attentive_head(layers: list[dict], at: int) -> tuple[dict, int]:
+    """The (layer, head) among `layers` whose mass on the needle is largest at length index `at`."""
+    options = [(layer, h) for layer in layers for h in range(layer["heads"]) if layer["mass"][h][at] is not None]
     return max(options, key=lambda item: item[0]["mass"][item[1]][at])
 
 
@@ -136,7 +151,7 @@ def loss_sentences(data, models, labels) -> list[str]:
     out = []
     for model in models:
         for label in labels:
-            entry = data.get((model, "loss", label))
+            entry = _pooled(data, (model, "loss", label))
             if not entry:
                 continue
             T, bins = entry["train_length"], entry["bins"]
@@ -155,7 +170,7 @@ def norm_sentences(data, models, labels) -> list[str]:
     out = []
     for model in models:
         for label in labels:
-            entry = data.get((model, "state-norm", label))
+            entry = _pooled(data, (model, "state-norm", label))
             if not entry:
                 continue
             t = _at_train_length(entry["lengths"], entry["train_length"])
@@ -198,7 +213,7 @@ def plot_loss(data, models, labels, stem: Path) -> list[Path]:
     colours = plt.get_cmap("tab10")
     for r, label in enumerate(labels):
         for i, model in enumerate(models):
-            entry = data.get((model, "loss", label))
+            entry = _pooled(data, (model, "loss", label))
             if not entry:
                 continue
             bins = np.array(entry["bins"])
@@ -217,50 +232,58 @@ def plot_loss(data, models, labels, stem: Path) -> list[Path]:
 
 
 def plot_retention(data, models, labels, stem: Path) -> list[Path]:
-    """One panel per (format, model): a line per (layer, head), coloured by layer; the best head bold."""
+    """One panel per (format, model): a line per (layer, head) of every seed, coloured by layer;
+    each seed's best head bold."""
     shown = [m for m in models if any((m, "retention", label) in data for label in labels)]
     fig, axes = _grid(len(labels), max(1, len(shown)))
-    colours = plt.get_cmap("tab10")
     for r, label in enumerate(labels):
         for c, model in enumerate(shown):
-            ax, entry = axes[r][c], data.get((model, "retention", label))
+            ax, seeds = axes[r][c], data.get((model, "retention", label)) or []
             ax.set_title(f"{model} on {label}", fontsize=9)
-            if not entry:
+            if not seeds:
                 ax.axis("off")
                 continue
-            best = best_head(entry)
-            for layer in entry["layers"]:
-                for h, values in enumerate(layer["retention"]):
-                    bold = best is not None and (layer["layer"], h) == best[:2]
-                    ax.plot(entry["steps"], _series(values), color=colours(layer["layer"] % 10),
-                            linewidth=2.2 if bold else 0.8, alpha=1.0 if bold else 0.55,
-                            label=f"layer {layer['layer']}" if h == 0 else None)
-            _log2_axis(ax, entry["steps"], None)
+            for entry in seeds:
+                _retention_lines(ax, entry)
+            _log2_axis(ax, seeds[0]["steps"], None)
             ax.set_ylim(min(-0.05, ax.get_ylim()[0]), max(1.05, ax.get_ylim()[1]))
             if c == 0:
                 ax.set_ylabel("share of the needle's write kept", fontsize=8)
-    return _finish(fig, axes, stem, "filler symbols k after the needle (log scale; bold: the best head)")
+    return _finish(fig, axes, stem, "filler symbols k after the needle (log scale; bold: each seed's best head)")
+
+
+def _retention_lines(ax, entry: dict) -> None:
+    """A seed's heads, a colour per layer, its best head bold."""
+    colours = plt.get_cmap("tab10")
+    best = best_head(entry)
+    for layer in entry["layers"]:
+        for h, values in enumerate(layer["retention"]):
+            bold = best is not None and (layer["layer"], h) == best[:2]
+            ax.plot(entry["steps"], _series(values), color=colours(layer["layer"] % 10),
+                    linewidth=2.2 if bold else 0.8, alpha=1.0 if bold else 0.55,
+                    label=f"layer {layer['layer']}" if h == 0 else None)
 
 
 def plot_attention(data, models, labels, stem: Path) -> list[Path]:
     """Per format: the mass on the needle and the entropy against length, for each attention
-    layer's head most on the needle at T; the uniform entropy ln L dotted."""
+    layer's head most on the needle at T (each seed's, averaged); the uniform entropy ln L dotted."""
     fig, axes = _grid(len(labels), 2)
     colours = plt.get_cmap("tab10")
     for r, label in enumerate(labels):
         line = 0
         for model in models:
-            entry = data.get((model, "attention", label))
-            if not entry:
+            seeds = [e for e in data.get((model, "attention", label)) or [] if e.get("layers")]
+            if not seeds:
                 continue
+            entry = seeds[0]
             t = _at_train_length(entry["lengths"], entry["train_length"])
-            for layer in entry["layers"]:
-                head = max(range(layer["heads"]), key=lambda h: layer["mass"][h][t] or 0.0)
-                name, colour = f"{model} layer {layer['layer']} head {head}", colours(line % 10)
-                axes[r][0].plot(entry["lengths"], 100 * _series(layer["mass"][head]), marker="o", markersize=3,
-                                color=colour, label=name)
-                axes[r][1].plot(entry["lengths"], _series(layer["entropy"][head]), marker="o", markersize=3,
-                                color=colour, label=name)
+            for index, layer in enumerate(entry["layers"]):
+                picked = [_attentive_head([e["layers"][index]], t) for e in seeds]
+                colour = colours(line % 10)
+                for ax, what, scale in ((axes[r][0], "mass", 100), (axes[r][1], "entropy", 1)):
+                    curve = _mean_of([chosen[what][head] for chosen, head in picked])
+                    ax.plot(entry["lengths"], scale * _series(curve), marker="o", markersize=3, color=colour,
+                            label=f"{model} layer {layer['layer']}")
                 line += 1
             axes[r][1].plot(entry["lengths"], _series(entry["uniform_entropy"]), linestyle=":", color="gray")
             for ax in axes[r]:
@@ -277,7 +300,7 @@ def plot_norms(data, models, labels, stem: Path) -> list[Path]:
     for c, label in enumerate(labels):
         ax = axes[0][c]
         for i, model in enumerate(models):
-            entry = data.get((model, "state-norm", label))
+            entry = _pooled(data, (model, "state-norm", label))
             if not entry:
                 continue
             for j, layer in enumerate(entry["layers"]):
@@ -296,11 +319,11 @@ def _finish(fig, axes, stem: Path, xlabel: str) -> list[Path]:
             if name not in handles:
                 handles[name] = handle
                 names.append(name)
-    if names:
-        fig.legend([handles[n] for n in names], names, loc="lower center", ncol=min(4, len(names)), fontsize=7,
-                   frameon=False, bbox_to_anchor=(0.5, -0.02 - 0.025 * (len(names) // 4)))
-    fig.supxlabel(xlabel, fontsize=8, y=0.05)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.supxlabel(xlabel, fontsize=8, y=0.01)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    if names:  # below the figure, which the saved bounding box takes in
+        fig.legend([handles[n] for n in names], names, loc="upper center", ncol=min(4, len(names)), fontsize=7,
+                   frameon=False, bbox_to_anchor=(0.5, 0.0))
     return plots._save(fig, stem)
 
 
@@ -317,7 +340,7 @@ def diagnostics_section(rows: list, models: Sequence[str], accuracy_figures: Map
     explains; `figures` (analysis.report.Figures) draws and keeps each figure."""
     if not rows:
         return [], {}
-    data = pooled(rows)
+    data = grouped(rows)
     labels = list(dict.fromkeys(label for _, _, label in data))
     measures = [m for m in TITLES if any(key[1] == m for key in data)]
     models = [m for m in models if any(key[0] == m for key in data)]
