@@ -24,7 +24,7 @@ def rows(study: Study, state: GridState) -> list[tuple[str, list]]:
                     [c for c in state.of("eval") if not _diagnostic(c) and c.item.label == label]))
     for measure in (study.diagnostics.measures if study.diagnostics else ()):
         cells = [c for c in state.of("eval") if _diagnostic(c) and c.item.measure == measure]
-        out.append((f"diagnose {measure} (models with it x needle formats, to {study.diagnostics.max_factor} T)", cells))
+        out.append((f"diagnose {measure} (models it applies to x needle formats, to {study.diagnostics.max_factor} T)", cells))
     return out
 
 
