@@ -323,3 +323,11 @@ def test_bad_diagnostics_are_one_line_and_exit_2_on_the_command_line(tmp_path, d
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert fragment in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_a_diagnostic_longer_than_the_machine_holds_is_refused_before_any_work(tmp_path):
+    from longarch.controlled.config import ConfigError
+
+    path = write_study(tmp_path, diagnostics={"max_factor": 1 << 40})
+    with pytest.raises(ConfigError, match="a diagnostic's samples"):
+        load_study(str(path))

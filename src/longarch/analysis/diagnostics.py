@@ -257,6 +257,9 @@ def retention_sums(model, tokens: Tensor, start: int, needle_length: int, steps:
     that run, read by a hook, so both see the same inputs and D_k is what the layer's own
     recurrence keeps of its write (for a decay a_t per head: the product of the a_t)."""
     n, m = tokens.shape[0], needle_length
+    if tokens.shape[1] - start - 2 * m < max(steps):
+        raise ValueError(f"retention: {tokens.shape[1] - start - 2 * m} symbols after the needle at {start}, "
+                         f"fewer than the {max(steps)} filler symbols asked")
     without = torch.cat([tokens[:, :start], tokens[:, start + m:start + 2 * m]], dim=1)  # the needle cut out
     pairs = _stream(model, torch.cat([tokens[:, :start + m], without]), None, chunk)  # (2n, .) per layer
     recurrent = [i for i, block in enumerate(model.blocks) if not is_attention(block.mixer)]

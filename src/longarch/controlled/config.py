@@ -597,19 +597,23 @@ def check(study: Study, origin: str) -> None:
 
 def check_machine(study: Study, origin: str) -> None:
     """The study against this machine's memory (study/limits.py), from its numbers alone: its
-    planned cells, then one training batch, the held-out samples of a check and one evaluation
-    cell's samples at the longest length, each as int64 symbols."""
+    planned cells, then one training batch, the held-out samples of a check, one evaluation
+    cell's samples at the longest length and a diagnostic's longest samples, each as int64 symbols."""
     trained = len(study.models) * len(study.seeds)
     lengths = study.eval_lengths()
     per_model = len(lengths) * sum(len(depths) for depths in study.task_depths().values())
     length = max([study.train.length] + [phase.length for phase in study.train.phases or ()])
     batch, checked = study.train.batch_size, max(study.train.check.samples, study.train.eval_samples)
-    limits.check_plan(origin, trained * (1 + per_model), {
+    held = {
         f"a training batch ({batch:,} x {length:,} symbols)": batch * length * limits.SYMBOL_BYTES,
         f"a held-out check ({checked:,} samples x {study.train.length:,} symbols)":
             checked * study.train.length * limits.SYMBOL_BYTES,
         f"one evaluation cell ({study.eval.samples:,} samples x {max(lengths):,} symbols)":
-            study.eval.samples * max(lengths) * limits.SYMBOL_BYTES})
+            study.eval.samples * max(lengths) * limits.SYMBOL_BYTES}
+    if study.diagnostics is not None:  # its longest samples, the retention's among them
+        samples, longest = study.diagnostics.samples, (study.diagnostics.max_factor + 1) * study.train.length
+        held[f"a diagnostic's samples ({samples:,} x {longest:,} symbols)"] = samples * longest * limits.SYMBOL_BYTES
+    limits.check_plan(origin, trained * (1 + per_model), held)
 
 
 def resolve_overrides(study: Study, entry: ModelEntry, vocab_size: int) -> dict:
