@@ -244,7 +244,11 @@ def test_status_plan_and_report_of_a_plugin_study_from_another_directory(tmp_pat
     reported = longarch("report", str(out), cwd=elsewhere)
     assert reported.returncode == 0, reported.stderr
     assert "| ema | linear-recurrent |" in (out / "report.md").read_text()
-    path.rename(path.with_suffix(".moved"))  # the recorded plugin is gone: one line, exit 2
+    path.rename(path.with_suffix(".moved"))  # the original is gone: the study directory's copy is read
+    kept = longarch("status", str(out), cwd=elsewhere)
+    assert kept.returncode == 0 and "1 of 1 trained" in kept.stdout, kept.stderr
+    for copy in (out / "inputs").rglob("ema.py"):
+        copy.unlink()  # the copy gone too: one line, exit 2
     gone = longarch("status", str(out), cwd=elsewhere)
     assert gone.returncode == 2 and "plugin file" in gone.stderr and "does not exist" in gone.stderr
     assert len(gone.stderr.strip().splitlines()) == 1
