@@ -42,7 +42,8 @@ def _intervention_rows(name: str, stage: str, state: GridState) -> list[tuple[st
     if stage == interventions.TRAIN:
         trained = [c for c in state.of("train") if c.item.intervention == name]
         models = sorted({interventions.base_label(c.item.label, name) for c in trained})
-        out.append((f"train +{name} ({len(trained)} models: {', '.join(models) or 'none applies'})", trained))
+        counted = f"{len(trained)} model{'' if len(trained) == 1 else 's'}"
+        out.append((f"train +{name} ({counted}: {', '.join(models) or 'none applies'})", trained))
     cells = [c for c in state.of("eval") if c.item.applied == name]
     models = sorted({c.item.model.label if stage == interventions.EVAL else
                      interventions.base_label(c.item.model.label, name) for c in cells})

@@ -50,8 +50,8 @@ def implemented(name: str) -> Callable[[models.ModelConfig], bool]:
 REGISTRY: dict[str, Intervention] = {i.name: i for i in [
     Intervention("state-passing", TRAIN, "each training batch starts from the state the last batch left, detached "
                  "(Buitrago Ruiz & Gu 2025)", carries_state),
-    Intervention("tbptt", TRAIN, f"samples {TBPTT_PIECES} times as long fed in T-long pieces, the state carried "
-                 "and detached between pieces (truncated backpropagation through time)", carries_state,
+    Intervention("tbptt", TRAIN, "samples `pieces` times as long as T (default 4) fed in T-long pieces, the state "
+                 "carried and detached between pieces (truncated backpropagation through time)", carries_state,
                  {"pieces": TBPTT_PIECES}),
     Intervention("noise-state", TRAIN, "each training sequence starts from the state left by a prefix of uniformly "
                  "random symbols as long as the sample", carries_state),

@@ -117,19 +117,38 @@ def _length_name(length: int, train_length: int, lengths: list[int]) -> str:
     return f"{multiple}, {plots.format_length(length)} tokens{longest}"
 
 
+def _described(name: str, config: dict) -> str:
+    """An intervention in words, with the knobs the study set (tbptt's pieces)."""
+    entries = [e for e in config.get("interventions") or [] if isinstance(e, dict) and e.get("name") == name]
+    knobs = ", ".join(f"{k} {v}" for k, v in (entries[0] if entries else {}).items() if k != "name" and v is not None)
+    known = registry.REGISTRY.get(name)
+    return f"`{name}`" + (f" ({knobs})" if knobs else "") + (f": {known.description}" if known else "")
+
+
+def _trained_table(data) -> list[Block]:
+    """The models trained under an intervention: training accuracy at T and time, per seed."""
+    rows = [[r.name, r.intervention, str(r.seed), "diverged" if r.diverged is not None else _percent(r.train_accuracy),
+             str(r.steps if r.steps is not None else MISSING), f"{r.train_seconds:.1f}"]
+            for r in data.intervention_models]
+    if not rows:
+        return []
+    return [("table", ["model", "intervention", "seed", "training accuracy at T (%)", "steps", "training seconds"],
+             rows)]
+
+
 def intervention_blocks(data, figures: dict[str, str]) -> list[Block]:
     """The section, or nothing for a study without interventions."""
     shown = columns(data)
     if not shown or not data.models:
         return []
     found, T = measured(data), min(m.train_length for m in data.models)
-    described = "; ".join(f"`{name}`: {registry.REGISTRY[name].description}" if name in registry.REGISTRY
-                          else f"`{name}`" for name in shown[1:])
+    described = "; ".join(_described(name, data.config) for name in shown[1:])
     blocks: list[Block] = [("h2", "What recovers extrapolation"), ("p",
         "Each intervention of the study beside the baseline (the model trained and evaluated without one). A "
         "training intervention trains a new model with the baseline's recipe; an inference intervention "
         "evaluates the baseline's own checkpoint differently at lengths past T. n/a marks an intervention that "
         f"does not apply to that model (none of its layers can take it). The interventions: {described}.")]
+    blocks += _trained_table(data)
     blocks += [("h3", "Effective length"), ("table", ["model", *shown], [
         [m.name] + [NOT_APPLICABLE if found[m.name][c] is None else _effective_text(found[m.name][c]["effective"],
                                                                                    m.train_length) for c in shown]

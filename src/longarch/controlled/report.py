@@ -50,6 +50,7 @@ class StudyData:
     # the cells made under an intervention (keyed as `cells`, the model named <model>+<intervention>);
     # every other field is the baseline's alone
     intervention_cells: dict[tuple[str, str, int, float | None], Cell] = field(default_factory=dict)
+    intervention_models: list = field(default_factory=list)  # the stored rows of models trained under one
 
     @property
     def interventions(self) -> dict:
@@ -123,7 +124,7 @@ def load(out_dir: Path) -> StudyData:
         meta, model_rows, results = store.meta(), store.models(), store.results()
     model_rows, results, left_out = planned_only(meta, model_rows, results)
     # every section but "What recovers extrapolation" reads the baseline alone
-    intervened = [r for r in results if r.intervention]
+    intervened, trained_under = [r for r in results if r.intervention], [r for r in model_rows if r.intervention]
     model_rows = [r for r in model_rows if not r.intervention]
     results = [r for r in results if not r.intervention]
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
@@ -146,7 +147,7 @@ def load(out_dir: Path) -> StudyData:
     seeds = [s for s in config.get("seeds") or [] if isinstance(s, int)]
     return StudyData(meta, models, cells, len(results), settings, lengths, depths, curves, tasks,
                      task_curves, partial_seed_cells(cells, models, seeds), left_out, model_rows,
-                     _cells_per_model(meta), Path(out_dir), collect_cells(intervened))
+                     _cells_per_model(meta), Path(out_dir), collect_cells(intervened), trained_under)
 
 
 def _cells_per_model(meta: dict) -> int:
