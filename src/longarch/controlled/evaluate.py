@@ -46,7 +46,10 @@ def _context(model: LanguageModel, train_length: int | None, length: int, interv
             raise ValueError(f"intervention {intervention!r} needs the training length")
         yield
         return
-    model.set_context(train_length, length, intervention)
+    if intervention is None:
+        model.set_context(train_length, length)
+    else:
+        model.set_context(train_length, length, intervention)
     try:
         yield
     finally:
