@@ -2,7 +2,9 @@
 analysis elsewhere (pandas, R, a spreadsheet) without reading SQLite or the JSON inside it.
 
 The store keeps each cell's per-sample scores as a JSON list; this unrolls them, one row per
-sample, with the cell's model, task, length and depth beside each score. Each kind keeps every
+sample, with the cell's model, task, length and depth beside each score, and the intervention it
+was made under (`intervention`: empty for the baseline and for a pretrained study; under one,
+the model is named `<model>+<intervention>`, controlled/interventions.py). Each kind keeps every
 sample's raw output beside the store (`predictions/.../*.jsonl`, study/predictions.py: decoded
 text for a pretrained model, symbol ids for a model trained here) and hands it over through its
 `sample_outputs(out, row)`; a cell whose file is missing (a store from before they were kept)
@@ -23,8 +25,8 @@ from .kinds import kind_named
 from .study.store import read_only
 
 # the columns, in this order in every format
-COLUMNS = ("study", "model", "family", "seed", "task", "label", "length", "depth", "sample", "score", "prediction",
-           "answer", "cell_id", "model_id")
+COLUMNS = ("study", "model", "intervention", "family", "seed", "task", "label", "length", "depth", "sample", "score",
+           "prediction", "answer", "cell_id", "model_id")
 FORMATS = ("csv", "jsonl", "parquet")
 PARQUET_HINT = "--format parquet needs pyarrow, which is not installed: pip install pyarrow (or use csv or jsonl)"
 
@@ -79,7 +81,8 @@ def _unrolled(directory: Path, study: str, results: list, families: dict[str, st
         missing += outputs is not None and found is None
         for index, score in enumerate(row.scores):
             prediction, answer = (found or {}).get(index, ("", ""))
-            yield {"study": study, "model": row.model, "family": families.get(row.model_id, ""), "seed": row.seed,
+            yield {"study": study, "model": row.model, "intervention": row.intervention,
+                   "family": families.get(row.model_id, ""), "seed": row.seed,
                    "task": row.task, "label": row.label or row.task, "length": row.length, "depth": row.depth,
                    "sample": index, "score": score, "prediction": prediction, "answer": answer,
                    "cell_id": row.cell_id, "model_id": row.model_id}

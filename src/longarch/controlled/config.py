@@ -27,6 +27,7 @@ from .. import mixers, models, tasks
 from ..mixers import plugins
 from ..study import limits
 from ..study.schema import ConfigError, Strict, distinct, distinct_models, plain_name, repeated
+from . import interventions as registry
 from ..tasks.shifted import Shifted
 from ..analysis.diagnostics import is_needle_task
 from ..analysis.settings import RENAMED, AnalysisSettings
@@ -201,6 +202,36 @@ class DiagnosticsConfig(Strict):
         return distinct(measures, "diagnostic")
 
 
+class InterventionEntry(Strict):
+    """An intervention of the study (controlled/interventions.py): `name`, or `{name: tbptt,
+    pieces: 8}` with its knob."""
+    name: str
+    pieces: int | None = Field(None, ge=2, description="tbptt only: samples this many times T long, fed in pieces "
+                               f"of T (default {registry.TBPTT_PIECES})")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        registry.get(name)  # a ValueError naming the known ones
+        return name
+
+    @model_validator(mode="after")
+    def _knobs(self) -> "InterventionEntry":
+        if self.pieces is not None and "pieces" not in registry.get(self.name).options:
+            raise ValueError(f"intervention {self.name!r} takes no pieces (only tbptt does)")
+        return self
+
+    @property
+    def options(self) -> dict:
+        """Its knobs, defaults filled in."""
+        given = {"pieces": self.pieces} if self.pieces is not None else {}
+        return {**registry.get(self.name).options, **given}
+
+    @property
+    def stage(self) -> str:
+        return registry.get(self.name).stage
+
+
 def _check_depths(depths: list[float]) -> list[float]:
     bad = [d for d in depths if not 0 <= d <= 100]
     if bad:
@@ -244,13 +275,44 @@ class Study(Strict):
     diagnostics: DiagnosticsConfig | None = Field(None, description="why models fail past T: per-position loss, "
                                                   "needle retention, attention on the needle, state norms (default: none)")
 
+    interventions: list[InterventionEntry] = Field(
+        default_factory=list, description="interventions measured beside the baseline, by name (state-passing, tbptt, "
+        "noise-state, decay-scale, rope-pi, rope-ntk, rope-yarn, window), each on the models it applies to")
+
+    @field_validator("interventions", mode="before")
+    @classmethod
+    def _names_are_interventions(cls, entries):
+        """`interventions: [tbptt]` is short for `interventions: [{name: tbptt}]`."""
+        if isinstance(entries, list):
+            return [{"name": e} if isinstance(e, str) else e for e in entries]
+        return entries
+
+    @field_validator("interventions")
+    @classmethod
+    def _distinct_interventions(cls, entries: list[InterventionEntry]) -> list[InterventionEntry]:
+        distinct([e.name for e in entries], "intervention")
+        return entries
+
+    @model_validator(mode="after")
+    def _labels_stay_distinct(self) -> "Study":
+        """A model under an intervention is stored as `<label>+<intervention>`: no entry may be named so."""
+        labels = {entry.label for entry in self.models}
+        taken = [registry.labelled(entry.label, i.name) for entry in self.models for i in self.interventions
+                 if registry.labelled(entry.label, i.name) in labels]
+        if taken:
+            raise ValueError(f"model name {taken[0]!r} is the name of a model under an intervention; rename it")
+        return self
+
     @model_serializer(mode="wrap")
-    def _without_diagnostics(self, handler):
-        """No `diagnostics` key when there are none, so that the stored configuration, and so the
-        study's identity (study/directory.py), of a study without them is as it was before they existed."""
+    def _as_before(self, handler):
+        """No `diagnostics` key when there are none and no `interventions` key when there are none,
+        so that the stored configuration, and so the study's identity (study/directory.py), of a
+        study without them is as it was before they existed."""
         data = handler(self)
         if isinstance(data, dict) and self.diagnostics is None:
             data.pop("diagnostics", None)
+        if isinstance(data, dict) and not self.interventions:
+            data.pop("interventions", None)
         return data
 
     @model_validator(mode="before")

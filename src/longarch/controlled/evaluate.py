@@ -7,7 +7,8 @@ read off the logits at those positions in the same chunked pass.
 
 Given the training length T, a model that scales its positions with the length (RoPE PI, NTK,
 YaRN) is set for the prompt length L, s = max(1, L / T), for the whole of each sequence,
-answer included, and set back to T afterwards.
+answer included, and set back to T afterwards. An inference intervention (decay-scale, rope-pi,
+window, ...; controlled/interventions.py) is set the same way, on the mixers that implement it.
 """
 
 from __future__ import annotations
@@ -25,22 +26,30 @@ TOKENS_PER_BATCH = 1 << 15
 
 @torch.no_grad()
 def predict(model: LanguageModel, tokens: np.ndarray, answer_length: int, chunk: int = 1024,
-            tokens_per_batch: int = TOKENS_PER_BATCH, train_length: int | None = None) -> np.ndarray:
+            tokens_per_batch: int = TOKENS_PER_BATCH, train_length: int | None = None,
+            intervention: str | None = None) -> np.ndarray:
     """Greedy continuation of each row of tokens (n, L): returns (n, answer_length).
-    `train_length`: the model's training length, for models that scale positions to L."""
+    `train_length`: the model's training length, for models that scale positions to L (and for
+    an inference `intervention`)."""
     model.eval()
-    with _context(model, train_length, tokens.shape[1]):
+    with _context(model, train_length, tokens.shape[1], intervention):
         return _greedy(model, tokens, answer_length, chunk, tokens_per_batch)
 
 
 @contextlib.contextmanager
-def _context(model: LanguageModel, train_length: int | None, length: int):
+def _context(model: LanguageModel, train_length: int | None, length: int, intervention: str | None = None):
     """The model set for sequences of `length` (one factor for the whole sequence, answer
-    included), and set back to its training length afterwards; nothing without a train_length."""
+    included), under `intervention` if given, and set back to its training length afterwards;
+    nothing without a train_length."""
     if train_length is None:
+        if intervention is not None:
+            raise ValueError(f"intervention {intervention!r} needs the training length")
         yield
         return
-    model.set_context(train_length, length)
+    if intervention is None:
+        model.set_context(train_length, length)
+    else:
+        model.set_context(train_length, length, intervention)
     try:
         yield
     finally:
@@ -70,12 +79,13 @@ def _greedy(model: LanguageModel, tokens: np.ndarray, answer_length: int, chunk:
 
 @torch.no_grad()
 def predict_at(model: LanguageModel, tokens: np.ndarray, positions: np.ndarray, chunk: int = 1024,
-               tokens_per_batch: int = TOKENS_PER_BATCH, train_length: int | None = None) -> np.ndarray:
+               tokens_per_batch: int = TOKENS_PER_BATCH, train_length: int | None = None,
+               intervention: str | None = None) -> np.ndarray:
     """The greedy symbol predicted at given positions of each row, in one pass over the
     tokens (fed `chunk` at a time): tokens (n, L), positions (n, k) -> (n, k)."""
     model.eval()
     n, length = tokens.shape
-    with _context(model, train_length, length):
+    with _context(model, train_length, length, intervention):
         device = next(model.parameters()).device
         batch = max(1, tokens_per_batch // length)
         out = np.zeros(positions.shape, dtype=np.int64)
@@ -96,12 +106,15 @@ def predict_at(model: LanguageModel, tokens: np.ndarray, positions: np.ndarray, 
 
 
 def evaluate_samples(model: LanguageModel, task, samples: Samples, chunk: int = 1024,
-                     train_length: int | None = None, with_predictions: bool = False):
+                     train_length: int | None = None, with_predictions: bool = False,
+                     intervention: str | None = None):
     """Per-sample scores in [0, 1], (n,); with_predictions: (the scores, the predicted symbols
-    (n, k), aligned with samples.answers)."""
+    (n, k), aligned with samples.answers). `intervention`: an inference intervention, at T/L."""
     if samples.answer_positions is not None:
-        predictions = predict_at(model, samples.tokens, samples.answer_positions, chunk, train_length=train_length)
+        predictions = predict_at(model, samples.tokens, samples.answer_positions, chunk, train_length=train_length,
+                                 intervention=intervention)
     else:
-        predictions = predict(model, samples.tokens, samples.answers.shape[1], chunk, train_length=train_length)
+        predictions = predict(model, samples.tokens, samples.answers.shape[1], chunk, train_length=train_length,
+                              intervention=intervention)
     scores = task.score(samples, predictions)
     return (scores, predictions) if with_predictions else scores

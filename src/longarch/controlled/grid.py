@@ -7,24 +7,51 @@ from pathlib import Path
 
 from ..study.grid import GridState, eval_rate, seconds_per_token
 from ..study.store import for_reading
+from . import interventions
 from .config import Study
 from .train import TrainSpec
 
 
 def rows(study: Study, state: GridState) -> list[tuple[str, list]]:
-    """(what, its cells): training, then the cells of each evaluated task."""
-    out = [("train (architecture x seed)", state.of("train"))]
+    """(what, its cells): training, then the cells of each evaluated task; then, for each
+    intervention, its training (a training intervention) and its cells."""
+    trained = [c for c in state.of("train") if not c.item.intervention]
+    out = [("train (architecture x seed)", trained)]
     task_depths = study.task_depths()
+    evaluated = [c for c in state.of("eval") if not c.item.applied]
     for label, _ in study.eval_tasks():
-        n_depths = len(task_depths[label])
-        depths = f" x {n_depths} depths" if n_depths > 1 else ""
-        depths = " x 1 depth" if task_depths[label] != [None] and n_depths == 1 else depths
         out.append((f"evaluate {label} ({len(study.models) * len(study.seeds)} models x "
-                    f"{len(study.eval_lengths())} lengths{depths})",
-                    [c for c in state.of("eval") if not _diagnostic(c) and c.item.label == label]))
+                    f"{len(study.eval_lengths())} lengths{_depths(task_depths[label])})",
+                    [c for c in evaluated if not _diagnostic(c) and c.item.label == label]))
     for measure in (study.diagnostics.measures if study.diagnostics else ()):
         cells = [c for c in state.of("eval") if _diagnostic(c) and c.item.measure == measure]
-        out.append((f"diagnose {measure} (models it applies to x needle formats, to {study.diagnostics.max_factor} T)", cells))
+        out.append((f"diagnose {measure} (models it applies to x needle formats, to {study.diagnostics.max_factor} T)",
+                    cells))
+    for entry in study.interventions:
+        out += _intervention_rows(entry.name, entry.stage, state)
+    return out
+
+
+def _depths(depths: list) -> str:
+    """' x N depths' of a task's cells ('' for a task without a needle depth)."""
+    if depths == [None]:
+        return ""
+    return f" x {len(depths)} depth{'s' if len(depths) > 1 else ''}"
+
+
+def _intervention_rows(name: str, stage: str, state: GridState) -> list[tuple[str, list]]:
+    """An intervention's rows: its models' training (a training intervention), and its cells, with
+    the models it applies to (n/a for the others)."""
+    out = []
+    if stage == interventions.TRAIN:
+        trained = [c for c in state.of("train") if c.item.intervention == name]
+        models = sorted({interventions.base_label(c.item.label, name) for c in trained})
+        counted = f"{len(trained)} model{'' if len(trained) == 1 else 's'}"
+        out.append((f"train +{name} ({counted}: {', '.join(models) or 'none applies'})", trained))
+    cells = [c for c in state.of("eval") if c.item.applied == name]
+    models = sorted({c.item.model.label if stage == interventions.EVAL else
+                     interventions.base_label(c.item.model.label, name) for c in cells})
+    out.append((f"evaluate +{name} ({len(cells)} cells on {', '.join(models) or 'no model: none applies'})", cells))
     return out
 
 

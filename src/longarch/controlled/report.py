@@ -27,6 +27,7 @@ from ..analysis.report import Figures, Report, heading
 from ..analysis.settings import AnalysisSettings
 from ..analysis.training_report import training_section
 from ..analysis.stats import Cell, LengthPoint, ModelSummary, accuracy_by_length, collect_cells, summarise_models
+from .interventions_report import intervention_blocks, intervention_figures, intervention_summary
 
 @dataclass
 class StudyData:
@@ -47,6 +48,16 @@ class StudyData:
     model_rows: list = field(default_factory=list)  # the stored rows of `models`, one per model and seed
     cells_per_model: int = 0  # planned evaluation cells of one model and seed (0: unknown)
     out: Path | None = None  # the study directory (its input files are read from there)
+    # the cells made under an intervention (keyed as `cells`, the model named <model>+<intervention>);
+    # every other field is the baseline's alone
+    intervention_cells: dict[tuple[str, str, int, float | None], Cell] = field(default_factory=dict)
+    intervention_models: list = field(default_factory=list)  # the stored rows of models trained under one
+
+    @property
+    def interventions(self) -> dict:
+        """The study's interventions as planned (runner.planned_interventions); {} without any."""
+        planned = self.meta.get("planned_interventions")
+        return planned if isinstance(planned, dict) else {}
 
     @property
     def name(self) -> str:
@@ -113,6 +124,10 @@ def load(out_dir: Path) -> StudyData:
     with for_reading(path) as store:
         meta, model_rows, results = store.meta(), store.models(), store.results()
     model_rows, results, left_out = planned_only(meta, model_rows, results)
+    # every section but "What recovers extrapolation" reads the baseline alone
+    intervened, trained_under = [r for r in results if r.intervention], [r for r in model_rows if r.intervention]
+    model_rows = [r for r in model_rows if not r.intervention]
+    results = [r for r in results if not r.intervention]
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     settings = settings_of(config)
     level = settings.interval_level_fraction
@@ -133,7 +148,7 @@ def load(out_dir: Path) -> StudyData:
     seeds = [s for s in config.get("seeds") or [] if isinstance(s, int)]
     return StudyData(meta, models, cells, len(results), settings, lengths, depths, curves, tasks,
                      task_curves, partial_seed_cells(cells, models, seeds), left_out, model_rows,
-                     _cells_per_model(meta), Path(out_dir))
+                     _cells_per_model(meta), Path(out_dir), collect_cells(intervened), trained_under)
 
 
 def _cells_per_model(meta: dict) -> int:
@@ -152,7 +167,9 @@ def planned_only(meta: dict, model_rows: list, results: list) -> tuple[list, lis
     planned = meta.get("planned_models")
     if not isinstance(planned, list):
         return model_rows, results, []
-    keep = set(planned)
+    intervened = (meta.get("planned_interventions") or {}).get("models") if isinstance(
+        meta.get("planned_interventions"), dict) else None
+    keep = set(planned) | set(intervened if isinstance(intervened, list) else [])
     cells: dict[str, int] = {}
     for row in results:
         if row.model_id not in keep:
@@ -394,6 +411,7 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
     blocks += training_blocks or []
     blocks += _accuracy_blocks(data, figures, unsolved)
     blocks += diagnostic_blocks or []  # beside the accuracy curves they explain
+    blocks += intervention_blocks(data, figures)  # What recovers extrapolation (nothing without interventions)
     blocks += analysis_blocks or []  # Per-model measures, then Findings
     return blocks + _closing_blocks(data, config)
 
@@ -508,6 +526,7 @@ def report(out_dir: Path, dest: Path | None = None) -> Report:
     data = load(out_dir)
     figures = Figures(dest or out_dir)
     _accuracy_figures(data, figures.dir, figures.record)
+    intervention_figures(data, figures.dir, figures.record)
     with for_reading(Path(out_dir) / "results.sqlite") as store:
         stored_curves = store.curves()
     order = [m.name for m in data.models]
@@ -520,6 +539,8 @@ def report(out_dir: Path, dest: Path | None = None) -> Report:
     diagnostic_blocks, diagnostic_summary = diagnostics_section(
         _diagnostic_rows(out_dir, data), order, _accuracy_figure_keys(data, figures.keys), figures)
     summary = {**build_summary(data), **analysis_summary, "training": training_summary, **diagnostic_summary}
+    if data.interventions:  # only then: a study without any summarises as before
+        summary["interventions"] = intervention_summary(data)
     return Report(data.name, _blocks(data, figures.keys, analysis_blocks, training_blocks, diagnostic_blocks), summary,
                   _table(data), figures.files, data.settings.title)
 

@@ -40,7 +40,7 @@ from .. import mixers, models
 from ..mixers import plugins
 from ..study import faults, inputs, predictions
 from ..study.checkpoints import write_atomic
-from . import config
+from . import config, interventions
 from ..analysis.report import run
 from .config import Study, resolve_overrides, train_labels
 from .evaluate import evaluate_samples
@@ -48,7 +48,7 @@ from ..analysis import diagnostics
 from ..study.store import DiagnosticRow, ModelRow, ResultRow, Store
 from ..study import Cell, Plan, Skip, content_id, eval_seed
 from ..study.driver import Runtime, lazily
-from .train import LOSS_EVERY, Diverged, Mixture, TrainSpec, train, train_sweep
+from .train import LOSS_EVERY, Diverged, Mixture, TrainIntervention, TrainSpec, train, train_sweep
 
 
 @dataclass
@@ -61,6 +61,7 @@ class ModelPlan:
     model_id: str
     family: str = ""
     plugins: tuple[str, ...] = ()  # what a worker imports before it builds the model (mixers/plugins.py)
+    intervention: str = ""  # its training intervention ("": the baseline); `label` is then <entry>+<intervention>
 
 
 @dataclass
@@ -71,6 +72,17 @@ class EvalCell:
     length: int
     depth: float | None  # None: the task has no needle depth (or draws it at random)
     cell_id: str
+    intervention: str = ""  # its inference intervention on the model's checkpoint ("": none)
+
+    @property
+    def name(self) -> str:
+        """The model's label in its results: the model's own, plus the inference intervention."""
+        return interventions.labelled(self.model.label, self.intervention)
+
+    @property
+    def applied(self) -> str:
+        """The intervention its results are under: the cell's, else its model's ("": the baseline)."""
+        return self.intervention or self.model.intervention
 
 
 @dataclass
@@ -83,6 +95,11 @@ class DiagCell:
     task: object
     cell_id: str
     tokens: int       # symbols it feeds through the model, about (for `longarch plan`'s cost)
+
+    @property
+    def applied(self) -> str:
+        """The intervention its result is under: none (diagnostics are of the baseline models)."""
+        return ""
 
 
 DIAGNOSTICS_VERSION = 1  # bump when a measure's computation changes, so stored ones are recomputed
@@ -112,38 +129,86 @@ def model_spec(study_spec: TrainSpec, rates: list[float] | None) -> TrainSpec:
 
 
 def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
-    """Every model to train and every cell to evaluate, with their ids."""
+    """Every model to train and every cell to evaluate, with their ids: the baseline's models,
+    then each training intervention's models (on the entries it applies to); each model's cells,
+    and on a baseline model each inference intervention's cells (where it applies)."""
     pairs = study.train_tasks()
     # one task keeps the id it had before mixtures existed, so stored results are found again
     trained_on = task_id(pairs[0][0]) if len(pairs) == 1 else [[task_id(t), w] for t, w in pairs]
     vocab_size = study.vocab_size()
     study_spec = TrainSpec(**study.train.model_dump(exclude={"tasks"}))
-    model_plans, cells = [], []
-    for entry in study.models:
-        config = models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(study, entry, vocab_size))
-        spec = model_spec(study_spec, entry.rates)
-        family = models.family(entry.arch, config, entry.family)
-        # a plugin mixer's source is part of the id (editing it retrains); built-in ids are as before
-        sources = mixers.sources(config.pattern)
-        for seed in study.seeds:
-            identity = {"model": config.to_dict(), "train": spec.to_dict(), "task": trained_on, "seed": seed}
-            model_id = content_id({**identity, "plugins": sources} if sources else identity)
-            model_plans.append(ModelPlan(entry.label, entry.arch, seed, config, spec, model_id, family,
-                                         tuple(study.plugins)))
+    training = [None] + [i for i in study.interventions if i.stage == interventions.TRAIN]
+    model_plans = []
+    for intervention in training:
+        for entry in study.models:
+            config = models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(study, entry, vocab_size))
+            if intervention is not None and not interventions.get(intervention.name).applies(config):
+                continue
+            spec = model_spec(study_spec, entry.rates)
+            if intervention is not None:
+                spec = dataclasses.replace(spec, intervention=TrainIntervention(intervention.name,
+                                                                                **intervention.options))
+            model_plans += _seed_plans(study, entry, config, spec, trained_on, intervention)
+    return model_plans, _eval_cells(study, model_plans)
+
+
+def _seed_plans(study: Study, entry, config: models.ModelConfig, spec: TrainSpec, trained_on, intervention
+                ) -> list[ModelPlan]:
+    """An entry's model of each seed, under a training intervention (None: the baseline)."""
+    family = models.family(entry.arch, config, entry.family)
+    # a plugin mixer's source is part of the id (editing it retrains); built-in ids are as before
+    sources = mixers.sources(config.pattern)
+    name = "" if intervention is None else intervention.name
+    out = []
+    for seed in study.seeds:
+        identity = {"model": config.to_dict(), "train": spec.to_dict(), "task": trained_on, "seed": seed}
+        model_id = content_id({**identity, "plugins": sources} if sources else identity)
+        out.append(ModelPlan(interventions.labelled(entry.label, name), entry.arch, seed, config, spec, model_id,
+                             family, tuple(study.plugins), name))
+    return out
+
+
+def _eval_cells(study: Study, model_plans: list[ModelPlan]) -> list[EvalCell]:
+    """Each model's cells (task x length x depth); a baseline model's again under each inference
+    intervention that applies to it. An intervention enters the cell's id; none, none of it."""
+    inference = [i.name for i in study.interventions if i.stage == interventions.EVAL]
     task_depths = study.task_depths()
+    cells = []
     for model_plan in model_plans:
-        for label, task in study.eval_tasks():
-            for length in study.eval_lengths():
-                for depth in task_depths[label]:
-                    cell_id = content_id({"model_id": model_plan.model_id, "task": task_id(task), "length": length,
-                                          "depth": depth, "n": study.eval.samples, "seed": study.eval.seed,
-                                          "samples": "per-seed"})
-                    cells.append(EvalCell(model_plan, label, task, length, depth, cell_id))
-    return model_plans, cells
+        applied = [""] + ([] if model_plan.intervention else
+                          [name for name in inference if interventions.get(name).applies(model_plan.config)])
+        for intervention in applied:
+            for label, task in study.eval_tasks():
+                for length in study.eval_lengths():
+                    for depth in task_depths[label]:
+                        identity = {"model_id": model_plan.model_id, "task": task_id(task), "length": length,
+                                    "depth": depth, "n": study.eval.samples, "seed": study.eval.seed,
+                                    "samples": "per-seed"}
+                        cell_id = content_id({**identity, "intervention": intervention} if intervention else identity)
+                        cells.append(EvalCell(model_plan, label, task, length, depth, cell_id, intervention))
+    return cells
+
+
+def planned_interventions(study: Study, model_plans: list[ModelPlan], cells: list[EvalCell]) -> dict:
+    """What the report needs of the interventions: their names in the study's order, the
+    models each applies to (labels; the others are n/a), the intervention models' ids, and the
+    planned cells under an intervention."""
+    labels = {p.model_id: p.label for p in model_plans}
+    applies: dict[str, list[str]] = {i.name: [] for i in study.interventions}
+    for p in model_plans:
+        if p.intervention:
+            applies[p.intervention].append(interventions.base_label(p.label, p.intervention))
+    for c in cells:
+        if c.intervention:
+            applies[c.intervention].append(labels[c.model.model_id])
+    return {"names": [i.name for i in study.interventions],
+            "applies": {name: list(dict.fromkeys(found)) for name, found in applies.items()},
+            "models": [p.model_id for p in model_plans if p.intervention],
+            "cells": sum(1 for c in cells if c.applied)}
 
 
 def diagnostic_cells(study: Study, model_plans: list[ModelPlan]) -> list[DiagCell]:
-    """The diagnostic cells of a study with `diagnostics:` (none without): each trained model x
+    """The diagnostic cells of a study with `diagnostics:` (none without): each baseline model x
     measure x evaluated needle format, for the measures its layers have (retention needs a
     recurrent layer, attention an attention layer)."""
     settings = study.diagnostics
@@ -151,7 +216,7 @@ def diagnostic_cells(study: Study, model_plans: list[ModelPlan]) -> list[DiagCel
         return []
     formats = [(label, task) for label, task in study.eval_tasks() if diagnostics.is_needle_task(task)]
     cells = []
-    for model_plan in model_plans:
+    for model_plan in [p for p in model_plans if not p.intervention]:  # the baseline models
         for measure in settings.measures:
             if not diagnostics.applicable(measure, model_plan.config.layers):
                 continue
@@ -262,6 +327,7 @@ class EvalJob:
     chunk: int
     train_length: int
     threads: int | None
+    intervention: str = ""  # the cell's inference intervention ("": none)
 
 
 @dataclass(frozen=True)
@@ -335,7 +401,7 @@ def _model_row(plan_: ModelPlan, model: models.LanguageModel, **fields) -> Model
         model_id=plan_.model_id, name=plan_.label, arch=plan_.arch, family=plan_.family,
         seed=plan_.seed, params=model.num_params(), state_floats=model.state_floats(length),
         state_growth="linear" if model.state_floats(2 * length) > model.state_floats(length) else "constant",
-        train_length=length, checkpoint="", **fields)
+        train_length=length, checkpoint="", intervention=plan_.intervention, **fields)
 
 
 def _diverged(plan_: ModelPlan, model: models.LanguageModel, error: Diverged) -> Trained:
@@ -389,13 +455,13 @@ def eval_job(job: EvalJob) -> Evaluated:
     model = model_from_weights(cell.model, job.weights)
     samples = cell.task.generate(length=cell.length, n=job.samples, seed=job.seed, depth=cell.depth)
     scores, predicted = evaluate_samples(model, cell.task, samples, chunk=job.chunk, train_length=job.train_length,
-                                         with_predictions=True)
+                                         with_predictions=True, intervention=job.intervention or None)
     row = ResultRow(
-        cell_id=cell.cell_id, model_id=cell.model.model_id, model=cell.model.label, task=cell.task.name,
+        cell_id=cell.cell_id, model_id=cell.model.model_id, model=cell.name, task=cell.task.name,
         label=cell.label, knobs=inputs.portable(cell.task.knobs, Controlled.input_keys)[0], length=cell.length,
         depth=cell.depth, seed=cell.model.seed,
         n=len(scores), accuracy=float(scores.mean()), scores=[float(s) for s in scores],
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start, intervention=cell.applied)
     return Evaluated(row, sample_lines(predicted, samples.answers, scores))
 
 
@@ -435,7 +501,7 @@ def _what(item: ModelPlan | EvalCell) -> str:
     if isinstance(item, DiagCell):
         return f"{item.model.label} s{item.model.seed}: diagnostic {item.measure} on {item.label}"
     depth = "" if item.depth is None else f" depth {item.depth:g}"
-    return f"{item.model.label} s{item.model.seed} on {item.label} at {item.length}{depth}"
+    return f"{item.name} s{item.model.seed} on {item.label} at {item.length}{depth}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,13 +619,17 @@ class Controlled:
     def plan(self) -> Plan:
         model_plans, cells = plan(self.study)
         study = self.study
-        meta = {"name": study.name, "config": study.model_dump(mode="json"), "planned_cells": len(cells),
-                "planned_models": [p.model_id for p in model_plans], "planned_lengths": study.eval_lengths(),
+        baseline = [c for c in cells if not c.applied]  # what the report's sections but one read
+        meta = {"name": study.name, "config": study.model_dump(mode="json"), "planned_cells": len(baseline),
+                "planned_models": [p.model_id for p in model_plans if not p.intervention],
+                "planned_lengths": study.eval_lengths(),
                 "planned_depths": study.eval.depths, "planned_task_depths": study.task_depths(),
                 "planned_tasks": [label for label, _ in study.eval_tasks()]}
         diagnosed = diagnostic_cells(study, model_plans)
         if diagnosed:  # only then, so that the meta of a study without them is as it was
             meta["planned_diagnostics"] = [c.cell_id for c in diagnosed]
+        if study.interventions:  # only then: a study without any records what it did before
+            meta["planned_interventions"] = planned_interventions(study, model_plans, cells)
         of_model: dict[str, list[EvalCell | DiagCell]] = {}
         for cell in [*cells, *diagnosed]:  # a model's evaluation cells, then its diagnostics
             of_model.setdefault(cell.model.model_id, []).append(cell)
@@ -598,7 +668,7 @@ class Controlled:
                                      study.train.length, runtime.threads)
         return eval_job, EvalJob(item, inputs[item.model.model_id], study.eval.samples,
                                  eval_seed(study.eval.seed, item.length, item.depth, item.model.seed),
-                                 study.eval.chunk, study.train.length, runtime.threads)
+                                 study.eval.chunk, study.train.length, runtime.threads, item.intervention)
 
     def commit(self, store: Store, cell: Cell, result, runtime: Runtime):
         if cell.stage == "train":

@@ -21,6 +21,14 @@ Along the way: the loss every 10 steps and held-out accuracy per task at T every
 (weights, optimizer, step, curve) in one safetensors file, so that an interrupted training
 resumes where it stopped and ends with the same weights as an uninterrupted one.
 
+A training intervention (`TrainIntervention`, a study's `interventions:`) changes the state each
+batch starts from, nothing else of the recipe: `state-passing` starts it from the state the last
+batch left (detached), `noise-state` from the state a prefix of random symbols leaves, and `tbptt`
+trains on samples `pieces` times as long, fed in pieces with the state carried and detached
+between them. Only the layers whose state is bounded (`models.bounded_layers`) are started so;
+global attention starts empty. The carried state of `state-passing` is not part of the saved
+training state: a resumed training starts it from zero again.
+
 A training whose loss, or whose weights at the end, are not finite raises `Diverged` with the
 step: a result of the recipe (the same seed diverges at the same step every time), which the
 runner stores as such; a sweep goes on to its next rate.
@@ -43,7 +51,7 @@ from safetensors.torch import save as save_tensors
 
 from ..study.checkpoints import write_atomic
 from .evaluate import evaluate_samples
-from ..models import LanguageModel
+from ..models import LanguageModel, bounded_layers, detached
 
 LOSS_EVERY = 10  # steps between two points of the stored loss curve
 
@@ -81,6 +89,17 @@ class Check:
 
 
 @dataclass(frozen=True)
+class TrainIntervention:
+    """A training intervention (controlled/interventions.py says what each does): its name, and
+    for `tbptt` the number of T-long pieces each sample is fed in (1 for the others)."""
+    name: str
+    pieces: int = 1
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **({"pieces": self.pieces} if self.name == "tbptt" else {})}
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     length: int            # training length T: every sample of the last phase has exactly T symbols
     steps: int = 1000      # planned steps (the sum of the phases' when there are phases)
@@ -96,6 +115,7 @@ class TrainSpec:
     checkpoint_every: int = 0  # steps between mid-training checkpoints; 0: none
     lr_sweep: tuple[float, ...] | None = None  # rates to try in turn (`train_sweep`); None: `lr` alone
     focus: float | None = None  # a mixture's shares follow each task's error (`Mixture.shares`); None: fixed weights
+    intervention: TrainIntervention | None = None  # how each batch's initial state is made; None: zeros
 
     def __post_init__(self):
         if self.lr_sweep is not None:
@@ -108,6 +128,13 @@ class TrainSpec:
             object.__setattr__(self, "until", Until(**{**self.until, "labels": None if labels is None else tuple(labels)}))
         if isinstance(self.check, dict):
             object.__setattr__(self, "check", Check(**self.check))
+        if isinstance(self.intervention, dict):
+            object.__setattr__(self, "intervention", TrainIntervention(**self.intervention))
+
+    @property
+    def pieces(self) -> int:
+        """How many pieces of the step's length each sample has (tbptt's; 1 otherwise)."""
+        return self.intervention.pieces if self.intervention is not None else 1
 
     @property
     def schedule(self) -> tuple[Phase, ...]:
@@ -140,7 +167,8 @@ class TrainSpec:
 
     def tokens(self, steps: int | None = None) -> int:
         """Symbols trained on in the first `steps` steps (default: the planned ones): batch x the
-        length of each step, so a curriculum's short phases count at their own length."""
+        length of each step, so a curriculum's short phases count at their own length (times
+        tbptt's pieces)."""
         steps = self.steps if steps is None else steps
         total, done = 0, 0
         for phase in self.schedule:
@@ -148,7 +176,7 @@ class TrainSpec:
             if take <= 0:
                 break
             total, done = total + take * phase.length, done + take
-        return self.batch_size * (total + max(0, steps - done) * self.length)
+        return self.batch_size * self.pieces * (total + max(0, steps - done) * self.length)
 
     @property
     def last_phase_start(self) -> int:
@@ -160,7 +188,9 @@ class TrainSpec:
         checks, which decide when training stops). Checks and checkpoints alone do not change
         the weights."""
         out = {k: v for k, v in asdict(self).items()
-               if k not in ("phases", "until", "check", "checkpoint_every", "lr_sweep", "focus")}
+               if k not in ("phases", "until", "check", "checkpoint_every", "lr_sweep", "focus", "intervention")}
+        if self.intervention is not None:  # a recipe without one keeps its id
+            out["intervention"] = self.intervention.to_dict()
         if self.focus is not None:
             out["focus"] = self.focus
         if self.lr_sweep is not None:
@@ -241,16 +271,24 @@ def answer_loss(model: LanguageModel, tokens: torch.Tensor, answers: torch.Tenso
     """Cross-entropy of the k answer symbols: teacher-forced after the prompt, or, given
     answer_positions (B, k), predicted at those positions of the sequence in one pass.
     tokens (B, L), answers (B, k)."""
+    return answer_loss_from(model, tokens, answers, answer_positions)[0]
+
+
+def answer_loss_from(model: LanguageModel, tokens: torch.Tensor, answers: torch.Tensor,
+                     answer_positions: torch.Tensor | None = None, state: list | None = None
+                     ) -> tuple[torch.Tensor, list]:
+    """`answer_loss` with the sequences started from `state` (None: zeros), and the state they
+    leave (after the teacher-forced answer but its last symbol)."""
     k = answers.shape[1]
     if answer_positions is not None:
-        logits, _ = model(tokens)  # (B, L, V)
+        logits, state = model(tokens, state)  # (B, L, V)
         index = answer_positions[:, :, None].expand(-1, -1, logits.shape[-1])  # (B, k, V)
         answer_logits = torch.gather(logits, 1, index)  # (B, k, V)
-        return F.cross_entropy(answer_logits.reshape(-1, answer_logits.shape[-1]), answers.reshape(-1))
+        return F.cross_entropy(answer_logits.reshape(-1, answer_logits.shape[-1]), answers.reshape(-1)), state
     inputs = torch.cat([tokens, answers[:, :-1]], dim=1)  # (B, L + k - 1)
-    logits, _ = model(inputs)
+    logits, state = model(inputs, state)
     answer_logits = logits[:, -k:]  # (B, k, V): the positions that predict the answers
-    return F.cross_entropy(answer_logits.reshape(-1, answer_logits.shape[-1]), answers.reshape(-1))
+    return F.cross_entropy(answer_logits.reshape(-1, answer_logits.shape[-1]), answers.reshape(-1)), state
 
 
 def learning_rate(spec: TrainSpec, step: int, criterion: int | None = None) -> float:
@@ -391,17 +429,87 @@ def _batch_task(task, spec: TrainSpec, progress: dict, step_seed: int):
     return task.pick(step_seed, shares)
 
 
-def _update(model: LanguageModel, optimizer: torch.optim.Optimizer, samples, spec: TrainSpec, step: int) -> float:
-    """One optimizer step on a batch; its loss, which must be finite."""
-    loss = samples_loss(model, samples)
+def _update(model: LanguageModel, optimizer: torch.optim.Optimizer, samples, spec: TrainSpec, step: int,
+            state: list | None = None) -> tuple[float, list]:
+    """One optimizer step on a batch started from `state` (None: zeros); its loss, which must be
+    finite, and the state the batch left, detached."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if spec.pieces > 1:
+        loss_value, state = _piecewise_backward(model, samples, spec.pieces, state)
+    else:
+        loss, state = answer_loss_from(model, *_tensors(samples), state)
+        loss.backward()
+        loss_value = loss.item()
     torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
     optimizer.step()
-    loss_value = loss.item()
     if not math.isfinite(loss_value):
         raise Diverged(step, loss_value)
-    return loss_value
+    return loss_value, detached(state)
+
+
+def _tensors(samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A batch's tokens (B, L), answers (B, k) and answer positions (B, k) or None."""
+    positions = None if samples.answer_positions is None else torch.from_numpy(samples.answer_positions)
+    return torch.from_numpy(samples.tokens), torch.from_numpy(samples.answers), positions
+
+
+def _piecewise_backward(model: LanguageModel, samples, pieces: int, state: list | None) -> tuple[float, list]:
+    """Truncated backpropagation through time: the batch fed in `pieces` pieces of equal length,
+    the state carried from one to the next and detached between them, each piece's share of the
+    answer loss backpropagated through that piece alone (gradients add up over the pieces). A
+    piece without an answer is fed without gradients. Returns the loss (the same mean over
+    every answer symbol as `answer_loss`) and the final state."""
+    tokens, answers, positions = _tensors(samples)
+    size = -(-tokens.shape[1] // pieces)
+    total = 0.0
+    for start in range(0, tokens.shape[1], size):
+        piece = tokens[:, start:start + size]  # (B, size)
+        last = start + size >= tokens.shape[1]
+        inside = None if positions is None else (positions >= start) & (positions < start + piece.shape[1])  # (B, k)
+        if (positions is None and not last) or (inside is not None and not inside.any()):
+            with torch.no_grad():
+                _, state = model(piece, state)
+            continue
+        if positions is None:
+            loss, state = answer_loss_from(model, piece, answers, None, state)
+        else:
+            logits, state = model(piece, state)  # (B, size, V)
+            rows, cols = inside.nonzero(as_tuple=True)
+            picked = logits[rows, positions[rows, cols] - start]  # (n, V)
+            loss = F.cross_entropy(picked, answers[rows, cols], reduction="sum") / answers.numel()
+        loss.backward()
+        total += loss.item()
+        state = detached(state)
+    return total, state
+
+
+def _carried(model: LanguageModel, state: list) -> list:
+    """The layer states a training intervention starts the next batch from: those of bounded
+    layers; None (an empty key/value cache) for global attention."""
+    return [s if bounded else None for s, bounded in zip(state, bounded_layers(model.config))]
+
+
+@torch.no_grad()
+def random_prefix_state(model: LanguageModel, batch: int, length: int, seed: int) -> list:
+    """`noise-state`'s initial state: what `length` symbols drawn uniformly from the model's
+    vocabulary (from `seed`) leave in the bounded layers, one prefix per sequence of the batch."""
+    generator = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)  # (B, length)
+    _, state = model(prefix)
+    return _carried(model, state)
+
+
+def _initial_state(model: LanguageModel, spec: TrainSpec, carried: list | None, samples, step_seed: int
+                   ) -> list | None:
+    """The state a step's batch starts from: the last batch's (`state-passing`), a random
+    prefix's (`noise-state`, as long as the batch's samples), else zeros (None)."""
+    name = None if spec.intervention is None else spec.intervention.name
+    if name == "state-passing":
+        return carried
+    if name == "noise-state":
+        return random_prefix_state(model, samples.tokens.shape[0], samples.tokens.shape[1] // spec.pieces,
+                                   (step_seed + 1) % 2**32)
+    return None
 
 
 def _finite_weights(model: LanguageModel, step: int) -> None:
@@ -472,14 +580,16 @@ def _steps(model: LanguageModel, optimizer: torch.optim.Optimizer, task, spec: T
     its loss (the last one recorded when no step is left to run)."""
     check_seed = batch_seed(seed, CHECK_SEED)
     loss_value = progress["losses"][-1][1] if progress["losses"] else float("nan")
-    step = first
+    step, carried = first, None  # carried: the state the last batch left (state-passing)
     while step < spec.end(progress["criterion"]):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(spec, step, progress["criterion"])
         step_seed = batch_seed(seed, step)
-        samples = _batch_task(task, spec, progress, step_seed).generate(length=spec.length_at(step),
+        samples = _batch_task(task, spec, progress, step_seed).generate(length=spec.length_at(step) * spec.pieces,
                                                                        n=spec.batch_size, seed=step_seed)
-        loss_value = _update(model, optimizer, samples, spec, step)
+        loss_value, left = _update(model, optimizer, samples, spec, step,
+                                   _initial_state(model, spec, carried, samples, step_seed))
+        carried = _carried(model, left) if spec.intervention is not None else None
         if step % LOSS_EVERY == 0:
             progress["losses"].append([step, loss_value])
         step += 1

@@ -27,6 +27,10 @@ With s = 1 all three are plain RoPE, bit for bit, so training is unchanged.
 `attention_weights(x, state, queries)` gives the softmax weights of chosen query positions, the
 reference way (explicit scores, the same mask, RoPE and scaling), for diagnostics
 (analysis/diagnostics.py); the fast path never forms them and does not change.
+
+The same scalings are also inference interventions (`rope-pi`, `rope-ntk`, `rope-yarn`) on a
+RoPE model trained without one, and `window` makes global attention a sliding window of T keys
+past T; `set_context` sets them per evaluated length (mixers/base.py).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .base import ArchSpec, MixerSpec, around
 POSITIONS = ("rope", "alibi", "nope")
 ROPE_SCALINGS = ("none", "pi", "ntk", "yarn")
 YARN_ALPHA, YARN_BETA = 1.0, 32.0  # YaRN's ramp ends, in turns over the original length
+ROPE_INTERVENTIONS = {"rope-pi": "pi", "rope-ntk": "ntk", "rope-yarn": "yarn"}  # intervention -> rope_scaling
 
 
 @dataclass
@@ -159,16 +164,37 @@ class CausalSelfAttention(nn.Module):
         # length by `set_context`; s = 1 is plain RoPE. Not parameters: no checkpoint holds them.
         self.rope_factor = 1.0
         self.original_length: int | None = None
+        # Inference interventions (set_context): a RoPE scaling the config does not have, and a
+        # window of keys for global attention; None: as configured.
+        self.rope_override: str | None = None
+        self.window_override: int | None = None
 
-    def set_context(self, train_length: int, length: int) -> None:
+    @staticmethod
+    def inference_interventions(config: AttentionConfig) -> tuple[str, ...]:
+        """The RoPE scalings for RoPE attention without one of its own; `window` for global attention."""
+        rope = tuple(ROPE_INTERVENTIONS) if config.position == "rope" and config.rope_scaling == "none" else ()
+        return rope + (("window",) if config.span is None else ())
+
+    def set_context(self, train_length: int, length: int, intervention: str | None = None) -> None:
         """Scale RoPE for sequences of `length` tokens from a model trained at `train_length`:
         s = max(1, length / train_length). Keep it fixed for a whole sequence, cache included.
-        Nothing changes without `rope_scaling`."""
+        Nothing changes without `rope_scaling`, unless `intervention` names a RoPE scaling
+        (rope-pi, rope-ntk, rope-yarn: that scaling instead) or `window` (past T, each query sees
+        its last `train_length` keys only)."""
         if train_length < 1 or length < 1:
             raise ValueError(f"lengths must be >= 1, not train_length={train_length}, length={length}")
-        if self.config.rope_scaling != "none":
+        self.rope_override = ROPE_INTERVENTIONS.get(intervention or "")
+        self.window_override = train_length if intervention == "window" and length > train_length else None
+        if self.config.rope_scaling != "none" or self.rope_override is not None:
             self.rope_factor = max(1.0, length / train_length)
             self.original_length = train_length
+        else:
+            self.rope_factor = 1.0
+
+    @property
+    def span(self) -> int | None:
+        """Keys a query sees, itself included: the config's, or the `window` intervention's."""
+        return self.window_override if self.window_override is not None else self.config.span
 
     def forward(self, x: Tensor, state: KVCache | None = None, reference: bool = False) -> tuple[Tensor, KVCache]:
         B, L, _ = x.shape
@@ -176,15 +202,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v, positions, key_positions = self._project(x, state)
         if reference:
             y = self._reference(q, k, v, positions, key_positions)
-        elif cfg.position != "alibi" and cfg.span is None and k.shape[2] == L:
+        elif cfg.position != "alibi" and self.span is None and k.shape[2] == L:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, Dh)
         else:
             # Queries in a later piece, windows and ALiBi need an explicit mask: is_causal
             # aligns its triangle to the top-left corner and knows no bias.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(positions, key_positions, x.dtype))
         y = y.transpose(1, 2).reshape(B, L, cfg.n_heads * cfg.head_dim)  # (B, L, H*Dh)
-        if cfg.span is not None:  # a window only ever needs its last `span - 1` keys again
-            start = max(0, k.shape[2] - (cfg.span - 1))
+        if self.span is not None:  # a window only ever needs its last `span - 1` keys again
+            start = max(0, k.shape[2] - (self.span - 1))
             k, v = k[:, :, start:], v[:, :, start:]
         return self.out(y), KVCache(k, v, (0 if state is None else state.seen) + L)
 
@@ -198,7 +224,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, L, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
         positions = torch.arange(seen, seen + L, device=x.device)  # (L,)
         if cfg.position == "rope":
-            cos, sin = rope_tables(positions, Dh, cfg.rope_base, x.dtype, cfg.rope_scaling,
+            cos, sin = rope_tables(positions, Dh, cfg.rope_base, x.dtype, self.rope_override or cfg.rope_scaling,
                                    self.rope_factor, self.original_length)  # (L, Dh/2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if state is not None:
@@ -211,8 +237,8 @@ class CausalSelfAttention(nn.Module):
         """Boolean (L, K) visibility, or an additive (H, L, K) float mask for ALiBi."""
         distance = positions[:, None] - key_positions[None, :]  # (L, K): how far back each key is
         visible = distance >= 0
-        if self.config.span is not None:
-            visible &= distance < self.config.span
+        if self.span is not None:
+            visible &= distance < self.span
         if self.config.position != "alibi":
             return visible
         slopes = alibi_slopes(self.config.n_heads).to(dtype=dtype, device=positions.device)  # (H,)

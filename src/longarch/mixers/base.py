@@ -24,6 +24,14 @@ tests/test_mixers.py runs those checks on every registered one):
 - `state_floats(config, length)` counts the floats of state one sequence holds after `length`
   tokens: constant for a recurrent mixer, growing for global attention (the report's "state
   size" and the bounded/grows column of `longarch models`).
+
+Optional, for inference interventions (a study's `interventions:`, controlled/interventions.py):
+a mixer may declare `inference_interventions(config) -> tuple[str, ...]`, the evaluation-time
+interventions it implements for that config, and `set_context(train_length, length,
+intervention=None)`, which sets it for sequences of `length` tokens from a model trained at
+`train_length` (`set_context(T, T)` restores training behaviour). An intervention is the
+identity at length <= T and leaves the chunked path equal to the reference path. `DecayScaled`
+below is the one every mixer with a decay shares.
 """
 
 from __future__ import annotations
@@ -111,3 +119,25 @@ class ArchSpec:
 def around(value: float) -> tuple[float, ...]:
     """Widths `size_to_budget` may try besides the default, nearest first: +-12.5%, +-25%."""
     return tuple(value * f for f in (0.875, 1.125, 0.75, 1.25))
+
+
+class DecayScaled:
+    """The `decay-scale` inference intervention, for a mixer whose state decays by a per-step
+    factor a_t = exp(log a_t): evaluated at a length L past its training length T, every
+    log-decay is multiplied by s = T / L, i.e. a_t becomes a_t^(T/L), so the state forgets over L
+    tokens about as much as it did over T in training (LongMamba, DeciMamba). A mixer that
+    discretises a continuous system with a step dt (Mamba, Mamba-2, S4D) scales dt itself, its
+    input's dt included. The mixer multiplies its log-decay (or dt) by `decay_factor` where it
+    computes it, before the chunked and reference paths part, so both see the same decays."""
+
+    decay_factor: float = 1.0  # s = T / L under the intervention at L > T; 1 otherwise
+
+    @staticmethod
+    def inference_interventions(config: Any) -> tuple[str, ...]:
+        return ("decay-scale",)
+
+    def set_context(self, train_length: int, length: int, intervention: str | None = None) -> None:
+        """s = min(1, train_length / length) under `decay-scale`, else 1 (training behaviour)."""
+        if train_length < 1 or length < 1:
+            raise ValueError(f"lengths must be >= 1, not train_length={train_length}, length={length}")
+        self.decay_factor = min(1.0, train_length / length) if intervention == "decay-scale" else 1.0

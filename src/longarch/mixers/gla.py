@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .base import ArchSpec, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, around
 
 
 @dataclass
@@ -131,7 +131,7 @@ def gla_reference(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor,
     return torch.stack(outputs, dim=1), S
 
 
-class GLAMixer(nn.Module):
+class GLAMixer(DecayScaled, nn.Module):
     def __init__(self, config: GLAConfig):
         super().__init__()
         self.config = config
@@ -166,6 +166,8 @@ class GLAMixer(nn.Module):
         v = v.view(b, L, H, V)  # (b, L, H, V)
         gate_logits = self.gate_up(self.gate_down(x)) + self.gate_bias  # (b, L, H*K)
         log_a = (F.logsigmoid(gate_logits) / self.config.gate_logit_normalizer).view(b, L, H, K)  # (b, L, H, K)
+        if self.decay_factor != 1.0:  # decay-scale at evaluation: alpha^(T / L) (DecayScaled)
+            log_a = log_a * self.decay_factor
         S0 = None if state is None else state.S
         if reference:
             o, S = gla_reference(q, k, v, log_a, S0)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .base import ArchSpec, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, around
 
 
 @dataclass
@@ -115,7 +115,7 @@ def selective_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Ten
     return torch.stack(ys, dim=1), h
 
 
-class MambaMixer(nn.Module):
+class MambaMixer(DecayScaled, nn.Module):
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.config = config
@@ -145,6 +145,8 @@ class MambaMixer(nn.Module):
 
         dt_low, B, C = self.x_proj(x).split([R, N, N], dim=-1)  # (b, L, R), (b, L, N), (b, L, N)
         dt = F.softplus(F.linear(dt_low, self.dt_weight) + self.dt_bias)  # (b, L, D)
+        if self.decay_factor != 1.0:  # decay-scale at evaluation: dt * T / L (DecayScaled)
+            dt = dt * self.decay_factor
         A = -torch.exp(self.A_log)  # (D, N)
         h0 = None if state is None else state.ssm
         if reference:

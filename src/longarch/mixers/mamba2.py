@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .base import ArchSpec, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, around
 
 
 @dataclass
@@ -157,7 +157,7 @@ def ssd_reference(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor,
     return torch.stack(ys, dim=1), S
 
 
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(DecayScaled, nn.Module):
     def __init__(self, config: Mamba2Config):
         super().__init__()
         self.config = config
@@ -185,6 +185,8 @@ class Mamba2Mixer(nn.Module):
         x, B, C = xBC.split([d_inner, N, N], dim=-1)
         x = x.reshape(b, L, H, P)  # (b, L, H, P)
         dt = F.softplus(dt + self.dt_bias)  # (b, L, H)
+        if self.decay_factor != 1.0:  # decay-scale at evaluation: dt * T / L (DecayScaled)
+            dt = dt * self.decay_factor
         log_a = -torch.exp(self.A_log) * dt  # (b, L, H)
         x_dt = x * dt[..., None]  # (b, L, H, P)
         ssm0 = None if state is None else state.ssm

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .conv import CausalConv1d
 from .gla import gla_reference
-from .base import ArchSpec, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, around
 
 
 @dataclass
@@ -145,7 +145,7 @@ def retention_reference(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor,
     return gla_reference(q, k, v, log_a, initial_state)
 
 
-class RetNetMixer(nn.Module):
+class RetNetMixer(DecayScaled, nn.Module):
     def __init__(self, config: RetNetConfig):
         super().__init__()
         self.config = config
@@ -173,6 +173,8 @@ class RetNetMixer(nn.Module):
         k = rotate(k.view(b, L, H, K), positions, self.config.rope_base) * K ** -0.5
         v = v.view(b, L, H, V)  # (b, L, H, V)
         log_gamma = log_decays(H).to(x.device)  # (H,)
+        if self.decay_factor != 1.0:  # decay-scale at evaluation: gamma^(T / L) (DecayScaled)
+            log_gamma = log_gamma * self.decay_factor
         S0 = None if state is None else state.S
         if reference:
             o, S = retention_reference(q, k, v, log_gamma, S0)

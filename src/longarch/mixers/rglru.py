@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .base import ArchSpec, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, around
 
 
 @dataclass
@@ -108,7 +108,7 @@ def rglru_reference(x: Tensor, log_a: Tensor, initial_state: Tensor | None = Non
     return torch.stack(hs, dim=1), h
 
 
-class RGLRUMixer(nn.Module):
+class RGLRUMixer(DecayScaled, nn.Module):
     def __init__(self, config: RGLRUConfig):
         super().__init__()
         self.config = config
@@ -136,6 +136,8 @@ class RGLRUMixer(nn.Module):
         gates = torch.einsum("blhw,ghwv->gblhv", x.reshape(b, L, H, W), self.gate_weight)  # (2, b, L, H, W)
         r, i = torch.sigmoid(gates + self.gate_bias[:, None, None]).reshape(2, b, L, D)  # (b, L, D) each
         log_a = -self.config.rglru_c * F.softplus(self.a_param) * r  # (b, L, D)
+        if self.decay_factor != 1.0:  # decay-scale at evaluation: a_t^(T / L), its input norm too (DecayScaled)
+            log_a = log_a * self.decay_factor
         # sqrt(1 - a^2) keeps h at the scale of its input; the floor bounds the derivative of the
         # square root as a_t -> 1 (RecurrentGemma bounds it at 1000 for the same reason).
         multiplier = (-torch.expm1(2 * log_a)).clamp_min(1e-6).sqrt()  # (b, L, D)

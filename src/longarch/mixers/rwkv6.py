@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .base import ArchSpec, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, around
 
 # Position of the layer in the stack for RWKV's depth-dependent init; a mixer does not know
 # its depth, so every layer gets the middle layer's values.
@@ -121,7 +121,7 @@ def wkv6_reference(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
     return torch.stack(outputs, dim=1), S
 
 
-class RWKV6Mixer(nn.Module):
+class RWKV6Mixer(DecayScaled, nn.Module):
     def __init__(self, config: RWKV6Config):
         super().__init__()
         self.config = config
@@ -168,6 +168,8 @@ class RWKV6Mixer(nn.Module):
         # cumulative log decays within a chunk small enough for float32 differences.
         log_w = -torch.exp((self.w0 + torch.tanh(xw @ self.decay_down) @ self.decay_up).clamp(max=4.0))
         log_w = log_w.reshape(b, L, H, K)  # (b, L, H, K)
+        if self.decay_factor != 1.0:  # decay-scale at evaluation: w^(T / L) (DecayScaled)
+            log_w = log_w * self.decay_factor
 
         S0 = None if state is None else state.wkv
         if reference:

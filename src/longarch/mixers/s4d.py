@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .base import ArchSpec, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, around
 
 A_INITS = ("lin", "inv", "real")
 
@@ -133,7 +133,7 @@ def s4d_reference(x: Tensor, log_dA: Tensor, dB: Tensor, C: Tensor,
     return torch.stack(ys, dim=1), _as_real(s)
 
 
-class S4DMixer(nn.Module):
+class S4DMixer(DecayScaled, nn.Module):
     def __init__(self, config: S4DConfig):
         super().__init__()
         self.config = config
@@ -162,7 +162,10 @@ class S4DMixer(nn.Module):
         if self.complex_modes:
             A = torch.complex(A, self.A_imag)
             C = 2 * torch.view_as_complex(C)
-        log_dA = torch.exp(self.log_dt)[:, None] * A  # (H, M)
+        dt = torch.exp(self.log_dt)  # (H,)
+        if self.decay_factor != 1.0:  # decay-scale at evaluation: dt * T / L (DecayScaled)
+            dt = dt * self.decay_factor
+        log_dA = dt[:, None] * A  # (H, M)
         return log_dA, torch.expm1(log_dA) / A, C
 
     def forward(self, u: Tensor, state: Tensor | None = None, reference: bool = False

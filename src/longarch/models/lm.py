@@ -10,6 +10,7 @@ sequence fed in pieces gives the same logits as the same sequence fed whole.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -152,12 +153,16 @@ class LanguageModel(nn.Module):
         logits = self.final_norm(x) @ head.T  # (B, L, V)
         return logits, new_states
 
-    def set_context(self, train_length: int, length: int) -> None:
+    def set_context(self, train_length: int, length: int, intervention: str | None = None) -> None:
         """Prepare for sequences of `length` tokens from a model trained at `train_length`: mixers
         that scale positions with the length (RoPE PI/NTK/YaRN) take s = max(1, length /
-        train_length); the others ignore it. `set_context(T, T)` restores the training setting."""
-        for block in self.blocks:
-            if hasattr(block.mixer, "set_context"):
+        train_length); the others ignore it. `intervention`: an inference intervention (decay-scale,
+        rope-pi, window, ...), set on the mixers that implement it (`inference_interventions`) and
+        on no other. `set_context(T, T)` restores the training setting."""
+        for block, supported in zip(self.blocks, layer_interventions(self.config)):
+            if intervention is not None and intervention in supported:
+                block.mixer.set_context(train_length, length, intervention)
+            elif hasattr(block.mixer, "set_context"):
                 block.mixer.set_context(train_length, length)
 
     def num_params(self) -> int:
@@ -167,6 +172,38 @@ class LanguageModel(nn.Module):
         """Floats of state per sequence after `length` tokens, summed over layers."""
         return sum(state_floats(name, self.config.d_model, self.config.mixer, length)
                    for name in self.config.layers)
+
+
+def layer_interventions(config: ModelConfig) -> list[tuple[str, ...]]:
+    """Per layer, the inference interventions its mixer implements for its config (a mixer's
+    optional `inference_interventions`, mixers/base.py): () for a mixer without any."""
+    out = []
+    for name in config.layers:
+        declared = getattr(mixers.get(name).mixer, "inference_interventions", None)
+        out.append(tuple(declared(mixer_config(name, config.d_model, config.mixer))) if declared else ())
+    return out
+
+
+def bounded_layers(config: ModelConfig) -> list[bool]:
+    """Per layer, whether its mixer's state is bounded (as many floats after 2T tokens as after T,
+    a recurrent state or a window): the state a training intervention may carry from one
+    sequence to the next. Global attention's key/value cache grows, so it is never carried."""
+    far = 1 << 20  # past any window
+    return [state_floats(name, config.d_model, config.mixer, 2 * far) == state_floats(name, config.d_model, config.mixer, far)
+            for name in config.layers]
+
+
+def detached(state):
+    """A copy of a state (a model's list of layer states, or one layer's: tensors, dataclasses
+    and tuples of them) cut from the autograd graph; numbers and None as they are."""
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, (list, tuple)):
+        return type(state)(detached(part) for part in state)
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return dataclasses.replace(state, **{f.name: detached(getattr(state, f.name))
+                                             for f in dataclasses.fields(state) if f.init})
+    return state
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -24,6 +24,10 @@ Tables
            store from before the table gets it when next opened for writing, and reads as
            holding none until then.
 
+A model row and a result row name the intervention they were made under (`intervention`: a
+training intervention for a model, and for a result its model's or its own inference one;
+'' for the baseline and in stores from before interventions).
+
 Every write is one transaction, so a crash leaves either the whole row or none of it; rows
 are keyed by content-addressed ids, so a rerun recognises what is already stored.
 """
@@ -61,7 +65,8 @@ CREATE TABLE IF NOT EXISTS models (
     steps          INTEGER,            -- training steps run (NULL in stores from before curves)
     steps_to_criterion INTEGER,        -- the first check at which train.until was met; NULL: not met or none
     diverged       INTEGER,            -- the step its training diverged at (no checkpoint); NULL: trained
-    sha256         TEXT                -- of the checkpoint's bytes; NULL in stores from before it was recorded
+    sha256         TEXT,               -- of the checkpoint's bytes; NULL in stores from before it was recorded
+    intervention   TEXT NOT NULL DEFAULT ''  -- its training intervention; '': the baseline
 );
 CREATE TABLE IF NOT EXISTS curves (
     model_id  TEXT NOT NULL,
@@ -90,7 +95,8 @@ CREATE TABLE IF NOT EXISTS results (
     n         INTEGER NOT NULL,
     accuracy  REAL NOT NULL,           -- mean per-sample score, in [0, 1]
     scores    TEXT NOT NULL,           -- JSON list of the n per-sample scores
-    seconds   REAL NOT NULL
+    seconds   REAL NOT NULL,
+    intervention TEXT NOT NULL DEFAULT ''  -- its model's training or its own inference intervention; '': none
 );
 CREATE TABLE IF NOT EXISTS diagnostics (
     cell_id   TEXT PRIMARY KEY,
@@ -146,6 +152,7 @@ class ModelRow:
     steps_to_criterion: int | None = None
     diverged: int | None = None   # the step training diverged at (train_accuracy 0, no checkpoint); None: trained
     sha256: str | None = None     # of the checkpoint file's bytes; None: not recorded (an older store)
+    intervention: str = ""        # its training intervention ("": the baseline)
 
 
 @dataclass
@@ -163,6 +170,7 @@ class ResultRow:
     scores: list[float]
     seconds: float
     label: str = ""  # empty: the task's name
+    intervention: str = ""  # its model's training intervention or its own inference one ("": none)
 
 
 @dataclass
@@ -239,6 +247,11 @@ class Store:
             with self.db:
                 self.db.execute("ALTER TABLE results ADD COLUMN label TEXT NOT NULL DEFAULT ''")
                 self.db.execute("UPDATE results SET label = task")
+        # a store written before interventions: every row is the baseline's
+        for table, present in (("models", model_columns), ("results", columns)):
+            if "intervention" not in present:
+                with self.db:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN intervention TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,83 @@
+"""Interventions: what a study may do to a model so that it extrapolates past its training length
+T, each measured beside the baseline (the model as trained and evaluated without one).
+
+An intervention is a study option (`interventions:` in the YAML). A training intervention trains
+a new model with the baseline's recipe and changes only the state each training batch starts
+from; its name enters the model's id (through `TrainSpec.intervention`). An inference
+intervention evaluates the baseline's own checkpoint differently at lengths past T; its name
+enters the evaluation cell's id. A model is labelled `<name>+<intervention>` in the store, so
+that nothing that pools results by model name mixes it with its baseline.
+
+Whether an intervention applies to a model is decided by what its mixers can do, never by a
+family's name: the training interventions need a layer whose state is bounded (a recurrent
+state or a window, `models.bounded_layers`); an inference intervention needs a layer whose mixer
+implements it (`inference_interventions`, mixers/base.py). A pair that does not apply is not
+planned, and the report says n/a.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import models
+
+TRAIN, EVAL = "train", "eval"
+TBPTT_PIECES = 4  # tbptt's default: samples of 4T fed in 4 pieces of T
+
+
+@dataclass(frozen=True)
+class Intervention:
+    name: str
+    stage: str         # TRAIN: a new model; EVAL: new cells on the baseline's checkpoint
+    description: str   # one line, for `longarch plan` and the report
+    applies: Callable[[models.ModelConfig], bool]
+    options: dict = field(default_factory=dict)  # the knobs it takes, with their defaults
+
+
+def carries_state(config: models.ModelConfig) -> bool:
+    """The model has a layer whose state is bounded, which a training batch can start from."""
+    return any(models.bounded_layers(config))
+
+
+def implemented(name: str) -> Callable[[models.ModelConfig], bool]:
+    """The test "some layer's mixer implements the inference intervention `name`"."""
+    def applies(config: models.ModelConfig) -> bool:
+        return any(name in layer for layer in models.layer_interventions(config))
+    return applies
+
+
+REGISTRY: dict[str, Intervention] = {i.name: i for i in [
+    Intervention("state-passing", TRAIN, "each training batch starts from the state the last batch left, detached "
+                 "(Buitrago Ruiz & Gu 2025)", carries_state),
+    Intervention("tbptt", TRAIN, "samples `pieces` times as long as T (default 4) fed in T-long pieces, the state "
+                 "carried and detached between pieces (truncated backpropagation through time)", carries_state,
+                 {"pieces": TBPTT_PIECES}),
+    Intervention("noise-state", TRAIN, "each training sequence starts from the state left by a prefix of uniformly "
+                 "random symbols as long as the sample", carries_state),
+    Intervention("decay-scale", EVAL, "past T, every per-step decay a becomes a^(T/L) (the step dt of Mamba, "
+                 "Mamba-2 and S4D times T/L), as in LongMamba and DeciMamba", implemented("decay-scale")),
+    Intervention("rope-pi", EVAL, "past T, RoPE position interpolation by L/T", implemented("rope-pi")),
+    Intervention("rope-ntk", EVAL, "past T, NTK-aware RoPE scaling by L/T", implemented("rope-ntk")),
+    Intervention("rope-yarn", EVAL, "past T, YaRN RoPE scaling by L/T with its logit temperature",
+                 implemented("rope-yarn")),
+    Intervention("window", EVAL, "past T, global attention sees only the last T keys (a sliding window)",
+                 implemented("window")),
+]}
+
+
+def get(name: str) -> Intervention:
+    """The intervention named `name`; ValueError naming the known ones otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown intervention {name!r} (known: {', '.join(REGISTRY)})")
+    return REGISTRY[name]
+
+
+def labelled(label: str, name: str | None) -> str:
+    """A model's label under an intervention, as stored: `mamba2+decay-scale` (the baseline's as is)."""
+    return f"{label}+{name}" if name else label
+
+
+def base_label(label: str, name: str | None) -> str:
+    """The baseline's label of a label from `labelled`."""
+    return label.removesuffix(f"+{name}") if name else label
