@@ -361,3 +361,21 @@ def test_an_unknown_intervention_is_one_line_and_exit_2(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump({**TINY, "interventions": ["decay-scale", "dt-scal"]}))
     result = CliRunner().invoke(app, ["plan", str(path)])
     one_error_line(result.exit_code, result.stderr, result.output, ["unknown intervention 'dt-scal'", "decay-scale"])
+
+
+# --------------------------------------------------------------------------------------------
+# the interventions preset
+# --------------------------------------------------------------------------------------------
+def test_the_interventions_preset_measures_every_intervention_where_it_applies():
+    """The issue's preset: the controlled trio plus GLA and Hawk, the noise and text formats to
+    64T, every intervention of the registry, and the diagnostics beside them."""
+    study = load_study("interventions")
+    assert [m.arch for m in study.models] == ["transformer", "mamba2", "mamba2-attn", "gla", "hawk"]
+    assert [label for label, _ in study.eval_tasks()] == ["noise", "text"]
+    assert max(study.eval_lengths()) == 64 * study.train.length
+    assert [i.name for i in study.interventions] == list(interventions.REGISTRY)
+    assert study.diagnostics is not None and study.diagnostics.max_factor == 64
+    model_plans, cells = runner.plan(study)
+    for intervention in interventions.REGISTRY.values():  # each one is measured on some model
+        assert any(p.intervention == intervention.name for p in model_plans) or \
+            any(c.intervention == intervention.name for c in cells), intervention.name
