@@ -379,3 +379,31 @@ def test_the_interventions_preset_measures_every_intervention_where_it_applies()
     for intervention in interventions.REGISTRY.values():  # each one is measured on some model
         assert any(p.intervention == intervention.name for p in model_plans) or \
             any(c.intervention == intervention.name for c in cells), intervention.name
+
+
+def test_a_model_that_did_not_learn_under_a_column_is_not_read(ran):
+    """The section reads a model's accuracy past T under a column only when that model learned the
+    task at T: the baseline's (and an inference intervention's) by the baseline model, a training
+    intervention's by its own model; otherwise the cell says so, with the training accuracy."""
+    from longarch.controlled import interventions_report as section
+    from longarch.controlled.report import load
+
+    data = load(ran)
+
+    def with_bar(bar):
+        return dataclasses.replace(data, settings=data.settings.model_copy(update={"learned_bar_fraction": bar}))
+
+    def table_text(d):
+        return "\n".join(str(b) for b in section.intervention_blocks(d, {}))
+
+    everything = table_text(with_bar(1e-9))  # every model learned: numbers everywhere they apply
+    assert "did not learn (" not in everything and "+" in everything.split("Accuracy at")[1]
+    nothing = with_bar(1.0)  # four training steps: no model is at 100%
+    found = section.measured(nothing)
+    assert all(entry is None or not entry["learned"] for row in found.values() for entry in row.values())
+    text = table_text(nothing)
+    mamba2 = next(m for m in data.models if m.name == "mamba2")
+    assert f"did not learn ({100 * mamba2.train_accuracy:.1f}% at T)" in text
+    trained = next(r for r in data.intervention_models if r.name == "mamba2+state-passing")
+    assert f"did not learn ({100 * trained.train_accuracy:.1f}% at T)" in text
+    assert all(change is None for entry in found["mamba2"].values() if entry for _, change in entry["at"].values())

@@ -82,6 +82,28 @@ def _effective(data, cells: list[Cell], name: str, train_length: int) -> dict:
     return {"length": found.length} if found.points else {}
 
 
+def training_accuracy(data, model, column: str) -> float | None:
+    """The training accuracy at T of `model` under `column` (a training intervention's own model,
+    else the baseline's checkpoint), mean over seeds; nan when unknown, None when diverged."""
+    if column == BASELINE or registry.get(column).stage == registry.EVAL:
+        return model.train_accuracy
+    rows = [r for r in data.intervention_models if r.name == _name(model.name, column)]
+    if not rows or any(r.diverged is not None for r in rows):
+        return None if rows else math.nan
+    return sum(r.train_accuracy for r in rows) / len(rows)
+
+
+def learned(data, model, column: str) -> bool:
+    """Whether `model` under `column` learned the task at T (the report's learned bar): only then
+    is its accuracy past T read. The baseline's and an inference intervention's are the baseline
+    model's (as the other sections judge it); a training intervention's is its own model's."""
+    if column == BASELINE or registry.get(column).stage == registry.EVAL:
+        return model.name not in {m.name for m in data.unsolved()} and \
+            not any(model.name in {m.name for m in data.unsolved(task)} for task in data.tasks)
+    accuracy = training_accuracy(data, model, column)
+    return accuracy is not None and (math.isnan(accuracy) or accuracy >= data.learned_bar_fraction)
+
+
 def measured(data) -> dict:
     """Per model and column: its effective length, and at each shown length its accuracy and (under
     an intervention) its change from the baseline, as Estimates; None where it does not apply."""
@@ -94,13 +116,31 @@ def measured(data) -> dict:
                 row[column] = None
                 continue
             name = _name(model.name, column)
+            # a change from the baseline only where both learned the task at T
+            compared = column != BASELINE and learned(data, model, BASELINE)
             at = {length: (pooled_estimate(_at(cells, name, length), data.level),
-                           None if column == BASELINE else
-                           difference(_at(cells, name, length), _at(cells, model.name, length), data.level))
+                           difference(_at(cells, name, length), _at(cells, model.name, length), data.level)
+                           if compared else None)
                   for length in shown_lengths(data.lengths, T)}
-            row[column] = {"effective": _effective(data, cells, name, T), "at": at}
+            row[column] = {"effective": _effective(data, cells, name, T), "at": at,
+                           "learned": learned(data, model, column), "training": training_accuracy(data, model, column)}
         out[model.name] = row
     return out
+
+
+def _not_learned(entry: dict) -> str:
+    """What a table shows for a model that did not learn the task at T under a column."""
+    accuracy = entry["training"]
+    if accuracy is None:
+        return "diverged"
+    return "did not learn" + ("" if math.isnan(accuracy) else f" ({_percent(accuracy)}% at T)")
+
+
+def _shown(entry: dict | None, text) -> str:
+    """n/a, 'did not learn (..% at T)', or the measure's text."""
+    if entry is None:
+        return NOT_APPLICABLE
+    return text() if entry["learned"] else _not_learned(entry)
 
 
 def _effective_text(found: dict, train_length: int) -> str:
@@ -150,8 +190,9 @@ def intervention_blocks(data, figures: dict[str, str]) -> list[Block]:
         f"does not apply to that model (none of its layers can take it). The interventions: {described}.")]
     blocks += _trained_table(data)
     blocks += [("h3", "Effective length"), ("table", ["model", *shown], [
-        [m.name] + [NOT_APPLICABLE if found[m.name][c] is None else _effective_text(found[m.name][c]["effective"],
-                                                                                   m.train_length) for c in shown]
+        [m.name] + [_shown(found[m.name][c], lambda e=found[m.name][c], m=m: _effective_text(e["effective"],
+                                                                                             m.train_length))
+                    for c in shown]
         for m in data.models]), ("p",
         f"The longest length up to which the lower end of the accuracy's {100 * data.level:g}% interval stays above "
         f"{100 * data.settings.effective_length_bar_fraction:g}% at every evaluated length (pooled over the "
@@ -159,24 +200,26 @@ def intervention_blocks(data, figures: dict[str, str]) -> list[Block]:
     for length in shown_lengths(data.lengths, T):
         rows = []
         for m in data.models:
-            row = [m.name]
-            for c in shown:
-                entry = found[m.name][c]
-                if entry is None:
-                    row.append(NOT_APPLICABLE)
-                    continue
-                accuracy, change = entry["at"].get(length, (None, None))
-                text = MISSING if accuracy is None else _estimate(accuracy)
-                row.append(text if change is None or text == MISSING else f"{text}, {_estimate(change, True)}")
-            rows.append(row)
+            rows.append([m.name] + [_shown(found[m.name][c], lambda e=found[m.name][c]: _accuracy_text(e, length))
+                                    for c in shown])
         blocks += [("h3", f"Accuracy at {_length_name(length, T, data.lengths)}"), ("table", ["model", *shown], rows)]
     blocks.append(("p", f"Accuracy in percent with its {100 * data.level:g}% interval, pooled over the evaluated "
                         "tasks, depths and seeds; under an intervention, then its change from the baseline in "
-                        "points, with the interval of that difference."))
+                        "points, with the interval of that difference (only where the baseline learned the task). "
+                        "\"did not learn\" marks a model below the learned bar "
+                        f"({100 * data.learned_bar_fraction:g}% training accuracy at T): its accuracy past T is not "
+                        "read. Under an inference intervention that is the baseline's model; under a training "
+                        "intervention, the model trained under it."))
     if "interventions" in figures:
         blocks.append(("figure", figures["interventions"],
                        "Accuracy against context length, one panel per model, one line per intervention"))
     return blocks
+
+
+def _accuracy_text(entry: dict, length: int) -> str:
+    accuracy, change = entry["at"].get(length, (None, None))
+    text = MISSING if accuracy is None else _estimate(accuracy)
+    return text if change is None or text == MISSING else f"{text}, {_estimate(change, True)}"
 
 
 def intervention_curves(data) -> dict[str, dict[str, list[LengthPoint]]]:
@@ -196,14 +239,16 @@ def intervention_figures(data, figure_dir: Path, record) -> None:
 
 
 def intervention_summary(data) -> dict:
-    """summary.json's "interventions": per model and column, the effective length and, at each shown
-    length, the accuracy and its change from the baseline (fractions, with intervals); None: n/a."""
+    """summary.json's "interventions": per model and column, whether it learned the task at T, the
+    effective length and, at each shown length, the accuracy and its change from the baseline
+    (fractions, with intervals; no change where the baseline did not learn); None: n/a."""
     def plain(estimate: Estimate | None):
         return None if estimate is None or math.isnan(estimate.value) else estimate.as_dict()
 
     out = {}
     for model, row in measured(data).items():
         out[model] = {column: None if entry is None else {
+            "learned": entry["learned"],
             "effective_length": entry["effective"].get("length"),
             "at": {str(length): {"accuracy": plain(a), "change": plain(c)} for length, (a, c) in entry["at"].items()}}
             for column, entry in row.items()}
