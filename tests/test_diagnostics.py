@@ -235,6 +235,9 @@ def test_retention_sentence_names_the_best_head_on_each_format():
     assert retention_sentences(grouped(rows), ["mamba2"], ["noise"]) == [
         "mamba2's best head keeps 58% of the needle after 2,048 noise symbols (mean of 2 seeds' best heads: "
         "layer 1, head 0; layer 1, head 1)."]
+    # more than the write at the needle's end (a short convolution still writing it): said why
+    grown = retention_sentences(grouped([row("noise", [2.45, 0.1])]), ["mamba2"], ["noise"])
+    assert grown[0].startswith("mamba2's best head keeps 245% of the needle") and "short convolution" in grown[0]
 
 
 DIAGNOSED = {**TINY, "models": ["transformer", "mamba2"],
@@ -277,6 +280,11 @@ def test_a_study_with_diagnostics_stores_them_and_reports_them(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["diagnostics"]) == {"loss", "retention", "attention", "state-norm"}
     assert summary["cells"]["planned"] == summary["cells"]["stored"] == 2 * 2 + 6  # evaluations and diagnostics
+    # a model below the learned bar is said to be one, first: its diagnostics explain no lost needle
+    section = report[report.index("## Diagnostics"):report.index("### ", report.index("## Diagnostics"))]
+    for model in summary["models"]:
+        said = f"{model['name']} did not learn the task at T" in section
+        assert said == (not model["solved_at_train_length"]), model
 
 
 def test_an_old_store_without_the_table_reads_as_holding_no_diagnostics(tmp_path):

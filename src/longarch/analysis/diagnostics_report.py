@@ -92,7 +92,7 @@ def retention_sentences(data: dict[tuple[str, str, str], list[dict]], models: Se
     head, the heads named seed by seed."""
     out = []
     for model in models:
-        parts = []
+        parts, grown = [], False
         for label in labels:
             seeds = data.get((model, "retention", label)) or []
             bests = [best for best in (best_head(entry) for entry in seeds) if best is not None]
@@ -104,9 +104,15 @@ def retention_sentences(data: dict[tuple[str, str, str], list[dict]], models: Se
             text = (f"{_percent(kept)} of the needle after {seeds[0]['steps'][-1]:,} {label} symbols" if not parts
                     else f"{_percent(kept)} after {label}")
             parts.append(f"{text} ({heads})")
+            grown = grown or kept > 1
         if parts:
-            out.append(f"{model}'s best head keeps {' and '.join(parts)}.")
+            out.append(f"{model}'s best head keeps {' and '.join(parts)}." + (GROWN if grown else ""))
     return out
+
+
+GROWN = (" Over 100% means that head holds more of the needle than it did as the needle ended: a short "
+         "convolution before the state still writes the needle's last symbols for a few steps after it, and a "
+         "decay near 1 keeps what they add.")
 
 
 def _at_train_length(lengths: Sequence[int], train_length: int) -> int:
@@ -333,11 +339,12 @@ PLOTS = {"loss": plot_loss, "retention": plot_retention, "attention": plot_atten
 # --------------------------------------------------------------------------------------------
 # the section
 # --------------------------------------------------------------------------------------------
-def diagnostics_section(rows: list, models: Sequence[str], accuracy_figures: Mapping[str, str], figures
-                        ) -> tuple[list[Block], dict]:
+def diagnostics_section(rows: list, models: Sequence[str], accuracy_figures: Mapping[str, str], figures,
+                        unlearned: Mapping[str, float] | None = None) -> tuple[list[Block], dict]:
     """The Diagnostics section's blocks and its summary for summary.json ({} without rows).
     `accuracy_figures`: format label -> the accuracy figure (relative path) each diagnostic
-    explains; `figures` (analysis.report.Figures) draws and keeps each figure."""
+    explains; `figures` (analysis.report.Figures) draws and keeps each figure; `unlearned`: the
+    models that did not learn the task at T, with their training accuracy (said once, first)."""
     if not rows:
         return [], {}
     data = grouped(rows)
@@ -348,6 +355,11 @@ def diagnostics_section(rows: list, models: Sequence[str], accuracy_figures: Map
         "Why the accuracy curves fall past T: measured on the trained models (`diagnostics:`; "
         f"{', '.join(measures)}), on the needle formats {', '.join(labels)}, pooled over seeds. Each figure "
         "below explains the accuracy curve of its format, repeated here to be read beside it.")]
+    for model, accuracy in (unlearned or {}).items():
+        if model in models:
+            blocks.append(("warn", f"{model} did not learn the task at T ({_percent(accuracy)} training accuracy): its "
+                                   "diagnostics describe a model that never retrieved the needle, not why one that "
+                                   "did loses it past T."))
     for label in labels:
         if label in accuracy_figures:
             blocks.append(("figure", accuracy_figures[label], f"Accuracy against context length on {label} "

@@ -537,7 +537,8 @@ def report(out_dir: Path, dest: Path | None = None) -> Report:
     analysis_blocks, analysis_summary = analysis_sections(data.meta, data.config, data.models, data.cells, data.tasks,
                                                           data.partial)
     diagnostic_blocks, diagnostic_summary = diagnostics_section(
-        _diagnostic_rows(out_dir, data), order, _accuracy_figure_keys(data, figures.keys), figures)
+        _diagnostic_rows(out_dir, data), order, _accuracy_figure_keys(data, figures.keys), figures,
+        {m.name: m.train_accuracy for m in data.unsolved()})
     summary = {**build_summary(data), **analysis_summary, "training": training_summary, **diagnostic_summary}
     if data.interventions:  # only then: a study without any summarises as before
         summary["interventions"] = intervention_summary(data)
