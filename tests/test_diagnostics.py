@@ -10,7 +10,6 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from longarch import models, tasks

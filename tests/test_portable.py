@@ -178,7 +178,7 @@ def test_a_plugin_is_copied_into_the_study_and_read_from_there(tmp_path, monkeyp
     out = here / "runs" / "tiny"
     named = _meta(out)["config"]["plugins"]
     assert len(named) == 1 and named[0].startswith("inputs/") and (out / named[0]).is_file()
-    moved = Path(shutil.move(str(out), str(tmp_path / "moved")))
+    shutil.move(str(out), str(tmp_path / "moved"))
     (here / "ema_plugin.py").unlink()
     monkeypatch.chdir(tmp_path)
     status = cli.invoke(app, ["status", "moved"])

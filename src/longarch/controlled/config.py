@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from .. import mixers, models, tasks
 from ..mixers import plugins
 from ..study import limits
-from ..study.schema import ConfigError, Strict, distinct, distinct_models, plain_name, repeated
+from ..study.schema import ConfigError, Strict, distinct, distinct_models, named_entries, plain_name, repeated
 from . import interventions as registry
 from ..tasks.shifted import Shifted
 from ..analysis.diagnostics import is_needle_task
@@ -283,9 +283,7 @@ class Study(Strict):
     @classmethod
     def _names_are_interventions(cls, entries):
         """`interventions: [tbptt]` is short for `interventions: [{name: tbptt}]`."""
-        if isinstance(entries, list):
-            return [{"name": e} if isinstance(e, str) else e for e in entries]
-        return entries
+        return named_entries(entries, "name")
 
     @field_validator("interventions")
     @classmethod

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..analysis.settings import AnalysisSettings, from_stored as settings_from_stored
 from ..study import limits
-from ..study.schema import Strict, distinct, distinct_models, plain_name, repeated
+from ..study.schema import Strict, distinct, distinct_models, named_entries, plain_name, repeated
 from .. import tasks
 from ..tasks import text
 
@@ -142,9 +142,7 @@ class PretrainedStudy(Strict):
     @field_validator("models", mode="before")
     @classmethod
     def _specs_are_entries(cls, entries):
-        if isinstance(entries, list):
-            return [{"model": e} if isinstance(e, str) else e for e in entries]
-        return entries
+        return named_entries(entries, "model")
 
     @field_validator("tasks", mode="before")
     @classmethod

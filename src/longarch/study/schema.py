@@ -38,6 +38,14 @@ def distinct(values: list, what: str) -> list:
     return values
 
 
+def named_entries(entries, key: str):
+    """A list whose plain strings are short for {key: string} (`models: [gpt2]` for
+    `models: [{model: gpt2}]`); anything else as it is, for the schema to judge."""
+    if isinstance(entries, list):
+        return [{key: e} if isinstance(e, str) else e for e in entries]
+    return entries
+
+
 def plain_name(name: str) -> str:
     """A study's name, which names its output directory (runs/<name>): a plain file name, so that
     it can never point into another directory."""
