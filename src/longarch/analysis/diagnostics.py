@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from .. import mixers
+from ..mixers.base import map_state
 
 MEASURES = ("loss", "retention", "attention", "state-norm")
 SHIFT_FIELDS = ("conv_tail", "last_x")  # state fields that are the last inputs, not memory
@@ -291,16 +292,7 @@ def retention_sums(model, tokens: Tensor, start: int, needle_length: int, steps:
 
 def _rows(state, n: int):
     """A layer's state of its first n sequences (every tensor cut on its batch axis, 0)."""
-    if isinstance(state, Tensor):
-        return state[:n]
-    if dataclasses.is_dataclass(state):
-        return dataclasses.replace(state, **{f.name: _rows(getattr(state, f.name), n) for f in dataclasses.fields(state)
-                                             if f.init})
-    if isinstance(state, (tuple, list)):
-        return type(state)(_rows(value, n) for value in state)
-    if isinstance(state, dict):
-        return {key: _rows(value, n) for key, value in state.items()}
-    return state
+    return map_state(state, lambda tensor: tensor[:n])
 
 
 def needle_retention(model, task, train_length: int, max_factor: int, samples: int, seed: int,

@@ -149,42 +149,43 @@ def _attentive_head(layers: list[dict], at: int) -> tuple[dict, int]:
     return max(options, key=lambda item: item[0]["mass"][item[1]][at])
 
 
+def _pooled_entries(data, models, labels, measure: str):
+    """(model, format, its measure pooled over seeds) for each model and format that has it."""
+    for model in models:
+        for label in labels:
+            entry = _pooled(data, (model, measure, label))
+            if entry:
+                yield model, label, entry
+
+
 def _nats(x: float | None) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
 def loss_sentences(data, models, labels) -> list[str]:
     out = []
-    for model in models:
-        for label in labels:
-            entry = _pooled(data, (model, "loss", label))
-            if not entry:
-                continue
-            T, bins = entry["train_length"], entry["bins"]
-            inside = max(i for i, low in enumerate(bins) if low < T)  # the bin holding position T - 1
-            last = max((i for i, v in enumerate(entry["haystack"]) if v is not None), default=inside)
-            t = _at_train_length(entry["lengths"], T)
-            out.append(f"On {label}, {model}'s loss on haystack symbols is {_nats(entry['haystack'][inside])} nats "
-                       f"just before T (positions {bins[inside]:,}-{2 * bins[inside] - 1:,}) and "
-                       f"{_nats(entry['haystack'][last])} at positions {bins[last]:,}-{2 * bins[last] - 1:,}; the "
-                       f"answer given the needle costs {_nats(entry['answer'][t])} nats at T and "
-                       f"{_nats(entry['answer'][-1])} at {format_length(entry['lengths'][-1])}.")
+    for model, label, entry in _pooled_entries(data, models, labels, "loss"):
+        T, bins = entry["train_length"], entry["bins"]
+        inside = max(i for i, low in enumerate(bins) if low < T)  # the bin holding position T - 1
+        last = max((i for i, v in enumerate(entry["haystack"]) if v is not None), default=inside)
+        t = _at_train_length(entry["lengths"], T)
+        out.append(f"On {label}, {model}'s loss on haystack symbols is {_nats(entry['haystack'][inside])} nats "
+                   f"just before T (positions {bins[inside]:,}-{2 * bins[inside] - 1:,}) and "
+                   f"{_nats(entry['haystack'][last])} at positions {bins[last]:,}-{2 * bins[last] - 1:,}; the "
+                   f"answer given the needle costs {_nats(entry['answer'][t])} nats at T and "
+                   f"{_nats(entry['answer'][-1])} at {format_length(entry['lengths'][-1])}.")
     return out
 
 
 def norm_sentences(data, models, labels) -> list[str]:
     out = []
-    for model in models:
-        for label in labels:
-            entry = _pooled(data, (model, "state-norm", label))
-            if not entry:
-                continue
-            t = _at_train_length(entry["lengths"], entry["train_length"])
-            growth = [f"layer {layer['layer']} ({layer['mixer']}) x{layer['norm'][-1] / layer['norm'][t]:.2f}"
-                      for layer in entry["layers"] if layer["norm"][t] and layer["norm"][-1] is not None]
-            if growth:
-                out.append(f"On {label}, {model}'s state norms from T to {format_length(entry['lengths'][-1])}: "
-                           f"{', '.join(growth)}.")
+    for model, label, entry in _pooled_entries(data, models, labels, "state-norm"):
+        t = _at_train_length(entry["lengths"], entry["train_length"])
+        growth = [f"layer {layer['layer']} ({layer['mixer']}) x{layer['norm'][-1] / layer['norm'][t]:.2f}"
+                  for layer in entry["layers"] if layer["norm"][t] and layer["norm"][-1] is not None]
+        if growth:
+            out.append(f"On {label}, {model}'s state norms from T to {format_length(entry['lengths'][-1])}: "
+                       f"{', '.join(growth)}.")
     return out
 
 

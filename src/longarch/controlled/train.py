@@ -304,8 +304,8 @@ def learning_rate(spec: TrainSpec, step: int, criterion: int | None = None) -> f
 
 
 def samples_loss(model: LanguageModel, samples) -> torch.Tensor:
-    positions = None if samples.answer_positions is None else torch.from_numpy(samples.answer_positions)
-    return answer_loss(model, torch.from_numpy(samples.tokens), torch.from_numpy(samples.answers), positions)
+    """The answer loss of a batch of generated samples (its tokens, answers and positions)."""
+    return answer_loss(model, *_tensors(samples))
 
 
 class Mixture:
@@ -432,7 +432,8 @@ def _batch_task(task, spec: TrainSpec, progress: dict, step_seed: int):
 def _update(model: LanguageModel, optimizer: torch.optim.Optimizer, samples, spec: TrainSpec, step: int,
             state: list | None = None) -> tuple[float, list]:
     """One optimizer step on a batch started from `state` (None: zeros); its loss, which must be
-    finite, and the state the batch left, detached."""
+    finite, and the state the batch left, detached (None without a training intervention, which
+    carries nothing)."""
     optimizer.zero_grad(set_to_none=True)
     if spec.pieces > 1:
         loss_value, state = _piecewise_backward(model, samples, spec.pieces, state)
@@ -444,7 +445,7 @@ def _update(model: LanguageModel, optimizer: torch.optim.Optimizer, samples, spe
     optimizer.step()
     if not math.isfinite(loss_value):
         raise Diverged(step, loss_value)
-    return loss_value, detached(state)
+    return loss_value, detached(state) if spec.intervention is not None else None  # only an intervention carries it
 
 
 def _tensors(samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -36,6 +36,7 @@ below is the one every mixer with a decay shares.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -141,3 +142,19 @@ class DecayScaled:
         if train_length < 1 or length < 1:
             raise ValueError(f"lengths must be >= 1, not train_length={train_length}, length={length}")
         self.decay_factor = min(1.0, train_length / length) if intervention == "decay-scale" else 1.0
+
+
+def map_state(state, function):
+    """A mixer state (a tensor, or dataclasses, tuples, lists and dicts of them) with `function`
+    applied to every tensor in it; numbers, None and anything else as they are. A dataclass is
+    rebuilt from its init fields."""
+    if isinstance(state, Tensor):
+        return function(state)
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return dataclasses.replace(state, **{f.name: map_state(getattr(state, f.name), function)
+                                             for f in dataclasses.fields(state) if f.init})
+    if isinstance(state, (list, tuple)):
+        return type(state)(map_state(part, function) for part in state)
+    if isinstance(state, dict):
+        return {key: map_state(value, function) for key, value in state.items()}
+    return state

@@ -10,7 +10,6 @@ sequence fed in pieces gives the same logits as the same sequence fed whole.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from .. import mixers
 from ..mixers import make_mixer, mixer_config, option_names, state_floats
+from ..mixers.base import map_state
 
 
 @dataclass
@@ -194,16 +194,9 @@ def bounded_layers(config: ModelConfig) -> list[bool]:
 
 
 def detached(state):
-    """A copy of a state (a model's list of layer states, or one layer's: tensors, dataclasses
-    and tuples of them) cut from the autograd graph; numbers and None as they are."""
-    if isinstance(state, Tensor):
-        return state.detach()
-    if isinstance(state, (list, tuple)):
-        return type(state)(detached(part) for part in state)
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return dataclasses.replace(state, **{f.name: detached(getattr(state, f.name))
-                                             for f in dataclasses.fields(state) if f.init})
-    return state
+    """A copy of a state (a model's list of layer states, or one layer's) cut from the autograd
+    graph; numbers and None as they are."""
+    return map_state(state, Tensor.detach)
 
 
 def _init_weights(module: nn.Module) -> None:
