@@ -84,6 +84,63 @@ def test_tbptt_pieces_enter_the_model_id(tmp_path):
     assert default.model_id != eight.model_id
 
 
+def test_state_passing_with_steps_post_trains_the_baselines_model(tmp_path):
+    """`state-passing` with `steps` is a post-training: a recipe of that many steps at T, a tenth
+    of the rate, no curriculum and no criterion, started from the baseline model of the same entry
+    and seed, whose id enters its own; its training cell needs the baseline's."""
+    study = _study(tmp_path, interventions=[{"name": "state-passing", "steps": 5}])
+    scratch = runner.plan(_study(tmp_path, interventions=["state-passing"]))[0][-1]
+    model_plans, _ = runner.plan(study)
+    baseline = next(p for p in model_plans if p.label == "mamba2")
+    post = model_plans[-1]
+    assert post.label == "mamba2+state-passing" and post.start_from == baseline.model_id
+    assert scratch.start_from == "" and scratch.model_id != post.model_id
+    spec = post.train_spec
+    assert (spec.steps, spec.phases, spec.until, spec.lr_sweep) == (5, None, None, None)
+    assert spec.lr == pytest.approx(baseline.train_spec.lr * training.POST_TRAINING_RATE)
+    assert spec.intervention == TrainIntervention("state-passing", steps=5) and spec.length == T
+    assert spec.to_dict()["intervention"] == {"name": "state-passing", "steps": 5}
+    other = runner.plan(_study(tmp_path, interventions=[{"name": "state-passing", "steps": 6}]))[0][-1]
+    assert other.model_id != post.model_id
+    cells = runner.Controlled(study).plan().cells
+    trained = next(c for c in cells if c.id == post.model_id)
+    assert trained.stage == "train" and trained.needs == (baseline.model_id,)
+    assert cells.index(trained) > cells.index(next(c for c in cells if c.id == baseline.model_id))
+
+
+def test_steps_on_another_intervention_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "interventions": [{"name": "noise-state", "steps": 5}]}))
+    result = CliRunner().invoke(app, ["plan", str(path)])
+    one_error_line(result.exit_code, result.stderr, result.output,
+                   ["'noise-state' takes no steps", "only state-passing"])
+
+
+def test_a_post_training_starts_from_the_given_weights_on_its_own_batches(monkeypatch, tmp_path):
+    """The job builds the model from the baseline's weights (not the seed's initialisation) and
+    trains it on another stream of batches than the baseline's."""
+    study = _study(tmp_path, interventions=[{"name": "state-passing", "steps": 2}])
+    model_plans, _ = runner.plan(study)
+    post = model_plans[-1]
+    torch.manual_seed(7)
+    start = models.LanguageModel(post.config)
+    weights = runner.save_weights({k: v.contiguous() for k, v in start.state_dict().items()})
+    seen = {}
+
+    def spy(model, task, spec, seed, **hooks):
+        seen.update(weights={k: v.clone() for k, v in model.state_dict().items()}, seed=seed, spec=spec)
+        return real(model, task, spec, seed, **hooks)
+
+    real = runner.train
+    monkeypatch.setattr(runner, "train", spy)
+    trained = runner.train_job(runner.TrainJob(post, runner.training_task(study), 1, start=weights))
+    assert all(torch.equal(seen["weights"][k], v) for k, v in start.state_dict().items())
+    assert seen["seed"] == training.post_training_seed(post.seed) != post.seed
+    assert seen["spec"].intervention.steps == 2 and trained.row.steps == 2
+    assert trained.row.config["train"]["from"] == post.start_from
+
+
 # --------------------------------------------------------------------------------------------
 # where each applies: by what the mixers can do
 # --------------------------------------------------------------------------------------------
@@ -282,7 +339,7 @@ def test_tbptt_loss_is_the_whole_sequences_loss(task):
 # --------------------------------------------------------------------------------------------
 SMALL = {**TINY, "train": {**TINY["train"], "steps": 4},
          "eval": {"max_factor": 2, "depths": [50], "samples": 4, "chunk": 8},
-         "interventions": ["state-passing", "decay-scale"],
+         "interventions": [{"name": "state-passing", "steps": 3}, "decay-scale"],
          "diagnostics": {"measures": ["retention", "state-norm"], "max_factor": 2, "samples": 2}}
 
 
@@ -301,6 +358,14 @@ def test_a_study_stores_each_row_with_its_intervention(ran):
         evaluated = {(r.model, r.intervention) for r in store.results()}
     assert trained == {("transformer", ""), ("mamba2", ""), ("mamba2+state-passing", "state-passing")}
     assert evaluated == trained | {("mamba2+decay-scale", "decay-scale")}
+
+
+def test_a_post_trained_model_is_stored_with_the_model_it_started_from(ran):
+    with Store(ran / "results.sqlite") as store:
+        rows = {m.name: m for m in store.models()}
+    post = rows["mamba2+state-passing"]
+    assert post.config["train"]["from"] == rows["mamba2"].model_id
+    assert post.steps == 3 and post.config["train"]["intervention"] == {"name": "state-passing", "steps": 3}
 
 
 def test_diagnostics_are_of_the_baseline_models_alone(ran):
@@ -396,7 +461,7 @@ def test_a_model_that_did_not_learn_under_a_column_is_not_read(ran):
     def table_text(d):
         return "\n".join(str(b) for b in section.intervention_blocks(d, {}))
 
-    everything = table_text(with_bar(1e-9))  # every model learned: numbers everywhere they apply
+    everything = table_text(with_bar(0.0))  # every model learned: numbers everywhere they apply
     assert "did not learn (" not in everything and "+" in everything.split("Accuracy at")[1]
     nothing = with_bar(1.0)  # four training steps: no model is at 100%
     found = section.measured(nothing)

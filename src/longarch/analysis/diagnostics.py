@@ -22,9 +22,13 @@ for the length as evaluation scales it. Each returns plain data (dicts of lists)
   write, per layer and head, summed over the samples (numerator and denominator apart). Feeding
   both states the same layer inputs keeps apart what a layer's own recurrence keeps (the
   product of its decays, for a decay per head: a single head with a fixed decay a gives a^k
-  exactly) from what the layers below pass up of the needle later. The needle's last
-  symbols still reach the first d_conv - 1 filler steps through a short convolution's window
-  (its tail is state too), so retention may pass 1 there. k = 1, 2, 4, ... up to max_factor T.
+  exactly) from what the layers below pass up of the needle later. A short convolution (or
+  RWKV's token shift) still holds the needle's last symbols in its shift register after the
+  needle ends and writes them into the state over the next few steps, so the write is taken
+  once it is complete: D is read after the first `settle` filler symbols, the fewest after
+  which every layer's two shift registers hold the same inputs (d_conv - 1 for a convolution;
+  at most SETTLE_MAX), and k counts the filler symbols after those. k = 1, 2, 4, ... up to
+  max_factor T.
 - `attention` (needle_attention): for each attention layer and head, the weight that the query
   of the prompt's last symbol (the one whose next-symbol prediction is the answer's first)
   puts on the needles' symbols, and the entropy (nats) of its weights, averaged over the
@@ -62,6 +66,7 @@ from ..mixers.base import map_state
 MEASURES = ("loss", "retention", "attention", "state-norm")
 SHIFT_FIELDS = ("conv_tail", "last_x")  # state fields that are the last inputs, not memory
 MIN_WRITE = 1e-6  # a head whose write <D, D> is below this share of its layer's largest is not read
+SETTLE_MAX = 64  # filler symbols retention waits at most for the shift registers to forget the needle
 
 
 def lengths(train_length: int, max_factor: int) -> list[int]:
@@ -130,6 +135,12 @@ def memory(mixer, state) -> list[tuple[str, Tensor, int | None]]:
         elif name not in SHIFT_FIELDS:
             out.append((name, tensor, 1 if tensor.dim() >= 4 else None))
     return out
+
+
+def shifts(mixer, state) -> list[Tensor]:
+    """The shift registers of a layer's state: its tensors that are not memory (`memory`)."""
+    kept = {id(tensor) for _, tensor, _ in memory(mixer, state)}
+    return [tensor for _, tensor in _tensors(state) if id(tensor) not in kept]
 
 
 def by_head(mixer, state) -> Tensor:
@@ -248,19 +259,21 @@ def filler_steps(longest: int) -> list[int]:
 
 @torch.no_grad()
 def retention_sums(model, tokens: Tensor, start: int, needle_length: int, steps: list[int], chunk: int = 1024
-                   ) -> dict[int, tuple[Tensor, Tensor]]:
-    """For sequences (n, L) whose needle starts at `start`: per recurrent layer index, the sums
-    over the sequences of <D_k, D> for each k of `steps` (len(steps), H) and of <D, D> (H,)
-    (module docstring). The haystack after the needle must hold max(steps) + needle_length symbols.
+                   ) -> tuple[int, dict[int, tuple[Tensor, Tensor]]]:
+    """For sequences (n, L) whose needle starts at `start`: the filler symbols the write took to
+    settle (`settle`, module docstring), and per recurrent layer index the sums over the
+    sequences of <D_k, D> for each k of `steps` (len(steps), H) and of <D, D> (H,), D read after
+    those symbols and k counted from there. The haystack after the needle must hold
+    SETTLE_MAX + max(steps) + needle_length symbols.
 
     The run with the needle goes on through the whole model; each recurrent layer's pair of
     states (with, without) is stepped by the layer's own mixer on the inputs that layer gets in
     that run, read by a hook, so both see the same inputs and D_k is what the layer's own
     recurrence keeps of its write (for a decay a_t per head: the product of the a_t)."""
     n, m = tokens.shape[0], needle_length
-    if tokens.shape[1] - start - 2 * m < max(steps):
+    if tokens.shape[1] - start - 2 * m < max(steps) + SETTLE_MAX:
         raise ValueError(f"retention: {tokens.shape[1] - start - 2 * m} symbols after the needle at {start}, "
-                         f"fewer than the {max(steps)} filler symbols asked")
+                         f"fewer than the {max(steps)} filler symbols asked and {SETTLE_MAX} to settle")
     without = torch.cat([tokens[:, :start], tokens[:, start + m:start + 2 * m]], dim=1)  # the needle cut out
     pairs = _stream(model, torch.cat([tokens[:, :start + m], without]), None, chunk)  # (2n, .) per layer
     recurrent = [i for i, block in enumerate(model.blocks) if not is_attention(block.mixer)]
@@ -274,20 +287,27 @@ def retention_sums(model, tokens: Tensor, start: int, needle_length: int, steps:
             _, pairs[i] = mixer.forward(torch.cat([args[0], args[0]]), pairs[i])  # forward: no hook again
         return hook
 
-    writes = {i: written(i) for i in recurrent}
+    def settled() -> bool:  # every layer's two shift registers hold the same inputs
+        return all(torch.equal(a[:n], a[n:]) for i in recurrent for a in shifts(model.blocks[i].mixer, pairs[i]))
+
     dots: dict[int, list[Tensor]] = {i: [] for i in recurrent}
-    state, done = [_rows(layer_state, n) for layer_state in pairs], 0  # the run with the needle
+    state = [_rows(layer_state, n) for layer_state in pairs]  # the run with the needle
     hooks = [model.blocks[i].mixer.register_forward_pre_hook(step_pair(i)) for i in recurrent]
     try:
+        settle = 0
+        while settle < SETTLE_MAX and not settled():
+            state = _stream(model, tokens[:, start + m + settle:start + m + settle + 1], state, chunk)
+            settle += 1
+        writes, first, done = {i: written(i) for i in recurrent}, start + m + settle, 0
         for k in steps:
-            state = _stream(model, tokens[:, start + m + done:start + m + k], state, chunk)
+            state = _stream(model, tokens[:, first + done:first + k], state, chunk)
             done = k
             for i in recurrent:
                 dots[i].append((written(i) * writes[i]).sum(dim=(0, 2)))  # (H,)
     finally:
         for hook in hooks:
             hook.remove()
-    return {i: (torch.stack(dots[i]), (writes[i] ** 2).sum(dim=(0, 2))) for i in recurrent}
+    return settle, {i: (torch.stack(dots[i]), (writes[i] ** 2).sum(dim=(0, 2))) for i in recurrent}
 
 
 def _rows(state, n: int):
@@ -300,16 +320,20 @@ def needle_retention(model, task, train_length: int, max_factor: int, samples: i
     """Retention of the needle's write in each recurrent layer and head after k filler symbols,
     the needle at position T of a haystack of the task's format (module docstring)."""
     m, longest = task.needle_length, max_factor * train_length
-    length = train_length + longest + 2 * m + task.tail_length  # a needle that snaps (needles format) still has room
+    # room for the write to settle, and for a needle that snaps (needles format)
+    length = train_length + SETTLE_MAX + longest + 2 * m + task.tail_length
     span = length - task.tail_length - m
     drawn = task.generate(length=length, n=samples, seed=sample_seed(seed, length), depth=100.0 * train_length / span)
     starts = np.asarray(drawn.meta["needle_position"])
     steps = filler_steps(longest)
     totals: dict[int, list[Tensor]] = {}
+    settle = 0
     with _context(model, train_length, length):
         for start in np.unique(starts):  # one batch per needle position (one for every format but needles)
             rows = torch.from_numpy(np.ascontiguousarray(drawn.tokens[starts == start]))
-            for i, (dot, write) in retention_sums(model, rows, int(start), m, steps, chunk).items():
+            took, sums = retention_sums(model, rows, int(start), m, steps, chunk)
+            settle = max(settle, took)
+            for i, (dot, write) in sums.items():
                 totals[i] = [dot, write] if i not in totals else [totals[i][0] + dot, totals[i][1] + write]
     layers = []
     for i, (dot, write) in sorted(totals.items()):
@@ -318,7 +342,7 @@ def needle_retention(model, task, train_length: int, max_factor: int, samples: i
         layers.append({"layer": i, "mixer": _kind(model.blocks[i]), "heads": int(write.shape[0]),
                        "retention": [_finite(ratio[:, h].tolist()) for h in range(write.shape[0])],
                        "write": _finite((write / len(starts)).tolist())})  # mean <D, D> per sample
-    return {"steps": steps, "needle_position": [int(s) for s in np.unique(starts)], "layers": layers}
+    return {"steps": steps, "settle": settle, "needle_position": [int(s) for s in np.unique(starts)], "layers": layers}
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ EXPLAINS = {
             "answer given the needle by context length: a loss that climbs past T shows the model leaving the "
             "inputs it was trained on; an answer loss that climbs while the haystack's holds shows the needle lost",
     "retention": "the share of the needle's write still in each recurrent layer's state (per head) after k haystack "
-                 "symbols, as the projection of the write that is left on the write (1: all of it, 0: none); a "
+                 "symbols, as the projection of the write that is left on the write (1: all of it, 0: none), the write "
+                 "read once a short convolution no longer holds the needle (k counts the symbols after that); a "
                  "needle more than k symbols back can only be answered from heads that keep it",
     "attention": "the attention weight the answer's query puts on the needle's symbols, and the entropy of its "
                  "attention (nats; uniform over L symbols is ln L), for the head that attends most to the needle at "
@@ -110,9 +111,9 @@ def retention_sentences(data: dict[tuple[str, str, str], list[dict]], models: Se
     return out
 
 
-GROWN = (" Over 100% means that head holds more of the needle than it did as the needle ended: a short "
-         "convolution before the state still writes the needle's last symbols for a few steps after it, and a "
-         "decay near 1 keeps what they add.")
+GROWN = (" Over 100% means that head holds more of the needle than its whole write (read once no shift register "
+         "holds the needle any more): its own update amplifies what the needle wrote, which no decay of at most 1 "
+         "does.")
 
 
 def _at_train_length(lengths: Sequence[int], train_length: int) -> int:

@@ -208,6 +208,8 @@ class InterventionEntry(Strict):
     name: str
     pieces: int | None = Field(None, ge=2, description="tbptt only: samples this many times T long, fed in pieces "
                                f"of T (default {registry.TBPTT_PIECES})")
+    steps: int | None = Field(None, ge=1, description="state-passing only: post-train the baseline's checkpoint this "
+                              "many steps at T (as Buitrago Ruiz & Gu 2025); unset: train from scratch")
 
     @field_validator("name")
     @classmethod
@@ -217,15 +219,20 @@ class InterventionEntry(Strict):
 
     @model_validator(mode="after")
     def _knobs(self) -> "InterventionEntry":
-        if self.pieces is not None and "pieces" not in registry.get(self.name).options:
-            raise ValueError(f"intervention {self.name!r} takes no pieces (only tbptt does)")
+        for knob, value in self._given().items():
+            if knob not in registry.get(self.name).options:
+                takers = [i.name for i in registry.REGISTRY.values() if knob in i.options]
+                raise ValueError(f"intervention {self.name!r} takes no {knob} (only {', '.join(takers)} does)")
         return self
+
+    def _given(self) -> dict:
+        """The knobs the entry sets."""
+        return {k: v for k, v in {"pieces": self.pieces, "steps": self.steps}.items() if v is not None}
 
     @property
     def options(self) -> dict:
         """Its knobs, defaults filled in."""
-        given = {"pieces": self.pieces} if self.pieces is not None else {}
-        return {**registry.get(self.name).options, **given}
+        return {**registry.get(self.name).options, **self._given()}
 
     @property
     def stage(self) -> str:

@@ -5,7 +5,9 @@ An intervention is a study option (`interventions:` in the YAML). A training int
 a new model with the baseline's recipe and changes only the state each training batch starts
 from; its name enters the model's id (through `TrainSpec.intervention`). An inference
 intervention evaluates the baseline's own checkpoint differently at lengths past T; its name
-enters the evaluation cell's id. A model is labelled `<name>+<intervention>` in the store, so
+enters the evaluation cell's id. `state-passing` with `steps` post-trains the baseline's
+checkpoint instead of training from scratch: its model needs the baseline's training, and the
+baseline's id enters its own. A model is labelled `<name>+<intervention>` in the store, so
 that nothing that pools results by model name mixes it with its baseline.
 
 Whether an intervention applies to a model is decided by what its mixers can do, never by a
@@ -48,8 +50,9 @@ def implemented(name: str) -> Callable[[models.ModelConfig], bool]:
 
 
 REGISTRY: dict[str, Intervention] = {i.name: i for i in [
-    Intervention("state-passing", TRAIN, "each training batch starts from the state the last batch left, detached "
-                 "(Buitrago Ruiz & Gu 2025)", carries_state),
+    Intervention("state-passing", TRAIN, "each training batch starts from the state the last batch left, detached; "
+                 "with `steps`, as a post-training of the baseline's checkpoint for that many steps at T, at a tenth "
+                 "of the rate (as Buitrago Ruiz & Gu 2025), else from scratch", carries_state, {"steps": None}),
     Intervention("tbptt", TRAIN, "samples `pieces` times as long as T (default 4) fed in T-long pieces, the state "
                  "carried and detached between pieces (truncated backpropagation through time)", carries_state,
                  {"pieces": TBPTT_PIECES}),

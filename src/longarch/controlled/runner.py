@@ -48,7 +48,8 @@ from ..analysis import diagnostics
 from ..study.store import DiagnosticRow, ModelRow, ResultRow, Store
 from ..study import Cell, Plan, Skip, content_id, eval_seed
 from ..study.driver import Runtime, lazily
-from .train import LOSS_EVERY, Diverged, Mixture, TrainIntervention, TrainSpec, train, train_sweep
+from .train import (LOSS_EVERY, Diverged, Mixture, TrainIntervention, TrainSpec, post_training, post_training_seed,
+                    train, train_sweep)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class ModelPlan:
     family: str = ""
     plugins: tuple[str, ...] = ()  # what a worker imports before it builds the model (mixers/plugins.py)
     intervention: str = ""  # its training intervention ("": the baseline); `label` is then <entry>+<intervention>
+    start_from: str = ""  # a post-training's: the id of the trained model it starts from ("": from scratch)
 
 
 @dataclass
@@ -102,7 +104,9 @@ class DiagCell:
         return ""
 
 
-DIAGNOSTICS_VERSION = 1  # bump when a measure's computation changes, so stored ones are recomputed
+# bump when a measure's computation changes, so stored ones are recomputed (2: retention's write is
+# read once the shift registers no longer hold the needle)
+DIAGNOSTICS_VERSION = 2
 
 
 def task_id(task) -> dict:
@@ -138,23 +142,28 @@ def plan(study: Study) -> tuple[list[ModelPlan], list[EvalCell]]:
     vocab_size = study.vocab_size()
     study_spec = TrainSpec(**study.train.model_dump(exclude={"tasks"}))
     training = [None] + [i for i in study.interventions if i.stage == interventions.TRAIN]
-    model_plans = []
+    model_plans: list[ModelPlan] = []
     for intervention in training:
         for entry in study.models:
             config = models.config(entry.arch, vocab_size=vocab_size, **resolve_overrides(study, entry, vocab_size))
             if intervention is not None and not interventions.get(intervention.name).applies(config):
                 continue
-            spec = model_spec(study_spec, entry.rates)
-            if intervention is not None:
+            spec, starts = model_spec(study_spec, entry.rates), None
+            if intervention is not None and intervention.options.get("steps") is not None:  # a post-training
+                spec = post_training(spec, intervention.options["steps"])
+                starts = {p.seed: p.model_id for p in model_plans if p.label == entry.label and not p.intervention}
+            elif intervention is not None:
                 spec = dataclasses.replace(spec, intervention=TrainIntervention(intervention.name,
                                                                                 **intervention.options))
-            model_plans += _seed_plans(study, entry, config, spec, trained_on, intervention)
+            model_plans += _seed_plans(study, entry, config, spec, trained_on, intervention, starts)
     return model_plans, _eval_cells(study, model_plans)
 
 
-def _seed_plans(study: Study, entry, config: models.ModelConfig, spec: TrainSpec, trained_on, intervention
-                ) -> list[ModelPlan]:
-    """An entry's model of each seed, under a training intervention (None: the baseline)."""
+def _seed_plans(study: Study, entry, config: models.ModelConfig, spec: TrainSpec, trained_on, intervention,
+                starts: dict[int, str] | None = None) -> list[ModelPlan]:
+    """An entry's model of each seed, under a training intervention (None: the baseline);
+    `starts`: for a post-training, the id of the trained model each seed's starts from, which
+    enters its id."""
     family = models.family(entry.arch, config, entry.family)
     # a plugin mixer's source is part of the id (editing it retrains); built-in ids are as before
     sources = mixers.sources(config.pattern)
@@ -162,9 +171,12 @@ def _seed_plans(study: Study, entry, config: models.ModelConfig, spec: TrainSpec
     out = []
     for seed in study.seeds:
         identity = {"model": config.to_dict(), "train": spec.to_dict(), "task": trained_on, "seed": seed}
+        start = (starts or {}).get(seed, "")
+        if start:
+            identity["from"] = start
         model_id = content_id({**identity, "plugins": sources} if sources else identity)
         out.append(ModelPlan(interventions.labelled(entry.label, name), entry.arch, seed, config, spec, model_id,
-                             family, tuple(study.plugins), name))
+                             family, tuple(study.plugins), name, start))
     return out
 
 
@@ -247,6 +259,7 @@ class TrainJob:
     threads: int | None
     state_dir: str | None = None  # where the training state and live progress go (None: nowhere)
     label: str | None = None      # a single trained task's name in the curve
+    start: bytes | None = None    # a post-training's: the weights it starts from (safetensors)
 
 
 @dataclass
@@ -356,7 +369,10 @@ def train_job(job: TrainJob) -> Trained:
 
     def build() -> models.LanguageModel:
         torch.manual_seed(plan_.seed)  # identical initialisation for a given seed (and every rate of a sweep)
-        return models.LanguageModel(plan_.config)
+        model = models.LanguageModel(plan_.config)
+        if job.start is not None:  # a post-training goes on from the trained model's weights
+            model.load_state_dict(load_weights(job.start))
+        return model
 
     try:
         model, result, seconds, train_record = _fit(job, build)
@@ -381,9 +397,12 @@ def _fit(job: TrainJob, build):
     live = _Live(job)
     hooks = {"on_step": live.step, "on_check": live.check, "label": job.label}
     train_record = spec.to_dict()
+    if plan_.start_from:
+        train_record["from"] = plan_.start_from
     if spec.lr_sweep is None:
         model = build()
-        result = train(model, job.task, spec, plan_.seed,
+        seed = post_training_seed(plan_.seed) if plan_.start_from else plan_.seed
+        result = train(model, job.task, spec, seed,
                        state_path=None if job.state_dir is None else state_path(job.state_dir, plan_.model_id),
                        state_key=plan_.model_id, **hooks)
         return model, result, result.seconds, train_record
@@ -497,7 +516,7 @@ def sample_outputs(out: Path, row: ResultRow) -> dict[int, tuple[str, str]] | No
 
 def _what(item: ModelPlan | EvalCell) -> str:
     if isinstance(item, ModelPlan):
-        return f"train {item.label} seed {item.seed}"
+        return f"{'post-train' if item.start_from else 'train'} {item.label} seed {item.seed}"
     if isinstance(item, DiagCell):
         return f"{item.model.label} s{item.model.seed}: diagnostic {item.measure} on {item.label}"
     depth = "" if item.depth is None else f" depth {item.depth:g}"
@@ -635,7 +654,8 @@ class Controlled:
             of_model.setdefault(cell.model.model_id, []).append(cell)
         ordered = []  # a model's training, then its cells: its cells start as soon as it is trained
         for model_plan in model_plans:
-            ordered.append(Cell(model_plan.model_id, "train", _what(model_plan), model_plan))
+            ordered.append(Cell(model_plan.model_id, "train", _what(model_plan), model_plan,
+                                (model_plan.start_from,) if model_plan.start_from else ()))
             ordered += [Cell(c.cell_id, "eval", _what(c), c, (model_plan.model_id,))
                         for c in of_model.get(model_plan.model_id, [])]
         return Plan(ordered, meta)
@@ -659,7 +679,8 @@ class Controlled:
             if self._task is None:
                 self._task = training_task(study)
             label = None if study.train.tasks is not None else train_labels(study)[0]
-            return train_job, TrainJob(cell.item, self._task, runtime.threads, _state_dir(runtime), label)
+            start = inputs.get(cell.item.start_from) if cell.item.start_from else None
+            return train_job, TrainJob(cell.item, self._task, runtime.threads, _state_dir(runtime), label, start)
         item = cell.item
         if isinstance(item, DiagCell):
             settings = study.diagnostics

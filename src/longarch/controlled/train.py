@@ -25,7 +25,9 @@ A training intervention (`TrainIntervention`, a study's `interventions:`) change
 batch starts from, nothing else of the recipe: `state-passing` starts it from the state the last
 batch left (detached), `noise-state` from the state a prefix of random symbols leaves, and `tbptt`
 trains on samples `pieces` times as long, fed in pieces with the state carried and detached
-between them. Only the layers whose state is bounded (`models.bounded_layers`) are started so;
+between them. `state-passing` with `steps` is a post-training instead (`post_training`): the
+baseline's trained model goes on for that many steps at T with state passing, at a tenth of
+the rate. Only the layers whose state is bounded (`models.bounded_layers`) are started so;
 global attention starts empty. The carried state of `state-passing` is not part of the saved
 training state: a resumed training starts it from zero again.
 
@@ -90,13 +92,17 @@ class Check:
 
 @dataclass(frozen=True)
 class TrainIntervention:
-    """A training intervention (controlled/interventions.py says what each does): its name, and
-    for `tbptt` the number of T-long pieces each sample is fed in (1 for the others)."""
+    """A training intervention (controlled/interventions.py says what each does): its name, for
+    `tbptt` the number of T-long pieces each sample is fed in (1 for the others), and for a
+    post-training (`state-passing` with `steps`) its number of steps on the baseline's checkpoint
+    (None: the model is trained from scratch under the intervention)."""
     name: str
     pieces: int = 1
+    steps: int | None = None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, **({"pieces": self.pieces} if self.name == "tbptt" else {})}
+        return {"name": self.name, **({"pieces": self.pieces} if self.name == "tbptt" else {}),
+                **({"steps": self.steps} if self.steps is not None else {})}  # from-scratch ids as they were
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,29 @@ class TrainResult:
     steps_to_criterion: int | None = None  # the first check at which `until` was met
     checks: list[dict] = field(default_factory=list)  # {"step": s, "accuracy": {label: acc}}
     task_accuracy: dict[str, float] = field(default_factory=dict)  # final accuracy per task at T
+
+
+POST_TRAINING_RATE = 0.1  # a post-training's peak rate, as a share of the recipe's
+
+
+def post_training(spec: TrainSpec, steps: int) -> TrainSpec:
+    """The recipe of `state-passing` post-training (Buitrago Ruiz & Gu 2025 post-train a trained
+    model with state passing): `steps` steps at T on the trained model, from a fresh optimizer,
+    at a tenth of the recipe's rate (its first rate, under a sweep), warmed up over a tenth of
+    the steps and then one cosine; a fixed number of steps (no criterion), held-out checks at T
+    every tenth of them, batches, checks and the rest of the recipe as the baseline's."""
+    if steps < 1:
+        raise ValueError(f"a post-training needs at least one step, not {steps}")
+    return replace(spec, steps=steps, phases=None, until=None, lr=spec.lr * POST_TRAINING_RATE, lr_sweep=None,
+                   warmup=max(1, steps // 10), check=replace(spec.check, every=None),
+                   intervention=TrainIntervention("state-passing", steps=steps))
+
+
+def post_training_seed(seed: int) -> int:
+    """The seed a post-training of the model trained with `seed` draws its batches and checks
+    from: another stream than the baseline's, so it sees new batches at T, not the ones it was
+    trained on."""
+    return int(np.random.SeedSequence([seed, 0x706F7374]).generate_state(1)[0]) % 2**31
 
 
 def batch_seed(seed: int, step: int) -> int:
