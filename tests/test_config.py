@@ -283,6 +283,17 @@ def test_unknown_preset_is_a_config_error():
     assert all(preset in message for preset in PRESETS)
 
 
+def test_a_preset_name_wins_over_a_directory_named_like_it(tmp_path, monkeypatch):
+    """`longarch run smoke --out smoke` leaves a folder named smoke: the next `run smoke` run from
+    there still means the preset; a file of that name is the user's study, and still read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()
+    assert load_study("smoke").name == "smoke"
+    (tmp_path / "quick").write_text("name: mine\nmodels: [transformer]\n")
+    with pytest.raises(ConfigError, match="quick"):  # read as the file it is (not a full study)
+        load_study("quick")
+
+
 def test_bad_override_is_a_config_error():
     with pytest.raises(ConfigError, match="params"):
         load_study("smoke", {"params": -5})

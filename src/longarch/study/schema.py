@@ -69,8 +69,11 @@ def preset_names() -> list[str]:
 
 
 def read_yaml(source: str) -> tuple[dict, str]:
+    """A study's mapping and where it came from: a YAML file, or a preset by name. A preset's name
+    wins over a directory of that name (a study's output folder is often named after it)."""
     path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    preset = source in preset_names() and not path.is_file()
+    if not preset and (path.suffix in (".yaml", ".yml") or path.exists()):
         if path.is_dir():
             raise ConfigError(f"study file {source} is a directory, not a YAML file")
         if not path.is_file():
@@ -79,7 +82,7 @@ def read_yaml(source: str) -> tuple[dict, str]:
             text, origin = path.read_text(encoding="utf-8"), str(path)
         except UnicodeDecodeError as error:
             raise ConfigError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    elif source in preset_names():
+    elif preset:
         text, origin = resources.files("longarch.presets").joinpath(f"{source}.yaml").read_text(), f"preset {source}"
     else:
         raise ConfigError(f"{source!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file")
