@@ -284,7 +284,8 @@ class Study(Strict):
 
     interventions: list[InterventionEntry] = Field(
         default_factory=list, description="interventions measured beside the baseline, by name (state-passing, tbptt, "
-        "noise-state, decay-scale, rope-pi, rope-ntk, rope-yarn, window), each on the models it applies to")
+        "noise-state, decay-scale, token-filter, rope-pi, rope-ntk, rope-yarn, window), each on the models it "
+        "applies to")
 
     @field_validator("interventions", mode="before")
     @classmethod

@@ -7,8 +7,11 @@ read off the logits at those positions in the same chunked pass.
 
 Given the training length T, a model that scales its positions with the length (RoPE PI, NTK,
 YaRN) is set for the prompt length L, s = max(1, L / T), for the whole of each sequence,
-answer included, and set back to T afterwards. An inference intervention (decay-scale, rope-pi,
-window, ...; controlled/interventions.py) is set the same way, on the mixers that implement it.
+answer included, and set back to T afterwards. An inference intervention (decay-scale,
+token-filter, rope-pi, window, ...; controlled/interventions.py) is set the same way, on the
+mixers that implement it. token-filter's budget is per forward call: each prompt chunk of c
+tokens keeps ceil(c T / L) per head, so about T over the prompt, and each answer symbol, fed
+alone, is kept.
 """
 
 from __future__ import annotations

@@ -10,11 +10,19 @@ checkpoint instead of training from scratch: its model needs the baseline's trai
 baseline's id enters its own. A model is labelled `<name>+<intervention>` in the store, so
 that nothing that pools results by model name mixes it with its baseline.
 
+The inference interventions on a recurrent state are `decay-scale` (every decay a_t becomes
+a_t^(T/L)) and `token-filter` (DeciMamba's idea: past T, in each head of a layer whose decay
+depends on its input, only the T/L of the tokens that make it forget most, -log a_t, write to its
+state; the others pass through it with no decay and no write; `TokenFiltered` in
+mixers/base.py). Those on attention scale RoPE (`rope-pi`, `rope-ntk`, `rope-yarn`) or make it a
+sliding `window` of T keys.
+
 Whether an intervention applies to a model is decided by what its mixers can do, never by a
 family's name: the training interventions need a layer whose state is bounded (a recurrent
 state or a window, `models.bounded_layers`); an inference intervention needs a layer whose mixer
-implements it (`inference_interventions`, mixers/base.py). A pair that does not apply is not
-planned, and the report says n/a.
+implements it (`inference_interventions`, mixers/base.py): `token-filter` one with a
+data-dependent decay (Mamba, Mamba-2, GLA, RG-LRU, RWKV-6, Gated DeltaNet), not a fixed one (S4D,
+RetNet) or none (DeltaNet). A pair that does not apply is not planned, and the report says n/a.
 """
 
 from __future__ import annotations
@@ -60,6 +68,9 @@ REGISTRY: dict[str, Intervention] = {i.name: i for i in [
                  "random symbols as long as the sample", carries_state),
     Intervention("decay-scale", EVAL, "past T, every per-step decay a becomes a^(T/L) (the step dt of Mamba, "
                  "Mamba-2 and S4D times T/L), as in LongMamba and DeciMamba", implemented("decay-scale")),
+    Intervention("token-filter", EVAL, "past T, each head of a layer with a data-dependent decay lets only the "
+                 "T/L of a call's tokens that make it forget most write to its state; the rest pass it untouched "
+                 "(DeciMamba's token selection)", implemented("token-filter")),
     Intervention("rope-pi", EVAL, "past T, RoPE position interpolation by L/T", implemented("rope-pi")),
     Intervention("rope-ntk", EVAL, "past T, NTK-aware RoPE scaling by L/T", implemented("rope-ntk")),
     Intervention("rope-yarn", EVAL, "past T, YaRN RoPE scaling by L/T with its logit temperature",

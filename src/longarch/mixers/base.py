@@ -30,16 +30,23 @@ a mixer may declare `inference_interventions(config) -> tuple[str, ...]`, the ev
 interventions it implements for that config, and `set_context(train_length, length,
 intervention=None)`, which sets it for sequences of `length` tokens from a model trained at
 `train_length` (`set_context(T, T)` restores training behaviour). An intervention is the
-identity at length <= T and leaves the chunked path equal to the reference path. `DecayScaled`
-below is the one every mixer with a decay shares.
+identity at length <= T and leaves the chunked path equal to the reference path. Two mixins
+below implement the recurrent ones: `DecayScaled` (`decay-scale`), which every mixer with a decay
+shares, and `TokenFiltered` (`token-filter`), which a mixer with a data-dependent decay adds so
+that past T only its most selective tokens write to the state. A mixer inherits from the ones it
+implements (class M(DecayScaled, TokenFiltered, nn.Module)); they cooperate, so its
+`inference_interventions` names all of them and its `set_context` sets each.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 
@@ -133,15 +140,83 @@ class DecayScaled:
 
     decay_factor: float = 1.0  # s = T / L under the intervention at L > T; 1 otherwise
 
-    @staticmethod
-    def inference_interventions(config: Any) -> tuple[str, ...]:
-        return ("decay-scale",)
+    @classmethod
+    def inference_interventions(cls, config: Any) -> tuple[str, ...]:
+        return ("decay-scale",) + _next_interventions(super(), config)
 
     def set_context(self, train_length: int, length: int, intervention: str | None = None) -> None:
         """s = min(1, train_length / length) under `decay-scale`, else 1 (training behaviour)."""
-        if train_length < 1 or length < 1:
-            raise ValueError(f"lengths must be >= 1, not train_length={train_length}, length={length}")
+        _check_lengths(train_length, length)
         self.decay_factor = min(1.0, train_length / length) if intervention == "decay-scale" else 1.0
+        _next_set_context(super(), train_length, length, intervention)
+
+
+class TokenFiltered:
+    """The `token-filter` inference intervention, for a mixer whose per-step decay a_t depends on
+    its input (Mamba's and Mamba-2's dt, GLA's gate, RG-LRU's a_t, RWKV-6's w, Gated DeltaNet's
+    alpha). Our take on DeciMamba's idea: a token that makes a head forget strongly is one that
+    head selected, so at a length L past the training length T each head lets only its most
+    selective tokens into its state, and about T tokens write over a whole sequence, as in
+    training. Per forward call of c tokens, each (row, head) keeps the ceil(c T / L) tokens of
+    highest importance -log a_t (averaged over the head's other axes; ties go to the later
+    token); every other token passes through that head's state untouched: decay 1 (log a_t = 0,
+    or dt = 0) and write 0. The outputs are still computed at every position (the readout of the
+    state, skip terms, short convolutions as they are); only what enters the state is filtered.
+
+    The mixer calls `token_keep(importance)` where it computes its decays, before the chunked and
+    reference paths part, and applies the mask to its decay and its write. At L <= T (and while
+    the intervention is off) it returns None: nothing is filtered, the training behaviour."""
+
+    keep_fraction: Fraction = Fraction(1)  # T / L under the intervention at L > T; 1 otherwise
+
+    @classmethod
+    def inference_interventions(cls, config: Any) -> tuple[str, ...]:
+        return ("token-filter",) + _next_interventions(super(), config)
+
+    def set_context(self, train_length: int, length: int, intervention: str | None = None) -> None:
+        """The fraction of tokens kept: min(1, train_length / length) under `token-filter`, else 1."""
+        _check_lengths(train_length, length)
+        on = intervention == "token-filter" and length > train_length
+        self.keep_fraction = Fraction(train_length, length) if on else Fraction(1)
+        _next_set_context(super(), train_length, length, intervention)
+
+    def token_keep(self, importance: Tensor) -> Tensor | None:
+        """importance (b, c, H) of one call's c tokens -> the keep mask (b, c, H) in importance's
+        dtype (1: writes, 0: filtered), or None when every token is kept."""
+        return keep_mask(importance, self.keep_fraction)
+
+
+def keep_mask(importance: Tensor, fraction: Fraction) -> Tensor | None:
+    """Per (row, head), 1 at the ceil(c * fraction) of the c positions with the highest
+    importance (b, c, H), ties broken by position, later first; 0 elsewhere; None if that keeps
+    all c. Exact in the fraction (no rounding of c * T / L); no gradient flows through the mask."""
+    b, c, H = importance.shape
+    n = math.ceil(c * fraction)
+    if n >= c:
+        return None
+    later_first = importance.detach().flip(1)  # (b, c, H): position c - 1 first
+    # a stable sort keeps equal importances in that order, so the later token wins a tie
+    top = torch.sort(later_first, dim=1, descending=True, stable=True).indices[:, :n]  # (b, n, H)
+    keep = torch.zeros_like(importance, dtype=torch.bool)  # (b, c, H)
+    return keep.scatter_(1, c - 1 - top, True).to(importance.dtype)
+
+
+def _check_lengths(train_length: int, length: int) -> None:
+    if train_length < 1 or length < 1:
+        raise ValueError(f"lengths must be >= 1, not train_length={train_length}, length={length}")
+
+
+def _next_interventions(parent: Any, config: Any) -> tuple[str, ...]:
+    """What the next class in the method resolution order declares (a mixin's `super()`)."""
+    declared = getattr(parent, "inference_interventions", None)
+    return tuple(declared(config)) if declared else ()
+
+
+def _next_set_context(parent: Any, train_length: int, length: int, intervention: str | None) -> None:
+    """The next class's `set_context`, if it has one (another mixin), so that each mixin sets its own."""
+    following = getattr(parent, "set_context", None)
+    if following is not None:
+        following(train_length, length, intervention)
 
 
 def map_state(state, function):

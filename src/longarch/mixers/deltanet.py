@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .base import ArchSpec, DecayScaled, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, TokenFiltered, around
 
 
 @dataclass
@@ -143,7 +143,7 @@ def l2_normalise(x: Tensor, eps: float = 1e-6) -> Tensor:
     return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
-class DeltaNetMixer(DecayScaled, nn.Module):
+class DeltaNetMixer(DecayScaled, TokenFiltered, nn.Module):
     def __init__(self, config: DeltaNetConfig):
         super().__init__()
         self.config = config
@@ -161,10 +161,11 @@ class DeltaNetMixer(DecayScaled, nn.Module):
         self.norm = nn.RMSNorm(P, eps=1e-5)  # per head, weights shared by the heads
         self.out_proj = nn.Linear(d_inner, config.d_model, bias=False)
 
-    @staticmethod
-    def inference_interventions(config: DeltaNetConfig) -> tuple[str, ...]:
-        """decay-scale for Gated DeltaNet only: DeltaNet's state has no decay to scale."""
-        return ("decay-scale",) if config.gated else ()
+    @classmethod
+    def inference_interventions(cls, config: DeltaNetConfig) -> tuple[str, ...]:
+        """decay-scale and token-filter for Gated DeltaNet only: DeltaNet's state has no decay to
+        scale, nor one that selects tokens."""
+        return super().inference_interventions(config) if config.gated else ()
 
     def forward(self, u: Tensor, state: DeltaNetState | None = None, reference: bool = False
                 ) -> tuple[Tensor, DeltaNetState]:
@@ -182,6 +183,9 @@ class DeltaNetMixer(DecayScaled, nn.Module):
         log_alpha = -torch.exp(self.A_log) * F.softplus(dt[0] + self.dt_bias) if self.config.gated else None  # (b, L, H)
         if log_alpha is not None and self.decay_factor != 1.0:  # decay-scale: alpha^(T / L) (DecayScaled)
             log_alpha = log_alpha * self.decay_factor
+        keep = None if log_alpha is None else self.token_keep(-log_alpha)  # (b, L, H) or None: token-filter
+        if keep is not None:  # a filtered token: alpha = 1 and beta = 0, so no write (TokenFiltered)
+            log_alpha, beta = log_alpha * keep, beta * keep
         S0 = None if state is None else state.recurrent
         if reference:
             o, S = delta_rule_reference(q, k, v, beta, log_alpha, S0)

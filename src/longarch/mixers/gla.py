@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .base import ArchSpec, DecayScaled, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, TokenFiltered, around
 
 
 @dataclass
@@ -131,7 +131,7 @@ def gla_reference(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor,
     return torch.stack(outputs, dim=1), S
 
 
-class GLAMixer(DecayScaled, nn.Module):
+class GLAMixer(DecayScaled, TokenFiltered, nn.Module):
     def __init__(self, config: GLAConfig):
         super().__init__()
         self.config = config
@@ -168,6 +168,9 @@ class GLAMixer(DecayScaled, nn.Module):
         log_a = (F.logsigmoid(gate_logits) / self.config.gate_logit_normalizer).view(b, L, H, K)  # (b, L, H, K)
         if self.decay_factor != 1.0:  # decay-scale at evaluation: alpha^(T / L) (DecayScaled)
             log_a = log_a * self.decay_factor
+        keep = self.token_keep(-log_a.mean(-1))  # (b, L, H) or None: token-filter's mask, importance -log alpha_t
+        if keep is not None:  # a filtered token: alpha = 1 and k = 0, so no write (TokenFiltered)
+            log_a, k = log_a * keep[..., None], k * keep[..., None]
         S0 = None if state is None else state.S
         if reference:
             o, S = gla_reference(q, k, v, log_a, S0)

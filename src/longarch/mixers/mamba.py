@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .base import ArchSpec, DecayScaled, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, TokenFiltered, around
 
 
 @dataclass
@@ -115,7 +115,7 @@ def selective_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Ten
     return torch.stack(ys, dim=1), h
 
 
-class MambaMixer(DecayScaled, nn.Module):
+class MambaMixer(DecayScaled, TokenFiltered, nn.Module):
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.config = config
@@ -148,6 +148,10 @@ class MambaMixer(DecayScaled, nn.Module):
         if self.decay_factor != 1.0:  # decay-scale at evaluation: dt * T / L (DecayScaled)
             dt = dt * self.decay_factor
         A = -torch.exp(self.A_log)  # (D, N)
+        # token-filter: the layer is one head; importance = -log a_t averaged over (channel, state)
+        keep = self.token_keep((dt * -A.mean(-1)).mean(-1, keepdim=True))  # (b, L, 1) or None
+        if keep is not None:  # a filtered token has dt = 0 in every channel: decay 1, no write
+            dt = dt * keep
         h0 = None if state is None else state.ssm
         if reference:
             y, h = selective_scan_reference(x, dt, A, B, C, h0)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .base import ArchSpec, DecayScaled, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, TokenFiltered, around
 
 
 @dataclass
@@ -157,7 +157,7 @@ def ssd_reference(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor,
     return torch.stack(ys, dim=1), S
 
 
-class Mamba2Mixer(DecayScaled, nn.Module):
+class Mamba2Mixer(DecayScaled, TokenFiltered, nn.Module):
     def __init__(self, config: Mamba2Config):
         super().__init__()
         self.config = config
@@ -188,6 +188,9 @@ class Mamba2Mixer(DecayScaled, nn.Module):
         if self.decay_factor != 1.0:  # decay-scale at evaluation: dt * T / L (DecayScaled)
             dt = dt * self.decay_factor
         log_a = -torch.exp(self.A_log) * dt  # (b, L, H)
+        keep = self.token_keep(-log_a)  # (b, L, H) or None: token-filter's mask, importance -log a_t
+        if keep is not None:  # a filtered token has dt = 0: decay 1, no write (TokenFiltered)
+            dt, log_a = dt * keep, log_a * keep
         x_dt = x * dt[..., None]  # (b, L, H, P)
         ssm0 = None if state is None else state.ssm
         if reference:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .base import ArchSpec, DecayScaled, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, TokenFiltered, around
 
 
 @dataclass
@@ -108,7 +108,7 @@ def rglru_reference(x: Tensor, log_a: Tensor, initial_state: Tensor | None = Non
     return torch.stack(hs, dim=1), h
 
 
-class RGLRUMixer(DecayScaled, nn.Module):
+class RGLRUMixer(DecayScaled, TokenFiltered, nn.Module):
     def __init__(self, config: RGLRUConfig):
         super().__init__()
         self.config = config
@@ -138,10 +138,17 @@ class RGLRUMixer(DecayScaled, nn.Module):
         log_a = -self.config.rglru_c * F.softplus(self.a_param) * r  # (b, L, D)
         if self.decay_factor != 1.0:  # decay-scale at evaluation: a_t^(T / L), its input norm too (DecayScaled)
             log_a = log_a * self.decay_factor
+        # token-filter: a head is a block of the gates; importance = -log a_t averaged over its channels
+        keep = self.token_keep(-log_a.reshape(b, L, H, W).mean(-1))  # (b, L, H) or None
+        if keep is not None:
+            keep = keep.repeat_interleave(W, dim=-1)  # (b, L, D): each head's mask on its channels
+            log_a = log_a * keep  # a filtered token: a_t = 1
         # sqrt(1 - a^2) keeps h at the scale of its input; the floor bounds the derivative of the
         # square root as a_t -> 1 (RecurrentGemma bounds it at 1000 for the same reason).
         multiplier = (-torch.expm1(2 * log_a)).clamp_min(1e-6).sqrt()  # (b, L, D)
         x_in = multiplier * i * x  # (b, L, D)
+        if keep is not None:  # and no write (the floor above leaves sqrt(1 - a_t^2) at 1e-3, not 0)
+            x_in = x_in * keep
 
         h0 = None if state is None else state.h
         if reference:

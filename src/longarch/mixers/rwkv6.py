@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .base import ArchSpec, DecayScaled, MixerSpec, around
+from .base import ArchSpec, DecayScaled, MixerSpec, TokenFiltered, around
 
 # Position of the layer in the stack for RWKV's depth-dependent init; a mixer does not know
 # its depth, so every layer gets the middle layer's values.
@@ -121,7 +121,7 @@ def wkv6_reference(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
     return torch.stack(outputs, dim=1), S
 
 
-class RWKV6Mixer(DecayScaled, nn.Module):
+class RWKV6Mixer(DecayScaled, TokenFiltered, nn.Module):
     def __init__(self, config: RWKV6Config):
         super().__init__()
         self.config = config
@@ -170,12 +170,18 @@ class RWKV6Mixer(DecayScaled, nn.Module):
         log_w = log_w.reshape(b, L, H, K)  # (b, L, H, K)
         if self.decay_factor != 1.0:  # decay-scale at evaluation: w^(T / L) (DecayScaled)
             log_w = log_w * self.decay_factor
+        keep = self.token_keep(-log_w.mean(-1))  # (b, L, H) or None: token-filter's mask, importance -log w_t
+        k_state = k if keep is None else k * keep[..., None]  # (b, L, H, K): a filtered token writes nothing
+        if keep is not None:
+            log_w = log_w * keep[..., None]  # and decays nothing: w = 1 (TokenFiltered)
 
         S0 = None if state is None else state.wkv
         if reference:
-            o, S = wkv6_reference(r, k, v, log_w, self.u, S0)
+            o, S = wkv6_reference(r, k_state, v, log_w, self.u, S0)
         else:
-            o, S = wkv6_chunked(r, k, v, log_w, self.u, self.config.chunk_size, S0)
+            o, S = wkv6_chunked(r, k_state, v, log_w, self.u, self.config.chunk_size, S0)
+        if keep is not None:  # a filtered token's own bonus term r_t diag(u) k_t^T v_t is output, not state
+            o = o + torch.einsum("blhk,hk,blhk->blh", r, self.u, k - k_state)[..., None] * v  # (b, L, H, V)
         o = self.norm(o.reshape(b * L, H * K)).reshape(b, L, H * K)  # (b, L, A)
         return self.out_proj(o * g), RWKV6State(x[:, -1], S)
 
