@@ -437,9 +437,6 @@ def test_an_unknown_intervention_is_one_line_and_exit_2(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------
 # the interventions preset
 # --------------------------------------------------------------------------------------------
-AFTER_THE_PRESET = {"token-filter"}
-
-
 def test_the_interventions_preset_measures_every_intervention_where_it_applies():
     """The issue's preset: the controlled trio plus GLA and Hawk, the noise and text formats to
     64T, every intervention of the registry, and the diagnostics beside them."""
@@ -447,9 +444,8 @@ def test_the_interventions_preset_measures_every_intervention_where_it_applies()
     assert [m.arch for m in study.models] == ["transformer", "mamba2", "mamba2-attn", "gla", "hawk"]
     assert [label for label, _ in study.eval_tasks()] == ["noise", "text"]
     assert max(study.eval_lengths()) == 64 * study.train.length
-    # every intervention of the registry, but token-filter, which came after the preset was run
-    planned = [name for name in interventions.REGISTRY if name not in AFTER_THE_PRESET]
-    assert [i.name for i in study.interventions] == planned
+    assert [i.name for i in study.interventions] == list(interventions.REGISTRY)
+    assert study.interventions[0].options["steps"] == 400  # state passing as a post-training
     assert study.diagnostics is not None and study.diagnostics.max_factor == 64
     model_plans, cells = runner.plan(study)
     for intervention in map(interventions.get, planned):  # each one is measured on some model
