@@ -202,12 +202,17 @@ class DiagnosticsConfig(Strict):
         return distinct(measures, "diagnostic")
 
 
+KNOBS = ("pieces", "samples")  # the interventions' knobs (each taken by those whose `options` name it)
+
+
 class InterventionEntry(Strict):
     """An intervention of the study (controlled/interventions.py): `name`, or `{name: tbptt,
     pieces: 8}` with its knob."""
     name: str
     pieces: int | None = Field(None, ge=2, description="tbptt only: samples this many times T long, fed in pieces "
                                f"of T (default {registry.TBPTT_PIECES})")
+    samples: int | None = Field(None, ge=1, description="decay-scale-fit only: calibration samples of the training "
+                                f"task per model and length (default {registry.DECAY_FIT_SAMPLES})")
 
     @field_validator("name")
     @classmethod
@@ -217,15 +222,37 @@ class InterventionEntry(Strict):
 
     @model_validator(mode="after")
     def _knobs(self) -> "InterventionEntry":
-        if self.pieces is not None and "pieces" not in registry.get(self.name).options:
-            raise ValueError(f"intervention {self.name!r} takes no pieces (only tbptt does)")
+        for knob in KNOBS:
+            if getattr(self, knob) is not None and knob not in registry.get(self.name).options:
+                owners = [i.name for i in registry.REGISTRY.values() if knob in i.options]
+                raise ValueError(f"intervention {self.name!r} takes no {knob} (only {', '.join(owners)} does)")
         return self
+
+    @property
+    def given(self) -> dict:
+        """The knobs the study set."""
+        return {knob: getattr(self, knob) for knob in KNOBS if getattr(self, knob) is not None}
 
     @property
     def options(self) -> dict:
         """Its knobs, defaults filled in."""
-        given = {"pieces": self.pieces} if self.pieces is not None else {}
-        return {**registry.get(self.name).options, **given}
+        return {**registry.get(self.name).options, **self.given}
+
+    @property
+    def changed(self) -> dict:
+        """Its knobs set to other than their defaults: what an inference intervention's cell ids
+        hold besides its name (none: the ids it had before it had knobs)."""
+        defaults = registry.get(self.name).options
+        return {k: v for k, v in self.given.items() if v != defaults[k]}
+
+    @model_serializer(mode="wrap")
+    def _as_before(self, handler):
+        """No `samples` key when it is not set, so that the stored configuration, and so the
+        identity, of a study from before the knob existed is as it was."""
+        data = handler(self)
+        if isinstance(data, dict) and self.samples is None:
+            data.pop("samples", None)
+        return data
 
     @property
     def stage(self) -> str:
@@ -277,7 +304,8 @@ class Study(Strict):
 
     interventions: list[InterventionEntry] = Field(
         default_factory=list, description="interventions measured beside the baseline, by name (state-passing, tbptt, "
-        "noise-state, decay-scale, rope-pi, rope-ntk, rope-yarn, window), each on the models it applies to")
+        "noise-state, decay-scale, decay-scale-fit, rope-pi, rope-ntk, rope-yarn, window), each on the models it "
+        "applies to")
 
     @field_validator("interventions", mode="before")
     @classmethod

@@ -5,7 +5,8 @@ An intervention is a study option (`interventions:` in the YAML). A training int
 a new model with the baseline's recipe and changes only the state each training batch starts
 from; its name enters the model's id (through `TrainSpec.intervention`). An inference
 intervention evaluates the baseline's own checkpoint differently at lengths past T; its name
-enters the evaluation cell's id. A model is labelled `<name>+<intervention>` in the store, so
+enters the evaluation cell's id, and its knobs (decay-scale-fit's samples) only when set to other
+than their defaults, so that a knob added later changes no stored id. A model is labelled `<name>+<intervention>` in the store, so
 that nothing that pools results by model name mixes it with its baseline.
 
 Whether an intervention applies to a model is decided by what its mixers can do, never by a
@@ -13,6 +14,19 @@ family's name: the training interventions need a layer whose state is bounded (a
 state or a window, `models.bounded_layers`); an inference intervention needs a layer whose mixer
 implements it (`inference_interventions`, mixers/base.py). A pair that does not apply is not
 planned, and the report says n/a.
+
+`decay-scale-fit` is `decay-scale` with its factor calibrated rather than fixed: past T every
+log-decay is multiplied by s = (T/L)^p, with the exponent p chosen per (model, length L) from
+DECAY_EXPONENTS (p = 0 is the baseline, p = 1 is decay-scale) as the one whose answer loss (the
+cross-entropy of the answer symbols, as training's `answer_loss`) is lowest on `samples` held-out
+samples of the training task (a mixture's first task) at L, with random needle depths, ties to
+the smaller p. It is therefore tuned at L, with the samples' labels, which decay-scale is not.
+The calibration samples are drawn from a seed of their own (controlled/decay_fit.py,
+`calibration_seed`: the model's seed and L, tagged so that no evaluation sample or training batch
+draws from it); it runs in the evaluation job, before the cell's samples are scored, so every
+cell of one model at one length chooses the same p, and costs 5 x samples forward passes at L a
+cell. At L <= T it is the identity and nothing is calibrated. The chosen p and the loss of each p
+are recorded on the cell's prediction lines and in the store's study metadata (DECAY_FIT_KEY).
 """
 
 from __future__ import annotations
@@ -24,6 +38,9 @@ from .. import models
 
 TRAIN, EVAL = "train", "eval"
 TBPTT_PIECES = 4  # tbptt's default: samples of 4T fed in 4 pieces of T
+DECAY_EXPONENTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # decay-scale-fit's grid of p, s = (T/L)^p
+DECAY_FIT_SAMPLES = 16  # decay-scale-fit's default calibration samples per (model, length)
+DECAY_FIT_KEY = "decay_fit"  # the store's study metadata where decay-scale-fit's choices are kept
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,11 @@ REGISTRY: dict[str, Intervention] = {i.name: i for i in [
                  "random symbols as long as the sample", carries_state),
     Intervention("decay-scale", EVAL, "past T, every per-step decay a becomes a^(T/L) (the step dt of Mamba, "
                  "Mamba-2 and S4D times T/L), as in LongMamba and DeciMamba", implemented("decay-scale")),
+    Intervention("decay-scale-fit", EVAL, "past T, every per-step decay a becomes a^((T/L)^p), the exponent p of "
+                 "0, 0.25, 0.5, 0.75, 1 calibrated per model and length: the one with the lowest answer loss on "
+                 "`samples` held-out samples (default 16) of the training task at L, answers included (so, unlike "
+                 "decay-scale, tuned at L with labels)", implemented("decay-scale-fit"),
+                 {"samples": DECAY_FIT_SAMPLES}),
     Intervention("rope-pi", EVAL, "past T, RoPE position interpolation by L/T", implemented("rope-pi")),
     Intervention("rope-ntk", EVAL, "past T, NTK-aware RoPE scaling by L/T", implemented("rope-ntk")),
     Intervention("rope-yarn", EVAL, "past T, YaRN RoPE scaling by L/T with its logit temperature",

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import CausalConv1d
-from .base import ArchSpec, DecayScaled, MixerSpec, around
+from .base import DECAY_INTERVENTIONS, ArchSpec, DecayScaled, MixerSpec, around
 
 
 @dataclass
@@ -163,8 +163,8 @@ class DeltaNetMixer(DecayScaled, nn.Module):
 
     @staticmethod
     def inference_interventions(config: DeltaNetConfig) -> tuple[str, ...]:
-        """decay-scale for Gated DeltaNet only: DeltaNet's state has no decay to scale."""
-        return ("decay-scale",) if config.gated else ()
+        """decay-scale (and decay-scale-fit) for Gated DeltaNet only: DeltaNet's state has no decay to scale."""
+        return DECAY_INTERVENTIONS if config.gated else ()
 
     def forward(self, u: Tensor, state: DeltaNetState | None = None, reference: bool = False
                 ) -> tuple[Tensor, DeltaNetState]:
