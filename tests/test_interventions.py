@@ -149,15 +149,16 @@ def test_a_post_training_starts_from_the_given_weights_on_its_own_batches(monkey
     ("transformer-nope", {"window"}),
     ("transformer-pi", {"window"}),  # it scales RoPE already
     ("sliding-window", {"rope-pi", "rope-ntk", "rope-yarn", "state-passing", "tbptt", "noise-state"}),
-    ("mamba2", {"decay-scale", "token-filter", "state-passing", "tbptt", "noise-state"}),
-    ("mamba", {"decay-scale", "token-filter", "state-passing", "tbptt", "noise-state"}),
-    ("gla", {"decay-scale", "token-filter", "state-passing", "tbptt", "noise-state"}),
-    ("hawk", {"decay-scale", "token-filter", "state-passing", "tbptt", "noise-state"}),
-    ("rwkv6", {"decay-scale", "token-filter", "state-passing", "tbptt", "noise-state"}),
-    ("s4d", {"decay-scale", "state-passing", "tbptt", "noise-state"}),  # a fixed decay selects no token
-    ("retnet", {"decay-scale", "state-passing", "tbptt", "noise-state"}),
+    ("mamba2", {"decay-scale", "decay-scale-fit", "token-filter", "state-passing", "tbptt", "noise-state"}),
+    ("mamba", {"decay-scale", "decay-scale-fit", "token-filter", "state-passing", "tbptt", "noise-state"}),
+    ("gla", {"decay-scale", "decay-scale-fit", "token-filter", "state-passing", "tbptt", "noise-state"}),
+    ("hawk", {"decay-scale", "decay-scale-fit", "token-filter", "state-passing", "tbptt", "noise-state"}),
+    ("rwkv6", {"decay-scale", "decay-scale-fit", "token-filter", "state-passing", "tbptt", "noise-state"}),
+    # a fixed decay selects no token
+    ("s4d", {"decay-scale", "decay-scale-fit", "state-passing", "tbptt", "noise-state"}),
+    ("retnet", {"decay-scale", "decay-scale-fit", "state-passing", "tbptt", "noise-state"}),
     ("deltanet", {"state-passing", "tbptt", "noise-state"}),  # no decay to scale
-    ("gated-deltanet", {"decay-scale", "token-filter", "state-passing", "tbptt", "noise-state"}),
+    ("gated-deltanet", {"decay-scale", "decay-scale-fit", "token-filter", "state-passing", "tbptt", "noise-state"}),
     ("mamba2-attn", set(interventions.REGISTRY)),
 ])
 def test_each_applies_by_its_mixers_capabilities(arch, expected):
@@ -448,7 +449,7 @@ def test_the_interventions_preset_measures_every_intervention_where_it_applies()
     assert study.interventions[0].options["steps"] == 400  # state passing as a post-training
     assert study.diagnostics is not None and study.diagnostics.max_factor == 64
     model_plans, cells = runner.plan(study)
-    for intervention in map(interventions.get, planned):  # each one is measured on some model
+    for intervention in study.interventions:  # each one is measured on some model
         assert any(p.intervention == intervention.name for p in model_plans) or \
             any(c.intervention == intervention.name for c in cells), intervention.name
 

@@ -119,9 +119,9 @@ def test_set_context_sets_the_fraction_only_under_token_filter_past_T():
 # every mixer that declares it
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ARCHS)
-def test_each_declares_both_decay_interventions(arch):
+def test_each_declares_every_decay_intervention(arch):
     config = models.config(arch, vocab_size=40)
-    assert models.layer_interventions(config) == [("decay-scale", NAME)] * config.n_layers
+    assert models.layer_interventions(config) == [("decay-scale", "decay-scale-fit", NAME)] * config.n_layers
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -202,6 +202,9 @@ class DiagnosticsConfig(Strict):
         return distinct(measures, "diagnostic")
 
 
+KNOBS = ("pieces", "steps", "samples")  # the interventions' knobs (each taken by those whose `options` name it)
+
+
 class InterventionEntry(Strict):
     """An intervention of the study (controlled/interventions.py): `name`, or `{name: tbptt,
     pieces: 8}` with its knob."""
@@ -210,6 +213,8 @@ class InterventionEntry(Strict):
                                f"of T (default {registry.TBPTT_PIECES})")
     steps: int | None = Field(None, ge=1, description="state-passing only: post-train the baseline's checkpoint this "
                               "many steps at T (as Buitrago Ruiz & Gu 2025); unset: train from scratch")
+    samples: int | None = Field(None, ge=1, description="decay-scale-fit only: calibration samples of the training "
+                                f"task per model and length (default {registry.DECAY_FIT_SAMPLES})")
 
     @field_validator("name")
     @classmethod
@@ -219,20 +224,39 @@ class InterventionEntry(Strict):
 
     @model_validator(mode="after")
     def _knobs(self) -> "InterventionEntry":
-        for knob, value in self._given().items():
-            if knob not in registry.get(self.name).options:
-                takers = [i.name for i in registry.REGISTRY.values() if knob in i.options]
-                raise ValueError(f"intervention {self.name!r} takes no {knob} (only {', '.join(takers)} does)")
+        for knob in KNOBS:
+            if getattr(self, knob) is not None and knob not in registry.get(self.name).options:
+                owners = [i.name for i in registry.REGISTRY.values() if knob in i.options]
+                raise ValueError(f"intervention {self.name!r} takes no {knob} (only {', '.join(owners)} does)")
         return self
 
-    def _given(self) -> dict:
-        """The knobs the entry sets."""
-        return {k: v for k, v in {"pieces": self.pieces, "steps": self.steps}.items() if v is not None}
+    @property
+    def given(self) -> dict:
+        """The knobs the study set."""
+        return {knob: getattr(self, knob) for knob in KNOBS if getattr(self, knob) is not None}
 
     @property
     def options(self) -> dict:
         """Its knobs, defaults filled in."""
-        return {**registry.get(self.name).options, **self._given()}
+        return {**registry.get(self.name).options, **self.given}
+
+    @property
+    def changed(self) -> dict:
+        """Its knobs set to other than their defaults: what an inference intervention's cell ids
+        hold besides its name (none: the ids it had before it had knobs)."""
+        defaults = registry.get(self.name).options
+        return {k: v for k, v in self.given.items() if v != defaults[k]}
+
+    @model_serializer(mode="wrap")
+    def _as_before(self, handler):
+        """No `samples` or `steps` key when it is not set, so that the stored configuration, and so the
+        identity, of a study from before the knob existed is as it was."""
+        data = handler(self)
+        if isinstance(data, dict) and self.samples is None:
+            data.pop("samples", None)
+        if isinstance(data, dict) and self.steps is None:
+            data.pop("steps", None)
+        return data
 
     @property
     def stage(self) -> str:
@@ -284,8 +308,8 @@ class Study(Strict):
 
     interventions: list[InterventionEntry] = Field(
         default_factory=list, description="interventions measured beside the baseline, by name (state-passing, tbptt, "
-        "noise-state, decay-scale, token-filter, rope-pi, rope-ntk, rope-yarn, window), each on the models it "
-        "applies to")
+        "noise-state, decay-scale, decay-scale-fit, token-filter, rope-pi, rope-ntk, rope-yarn, window), each on the "
+        "models it applies to")
 
     @field_validator("interventions", mode="before")
     @classmethod

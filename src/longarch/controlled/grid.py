@@ -59,18 +59,26 @@ def _diagnostic(cell) -> bool:
     return hasattr(cell.item, "measure")  # runner.DiagCell
 
 
+def _eval_tokens(study: Study, cell) -> int:
+    """Symbols an evaluation cell feeds through its model: its samples x its length, and under
+    decay-scale-fit past T its calibration's (each exponent of the grid over its samples)."""
+    tokens = study.eval.samples * cell.length
+    if cell.intervention == "decay-scale-fit" and cell.length > study.train.length:
+        tokens += len(interventions.DECAY_EXPONENTS) * cell.knobs["samples"] * cell.length
+    return tokens
+
+
 def cost(study: Study, state: GridState, out: Path) -> dict:
     """What the remaining work costs: tokens trained (batch x each step's length, summed over the
     planned steps of each model; `train_tokens_max` when training to a criterion may go on to
     its max_steps and a learning-rate sweep may try every rate) and tokens evaluated (samples x
-    length per cell), and seconds estimated from the rates of work already stored in `out`
-    (None when nothing is stored yet)."""
+    length per cell, decay-scale-fit's calibration included), and seconds estimated from the
+    rates of work already stored in `out` (None when nothing is stored yet)."""
     remaining = [c.item for c in state.remaining("train")]
     train_tokens = sum(m.train_spec.tokens() for m in remaining)
     train_tokens_max = sum(m.train_spec.tokens(m.train_spec.max_steps) * len(m.train_spec.lr_sweep or (1,))
                            for m in remaining)
-    eval_tokens = sum(c.item.tokens if _diagnostic(c) else study.eval.samples * c.item.length
-                      for c in state.remaining("eval"))
+    eval_tokens = sum(c.item.tokens if _diagnostic(c) else _eval_tokens(study, c.item) for c in state.remaining("eval"))
     seconds = None
     path = out / "results.sqlite"
     if path.exists() and state.done:

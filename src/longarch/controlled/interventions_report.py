@@ -7,7 +7,9 @@ the evaluated tasks and depths, at the study's effective-length bar), and the ac
 at 64T (or the longest evaluated length, named in the heading), each with its interval and, under
 an intervention, its change from the baseline in points with the interval of the difference
 (analysis.measures.difference). A pair the intervention does not apply to reads n/a. A figure
-draws accuracy against length, one panel per model and one line per intervention.
+draws accuracy against length, one panel per model and one line per intervention. Under
+decay-scale-fit, one sentence per model gives the exponent it chose at each length past T (read
+from the store's study metadata, runner.record_calibration).
 
 Read from the report's StudyData only: the baseline's cells and the cells under an intervention,
 whose model is named `<model>+<intervention>`.
@@ -210,10 +212,58 @@ def intervention_blocks(data, figures: dict[str, str]) -> list[Block]:
                         f"({100 * data.learned_bar_fraction:g}% training accuracy at T): its accuracy past T is not "
                         "read. Under an inference intervention that is the baseline's model; under a training "
                         "intervention, the model trained under it."))
+    blocks += _decay_exponents(data, shown)
     if "interventions" in figures:
         blocks.append(("figure", figures["interventions"],
                        "Accuracy against context length, one panel per model, one line per intervention"))
     return blocks
+
+
+def decay_exponents(data) -> dict[str, dict[int, dict[int, float]]]:
+    """decay-scale-fit's calibrated exponents as the store's study metadata keeps them
+    (runner.record_calibration): model -> length -> seed -> p, for the planned models at the
+    planned lengths past T and the study's number of calibration samples; {} without any."""
+    kept = data.meta.get(registry.DECAY_FIT_KEY)
+    if not isinstance(kept, dict):
+        return {}
+    planned = data.meta.get("planned_models")
+    entries = [e for e in data.config.get("interventions") or []
+               if isinstance(e, dict) and e.get("name") == "decay-scale-fit"]
+    samples = (entries[0].get("samples") if entries else None) or registry.DECAY_FIT_SAMPLES
+    train_lengths = {m.name: m.train_length for m in data.models}
+    out: dict[str, dict[int, dict[int, float]]] = {}
+    for record in kept.values():
+        try:
+            model, length, seed, exponent = record["model"], int(record["length"]), int(record["seed"]), \
+                float(record["exponent"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        stale = isinstance(planned, list) and record.get("model_id") not in planned  # a model no longer planned
+        if stale or model not in train_lengths or length <= train_lengths[model] or length not in data.lengths \
+                or record.get("samples") != samples:
+            continue
+        out.setdefault(model, {}).setdefault(length, {})[seed] = exponent
+    return out
+
+
+def _decay_exponents(data, shown: list[str]) -> list[Block]:
+    """One sentence per model on the exponent decay-scale-fit chose at each length past T (with
+    several seeds, each seed's where they differ); nothing when the study has none stored."""
+    found = decay_exponents(data) if "decay-scale-fit" in shown else {}
+    if not found:
+        return []
+    sentences = []
+    for model in [m for m in data.models if m.name in found]:
+        at = []
+        for length, seeds in sorted(found[model.name].items()):
+            values = sorted(set(seeds.values()))
+            chosen = f"{values[0]:g}" if len(values) == 1 else \
+                " / ".join(f"{seeds[s]:g}" for s in sorted(seeds)) + f" (seeds {', '.join(map(str, sorted(seeds)))})"
+            at.append(f"{chosen} at {length / model.train_length:g}T")
+        sentences.append(f"{model.name} chose p = {', '.join(at)}.")
+    return [("p", "decay-scale-fit scales each decay by s = (T/L)^p with p calibrated per model and length on "
+                  "held-out samples of the training task (p = 0: the baseline, p = 1: decay-scale). "
+             + " ".join(sentences))]
 
 
 def _accuracy_text(entry: dict, length: int) -> str:

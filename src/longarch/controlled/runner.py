@@ -40,7 +40,7 @@ from .. import mixers, models
 from ..mixers import plugins
 from ..study import faults, inputs, predictions
 from ..study.checkpoints import write_atomic
-from . import config, interventions
+from . import config, decay_fit, interventions
 from ..analysis.report import run
 from .config import Study, resolve_overrides, train_labels
 from .evaluate import evaluate_samples
@@ -48,6 +48,7 @@ from ..analysis import diagnostics
 from ..study.store import DiagnosticRow, ModelRow, ResultRow, Store
 from ..study import Cell, Plan, Skip, content_id, eval_seed
 from ..study.driver import Runtime, lazily
+from ..mixers.base import set_decay_exponent
 from .train import (LOSS_EVERY, Diverged, Mixture, TrainIntervention, TrainSpec, post_training, post_training_seed,
                     train, train_sweep)
 
@@ -75,6 +76,7 @@ class EvalCell:
     depth: float | None  # None: the task has no needle depth (or draws it at random)
     cell_id: str
     intervention: str = ""  # its inference intervention on the model's checkpoint ("": none)
+    knobs: dict = dataclasses.field(default_factory=dict)  # that intervention's knobs, defaults filled in
 
     @property
     def name(self) -> str:
@@ -112,6 +114,22 @@ DIAGNOSTICS_VERSION = 2
 def task_id(task) -> dict:
     """A task as ids see it: a corpus file by its content, not its path (study/inputs.py)."""
     return {"name": task.name, "knobs": inputs.identity_knobs(task.knobs), "version": task.version}
+
+
+def calibration_task(task):
+    """The task decay-scale-fit calibrates on: the task trained on, or a mixture's first task."""
+    return task.tasks[0] if isinstance(task, Mixture) else task
+
+
+def record_calibration(store: Store, cell: EvalCell, calibration: dict) -> None:
+    """Keep a decay-scale-fit cell's calibration in the store's study metadata, under
+    DECAY_FIT_KEY, by cell id: its model (the baseline's label, id and seed), length and
+    calibration (decay_fit.calibrate), for the report to read without the prediction files."""
+    kept = store.meta().get(interventions.DECAY_FIT_KEY)
+    kept = kept if isinstance(kept, dict) else {}
+    kept[cell.cell_id] = {"model": cell.model.label, "model_id": cell.model.model_id, "seed": cell.model.seed,
+                          "length": cell.length, **calibration}
+    store.set_meta(interventions.DECAY_FIT_KEY, kept)
 
 
 def training_task(study: Study):
@@ -183,21 +201,26 @@ def _seed_plans(study: Study, entry, config: models.ModelConfig, spec: TrainSpec
 def _eval_cells(study: Study, model_plans: list[ModelPlan]) -> list[EvalCell]:
     """Each model's cells (task x length x depth); a baseline model's again under each inference
     intervention that applies to it. An intervention enters the cell's id; none, none of it."""
-    inference = [i.name for i in study.interventions if i.stage == interventions.EVAL]
+    inference = {i.name: i for i in study.interventions if i.stage == interventions.EVAL}
     task_depths = study.task_depths()
     cells = []
     for model_plan in model_plans:
         applied = [""] + ([] if model_plan.intervention else
                           [name for name in inference if interventions.get(name).applies(model_plan.config)])
         for intervention in applied:
+            entry = inference.get(intervention)
+            # its knobs enter the id only when set to other than their defaults: ids stay as they were
+            named = {"intervention": intervention, **({"intervention_knobs": entry.changed} if entry.changed else {})} \
+                if entry is not None else {}
             for label, task in study.eval_tasks():
                 for length in study.eval_lengths():
                     for depth in task_depths[label]:
                         identity = {"model_id": model_plan.model_id, "task": task_id(task), "length": length,
                                     "depth": depth, "n": study.eval.samples, "seed": study.eval.seed,
                                     "samples": "per-seed"}
-                        cell_id = content_id({**identity, "intervention": intervention} if intervention else identity)
-                        cells.append(EvalCell(model_plan, label, task, length, depth, cell_id, intervention))
+                        cell_id = content_id({**identity, **named})
+                        cells.append(EvalCell(model_plan, label, task, length, depth, cell_id, intervention,
+                                              entry.options if entry is not None else {}))
     return cells
 
 
@@ -341,6 +364,7 @@ class EvalJob:
     train_length: int
     threads: int | None
     intervention: str = ""  # the cell's inference intervention ("": none)
+    calibration_task: object = None  # decay-scale-fit's: the task trained on (a mixture's first task)
 
 
 @dataclass(frozen=True)
@@ -461,10 +485,12 @@ SAMPLE_LINE_BYTES = 60  # a sample's line in predictions/: its keys and punctuat
 
 @dataclass
 class Evaluated:
-    """An evaluation job's result: the store's row, and each sample's raw output (predictions/)."""
+    """An evaluation job's result: the store's row, and each sample's raw output (predictions/);
+    under decay-scale-fit past T, its calibration (decay_fit.calibrate)."""
 
     row: ResultRow
     outputs: list[dict]
+    calibration: dict | None = None
 
 
 def eval_job(job: EvalJob) -> Evaluated:
@@ -472,6 +498,12 @@ def eval_job(job: EvalJob) -> Evaluated:
     start = time.perf_counter()
     cell = job.cell
     model = model_from_weights(cell.model, job.weights)
+    calibration = None
+    if job.intervention == decay_fit.INTERVENTION:  # the exponent p, before the cell's samples are scored
+        calibration = decay_fit.calibrate(model, job.calibration_task, job.train_length, cell.length,
+                                          cell.knobs["samples"], cell.model.seed, job.chunk)
+        if calibration is not None:  # None at L <= T, where the intervention is the identity
+            set_decay_exponent(model, calibration["exponent"])
     samples = cell.task.generate(length=cell.length, n=job.samples, seed=job.seed, depth=cell.depth)
     scores, predicted = evaluate_samples(model, cell.task, samples, chunk=job.chunk, train_length=job.train_length,
                                          with_predictions=True, intervention=job.intervention or None)
@@ -481,7 +513,12 @@ def eval_job(job: EvalJob) -> Evaluated:
         depth=cell.depth, seed=cell.model.seed,
         n=len(scores), accuracy=float(scores.mean()), scores=[float(s) for s in scores],
         seconds=time.perf_counter() - start, intervention=cell.applied)
-    return Evaluated(row, sample_lines(predicted, samples.answers, scores))
+    lines = sample_lines(predicted, samples.answers, scores)
+    if calibration is not None:  # each line says the exponent chosen, and each exponent's calibration loss
+        fitted = {"decay_exponent": calibration["exponent"],
+                  "decay_losses": dict(zip(map(str, calibration["exponents"]), calibration["losses"]))}
+        lines = [{**line, **fitted} for line in lines]
+    return Evaluated(row, lines, calibration)
 
 
 def diag_job(job: DiagJob) -> DiagnosticRow:
@@ -687,9 +724,13 @@ class Controlled:
             return diag_job, DiagJob(item, inputs[item.model.model_id], settings.max_factor, settings.samples,
                                      eval_seed(settings.seed, 0, None, item.model.seed), study.eval.chunk,
                                      study.train.length, runtime.threads)
+        calibrated = item.intervention == decay_fit.INTERVENTION and item.length > study.train.length
+        if calibrated and self._task is None:
+            self._task = training_task(study)
         return eval_job, EvalJob(item, inputs[item.model.model_id], study.eval.samples,
                                  eval_seed(study.eval.seed, item.length, item.depth, item.model.seed),
-                                 study.eval.chunk, study.train.length, runtime.threads, item.intervention)
+                                 study.eval.chunk, study.train.length, runtime.threads, item.intervention,
+                                 calibration_task(self._task) if calibrated else None)
 
     def commit(self, store: Store, cell: Cell, result, runtime: Runtime):
         if cell.stage == "train":
@@ -709,6 +750,8 @@ class Controlled:
         if isinstance(result, DiagnosticRow):
             store.put_diagnostic(result)
             return None, cell.what, f"{cell.what}: measured in {result.seconds:.1f} s"
+        if result.calibration is not None:  # before the row: a stored cell always has its record
+            record_calibration(store, cell.item, result.calibration)
         predictions.write(outputs_file(runtime.out, result.row), result.outputs)
         store.put_result(result.row)
         return None, cell.what, f"{cell.what}: accuracy {result.row.accuracy:.4f}"

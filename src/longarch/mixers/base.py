@@ -31,10 +31,11 @@ interventions it implements for that config, and `set_context(train_length, leng
 intervention=None)`, which sets it for sequences of `length` tokens from a model trained at
 `train_length` (`set_context(T, T)` restores training behaviour). An intervention is the
 identity at length <= T and leaves the chunked path equal to the reference path. Two mixins
-below implement the recurrent ones: `DecayScaled` (`decay-scale`), which every mixer with a decay
-shares, and `TokenFiltered` (`token-filter`), which a mixer with a data-dependent decay adds so
-that past T only its most selective tokens write to the state. A mixer inherits from the ones it
-implements (class M(DecayScaled, TokenFiltered, nn.Module)); they cooperate, so its
+below implement the recurrent ones: `DecayScaled` (`decay-scale`, and `decay-scale-fit`: the same
+scaling by a factor s = (T / L)^p, p read from its `decay_exponent`), which every mixer with a
+decay shares, and `TokenFiltered` (`token-filter`), which a mixer with a data-dependent decay adds
+so that past T only its most selective tokens write to the state. A mixer inherits from the ones
+it implements (class M(DecayScaled, TokenFiltered, nn.Module)); they cooperate, so its
 `inference_interventions` names all of them and its `set_context` sets each.
 """
 
@@ -129,25 +130,39 @@ def around(value: float) -> tuple[float, ...]:
     return tuple(value * f for f in (0.875, 1.125, 0.75, 1.25))
 
 
+DECAY_INTERVENTIONS = ("decay-scale", "decay-scale-fit")  # what DecayScaled implements
+
+
 class DecayScaled:
-    """The `decay-scale` inference intervention, for a mixer whose state decays by a per-step
-    factor a_t = exp(log a_t): evaluated at a length L past its training length T, every
-    log-decay is multiplied by s = T / L, i.e. a_t becomes a_t^(T/L), so the state forgets over L
-    tokens about as much as it did over T in training (LongMamba, DeciMamba). A mixer that
-    discretises a continuous system with a step dt (Mamba, Mamba-2, S4D) scales dt itself, its
-    input's dt included. The mixer multiplies its log-decay (or dt) by `decay_factor` where it
+    """The `decay-scale` and `decay-scale-fit` inference interventions, for a mixer whose state
+    decays by a per-step factor a_t = exp(log a_t): evaluated at a length L past its training
+    length T, every log-decay is multiplied by a factor s in (0, 1], i.e. a_t becomes a_t^s, so
+    the state forgets over L tokens about as much as it did over T in training (LongMamba,
+    DeciMamba). Under `decay-scale`, s = T / L; under `decay-scale-fit`, s = (T / L)^p with the
+    exponent p the layer's `decay_exponent` (set by `set_decay_exponent`, calibrated per model
+    and length by controlled/decay_fit.py; p = 1 is decay-scale, p = 0 the baseline). A mixer
+    that discretises a continuous system with a step dt (Mamba, Mamba-2, S4D) scales dt itself,
+    its input's dt included. The mixer multiplies its log-decay (or dt) by `decay_factor` where it
     computes it, before the chunked and reference paths part, so both see the same decays."""
 
-    decay_factor: float = 1.0  # s = T / L under the intervention at L > T; 1 otherwise
+    decay_factor: float = 1.0    # s under the intervention at L > T; 1 otherwise
+    decay_exponent: float = 1.0  # p of decay-scale-fit: s = (T / L)^p
 
     @classmethod
     def inference_interventions(cls, config: Any) -> tuple[str, ...]:
-        return ("decay-scale",) + _next_interventions(super(), config)
+        return DECAY_INTERVENTIONS + _next_interventions(super(), config)
 
     def set_context(self, train_length: int, length: int, intervention: str | None = None) -> None:
-        """s = min(1, train_length / length) under `decay-scale`, else 1 (training behaviour)."""
+        """s = min(1, train_length / length) under `decay-scale`, that to the power
+        `decay_exponent` under `decay-scale-fit`, else 1 (training behaviour)."""
         _check_lengths(train_length, length)
-        self.decay_factor = min(1.0, train_length / length) if intervention == "decay-scale" else 1.0
+        ratio = min(1.0, train_length / length)
+        if intervention == "decay-scale":
+            self.decay_factor = ratio
+        elif intervention == "decay-scale-fit":
+            self.decay_factor = ratio ** self.decay_exponent  # 1.0 at p = 0 (and at L <= T), exactly
+        else:
+            self.decay_factor = 1.0
         _next_set_context(super(), train_length, length, intervention)
 
 
@@ -217,6 +232,19 @@ def _next_set_context(parent: Any, train_length: int, length: int, intervention:
     following = getattr(parent, "set_context", None)
     if following is not None:
         following(train_length, length, intervention)
+
+
+def set_decay_exponent(module, exponent: float) -> int:
+    """Set the exponent p of `decay-scale-fit` (s = (T / L)^p) on every layer of `module` (a model,
+    or one mixer) that takes it (a `decay_exponent` attribute, as every DecayScaled mixer has); it
+    applies from the next `set_context(T, L, "decay-scale-fit")`. Returns how many layers took it."""
+    exponent = float(exponent)
+    if not exponent >= 0 or exponent == float("inf"):
+        raise ValueError(f"a decay exponent must be finite and >= 0, not {exponent}")
+    layers = [m for m in module.modules() if hasattr(m, "decay_exponent")]
+    for layer in layers:
+        layer.decay_exponent = exponent
+    return len(layers)
 
 
 def map_state(state, function):

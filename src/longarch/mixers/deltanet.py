@@ -163,8 +163,8 @@ class DeltaNetMixer(DecayScaled, TokenFiltered, nn.Module):
 
     @classmethod
     def inference_interventions(cls, config: DeltaNetConfig) -> tuple[str, ...]:
-        """decay-scale and token-filter for Gated DeltaNet only: DeltaNet's state has no decay to
-        scale, nor one that selects tokens."""
+        """decay-scale, decay-scale-fit and token-filter for Gated DeltaNet only: DeltaNet's state
+        has no decay to scale, nor one that selects tokens."""
         return super().inference_interventions(config) if config.gated else ()
 
     def forward(self, u: Tensor, state: DeltaNetState | None = None, reference: bool = False
