@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from longarch import tasks
 from longarch.cli import app
 from longarch.tasks import text as T
-from longarch.tasks.text import fit as F
 from test_bad_input import one_error_line
 from test_text_support import bpe_tokenizer, n_tokens, write_hotpot, write_squad
 
