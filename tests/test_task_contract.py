@@ -69,13 +69,21 @@ def test_a_text_task_sets_its_canonical_knobs_once():
     assert (task.num_needle_q, task.num_needle_k) == (4, 4) and task.knobs["num_needle_k"] == 4
 
 
-@pytest.mark.parametrize("preset, cells, first, digest", [
-    ("paper", 679, "a230397ee4858a09", "f18e907c5fe6dd45"),
-    ("paper-depth", 294, "c7430167cea3fcad", "9bfe0eea856f281f"),
+@pytest.mark.parametrize("preset, cells, first, digest, vt_1_digest", [
+    ("paper", 679, "a230397ee4858a09", "ea1bb4341ea15cf7", "f18e907c5fe6dd45"),
+    ("paper-depth", 294, "c7430167cea3fcad", "9bfe0eea856f281f", "9bfe0eea856f281f"),
 ])
-def test_the_pretrained_presets_keep_their_cell_ids(preset, cells, first, digest):
+def test_the_pretrained_presets_keep_their_cell_ids(preset, cells, first, digest, vt_1_digest, monkeypatch):
     """Golden ids, computed before the text tasks became named and frozen (a task's knobs and
-    version are part of every cell's id; a change here orphans every stored result)."""
+    version are part of every cell's id; a change here orphans every stored result). Issue 23
+    moved vt to version 2 (its hops never adjacent), which renews the vt cells alone: with vt at
+    version 1 the ids are the ones of before."""
     planned, _ = plan_pretrained(load_study(preset))
     assert len(planned) == cells and planned[0].cell_id == first
     assert hashlib.sha256(" ".join(c.cell_id for c in planned).encode()).hexdigest()[:16] == digest
+    from longarch.tasks.text.ruler import VariableTracking
+
+    monkeypatch.setattr(VariableTracking, "version", 1)
+    before, _ = plan_pretrained(load_study(preset))
+    assert hashlib.sha256(" ".join(c.cell_id for c in before).encode()).hexdigest()[:16] == vt_1_digest
+    assert {c.task.name for c, b in zip(planned, before) if c.cell_id != b.cell_id} <= {"vt"}

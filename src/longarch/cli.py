@@ -673,20 +673,44 @@ def _knobs(knobs: dict) -> str:
 
 @app.command()
 @clean_errors
-def sample(task: Annotated[str, typer.Argument(help="task name (see `longarch tasks`)")],
-           length: Annotated[int, typer.Option(help="total length in symbols")],
+def sample(task: Annotated[str, typer.Argument(help="task name (see `longarch tasks`): a token task, or a text task "
+                                                    "(niah_single_1, vt, cwe, qa_1, ...), which needs --tokenizer")],
+           length: Annotated[int, typer.Option(help="total length: symbols for a token task; for a text task, prompt "
+                                                    "tokens + the task's generation budget at most")],
            depth: Annotated[Optional[float], typer.Option(help="needle depth in percent [default: random]")] = None,
            seed: Annotated[int, typer.Option()] = 0,
            knob: Annotated[Optional[list[str]], typer.Option(help="task knob KEY=VALUE, repeatable")] = None,
-           corpus: Annotated[Optional[Path], typer.Option(help="UTF-8 text for a text haystack (sets the corpus knob)")] = None):
-    """Print one generated sample readably; the symbols where an answer is due are highlighted."""
+           corpus: Annotated[Optional[Path], typer.Option(help="UTF-8 text for a text haystack (sets the corpus knob)")] = None,
+           tokenizer: Annotated[Optional[str], typer.Option(help="text tasks: the tokenizer that fits the prompt (a "
+                                                                 "local folder, e.g. a checkpoint's)")] = None,
+           fit: Annotated[str, typer.Option(help="text tasks: exact (as close to the length as whole units allow, "
+                                                 "at least --fit-tolerance of it) or ruler (RULER's own procedure: "
+                                                 "binary search, then fixed steps down; fills can be far under)")] = "exact",
+           fit_tolerance: Annotated[float, typer.Option(help="text tasks, --fit exact: refuse a fit under this share "
+                                                             "of the length")] = 0.95):
+    """Print one generated sample readably. A token task: its symbols, those where an answer is due
+    highlighted. A text task (with --tokenizer): the prompt fitted to --length with that
+    tokenizer, its token count and fill (prompt + generation budget over the length), and the
+    answers; the same sample a pretrained study's cell at that length and seed starts with
+    (a study's own seed also depends on the length and depth)."""
     from . import tasks
-    from .study import limits
 
     knobs = parse_knobs(knob or [])
     if corpus is not None:
         knobs["corpus"] = str(corpus)
-    chosen = tasks.get(task, family="tokens", **knobs)
+    if task in tasks.names("text"):
+        return _sample_text(task, length, depth, seed, knobs, tokenizer, fit, fit_tolerance)
+    if tokenizer is not None or fit != "exact" or fit_tolerance != 0.95:
+        tasks.get(task)  # an unknown name says so first
+        raise ValueError(f"--tokenizer, --fit and --fit-tolerance are for text tasks; {task!r} is a token task")
+    _sample_tokens(task, length, depth, seed, knobs)
+
+
+def _sample_tokens(task: str, length: int, depth: float | None, seed: int, knobs: dict) -> None:
+    from . import tasks
+    from .study import limits
+
+    chosen = tasks.get(task, family=None, **knobs)
     limits.check_memory(f"--length {length:,}: one sample shown ({limits.SHOWN_SYMBOL_BYTES} bytes a symbol)",
                         length * limits.SHOWN_SYMBOL_BYTES)
     samples = chosen.generate(length=length, n=1, seed=seed, depth=depth)
@@ -702,6 +726,61 @@ def sample(task: Annotated[str, typer.Argument(help="task name (see `longarch ta
     unknown = getattr(chosen, "unknown_share", lambda _: None)(samples)
     if unknown is not None:  # a text haystack: how much of it is the one unknown-word symbol
         console.print(f"unknown words: {100 * unknown:.1f}% of the haystack")
+
+
+def load_tokenizer(target: str):
+    """A tokenizer from a local folder (or a hub id, where the hub is reachable); a path that does
+    not exist or holds no tokenizer is a ValueError of one line."""
+    from transformers import AutoTokenizer
+
+    local = Path(target).expanduser()
+    if target.startswith(("/", ".", "~")) or local.exists():
+        if not local.is_dir():
+            raise ValueError(f"--tokenizer {target}: " + ("not a folder" if local.exists() else "does not exist"))
+    try:
+        return AutoTokenizer.from_pretrained(str(local) if local.is_dir() else target)
+    except (OSError, ValueError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"--tokenizer {target}: no tokenizer could be loaded from it ({first})") from None
+
+
+def _sample_text(task: str, length: int, depth: float | None, seed: int, knobs: dict, tokenizer: str | None,
+                 fit: str, fit_tolerance: float) -> None:
+    """One text task's sample, fitted as a pretrained study fits it (eval.fit, eval.fit_tolerance)."""
+    from . import tasks
+    from .study import limits
+    from .tasks import text
+
+    if tokenizer is None:
+        raise ValueError(f"{task} is a text task: give the tokenizer that fits its prompt with --tokenizer PATH")
+    if fit not in text.FITS:
+        raise ValueError(f"--fit must be exact or ruler, not {fit!r}")
+    if not 0 < fit_tolerance <= 1:
+        raise ValueError(f"--fit-tolerance must be in (0, 1], not {fit_tolerance:g}")
+    if fit == "ruler" and fit_tolerance != 0.95:
+        raise ValueError("--fit-tolerance applies to --fit exact only (ruler keeps whatever fill RULER's procedure gives)")
+    if depth is not None:
+        knobs["depth"] = depth
+    chosen = tasks.get(task, family="text", **knobs)
+    if length < 1:
+        raise ValueError(f"--length must be positive, not {length}")
+    limits.check_memory(f"--length {length:,}: one prompt shown ({limits.SHOWN_SYMBOL_BYTES} bytes a token)",
+                        length * limits.SHOWN_SYMBOL_BYTES)
+    loaded = load_tokenizer(tokenizer)
+    s = text.fit_samples(chosen, loaded, length, 1, seed, fit, fit_tolerance)[0]
+    meta = s.metadata
+    total = meta["total_tokens"]
+    console.print(f"[bold]{task}[/bold] length={length} seed={seed} fit={fit} tokenizer={tokenizer}", highlight=False)
+    console.print(f"  tokens: {meta['prompt_tokens']:,} prompt + {s.max_new_tokens} generation budget = {total:,} "
+                  f"of {length:,} (fill {total / length:.1%})", markup=False, highlight=False)
+    if fit == "ruler":
+        console.print(f"  RULER's haystack: {meta['ruler_units']} units (the cell's size {meta['ruler_start']}, "
+                      f"step {meta['ruler_step']})", markup=False, highlight=False)
+    for key in ("haystack_units", "depths", "keys", "partial_words", "golden_documents", "documents"):
+        if key in meta:
+            console.print(f"  {key}: {meta[key]}", markup=False, highlight=False)
+    console.print(s.prompt, markup=False, highlight=False, soft_wrap=True)
+    console.print("answers: " + " | ".join(s.answers), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

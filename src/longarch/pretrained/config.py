@@ -92,6 +92,30 @@ class PretrainedEval(Strict):
     device: str = Field("cpu", description="cpu, cuda, cuda:N (the Nth GPU) or mps")
     chunk: int | None = Field(None, ge=1, description="prefill chunk in tokens, where exact [default: whole prompt]")
     batch_tokens: int = Field(16384, ge=1, description="prompt tokens per generation batch")
+    fit: Literal["exact", "ruler"] = Field(
+        "exact", description="how prompts are fitted to a length: exact (each as close to it as whole haystack units "
+                             "allow, at least fit_tolerance of it) or ruler (RULER's own procedure and shuffles, to "
+                             "reproduce published RULER numbers; fills can be far under the length)")
+    fit_tolerance: float = Field(
+        text.fit.TOLERANCE, gt=0, le=1,
+        description="fit: exact refuses a prompt + generation budget under this share of the length")
+
+    @model_validator(mode="after")
+    def _tolerance_is_exact(self) -> "PretrainedEval":
+        if self.fit == "ruler" and self.fit_tolerance != text.fit.TOLERANCE:
+            raise ValueError("fit_tolerance applies to fit: exact only (fit: ruler keeps whatever fill RULER's "
+                             "procedure gives)")
+        return self
+
+    def fit_identity(self) -> dict:
+        """The fit settings as cell ids see them: only those not at their defaults, so the cells of
+        a study that leaves them alone keep the ids they had before the settings existed."""
+        out = {}
+        if self.fit != "exact":
+            out["fit"] = self.fit
+        if self.fit_tolerance != text.fit.TOLERANCE:
+            out["fit_tolerance"] = self.fit_tolerance
+        return out
 
     @model_validator(mode="before")
     @classmethod

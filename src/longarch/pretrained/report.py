@@ -10,6 +10,10 @@ there; an average over fewer tasks than planned says how many it covers and neve
 an effective length. The effective length is shown twice: by the lower bounds of the intervals
 (every length up to it is above the bar) and by RULER's rule on the averages themselves (what
 RULER reports). Cells past a model's training length are marked with †.
+
+A study fitted with `fit: ruler` is reported as RULER reports: each task's score rounded to 2
+decimals (RULER's metrics round), and RULER's average, the mean of those rounded scores, beside
+the pooled one. A `fit: exact` study's numbers are not rounded before averaging.
 """
 
 from __future__ import annotations
@@ -71,6 +75,28 @@ class PretrainedData:
     def train_length(self, model: str) -> int | None:
         return next((m.get("train_length") for m in self.models if m["name"] == model), None)
 
+    @property
+    def ruler(self) -> bool:
+        """Whether the study was fitted with `fit: ruler` (then reported as RULER reports)."""
+        evaluation = self.config.get("eval")
+        return isinstance(evaluation, dict) and evaluation.get("fit") == "ruler"
+
+
+def ruler_score(accuracy: float) -> float:
+    """A task's score as RULER's metrics return it: x100, rounded to 2 decimals."""
+    return round(100 * accuracy, 2)
+
+
+def ruler_averages(data: PretrainedData, model: str) -> dict[int, float]:
+    """length -> RULER's average for `model`: the mean of its suite tasks' rounded scores
+    (`ruler_score`), where every suite task has a cell at that length."""
+    out = {}
+    for n in data.lengths:
+        cells = [data.cells.get((model, label, n, None)) for label in data.suite]
+        if data.suite and all(c is not None and c.n for c in cells):
+            out[n] = round(sum(ruler_score(c.accuracy) for c in cells) / len(cells), 2)
+    return out
+
 
 def load(out_dir: Path) -> PretrainedData:
     with for_reading(Path(out_dir) / "results.sqlite") as store:
@@ -116,11 +142,12 @@ def effective(data: PretrainedData, model: str) -> EffectiveLength:
                             level=data.level)
 
 
-def _interval(e: Estimate) -> str:
-    """x100 with its interval, as RULER writes scores."""
+def _interval(e: Estimate, ruler: bool = False) -> str:
+    """x100 with its interval; `ruler`: the score as RULER's metric rounds it, to 2 decimals."""
     if e.n == 0 or math.isnan(e.value):
         return MISSING
-    return f"{100 * e.value:.1f} [{100 * e.low:.1f}, {100 * e.high:.1f}]"
+    score = f"{ruler_score(e.value):.2f}" if ruler else f"{100 * e.value:.1f}"
+    return f"{score} [{100 * e.low:.1f}, {100 * e.high:.1f}]"
 
 
 def _tasks(n: int) -> str:
@@ -159,8 +186,13 @@ def build_summary(data: PretrainedData) -> dict:
             "tasks": {t: {str(n): round(100 * c.accuracy, 2) for (mm, tt, n, d), c in sorted(data.cells.items(),
                                                                                               key=lambda kv: kv[0][2])
                           if mm == name and tt == t and d is None} for t in data.suite}}
-    return {"name": data.name, "kind": "pretrained", "effective_length_bar_fraction": data.bar,
-            "interval_level_fraction": data.level, "suite": data.suite, "lengths": data.lengths, "models": models}
+        if data.ruler:
+            models[name]["ruler_average"] = {str(n): v for n, v in ruler_averages(data, name).items()}
+    summary = {"name": data.name, "kind": "pretrained", "effective_length_bar_fraction": data.bar,
+               "interval_level_fraction": data.level, "suite": data.suite, "lengths": data.lengths, "models": models}
+    if data.ruler:
+        summary["fit"] = "ruler"
+    return summary
 
 
 def _ablation_grid(data: PretrainedData, model: str, label: str) -> dict[tuple[int, float], float]:
@@ -237,6 +269,12 @@ def _suite_blocks(data: PretrainedData, figures: dict[str, str], summary: dict, 
         f"length whose average itself is above {100 * data.bar:g}, whether or not a shorter length falls below "
         "it. Both read complete averages only: a length where a task's cell is missing is not effective."))
     blocks.append(("figure", figures["average"], "Average score against context length"))
+    if data.ruler:
+        blocks += [("h3", "As RULER reports it"), ("p",
+            "This study's prompts were fitted with `fit: ruler` (RULER's own haystack sizes and shuffles). RULER "
+            "rounds each task's score to 2 decimals and averages those: the mean of the rounded task scores, at "
+            "the lengths where every task has a cell."),
+            ("table", ["model"] + [plots.format_length(n) for n in data.lengths], _ruler_rows(data))]
     if reference:
         blocks += _reference_averages(data, reference)
     blocks += [("h2", "Per task"), ("p", f"Each task's score x100 with its {level} Jeffreys interval over the "
@@ -249,11 +287,21 @@ def _suite_blocks(data: PretrainedData, figures: dict[str, str], summary: dict, 
             for n in data.lengths:
                 cell = data.cells.get((m["name"], label, n, None))
                 cells.append(MISSING if cell is None else
-                             _mark(data, m["name"], n, _interval(cell_estimate(cell, data.level))))
+                             _mark(data, m["name"], n, _interval(cell_estimate(cell, data.level), data.ruler)))
             rows.append([m["name"], *cells])
         blocks.append(("table", ["model"] + [plots.format_length(n) for n in data.lengths], rows))
     blocks.append(("figure", figures["tasks"], "Each task's score against context length, one panel per model"))
     return blocks
+
+
+def _ruler_rows(data: PretrainedData) -> list[list[str]]:
+    """Each model's RULER averages (2 decimals), one column per length."""
+    rows = []
+    for m in data.models:
+        found = ruler_averages(data, m["name"])
+        rows.append([m["name"], *(_mark(data, m["name"], n, f"{found[n]:.2f}") if n in found else MISSING
+                                  for n in data.lengths)])
+    return rows
 
 
 def _reference_averages(data: PretrainedData, reference: dict) -> list[Block]:
@@ -267,6 +315,8 @@ def _reference_averages(data: PretrainedData, reference: dict) -> list[Block]:
         points = averages(data, m["name"])
         for n in lengths:
             ours = 100 * points[n].accuracy.value if n in points else math.nan
+            if data.ruler:  # RULER's published averages are means of rounded task scores
+                ours = ruler_averages(data, m["name"]).get(n, math.nan)
             theirs = published[m["name"]].get(n)
             cells.append(f"{_fmt(ours)} / {MISSING if theirs is None else f'{theirs:g}'}")
         rows.append([m["name"], *cells])

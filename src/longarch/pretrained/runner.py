@@ -87,7 +87,8 @@ def plan(study: PretrainedStudy) -> tuple[list[TextCell], list[tuple[str, str]]]
                     cell_id = content_id({"model_id": mid, "task": task.name,
                                           "knobs": inputs.identity_knobs(task.knobs),
                                           "length": length, "depth": depth, "n": study.eval.samples,
-                                          "seed": study.eval.seed, "version": task.version})
+                                          "seed": study.eval.seed, "version": task.version,
+                                          **study.eval.fit_identity()})
                     cells.append(TextCell(entry, mid, label, task, length, depth, cell_id))
     return cells, skipped
 
@@ -107,6 +108,8 @@ class TextJob:
     chunk: int | None
     batch_tokens: int
     cache_dir: str | None
+    fit: str = "exact"                # eval.fit: exact | ruler
+    fit_tolerance: float = text.fit.TOLERANCE
 
 
 @dataclass
@@ -163,7 +166,8 @@ def text_job(job: TextJob) -> TextResult:
     info = model_info(loaded, cell.model, job.dtype)
     chat = job.template == "chat"  # the template's own tokens count towards the length too
     samples = text.generate(cell.task.name, cell.task, loaded.tokenizer, cell.length, n=job.samples, seed=job.seed,
-                            cache_dir=job.cache_dir, counting=job.template,
+                            cache_dir=job.cache_dir, counting=job.template, fit_mode=job.fit,
+                            fit_tolerance=job.fit_tolerance,
                             prompt_tokens=(lambda body, prefix: len(loaded.prompt(body, "chat", prefix))) if chat else None)
     prompts = [loaded.prompt(s.body, job.template, s.answer_prefix) for s in samples]
     budget = max(s.max_new_tokens for s in samples)
@@ -248,7 +252,7 @@ class Pretrained:
         return text_job, TextJob(item, study.eval.dtype, study.eval.device, study.trust_remote_code,
                                  item.model.template or study.eval.template, study.eval.samples,
                                  eval_seed(study.eval.seed, item.length, item.depth), study.eval.chunk,
-                                 study.eval.batch_tokens, self.cache_dir)
+                                 study.eval.batch_tokens, self.cache_dir, study.eval.fit, study.eval.fit_tolerance)
 
     def commit(self, store: Store, cell: Cell, result: TextResult, runtime: Runtime):
         item = cell.item

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .fit import FitError, TextSample, generate
+from .fit import FITS, FitError, TextSample, fit_samples, generate
 from .fit import fit as fit_sample  # the package attribute `fit` stays the module
 from .qa import QA, TaskSkipped
 from .ruler import CONFIGS
@@ -51,7 +51,7 @@ TEXT_TASKS = {name: _named(name, base, defaults) for name, (base, defaults) in C
 # each class is an attribute of this module under its own name, so a task pickles (jobs go to workers)
 globals().update({cls.__name__: cls for cls in TEXT_TASKS.values()})
 
-__all__ = ["TEXT_TASKS", "names", "make", "fit_sample", "generate", "score", "string_match_all",
+__all__ = ["TEXT_TASKS", "names", "make", "fit_sample", "fit_samples", "FITS", "generate", "score", "string_match_all",
            "string_match_part", "postprocess", "load_templates", "TextSample", "FitError", "TaskSkipped"]
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from ..base import TextTask
 
-from .haystack import distinct_words
+from .fit import RulerSteps
+from .haystack import distinct_words, fixed_shuffle
 from .templates import render
 
 CWE_TEMPLATE = (
@@ -62,22 +63,34 @@ class CommonWords(TextTask):
             return render(CWE_TEMPLATE, CWE_PREFIX, context=context, num_cw=self.num_cw, query="")
         return render(self.template, self.answer_prefix or "", context=context, num_cw=self.num_cw, query="")
 
-    def _list(self, rng: random.Random, num_words: int, cw: int, ucw: int) -> tuple[str, list[str]]:
+    def _list(self, rng: random.Random, num_words: int, cw: int, ucw: int, ruler: bool = False
+              ) -> tuple[str, list[str]]:
         chosen = distinct_words(rng, num_words)
         common, uncommon = chosen[:self.num_cw], chosen[self.num_cw:]
         items = common * cw + uncommon * ucw
-        rng.shuffle(items)
+        if ruler:
+            items = fixed_shuffle(items)
+        else:
+            rng.shuffle(items)
         return numbered(items), common
 
-    def build(self, n: int, seed: int, length: int, count_tokens=None) -> tuple[str, list[str], dict]:
+    def ruler_steps(self, length: int, seed: int = 0) -> RulerSteps:
+        """RULER's common_words_extraction.py: words (common ones included) 10 a step, tokens per
+        word estimated on 4096 of them, the search bounded by int(length // that) * 2."""
+        return RulerSteps(10, offset=self.num_cw, probe=4096, bound="floor x2")
+
+    def build(self, n: int, seed: int, length: int, count_tokens=None, ruler: bool = False
+              ) -> tuple[str, list[str], dict]:
+        """`ruler`: each list in RULER's fixed-seed order (`fixed_shuffle`: one permutation per list
+        size) instead of one drawn per sample."""
         short = length < 4096
         rng = random.Random(seed)
         shots = []
         for _ in range(self.num_fewshot):
-            context, answer = self._list(rng, 20 if short else 40, 3 if short else 10, 1 if short else 3)
+            context, answer = self._list(rng, 20 if short else 40, 3 if short else 10, 1 if short else 3, ruler)
             shots.append(self._prompt(context) + " " + numbered(answer))
         context, answer = self._list(random.Random(f"{seed}-list"), self.num_cw + n,
-                                     6 if short else self.freq_cw, 1 if short else self.freq_ucw)
+                                     6 if short else self.freq_cw, 1 if short else self.freq_ucw, ruler)
         prompt = self._prompt(context).after("".join(shot + "\n" for shot in shots))
         return prompt, answer, {"haystack_units": n, "uncommon_words": n}
 
@@ -100,19 +113,35 @@ class FrequentWords(TextTask):
         if self.vocab_size is not None and self.vocab_size < 5:
             raise ValueError("fwe vocab_size must be at least 5 (noise, three answers and one more)")
 
-    def build(self, n: int, seed: int, length: int, count_tokens=None) -> tuple[str, list[str], dict]:
+    def ruler_steps(self, length: int, seed: int = 0) -> RulerSteps:
+        """RULER's freq_words_extraction.py: no search but a walk, from (length - budget) //
+        coded_wordlen words up by (length - budget) // 32 (here at least 1) while the prompt is
+        under length - budget, one step back; each sample then steps down while over it."""
+        limit = length - self.max_new_tokens
+        return RulerSteps(max(1, limit // 32), grow=True, start=max(1, limit // self.coded_wordlen))
+
+    def build(self, n: int, seed: int, length: int, count_tokens=None, ruler: bool = False
+              ) -> tuple[str, list[str], dict]:
+        """`ruler`: the vocabulary's ranks and the stream in RULER's fixed-seed order
+        (`fixed_shuffle`: one permutation per size) instead of ones drawn per sample."""
         rng = random.Random(seed)
         size = self.vocab_size or max(5, (length - self.max_new_tokens) // 50)
         vocab: set[str] = set()
         while len(vocab) < size:
             vocab.add("".join(rng.choices(string.ascii_lowercase, k=self.coded_wordlen)))
         words = sorted(vocab)
-        rng.shuffle(words)
+        if ruler:
+            words = fixed_shuffle(words)
+        else:
+            rng.shuffle(words)
         words[0] = FWE_NOISE
         total = zeta(self.alpha)
         counts = [int(n * k ** -self.alpha / total) for k in range(1, len(words) + 1)]
         stream = [w for w, c in zip(words, counts) for _ in range(c)]
-        random.Random(f"{seed}-stream").shuffle(stream)
+        if ruler:
+            stream = fixed_shuffle(stream)
+        else:
+            random.Random(f"{seed}-stream").shuffle(stream)
         template, prefix = (FWE_TEMPLATE, FWE_PREFIX) if self.template is None else \
             (self.template, self.answer_prefix or "")
         prompt = render(template, prefix, context=" ".join(stream), query="")

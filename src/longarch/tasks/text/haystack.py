@@ -20,6 +20,7 @@ NOISE = "The river runs to the sea. The hills stand still. The day goes on. Noth
 # RULER's needle depths: 40 evenly spaced percents in [0, 100], rounded to whole numbers.
 DEPTHS = [round(i * 100 / 39) for i in range(40)]
 SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+RULER_SEED = 42  # RULER's default --random_seed, with which its prepare scripts reseed every shuffle
 
 
 def _wonderwords(name: str) -> list[str]:
@@ -89,6 +90,16 @@ def essay_sentences(corpus: str | None, n_words: int) -> list[str]:
     if start < len(words):
         sentences.append(" ".join(words[start:]))
     return sentences
+
+
+def fixed_shuffle(items: list) -> list:
+    """`items` shuffled as RULER shuffles needles, cwe lists, fwe streams and QA documents (`fit:
+    ruler`): with a fresh generator seeded RULER_SEED each time, so the permutation depends on
+    len(items) alone, the same for every sample of that size. (Python's shuffle with RULER's seed:
+    the very permutation RULER's scripts apply.)"""
+    out = list(items)
+    random.Random(RULER_SEED).shuffle(out)
+    return out
 
 
 def place(units: list[str], inserts: list[str], positions: list[int]) -> list[str]:

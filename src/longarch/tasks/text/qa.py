@@ -9,7 +9,9 @@ document is its paragraph and its first distractors are the other paragraphs of 
 a HotpotQA question's golden documents are all ten paragraphs of its own context (the two
 supporting ones and its eight distractors); further distractors are drawn from the whole file,
 and when more documents are wanted than the file holds, the whole list repeats. The documents are
-shuffled, so the golden ones move as the count changes. Sample seed s asks question s mod the
+shuffled, so the golden ones move as the count changes: by default with a permutation drawn per
+sample; with `fit: ruler` with RULER's fixed seed, so that (the golden documents coming first
+before the shuffle) their positions depend on the number of documents alone. Sample seed s asks question s mod the
 number of answerable questions, so the seeds 0, 1, 2... of `generate` walk the file in order,
 as RULER's sample indices do.
 """
@@ -24,6 +26,8 @@ from pathlib import Path
 
 from ..base import TextTask
 
+from .fit import RulerSteps
+from .haystack import fixed_shuffle
 from .templates import render
 
 QA_TEMPLATE = (  # this project's wording (RULER's structure: instruction, documents, instruction again, question)
@@ -110,10 +114,16 @@ class QA(TextTask):
 
     takes_partial = True  # documents are coarse units (a paragraph is 100-300 tokens)
 
-    def build(self, n: int, seed: int, length: int, count_tokens=None, partial: int = 0
+    def ruler_steps(self, length: int, seed: int = 0) -> RulerSteps:
+        """RULER's qa.py: documents (the golden ones included) 10 a step."""
+        docs, questions = _load(self.dataset, str(self.path))
+        return RulerSteps(10, offset=len(questions[seed % len(questions)].golden))
+
+    def build(self, n: int, seed: int, length: int, count_tokens=None, partial: int = 0, ruler: bool = False
               ) -> tuple[str, list[str], dict]:
         """`partial` > 0: one more distractor, cut to its first `partial` words (never a golden
-        document); `fit` uses it only where whole documents land under 95% of the length."""
+        document); `fit` uses it only where whole documents land under 95% of the length.
+        `ruler`: RULER's fixed-seed shuffle, so the golden positions depend on the count alone."""
         docs, questions = _load(self.dataset, str(self.path))
         q = questions[seed % len(questions)]
         chosen = choose_documents(len(docs), q, n + (partial > 0), random.Random(f"{seed}-docs"))
@@ -123,7 +133,10 @@ class QA(TextTask):
             if distractors:
                 cut = distractors[-1]  # the one distractor added for the partial unit
         order = list(range(len(chosen)))
-        random.Random(f"{seed}-order").shuffle(order)
+        if ruler:
+            order = fixed_shuffle(order)
+        else:
+            random.Random(f"{seed}-order").shuffle(order)
         chosen = [chosen[k] for k in order]
         cut = None if cut is None else order.index(cut)
         parts = [docs[i] if k != cut else " ".join(docs[i].split()[:partial]) for k, i in enumerate(chosen)]

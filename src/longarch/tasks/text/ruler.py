@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from ..base import TextTask
 
 from .aggregation import CommonWords, FrequentWords
-from .fit import largest_fitting
-from .haystack import DEPTHS, NOISE, at_depth, essay_sentences, needle_value, place
+from .fit import RulerSteps, largest_fitting
+from .haystack import DEPTHS, NOISE, at_depth, essay_sentences, fixed_shuffle, needle_value, place
 from .templates import render
 
 __all__ = ["NIAH", "VariableTracking", "CommonWords", "FrequentWords", "CONFIGS"]
@@ -47,6 +47,31 @@ VT_PREFIX = (" Answer: Following the assignments in the text above, {num_v} vari
              "are assigned the value {query}, they are: ")
 
 
+def distinct_slots(rng: random.Random, units: int, count: int) -> list[int]:
+    """`count` unit indices, each the unit a statement goes just before: distinct indices of
+    range(units) drawn without replacement, as RULER samples them, so every statement is followed
+    by a unit of its own and no two statements touch. A haystack of fewer units than statements
+    (only tiny ones: a fitted vt prompt at 1K has about 15 noise units for 5 statements) cannot
+    separate them all: the indices are then drawn with replacement from range(units + 1), and
+    statements sharing an index stand next to each other."""
+    if count <= units:
+        return rng.sample(range(units), count)
+    return [rng.randrange(units + 1) for _ in range(count)]
+
+
+def separated(positions: list[int], units: int) -> list[int]:
+    """Sorted insert positions made distinct where the haystack has room (at most `units`, the
+    end): each moved forward past its predecessor, then back from the end when that ran over, so
+    that a unit separates every two inserts. With fewer than count - 1 units some stay adjacent."""
+    out = sorted(positions)
+    for i in range(1, len(out)):
+        out[i] = max(out[i], out[i - 1] + 1)
+    for i in range(len(out) - 1, -1, -1):
+        ceiling = units if i == len(out) - 1 else out[i + 1] - 1
+        out[i] = max(0, min(out[i], ceiling))
+    return out
+
+
 def ruler_singular(text: str) -> str:
     """RULER's rewrite of a user-given NIAH template (and prefix) when one value is asked for:
     plain substring replacements, kept as RULER has them so its exact prompts come out."""
@@ -61,7 +86,13 @@ class NIAH(TextTask):
 
     Depths as in RULER: in an essay haystack each needle goes between sentences at a depth drawn
     without replacement from `DEPTHS`; in a noise or needle haystack at a uniformly random unit.
-    `depth` (percent) puts every needle at that depth instead: the depth ablation."""
+    `depth` (percent) puts every needle at that depth instead: the depth ablation.
+
+    With `ruler=True` (`fit: ruler`) the needles are ordered as RULER orders them: made key by
+    key, shuffled with RULER's fixed seed (`fixed_shuffle`: one order for every sample), then laid
+    at the sorted positions (in a noise or needle haystack, distinct random units, last needle
+    first, as RULER's inserts from the back leave them). Otherwise each needle keeps its own depth,
+    so their order varies per sample."""
     type_haystack: str = "essay"      # noise | essay | needle
     type_needle_k: str = "words"      # words | numbers | uuids
     type_needle_v: str = "numbers"    # words | numbers | uuids
@@ -104,10 +135,33 @@ class NIAH(TextTask):
         coarse (a uuid needle is ~60 tokens); sentences of noise or essay are fine-grained."""
         return self.type_haystack == "needle"
 
-    def build(self, n: int, seed: int, length: int, count_tokens=None, partial: int = 0
+    def _ruler_order(self, needles: list[str], depths: list[float], n: int, seed: int
+                     ) -> tuple[list[str], list[float], list[int] | None]:
+        """The needles in RULER's order, their depths ascending, and (noise or needle haystack) the
+        units they go before (see the class). Those units come from their own stream, so the rest
+        of the sample stays the same whatever n is."""
+        shuffled = fixed_shuffle(needles)
+        if self.depth is not None:
+            return shuffled, depths, None
+        if self.type_haystack == "essay":
+            return shuffled, sorted(depths), None
+        prng = random.Random(f"{seed}-positions")
+        units = sorted(prng.sample(range(n), len(needles)) if len(needles) <= n else
+                       [prng.randrange(n + 1) for _ in needles])
+        return shuffled[::-1], [100 * u / n if n else 0.0 for u in units], units
+
+    def ruler_steps(self, length: int, seed: int = 0) -> RulerSteps:
+        """RULER's niah.py: 500 essay words a step; 25 noise sentences or distractor needles, 5
+        below 4096 tokens."""
+        if self.type_haystack == "essay":
+            return RulerSteps(500)
+        return RulerSteps(5 if length < 4096 else 25)
+
+    def build(self, n: int, seed: int, length: int, count_tokens=None, partial: int = 0, ruler: bool = False
               ) -> tuple[str, list[str], dict]:
         """`partial` > 0 (needle haystack only): one more distractor needle, cut to its first
-        `partial` words; `fit` uses it only where whole needles land under 95% of the length."""
+        `partial` words; `fit` uses it only where whole needles land under 95% of the length.
+        `ruler`: RULER's needle order (see the class)."""
         if partial and self.type_haystack != "needle":
             raise ValueError("a partial haystack unit is for the needle haystack only")
         rng = random.Random(seed)
@@ -127,6 +181,9 @@ class NIAH(TextTask):
         if self.depth is not None:  # drawn above all the same, so a fixed depth changes nothing else
             depths = [float(self.depth)] * len(needles)
         queried = rng.sample(range(len(keys)), self.num_needle_q)
+        units_at = None
+        if ruler:
+            needles, depths, units_at = self._ruler_order(needles, depths, n, seed)
         if self.type_haystack == "essay":
             sentences = essay_sentences(self.corpus, n)
             positions = [at_depth(len(sentences), d) for d in depths]
@@ -144,7 +201,8 @@ class NIAH(TextTask):
                         units.append(NEEDLE.format(type_needle_v=self.type_needle_v, key=key, value=value))
                 if partial:  # its key is not a queried one, so the cut needle can never be an answer
                     units[-1] = " ".join(units[-1].split()[:partial])
-            context = "\n".join(place(units, needles, [at_depth(len(units), d) for d in depths]))
+            positions = units_at or [at_depth(len(units), d) for d in depths]
+            context = "\n".join(place(units, needles, positions))
         qkeys = [keys[i] for i in queried]
         query = qkeys[0] if len(qkeys) == 1 else ", ".join(qkeys[:-1]) + ", and " + qkeys[-1]
         answers = [x for i in queried for x in values[i]]
@@ -158,7 +216,14 @@ class VariableTracking(TextTask):
 
     As in RULER, the prompt opens with a one-shot example of the whole task (3-letter variables,
     min(num_hops, 10) hops, its own haystack grown to at most `example_tokens` tokens, followed by its
-    answer), and the example counts toward the target length at every length."""
+    answer), and the example counts toward the target length at every length.
+
+    Placement (version 2): as RULER samples distinct noise units, every statement goes just before a
+    noise unit of its own, so at least one noise sentence separates any two statements (version 1
+    drew a depth per statement and could put two hops side by side). In an essay haystack the
+    statements go at sorted RULER depths, moved apart where two depths fall on one sentence. Only a
+    haystack with fewer units than statements leaves some adjacent (`distinct_slots`)."""
+    version = 2                       # 2: hops never adjacent (issue 23)
     num_chains: int = 1
     num_hops: int = 4
     type_haystack: str = "noise"      # noise | essay
@@ -186,11 +251,12 @@ class VariableTracking(TextTask):
         values = [str(rng.randrange(10000, 99999)) for _ in chains]
         statements = [[f"VAR {chain[0]} = {value}"] + [f"VAR {b} = VAR {a}" for a, b in zip(chain, chain[1:])]
                       for chain, value in zip(chains, values)]
-        if self.type_haystack == "noise":  # per chain, sorted random units (RULER samples unit indices)
-            depths = [d for _ in chains for d in sorted(100 * rng.random() for _ in range(per))]
+        if self.type_haystack == "noise":  # each statement just before its own noise unit, as RULER
             units, joiner = [NOISE] * n, "\n"
             inserts = [s for chain in statements for s in chain]
-            positions = [at_depth(n, d) for d in depths]
+            slots = distinct_slots(rng, n, len(inserts))
+            positions = [p for c in range(len(chains)) for p in sorted(slots[c * per:(c + 1) * per])]
+            depths = [100 * p / n if n else 0.0 for p in positions]
         else:  # between sentences at sorted RULER depths, chains interleaved at random in their own order
             units, joiner = essay_sentences(self.corpus, n), " "
             order = [c for c, chain in enumerate(statements) for _ in chain]
@@ -203,11 +269,12 @@ class VariableTracking(TextTask):
             count = len(inserts)
             depths = sorted(rng.sample(DEPTHS, count) if count <= len(DEPTHS) else
                             [rng.choice(DEPTHS) for _ in inserts])
-            positions = [at_depth(len(units), d) for d in depths]
+            positions = separated([at_depth(len(units), d) for d in depths], len(units))
         context = joiner.join(place(units, inserts, positions))
         prompt = render(self.template or VT_TEMPLATE, VT_PREFIX if self.template is None else self.answer_prefix or "",
                         context=context, query=values[0], num_v=per)
-        return prompt, chains[0], {"haystack_units": n, "value": values[0], "depths": depths}
+        return prompt, chains[0], {"haystack_units": n, "value": values[0], "depths": depths,
+                                   "positions": positions}
 
     def example(self, seed: int, count_tokens) -> str:
         """The one-shot example: its prompt over the largest haystack within `example_tokens`, then
@@ -221,7 +288,16 @@ class VariableTracking(TextTask):
             raise ValueError(f"vt: the one-shot example does not fit in example_tokens={self.example_tokens}")
         return found.payload + "\n\n"
 
-    def build(self, n: int, seed: int, length: int, count_tokens=None) -> tuple[str, list[str], dict]:
+    def ruler_steps(self, length: int, seed: int = 0) -> RulerSteps:
+        """RULER's variable_tracking.py: 500 essay words a step; 10 noise sentences, 5 below 4096."""
+        if self.type_haystack == "essay":
+            return RulerSteps(500)
+        return RulerSteps(5 if length < 4096 else 10)
+
+    def build(self, n: int, seed: int, length: int, count_tokens=None, ruler: bool = False
+              ) -> tuple[str, list[str], dict]:
+        """`ruler` changes nothing here: RULER's vt has no fixed-seed shuffle, and its hops are
+        placed as `_sample` places them in both modes."""
         if count_tokens is None:
             raise ValueError("vt needs count_tokens (the tokenizer's count) to size its one-shot example")
         prompt, answers, meta = self._sample(n, random.Random(seed), 5, self.num_hops)
