@@ -96,6 +96,10 @@ def parse_knobs(pairs: list[str], flag: str = "--knob") -> dict:
     return knobs
 
 
+ModelArgs = Annotated[Optional[str], typer.Option(help="pretrained studies: lm-eval's --model_args for every model, KEY=VALUE,... (revision, attn_implementation, dtype, rope_scaling={...} and other config keys); see README")]
+GenArgs = Annotated[Optional[str], typer.Option(help="pretrained studies: generation arguments for every model, KEY=VALUE,... (max_new_tokens or max_gen_toks, until)")]
+SystemPrompt = Annotated[Optional[str], typer.Option(help="pretrained studies: a system prompt (the chat template's system message; before the prompt under the base template)")]
+LogPrompts = Annotated[bool, typer.Option("--log-prompts", help="pretrained studies: keep each prompt's whole text in the prediction files (its SHA-256 and token count are always kept)")]
 REPORT_FILES = {"report.md", "report.html", "summary.json", "figures"}  # what `longarch report` writes
 StudyArg = Annotated[str, typer.Argument(help="a preset name (quick, smoke) or a study YAML file")]
 
@@ -114,7 +118,9 @@ def run(study: StudyArg = "quick",
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="pretrained studies: let checkpoints that ship code run it")] = False,
         scale: Annotated[Optional[int], typer.Option(help="controlled studies: k times the seeds and the evaluation samples, for bigger machines [default: the YAML's scale, else 1]", min=1)] = None,
         force: Annotated[bool, typer.Option("--force", help="write into an --out that holds files longarch did not write (they are left as they are)")] = False,
-        plugin: Annotated[Optional[list[Path]], typer.Option(help="controlled studies: a Python file (or module) of mixers and architectures to import; recorded in the study; repeatable")] = None):
+        plugin: Annotated[Optional[list[Path]], typer.Option(help="controlled studies: a Python file (or module) of mixers and architectures to import; recorded in the study; repeatable")] = None,
+        model_args: ModelArgs = None, gen_args: GenArgs = None, system_prompt: SystemPrompt = None,
+        log_prompts: LogPrompts = False):
     """Train and evaluate a study, or evaluate a pretrained one; rerunning it continues where it stopped."""
     from .kinds import kind_of
 
@@ -122,8 +128,16 @@ def run(study: StudyArg = "quick",
         raise ValueError(f"--backend must be local or ray, not {backend!r}")
     if address is not None and backend != "ray":
         raise ValueError("--address is for --backend ray")
-    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale, plugin)
+    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale, plugin,
+                   _pretrained_options(model_args, gen_args, system_prompt, log_prompts))
     _run(kind_of(loaded)(loaded), out or Path("runs") / loaded.name, backend, workers, address, retries, force)
+
+
+def _pretrained_options(model_args: str | None, gen_args: str | None, system_prompt: str | None,
+                        log_prompts: bool) -> dict:
+    """run's and plan's options for pretrained studies (None: not given)."""
+    return {"model_args": model_args, "gen_args": gen_args, "system_prompt": system_prompt,
+            "log_prompts": log_prompts or None}
 
 
 def _run(kind, target: Path, backend: str, workers: int | None, address: str | None, retries: int,
@@ -205,13 +219,14 @@ def stopped_by_signals():
 
 
 def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | None, trust_remote_code: bool,
-          scale: int | None = None, plugin: list[Path] | None = None):
+          scale: int | None = None, plugin: list[Path] | None = None, pretrained: dict | None = None):
     """The study of `run` and `plan`, of any kind; an option its kind does not take is refused."""
     from .kinds import load_study
 
     return load_study(study, corpus=None if corpus is None else str(corpus), scale=scale,
                       squad=None if squad is None else str(squad), hotpotqa=None if hotpotqa is None else str(hotpotqa),
-                      trust_remote_code=trust_remote_code or None, plugin=[str(p) for p in plugin] if plugin else None)
+                      trust_remote_code=trust_remote_code or None, plugin=[str(p) for p in plugin] if plugin else None,
+                      **(pretrained or {}))
 
 
 def _report_out(out: Path, what: str) -> None:
@@ -237,7 +252,7 @@ def _csv(text: str, what: str) -> list[str]:
 @app.command("eval")
 @clean_errors
 def eval_command(
-        model: Annotated[list[str], typer.Option(help="hf:<path or hub id> or mamba_ssm:<path or hub id>; repeatable")],
+        model: Annotated[Optional[list[str]], typer.Option(help="hf:<path or hub id> or mamba_ssm:<path or hub id>; repeatable (or lm-eval's --model-args pretrained=...)")] = None,
         tasks: Annotated[str, typer.Option(help="comma-separated text tasks; 'ruler' is RULER's 13 (see `longarch tasks --text`)")] = "ruler",
         lengths: Annotated[str, typer.Option(help="comma-separated lengths in tokens, e.g. 1K,2K,4K or 1024,2048")] = "1K,2K,4K,8K,16K",
         samples: Annotated[int, typer.Option(help="samples per task and length", min=1)] = 250,
@@ -258,12 +273,17 @@ def eval_command(
         threshold: Annotated[Optional[str], typer.Option(hidden=True, help="renamed --effective-length-bar")] = None,
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="let transformers run code shipped with a checkpoint")] = False,
         retries: Annotated[int, typer.Option(help="times a failing cell is retried", min=0)] = 2,
-        force: Annotated[bool, typer.Option("--force", help="write into an --out that holds files longarch did not write (they are left as they are)")] = False):
+        force: Annotated[bool, typer.Option("--force", help="write into an --out that holds files longarch did not write (they are left as they are)")] = False,
+        model_args: ModelArgs = None, gen_args: GenArgs = None, system_prompt: SystemPrompt = None,
+        log_prompts: LogPrompts = False):
     """Evaluate pretrained checkpoints on RULER-style text tasks; rerunning continues where it stopped."""
     from .bench import parse_lengths
     from .kinds import checkpoints_kind, kinds
+    from .pretrained import args as arguments
     from .study.load import validate
     from .study.schema import plain_name
+
+    model, model_args = _pretrained_model(list(model or []), model_args)
 
     try:
         plain_name(name)
@@ -289,9 +309,27 @@ def eval_command(
                      "dtype": dtype, "device": device, "chunk": chunk, "batch_tokens": batch_tokens},
             "analysis": {"effective_length_bar_fraction": effective_length_bar},
             "corpus": None if corpus is None else str(corpus), "squad": None if squad is None else str(squad),
-            "hotpotqa": None if hotpotqa is None else str(hotpotqa), "trust_remote_code": trust_remote_code}
+            "hotpotqa": None if hotpotqa is None else str(hotpotqa), "trust_remote_code": trust_remote_code,
+            "system_prompt": system_prompt, "log_prompts": log_prompts}
+    data = arguments.onto_models(data, model_args, gen_args)
     study = kind.complete(validate(data, kinds(), "longarch eval"), "longarch eval")
     _run(kind(study), out or Path("runs") / name, "local", None, None, retries, force)
+
+
+def _pretrained_model(models: list[str], model_args: str | None) -> tuple[list[str], str | None]:
+    """lm-eval's `--model_args pretrained=NAME,...` as `--model hf:NAME` and the rest of the
+    arguments; without either, the one line that asks for a model."""
+    from .pretrained import args as arguments
+
+    pairs = arguments.split_pairs(model_args, "--model-args") if model_args is not None else []
+    named = [value for key, value in pairs if key == "pretrained"]
+    if named:
+        models = models + [f"hf:{arguments.parse_value(named[-1], '--model-args pretrained')}"]
+        model_args = ",".join(f"{key}={value}" for key, value in pairs if key != "pretrained")
+    if not models:
+        raise ValueError("give a model: --model hf:<path or hub id> (repeatable), or --model-args pretrained=<path or "
+                         "hub id>,...")
+    return models, model_args
 
 
 def _duration(seconds: float | None) -> str:
@@ -341,13 +379,15 @@ def plan_command(study: StudyArg = "quick",
                  trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="as for run")] = False,
                  scale: Annotated[Optional[int], typer.Option(help="as for run", min=1)] = None,
                  plugin: Annotated[Optional[list[Path]], typer.Option(help="as for run")] = None,
+                 model_args: ModelArgs = None, gen_args: GenArgs = None, system_prompt: SystemPrompt = None,
                  as_json: JsonFlag = False):
     """Print a study's grid: what is stored, what remains, and what the rest will cost."""
     from .kinds import kind_of
     from .study.directory import DirectoryRefused, claim
     from .study.grid import grid_state
 
-    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale, plugin)
+    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale, plugin,
+                   _pretrained_options(model_args, gen_args, system_prompt, False))
     target = out or Path("runs") / loaded.name
     _check_out(target)  # before the store in it is read
     kind = kind_of(loaded)(loaded)
