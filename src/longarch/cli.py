@@ -526,11 +526,15 @@ def report(directory: Annotated[Path, typer.Argument(help="a study's output dire
 @app.command("export")
 @clean_errors
 def export_command(directory: Annotated[Path, typer.Argument(help="a study's output directory")],
-                   format: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet (parquet needs pyarrow)")] = "csv",
-                   out: Annotated[Optional[str], typer.Option(help="the file to write, '-' for standard output (csv, jsonl) [default: DIR/export.<format>]")] = None):
+                   format: Annotated[Optional[str], typer.Option("--format", help="csv, jsonl or parquet (parquet needs pyarrow) [default: csv]")] = None,
+                   out: Annotated[Optional[str], typer.Option(help="the file to write, '-' for standard output (csv, jsonl) [default: DIR/export.<format>]; with --lm-eval a folder [default: DIR/lm-eval]")] = None,
+                   lm_eval: Annotated[bool, typer.Option("--lm-eval", help="pretrained studies: write lm-evaluation-harness's results JSON instead, one <out>/<model>/results.json per model")] = False):
     """Write a study's results as one table, one row per evaluated sample (columns: see README)."""
     from .export import check_format, destination, export
 
+    if lm_eval:
+        return _export_lm_eval(directory, format, out)
+    format = format or "csv"
     check_format(format, out)
     if not (directory / "results.sqlite").is_file():
         fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
@@ -545,6 +549,23 @@ def export_command(directory: Annotated[Path, typer.Argument(help="a study's out
     if dest is not None:  # on standard output the table is all there is
         console.print(f"exported {count:,} rows (one per sample) to {dest}", markup=False, highlight=False,
                       soft_wrap=True)
+
+
+def _export_lm_eval(directory: Path, format: str | None, out: str | None) -> None:
+    """`export --lm-eval`: lm-eval's results JSON, one file per model (pretrained/lm_eval.py)."""
+    from .pretrained import lm_eval
+
+    if format is not None:
+        raise ValueError("--format is for the per-sample table; --lm-eval writes lm-eval's results JSON")
+    if out == "-":
+        raise ValueError("--lm-eval writes a folder (one results.json per model); give --out DIR")
+    if not (directory / "results.sqlite").is_file():
+        fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
+    paths = lm_eval.write(directory, None if out is None else Path(out))
+    if not paths:
+        raise ValueError(f"{directory} holds no stored cells yet; nothing to export")
+    for path in paths:
+        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _silence_stdout() -> None:
