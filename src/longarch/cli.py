@@ -279,11 +279,11 @@ def eval_command(
     """Evaluate pretrained checkpoints on RULER-style text tasks; rerunning continues where it stopped."""
     from .bench import parse_lengths
     from .kinds import checkpoints_kind, kinds
-    from .pretrained import args as arguments
     from .study.load import validate
     from .study.schema import plain_name
 
-    model, model_args = _pretrained_model(list(model or []), model_args)
+    kind = checkpoints_kind()
+    model, model_args = kind.named_models(list(model or []), model_args)
 
     try:
         plain_name(name)
@@ -292,6 +292,24 @@ def eval_command(
     if tokenizer is not None and not any(m.startswith("mamba_ssm:") for m in model):
         raise ValueError(f"--tokenizer {tokenizer} is for mamba_ssm: checkpoints, and every --model here is hf: "
                          "(an hf: model uses its own tokenizer)")
+    _check_bar(effective_length_bar, threshold)
+    data = {"kind": kind.kind, "name": name,
+            "models": [{"model": m, "train_length": train_length,
+                        "tokenizer": tokenizer if m.startswith("mamba_ssm:") else None} for m in model],
+            "tasks": _csv(tasks, "--tasks"),
+            "eval": {"lengths": parse_lengths(lengths), "samples": samples, "seed": seed, "template": template,
+                     "dtype": dtype, "device": device, "chunk": chunk, "batch_tokens": batch_tokens},
+            "analysis": {"effective_length_bar_fraction": effective_length_bar}, "system_prompt": system_prompt,
+            "corpus": None if corpus is None else str(corpus), "squad": None if squad is None else str(squad),
+            "hotpotqa": None if hotpotqa is None else str(hotpotqa), "trust_remote_code": trust_remote_code,
+            "log_prompts": log_prompts}
+    study = kind.complete(validate(kind.onto_models(data, model_args, gen_args), kinds(), "longarch eval"),
+                          "longarch eval")
+    _run(kind(study), out or Path("runs") / name, "local", None, None, retries, force)
+
+
+def _check_bar(effective_length_bar: float, threshold: str | None) -> None:
+    """eval's --effective-length-bar: a fraction; the renamed --threshold refused with its new name."""
     if threshold is not None:
         raise ValueError(f"--threshold was renamed: use --effective-length-bar, a fraction "
                          f"(85.6 -> 0.856), not {threshold}")
@@ -300,36 +318,6 @@ def eval_command(
             if 1 < effective_length_bar <= 100 else ""
         raise ValueError(f"--effective-length-bar is an accuracy as a fraction in [0, 1], not "
                          f"{effective_length_bar:g}{hint}")
-    kind = checkpoints_kind()
-    data = {"kind": kind.kind, "name": name,
-            "models": [{"model": m, "train_length": train_length,
-                        "tokenizer": tokenizer if m.startswith("mamba_ssm:") else None} for m in model],
-            "tasks": _csv(tasks, "--tasks"),
-            "eval": {"lengths": parse_lengths(lengths), "samples": samples, "seed": seed, "template": template,
-                     "dtype": dtype, "device": device, "chunk": chunk, "batch_tokens": batch_tokens},
-            "analysis": {"effective_length_bar_fraction": effective_length_bar},
-            "corpus": None if corpus is None else str(corpus), "squad": None if squad is None else str(squad),
-            "hotpotqa": None if hotpotqa is None else str(hotpotqa), "trust_remote_code": trust_remote_code,
-            "system_prompt": system_prompt, "log_prompts": log_prompts}
-    data = arguments.onto_models(data, model_args, gen_args)
-    study = kind.complete(validate(data, kinds(), "longarch eval"), "longarch eval")
-    _run(kind(study), out or Path("runs") / name, "local", None, None, retries, force)
-
-
-def _pretrained_model(models: list[str], model_args: str | None) -> tuple[list[str], str | None]:
-    """lm-eval's `--model_args pretrained=NAME,...` as `--model hf:NAME` and the rest of the
-    arguments; without either, the one line that asks for a model."""
-    from .pretrained import args as arguments
-
-    pairs = arguments.split_pairs(model_args, "--model-args") if model_args is not None else []
-    named = [value for key, value in pairs if key == "pretrained"]
-    if named:
-        models = models + [f"hf:{arguments.parse_value(named[-1], '--model-args pretrained')}"]
-        model_args = ",".join(f"{key}={value}" for key, value in pairs if key != "pretrained")
-    if not models:
-        raise ValueError("give a model: --model hf:<path or hub id> (repeatable), or --model-args pretrained=<path or "
-                         "hub id>,...")
-    return models, model_args
 
 
 def _duration(seconds: float | None) -> str:
@@ -553,7 +541,7 @@ def export_command(directory: Annotated[Path, typer.Argument(help="a study's out
 
 def _export_lm_eval(directory: Path, format: str | None, out: str | None) -> None:
     """`export --lm-eval`: lm-eval's results JSON, one file per model (pretrained/lm_eval.py)."""
-    from .pretrained import lm_eval
+    from .kinds import stored_kind
 
     if format is not None:
         raise ValueError("--format is for the per-sample table; --lm-eval writes lm-eval's results JSON")
@@ -561,7 +549,10 @@ def _export_lm_eval(directory: Path, format: str | None, out: str | None) -> Non
         raise ValueError("--lm-eval writes a folder (one results.json per model); give --out DIR")
     if not (directory / "results.sqlite").is_file():
         fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
-    paths = lm_eval.write(directory, None if out is None else Path(out))
+    kind = stored_kind(directory)
+    if getattr(kind, "lm_eval", None) is None:
+        raise ValueError(f"{directory} holds a {kind.kind} study; --lm-eval is for pretrained studies")
+    paths = kind.lm_eval(directory, None if out is None else Path(out))
     if not paths:
         raise ValueError(f"{directory} holds no stored cells yet; nothing to export")
     for path in paths:

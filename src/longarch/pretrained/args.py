@@ -206,3 +206,18 @@ def onto_models(data: dict, model_text: str | None, gen_text: str | None) -> dic
                     entry[key] = {**as_mapping(entry.get(key), key), **extra}
         models.append(entry)
     return {**data, "models": models}
+
+
+def named_models(models: list[str], model_text: str | None) -> tuple[list[str], str | None]:
+    """`longarch eval`'s models: lm-eval's `--model_args pretrained=NAME,...` is `--model hf:NAME`
+    (added to the --model given), and the rest of the arguments; without any model, the one
+    line that asks for one."""
+    pairs = split_pairs(model_text, "--model-args") if model_text is not None else []
+    named = [value for key, value in pairs if key == "pretrained"]
+    if named:
+        models = models + [f"hf:{parse_value(named[-1], '--model-args pretrained')}"]
+        model_text = ",".join(f"{key}={value}" for key, value in pairs if key != "pretrained")
+    if not models:
+        raise ValueError("give a model: --model hf:<path or hub id> (repeatable), or --model-args pretrained=<path or "
+                         "hub id>,...")
+    return models, model_text

@@ -304,6 +304,9 @@ class Pretrained:
         return None
 
     sample_outputs = staticmethod(sample_outputs)  # (out, result row) -> each sample's prediction and answer
+    named_models = staticmethod(arguments.named_models)  # `longarch eval`'s --model and --model-args pretrained=
+    onto_models = staticmethod(arguments.onto_models)    # the command line's --model-args, --gen-args on each model
+    lm_eval = lazily("longarch.pretrained.lm_eval", "write")  # (out, dest) -> lm-eval results JSON files
     report = lazily("longarch.pretrained.report", "report")         # (out, dest=None) -> analysis.report.Report
     table = lazily("longarch.pretrained.report", "summary_table")   # (out) -> the terminal's table
 
