@@ -96,6 +96,10 @@ def parse_knobs(pairs: list[str], flag: str = "--knob") -> dict:
     return knobs
 
 
+ModelArgs = Annotated[Optional[str], typer.Option(help="pretrained studies: lm-eval's --model_args for every model, KEY=VALUE,... (revision, attn_implementation, dtype, rope_scaling={...} and other config keys); see README")]
+GenArgs = Annotated[Optional[str], typer.Option(help="pretrained studies: generation arguments for every model, KEY=VALUE,... (max_new_tokens or max_gen_toks, until)")]
+SystemPrompt = Annotated[Optional[str], typer.Option(help="pretrained studies: a system prompt (the chat template's system message; before the prompt under the base template)")]
+LogPrompts = Annotated[bool, typer.Option("--log-prompts", help="pretrained studies: keep each prompt's whole text in the prediction files (its SHA-256 and token count are always kept)")]
 REPORT_FILES = {"report.md", "report.html", "summary.json", "figures"}  # what `longarch report` writes
 StudyArg = Annotated[str, typer.Argument(help="a preset name (quick, smoke) or a study YAML file")]
 
@@ -114,7 +118,9 @@ def run(study: StudyArg = "quick",
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="pretrained studies: let checkpoints that ship code run it")] = False,
         scale: Annotated[Optional[int], typer.Option(help="controlled studies: k times the seeds and the evaluation samples, for bigger machines [default: the YAML's scale, else 1]", min=1)] = None,
         force: Annotated[bool, typer.Option("--force", help="write into an --out that holds files longarch did not write (they are left as they are)")] = False,
-        plugin: Annotated[Optional[list[Path]], typer.Option(help="controlled studies: a Python file (or module) of mixers and architectures to import; recorded in the study; repeatable")] = None):
+        plugin: Annotated[Optional[list[Path]], typer.Option(help="controlled studies: a Python file (or module) of mixers and architectures to import; recorded in the study; repeatable")] = None,
+        model_args: ModelArgs = None, gen_args: GenArgs = None, system_prompt: SystemPrompt = None,
+        log_prompts: LogPrompts = False):
     """Train and evaluate a study, or evaluate a pretrained one; rerunning it continues where it stopped."""
     from .kinds import kind_of
 
@@ -122,8 +128,16 @@ def run(study: StudyArg = "quick",
         raise ValueError(f"--backend must be local or ray, not {backend!r}")
     if address is not None and backend != "ray":
         raise ValueError("--address is for --backend ray")
-    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale, plugin)
+    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale, plugin,
+                   _pretrained_options(model_args, gen_args, system_prompt, log_prompts))
     _run(kind_of(loaded)(loaded), out or Path("runs") / loaded.name, backend, workers, address, retries, force)
+
+
+def _pretrained_options(model_args: str | None, gen_args: str | None, system_prompt: str | None,
+                        log_prompts: bool) -> dict:
+    """run's and plan's options for pretrained studies (None: not given)."""
+    return {"model_args": model_args, "gen_args": gen_args, "system_prompt": system_prompt,
+            "log_prompts": log_prompts or None}
 
 
 def _run(kind, target: Path, backend: str, workers: int | None, address: str | None, retries: int,
@@ -205,13 +219,14 @@ def stopped_by_signals():
 
 
 def _load(study: str, corpus: Path | None, squad: Path | None, hotpotqa: Path | None, trust_remote_code: bool,
-          scale: int | None = None, plugin: list[Path] | None = None):
+          scale: int | None = None, plugin: list[Path] | None = None, pretrained: dict | None = None):
     """The study of `run` and `plan`, of any kind; an option its kind does not take is refused."""
     from .kinds import load_study
 
     return load_study(study, corpus=None if corpus is None else str(corpus), scale=scale,
                       squad=None if squad is None else str(squad), hotpotqa=None if hotpotqa is None else str(hotpotqa),
-                      trust_remote_code=trust_remote_code or None, plugin=[str(p) for p in plugin] if plugin else None)
+                      trust_remote_code=trust_remote_code or None, plugin=[str(p) for p in plugin] if plugin else None,
+                      **(pretrained or {}))
 
 
 def _report_out(out: Path, what: str) -> None:
@@ -237,7 +252,7 @@ def _csv(text: str, what: str) -> list[str]:
 @app.command("eval")
 @clean_errors
 def eval_command(
-        model: Annotated[list[str], typer.Option(help="hf:<path or hub id> or mamba_ssm:<path or hub id>; repeatable")],
+        model: Annotated[Optional[list[str]], typer.Option(help="hf:<path or hub id> or mamba_ssm:<path or hub id>; repeatable (or lm-eval's --model-args pretrained=...)")] = None,
         tasks: Annotated[str, typer.Option(help="comma-separated text tasks; 'ruler' is RULER's 13 (see `longarch tasks --text`)")] = "ruler",
         lengths: Annotated[str, typer.Option(help="comma-separated lengths in tokens, e.g. 1K,2K,4K or 1024,2048")] = "1K,2K,4K,8K,16K",
         samples: Annotated[int, typer.Option(help="samples per task and length", min=1)] = 250,
@@ -258,12 +273,17 @@ def eval_command(
         threshold: Annotated[Optional[str], typer.Option(hidden=True, help="renamed --effective-length-bar")] = None,
         trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="let transformers run code shipped with a checkpoint")] = False,
         retries: Annotated[int, typer.Option(help="times a failing cell is retried", min=0)] = 2,
-        force: Annotated[bool, typer.Option("--force", help="write into an --out that holds files longarch did not write (they are left as they are)")] = False):
+        force: Annotated[bool, typer.Option("--force", help="write into an --out that holds files longarch did not write (they are left as they are)")] = False,
+        model_args: ModelArgs = None, gen_args: GenArgs = None, system_prompt: SystemPrompt = None,
+        log_prompts: LogPrompts = False):
     """Evaluate pretrained checkpoints on RULER-style text tasks; rerunning continues where it stopped."""
     from .bench import parse_lengths
     from .kinds import checkpoints_kind, kinds
     from .study.load import validate
     from .study.schema import plain_name
+
+    kind = checkpoints_kind()
+    model, model_args = kind.named_models(list(model or []), model_args)
 
     try:
         plain_name(name)
@@ -272,6 +292,24 @@ def eval_command(
     if tokenizer is not None and not any(m.startswith("mamba_ssm:") for m in model):
         raise ValueError(f"--tokenizer {tokenizer} is for mamba_ssm: checkpoints, and every --model here is hf: "
                          "(an hf: model uses its own tokenizer)")
+    _check_bar(effective_length_bar, threshold)
+    data = {"kind": kind.kind, "name": name,
+            "models": [{"model": m, "train_length": train_length,
+                        "tokenizer": tokenizer if m.startswith("mamba_ssm:") else None} for m in model],
+            "tasks": _csv(tasks, "--tasks"),
+            "eval": {"lengths": parse_lengths(lengths), "samples": samples, "seed": seed, "template": template,
+                     "dtype": dtype, "device": device, "chunk": chunk, "batch_tokens": batch_tokens},
+            "analysis": {"effective_length_bar_fraction": effective_length_bar}, "system_prompt": system_prompt,
+            "corpus": None if corpus is None else str(corpus), "squad": None if squad is None else str(squad),
+            "hotpotqa": None if hotpotqa is None else str(hotpotqa), "trust_remote_code": trust_remote_code,
+            "log_prompts": log_prompts}
+    study = kind.complete(validate(kind.onto_models(data, model_args, gen_args), kinds(), "longarch eval"),
+                          "longarch eval")
+    _run(kind(study), out or Path("runs") / name, "local", None, None, retries, force)
+
+
+def _check_bar(effective_length_bar: float, threshold: str | None) -> None:
+    """eval's --effective-length-bar: a fraction; the renamed --threshold refused with its new name."""
     if threshold is not None:
         raise ValueError(f"--threshold was renamed: use --effective-length-bar, a fraction "
                          f"(85.6 -> 0.856), not {threshold}")
@@ -280,18 +318,6 @@ def eval_command(
             if 1 < effective_length_bar <= 100 else ""
         raise ValueError(f"--effective-length-bar is an accuracy as a fraction in [0, 1], not "
                          f"{effective_length_bar:g}{hint}")
-    kind = checkpoints_kind()
-    data = {"kind": kind.kind, "name": name,
-            "models": [{"model": m, "train_length": train_length,
-                        "tokenizer": tokenizer if m.startswith("mamba_ssm:") else None} for m in model],
-            "tasks": _csv(tasks, "--tasks"),
-            "eval": {"lengths": parse_lengths(lengths), "samples": samples, "seed": seed, "template": template,
-                     "dtype": dtype, "device": device, "chunk": chunk, "batch_tokens": batch_tokens},
-            "analysis": {"effective_length_bar_fraction": effective_length_bar},
-            "corpus": None if corpus is None else str(corpus), "squad": None if squad is None else str(squad),
-            "hotpotqa": None if hotpotqa is None else str(hotpotqa), "trust_remote_code": trust_remote_code}
-    study = kind.complete(validate(data, kinds(), "longarch eval"), "longarch eval")
-    _run(kind(study), out or Path("runs") / name, "local", None, None, retries, force)
 
 
 def _duration(seconds: float | None) -> str:
@@ -341,13 +367,15 @@ def plan_command(study: StudyArg = "quick",
                  trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="as for run")] = False,
                  scale: Annotated[Optional[int], typer.Option(help="as for run", min=1)] = None,
                  plugin: Annotated[Optional[list[Path]], typer.Option(help="as for run")] = None,
+                 model_args: ModelArgs = None, gen_args: GenArgs = None, system_prompt: SystemPrompt = None,
                  as_json: JsonFlag = False):
     """Print a study's grid: what is stored, what remains, and what the rest will cost."""
     from .kinds import kind_of
     from .study.directory import DirectoryRefused, claim
     from .study.grid import grid_state
 
-    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale, plugin)
+    loaded = _load(study, corpus, squad, hotpotqa, trust_remote_code, scale, plugin,
+                   _pretrained_options(model_args, gen_args, system_prompt, False))
     target = out or Path("runs") / loaded.name
     _check_out(target)  # before the store in it is read
     kind = kind_of(loaded)(loaded)
@@ -486,11 +514,15 @@ def report(directory: Annotated[Path, typer.Argument(help="a study's output dire
 @app.command("export")
 @clean_errors
 def export_command(directory: Annotated[Path, typer.Argument(help="a study's output directory")],
-                   format: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet (parquet needs pyarrow)")] = "csv",
-                   out: Annotated[Optional[str], typer.Option(help="the file to write, '-' for standard output (csv, jsonl) [default: DIR/export.<format>]")] = None):
+                   format: Annotated[Optional[str], typer.Option("--format", help="csv, jsonl or parquet (parquet needs pyarrow) [default: csv]")] = None,
+                   out: Annotated[Optional[str], typer.Option(help="the file to write, '-' for standard output (csv, jsonl) [default: DIR/export.<format>]; with --lm-eval a folder [default: DIR/lm-eval]")] = None,
+                   lm_eval: Annotated[bool, typer.Option("--lm-eval", help="pretrained studies: write lm-evaluation-harness's results JSON instead, one <out>/<model>/results.json per model")] = False):
     """Write a study's results as one table, one row per evaluated sample (columns: see README)."""
     from .export import check_format, destination, export
 
+    if lm_eval:
+        return _export_lm_eval(directory, format, out)
+    format = format or "csv"
     check_format(format, out)
     if not (directory / "results.sqlite").is_file():
         fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
@@ -505,6 +537,26 @@ def export_command(directory: Annotated[Path, typer.Argument(help="a study's out
     if dest is not None:  # on standard output the table is all there is
         console.print(f"exported {count:,} rows (one per sample) to {dest}", markup=False, highlight=False,
                       soft_wrap=True)
+
+
+def _export_lm_eval(directory: Path, format: str | None, out: str | None) -> None:
+    """`export --lm-eval`: lm-eval's results JSON, one file per model (pretrained/lm_eval.py)."""
+    from .kinds import stored_kind
+
+    if format is not None:
+        raise ValueError("--format is for the per-sample table; --lm-eval writes lm-eval's results JSON")
+    if out == "-":
+        raise ValueError("--lm-eval writes a folder (one results.json per model); give --out DIR")
+    if not (directory / "results.sqlite").is_file():
+        fail(f"{directory} has no results.sqlite; run a study into it first (longarch run STUDY --out {directory})")
+    kind = stored_kind(directory)
+    if getattr(kind, "lm_eval", None) is None:
+        raise ValueError(f"{directory} holds a {kind.kind} study; --lm-eval is for pretrained studies")
+    paths = kind.lm_eval(directory, None if out is None else Path(out))
+    if not paths:
+        raise ValueError(f"{directory} holds no stored cells yet; nothing to export")
+    for path in paths:
+        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _silence_stdout() -> None:

@@ -28,6 +28,7 @@ prompt is prefilled whole; a test checks that forcing pieces really differs.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -79,23 +80,98 @@ def _parse(spec: str, scheme: str = "hf", owner_required: bool = False) -> str:
     return target
 
 
-def load(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> "HFModel":
-    """Load ``hf:<path or hub id>`` as an :class:`HFModel` in eval mode."""
+def load(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+         model_args: dict | None = None) -> "HFModel":
+    """Load ``hf:<path or hub id>`` as an :class:`HFModel` in eval mode. `model_args`: `revision`
+    and `attn_implementation` go to ``from_pretrained``; any other key overrides the checkpoint's
+    config before the model is built (:func:`configured`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = _parse(spec)
-    torch_dtype = getattr(torch, _DTYPE_ALIASES.get(dtype, dtype), None)
-    if not isinstance(torch_dtype, torch.dtype):
+    args = dict(model_args or {})
+    loading = {k: args.pop(k) for k in ("revision", "attn_implementation") if k in args}
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, _DTYPE_ALIASES.get(dtype, dtype), None)
+    if torch_dtype != "auto" and not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"unknown dtype {dtype!r} (try float32, bfloat16 or float16)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code,
+                                                  **{k: v for k, v in loading.items() if k == "revision"})
+        if args:
+            loading["config"] = configured(target, args, trust_remote_code, loading.get("revision"))
         model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, **loading)
     except OSError as exc:
         raise ValueError(f"model {target} could not be found locally or on the Hugging Face hub "
                          f"({type(exc).__name__})") from None
     model.to(device).eval()
     return HFModel(model=model, tokenizer=tokenizer, device=torch.device(device))
+
+
+def configured(target: str, overrides: dict, trust_remote_code: bool = False, revision: str | None = None):
+    """The checkpoint's config with `overrides` applied (see :func:`override`)."""
+    from transformers import AutoConfig
+
+    kwargs = {"revision": revision} if revision else {}
+    config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code, **kwargs)
+    return override(config, overrides)
+
+
+def override(config, overrides: dict):
+    """`config` with each key of `overrides` set: `rope_scaling` replaces the RoPE scaling (the
+    config's rope_theta kept) and is validated as transformers validates it, a refusal or a
+    warning of its validation being an error; `rope_theta` sets the base; any other key must be
+    one the config has. A ValueError of one line says what is wrong."""
+    what = config.model_type
+    for key, value in overrides.items():
+        if key in ("rope_scaling", "rope_theta"):
+            _set_rope(config, key, value)
+        elif hasattr(config, key):
+            setattr(config, key, value)
+        else:
+            raise ValueError(f"model argument {key!r} is neither revision, attn_implementation nor dtype, nor a key "
+                             f"of the {what} config")
+    return config
+
+
+def _set_rope(config, key: str, value) -> None:
+    import logging
+
+    current = getattr(config, "rope_parameters", None)
+    if not isinstance(current, dict) or not current:
+        raise ValueError(f"{key}: the {config.model_type} config has no rotary position embeddings to scale")
+    if config.nested_rope_parameter_keys(current):
+        raise ValueError(f"{key}: the {config.model_type} config sets RoPE per layer type; overriding it is not "
+                         "supported")
+    kept = {k: current[k] for k in ("rope_theta", "partial_rotary_factor") if k in current}
+    if key == "rope_theta":
+        new = {**current, "rope_theta": value}
+    elif value is None:
+        new = {"rope_type": "default", **kept}
+    else:
+        new = {**kept, **value}
+        if "type" in new:  # the old name of rope_type, as older configs and lm-eval users write it
+            new.setdefault("rope_type", new.pop("type"))
+    warned: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warned.append(record.getMessage())
+    logger = logging.getLogger("transformers.modeling_rope_utils")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    try:
+        config.rope_parameters = new
+        config.standardize_rope_params()
+        config.validate_rope()
+    except (KeyError, ValueError, TypeError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise ValueError(f"transformers refuses {key}={json.dumps(value)}: {message}") from None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    if warned:
+        raise ValueError(f"transformers refuses {key}={json.dumps(value)}: {warned[0]}")
 
 
 def declared_length(config) -> int | None:
@@ -108,23 +184,37 @@ def declared_length(config) -> int | None:
 
 
 def prompt_ids(tokenizer, text: str, template: str = "base", answer_prefix: str = "",
-               what: str = "this model") -> list[int]:
-    """Token ids of a prompt, never truncated.
+               what: str = "this model", system: str | None = None) -> list[int]:
+    """Token ids of a prompt, never truncated: :func:`prompt_text` tokenized, with the tokenizer's
+    special tokens (BOS) under ``base`` (under ``chat`` the template wrote its own)."""
+    prompt = prompt_text(tokenizer, text, template, answer_prefix, what, system)
+    return list(tokenizer(prompt, add_special_tokens=template == "base", truncation=False)["input_ids"])
 
-    ``base``: ``text`` + ``answer_prefix`` with the tokenizer's special tokens (BOS). ``chat``:
-    ``text`` as the user's message in the tokenizer's own chat template, the assistant's turn
-    opened, then ``answer_prefix`` (which the model continues), tokenized as one string, as
-    RULER places the answer prefix after a chat template.
+
+def prompt_text(tokenizer, text: str, template: str = "base", answer_prefix: str = "",
+                what: str = "this model", system: str | None = None) -> str:
+    """The text of a prompt as it is tokenized.
+
+    ``base``: ``text`` + ``answer_prefix``, after the ``system`` prompt and a blank line (none
+    when it ends in whitespace). ``chat``: ``text`` as the user's message in the tokenizer's own
+    chat template (after the ``system`` prompt as the system message), the assistant's turn
+    opened, then ``answer_prefix`` (which the model continues), as RULER places the answer prefix
+    after a chat template.
     """
     if template == "base":
-        return list(tokenizer(text + answer_prefix, add_special_tokens=True, truncation=False)["input_ids"])
+        lead = "" if not system else system if system[-1].isspace() else system + "\n\n"
+        return lead + text + answer_prefix
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"the tokenizer of {what} has no chat template; use the 'base' template")
-        opened = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                               tokenize=False)
-        # the template wrote the special tokens (BOS...) itself
-        return list(tokenizer(opened + answer_prefix, add_special_tokens=False, truncation=False)["input_ids"])
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        try:
+            opened = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as error:  # a template that refuses a system message raises its own error
+            if not system:
+                raise
+            raise ValueError(f"the chat template of {what} refuses a system prompt: {error}") from None
+        return opened + answer_prefix
     raise ValueError(f"unknown prompt template {template!r}; expected one of {TEMPLATES}")
 
 
@@ -183,10 +273,16 @@ class HFModel:
 
     # -- prompts ---------------------------------------------------------------
 
-    def prompt(self, text: str, template: str = "base", answer_prefix: str = "") -> list[int]:
+    def prompt(self, text: str, template: str = "base", answer_prefix: str = "", system: str | None = None) -> list[int]:
         """Token ids of ``text`` under the ``base`` or ``chat`` template; never truncated (see
         :func:`prompt_ids`)."""
-        return prompt_ids(self.tokenizer, text, template, answer_prefix, what=f"this {self.kind} model")
+        return prompt_ids(self.tokenizer, text, template, answer_prefix, what=f"this {self.kind} model", system=system)
+
+    def prompt_text(self, text: str, template: str = "base", answer_prefix: str = "",
+                    system: str | None = None) -> str:
+        """The text :meth:`prompt` tokenizes."""
+        return prompt_text(self.tokenizer, text, template, answer_prefix, what=f"this {self.kind} model",
+                           system=system)
 
     # -- forward through the cache --------------------------------------------------
 

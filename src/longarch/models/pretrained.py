@@ -10,17 +10,20 @@ from __future__ import annotations
 
 
 def load(spec: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
-         tokenizer: str | None = None):
+         tokenizer: str | None = None, model_args: dict | None = None):
+    """`model_args` (revision, attn_implementation, config overrides) are for hf: models."""
     scheme, _, _ = spec.partition(":")
     if scheme == "hf":
         from . import hf
 
         if tokenizer is not None:
             raise ValueError(f"{spec}: an hf: model uses its own tokenizer; 'tokenizer' is for mamba_ssm: checkpoints")
-        return hf.load(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        return hf.load(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code, model_args=model_args)
     if scheme == "mamba_ssm":
         from . import mamba_ssm
 
+        if model_args:
+            raise ValueError(f"{spec}: a mamba_ssm: checkpoint takes no model arguments but dtype")
         return mamba_ssm.load(spec, dtype=dtype, device=device, tokenizer=tokenizer)
     raise ValueError(f"model {spec!r} must look like hf:<path or hub id> or mamba_ssm:<path or hub id>")
 

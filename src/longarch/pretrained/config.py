@@ -22,6 +22,7 @@ from ..study import limits
 from ..study.schema import Strict, distinct, distinct_models, named_entries, plain_name, repeated
 from .. import tasks
 from ..tasks import text
+from . import args as arguments
 
 SCHEMES = ("hf", "mamba_ssm")
 SUITES = {"ruler": text.names}  # a name in `tasks` that stands for several tasks
@@ -37,6 +38,16 @@ class PretrainedModel(Strict):
     template: Literal["base", "chat"] | None = Field(None, description="prompt template [default: eval.template]")
     trust_remote_code: bool = Field(False, description="the checkpoint needs the code it ships; it runs only when "
                                                        "the study (or --trust-remote-code) allows remote code")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="lm-eval's --model_args: revision, "
+                                       "attn_implementation, dtype, and config overrides such as rope_scaling "
+                                       "(a mapping, or KEY=VALUE,... as on the command line; pretrained/args.py)")
+    gen_args: dict[str, Any] = Field(default_factory=dict, description="generation arguments: max_new_tokens "
+                                     "(max_gen_toks), until (a mapping, or KEY=VALUE,...)")
+
+    @field_validator("model_args", "gen_args", mode="before")
+    @classmethod
+    def _pairs(cls, value, info):
+        return arguments.as_mapping(value, info.field_name)
 
     @field_validator("model")
     @classmethod
@@ -52,6 +63,21 @@ class PretrainedModel(Strict):
             raise ValueError(f"{self.model}: an hf: model uses its own tokenizer; 'tokenizer' is for mamba_ssm: "
                              "checkpoints")
         return self
+
+    @model_validator(mode="after")
+    def _arguments(self) -> "PretrainedModel":
+        """Arguments normalised (pretrained/args.py); lm-eval's trust_remote_code=True among the model
+        arguments is this entry's trust_remote_code."""
+        given = arguments.model_args(self.model_args, self.model.partition(":")[0], f"{self.label}: model_args")
+        if "trust_remote_code" in given:
+            object.__setattr__(self, "trust_remote_code", given.pop("trust_remote_code"))
+        object.__setattr__(self, "model_args", given)
+        object.__setattr__(self, "gen_args", arguments.gen_args(self.gen_args, f"{self.label}: gen_args"))
+        return self
+
+    def dtype(self, default: str) -> str:
+        """The dtype it is evaluated in: its model_args' dtype, else the study's."""
+        return self.model_args.get("dtype", default)
 
     @property
     def label(self) -> str:
@@ -152,6 +178,10 @@ class PretrainedStudy(Strict):
     squad: str | None = Field(None, description="SQuAD v2 dev file for qa_1 (without it qa_1 is skipped)")
     hotpotqa: str | None = Field(None, description="HotpotQA dev file for qa_2 (without it qa_2 is skipped)")
     trust_remote_code: bool = False
+    system_prompt: str | None = Field(None, description="a system prompt for every model: the chat template's "
+                                                        "system message, or before the prompt under `base`")
+    log_prompts: bool = Field(False, description="keep each prompt's whole text in the prediction files (its "
+                                                 "SHA-256 and token count are always kept)")
     reference: Literal["huang2025"] | None = Field(None, description="published numbers shown beside this run's")
     analysis: AnalysisSettings = Field(
         default_factory=AnalysisSettings,
@@ -262,7 +292,29 @@ def check(study: PretrainedStudy, origin: str) -> None:
                 study.lengths_for(entry, model.train_length)
             except (ValueError, OverflowError) as error:  # Overflow: a factor x its length past a float
                 raise ConfigError(f"{origin}: model {model.label!r}: {error}") from None
+    check_arguments(study, origin)
     check_machine(study, origin, skipped)
+
+
+def check_arguments(study: PretrainedStudy, origin: str) -> None:
+    """Each local hf: checkpoint's config overrides, applied to its config as loading will
+    (a rope_scaling transformers refuses, a key its config lacks); a hub checkpoint's are judged
+    when it is loaded."""
+    from ..study.schema import ConfigError
+
+    for model in study.models:
+        overrides = arguments.config_overrides(model.model_args)
+        target = Path(model.model.partition(":")[2].strip()).expanduser()
+        if not overrides or not model.model.startswith("hf:") or not (target / "config.json").is_file():
+            continue
+        from ..models import hf, pretrained
+
+        pretrained.quiet_transformers()
+        try:
+            hf.configured(str(target), overrides, model.trust_remote_code and study.trust_remote_code,
+                          model.model_args.get("revision"))
+        except (ValueError, TypeError, OSError) as error:
+            raise ConfigError(f"{origin}: model {model.label!r}: {str(error).splitlines()[0]}") from None
 
 
 def check_machine(study: PretrainedStudy, origin: str, skipped: set = frozenset()) -> None:
@@ -286,12 +338,17 @@ def check_machine(study: PretrainedStudy, origin: str, skipped: set = frozenset(
 
 
 def prepare(data: dict, origin: str, corpus: str | None = None, squad: str | None = None,
-            hotpotqa: str | None = None, trust_remote_code: bool | None = None) -> dict:
-    """A pretrained study's YAML before validation, with the command line's data files and its
-    --trust-remote-code."""
+            hotpotqa: str | None = None, trust_remote_code: bool | None = None, model_args: str | None = None,
+            gen_args: str | None = None, system_prompt: str | None = None, log_prompts: bool | None = None) -> dict:
+    """A pretrained study's YAML before validation, with the command line's data files, its
+    --trust-remote-code, and its --model-args, --gen-args (added to every model's, the command
+    line's keys winning), --system-prompt and --log-prompts."""
     given = {"corpus": corpus, "squad": squad, "hotpotqa": hotpotqa, "trust_remote_code": trust_remote_code}
-    return {**data, **{key: str(value) if key != "trust_remote_code" else value
+    data = {**data, **{key: str(value) if key != "trust_remote_code" else value
                        for key, value in given.items() if value is not None}}
+    data.update({key: value for key, value in (("system_prompt", system_prompt), ("log_prompts", log_prompts))
+                 if value is not None})
+    return arguments.onto_models(data, model_args, gen_args)
 
 
 def complete(study: PretrainedStudy, origin: str, **options) -> PretrainedStudy:

@@ -18,6 +18,7 @@ the pooled one. A `fit: exact` study's numbers are not rounded before averaging.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from ..analysis.render import MISSING, Block, reproducibility
 from ..analysis.report import Figures, Report, heading
 from ..analysis.settings import AnalysisSettings
 from ..analysis.stats import Cell, LengthPoint, collect_cells
+from . import args as arguments
 from .config import stored_settings
 
 BEYOND = "†"
@@ -176,7 +178,8 @@ def build_summary(data: PretrainedData) -> dict:
         points, found = averages(data, name), effective(data, name)
         models[name] = {
             "spec": m.get("spec"), "kind": m.get("kind"), "family": m.get("family"), "params": m.get("params"),
-            "train_length": m.get("train_length"),
+            "train_length": m.get("train_length"), "model_args": m.get("model_args") or {},
+            "gen_args": m.get("gen_args") or {}, "system_prompt": m.get("system_prompt"),
             "average": {str(n): _plain(100 * points[n].accuracy.value) if n in points else None for n in data.lengths},
             "average_interval": {str(n): [_plain(100 * points[n].accuracy.low), _plain(100 * points[n].accuracy.high)]
                                  if n in points and points[n].accuracy.n else None for n in data.lengths},
@@ -223,6 +226,7 @@ def _blocks(data: PretrainedData, figures: dict[str, str], summary: dict) -> lis
              str(m.get("template", MISSING)), str(m.get("dtype", MISSING))] for m in data.models]
     blocks.append(("table", ["model", "checkpoint", "kind", "family", "parameters", "training length (from)",
                              "template", "dtype"], rows))
+    blocks += _arguments(data)
 
     if data.suite:
         blocks += _suite_blocks(data, figures, summary, reference)
@@ -236,6 +240,24 @@ def _blocks(data: PretrainedData, figures: dict[str, str], summary: dict) -> lis
     commit = data.meta.get("git_commit")
     blocks.append(("p", f"Git commit: {f'`{commit}`' if commit else 'not recorded'}."))
     return blocks + reproducibility(data.meta, config)
+
+
+def _arguments(data: PretrainedData) -> list[Block]:
+    """A line per model evaluated with model or generation arguments or a system prompt (none
+    when no model was)."""
+    lines = []
+    for m in data.models:
+        parts = [f"{what} `{arguments.shown(m[key])}`" for key, what in
+                 (("model_args", "model arguments"), ("gen_args", "generation arguments")) if m.get(key)]
+        if m.get("system_prompt"):
+            parts.append(f"system prompt {json.dumps(m['system_prompt'], ensure_ascii=False)}")
+        if parts:
+            lines.append(f"{m['name']}: " + "; ".join(parts) + ".")
+    if not lines:
+        return []
+    return [("p", "Evaluated with arguments (model arguments go to `from_pretrained` or override the checkpoint's "
+                  "config; generation arguments replace the tasks' budgets or cut answers; see README):")] + \
+        [("p", line) for line in lines]
 
 
 def _suite_blocks(data: PretrainedData, figures: dict[str, str], summary: dict, reference: dict | None) -> list[Block]:

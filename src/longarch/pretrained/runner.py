@@ -11,7 +11,9 @@ beyond-training in its predictions and in the report.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +26,10 @@ from ..study import Cell, Plan, content_id, eval_seed, inputs, predictions
 from ..study.driver import Runtime, lazily
 from ..study.grid import eval_rate
 from ..tasks import text
-from . import config
+from . import args as arguments, config
 from .config import PretrainedModel, PretrainedStudy
 
-PREDICTION_BYTES = 128  # a sample's line in predictions/: its nine keys and their punctuation alone take more
+PREDICTION_BYTES = 128  # a sample's line in predictions/: its keys and the prompt's hash alone take more
 SKIP_HINT = {"qa_1": "give a SQuAD v2 dev file (dev-v2.0.json) with --squad FILE, or `squad: FILE` in the study",
              "qa_2": "give a HotpotQA dev file (hotpot_dev_distractor_v1.json) with --hotpotqa FILE, or "
                      "`hotpotqa: FILE` in the study"}
@@ -59,9 +61,20 @@ def fingerprint(spec: str) -> dict:
 
 
 def model_id(study: PretrainedStudy, entry: PretrainedModel) -> str:
-    return content_id({"model": fingerprint(entry.model), "tokenizer": entry.tokenizer, "dtype": study.eval.dtype,
-                       "template": entry.template or study.eval.template,
-                       "trust_remote_code": study.trust_remote_code})
+    """The checkpoint as evaluated: its model arguments (but dtype, which is `dtype`), generation
+    arguments and the system prompt count only when set, so that a model without them keeps the
+    id it had before they existed."""
+    identity = {"model": fingerprint(entry.model), "tokenizer": entry.tokenizer, "dtype": entry.dtype(study.eval.dtype),
+                "template": entry.template or study.eval.template, "trust_remote_code": study.trust_remote_code}
+    given = {"model_args": {k: v for k, v in entry.model_args.items() if k != "dtype"}, "gen_args": entry.gen_args,
+             "system_prompt": study.system_prompt}
+    return content_id({**identity, **{k: v for k, v in given.items() if v}})
+
+
+def budgeted(task, entry: PretrainedModel):
+    """The task with the model's max_new_tokens generation argument as its generation budget."""
+    budget = entry.gen_args.get("max_new_tokens")
+    return task if budget is None else dataclasses.replace(task, max_new_tokens=budget)
 
 
 def plan(study: PretrainedStudy) -> tuple[list[TextCell], list[tuple[str, str]]]:
@@ -78,7 +91,7 @@ def plan(study: PretrainedStudy) -> tuple[list[TextCell], list[tuple[str, str]]]
             for length in study.lengths_for(task_entry, entry.train_length):
                 for depth in task_entry.depths or [None]:
                     try:
-                        task = study.make_task(task_entry, depth)
+                        task = budgeted(study.make_task(task_entry, depth), entry)
                     except text.TaskSkipped:
                         reason = SKIP_HINT.get(task_entry.name, "its data file is missing")
                         if (label, reason) not in skipped:
@@ -110,6 +123,8 @@ class TextJob:
     cache_dir: str | None
     fit: str = "exact"                # eval.fit: exact | ruler
     fit_tolerance: float = text.fit.TOLERANCE
+    system_prompt: str | None = None
+    log_prompts: bool = False
 
 
 @dataclass
@@ -131,7 +146,9 @@ _unloadable: dict = {}  # key -> the one-line reason a checkpoint could not be l
 def _load(job: TextJob):
     from ..models import pretrained
 
-    key = (job.cell.model.model, job.cell.model.tokenizer, job.dtype, job.device, job.trust_remote_code)
+    model_args = {k: v for k, v in job.cell.model.model_args.items() if k != "dtype"}
+    key = (job.cell.model.model, job.cell.model.tokenizer, job.dtype, job.device, job.trust_remote_code,
+           json.dumps(model_args, sort_keys=True))
     if key in _unloadable:
         raise ModelLoadError(_unloadable[key])
     if key not in _loaded:
@@ -139,7 +156,8 @@ def _load(job: TextJob):
         _loaded.clear()  # one model at a time: a 3B model in memory twice is the wrong trade
         try:
             _loaded[key] = pretrained.load(job.cell.model.model, dtype=job.dtype, device=job.device,
-                                           trust_remote_code=job.trust_remote_code, tokenizer=job.cell.model.tokenizer)
+                                           trust_remote_code=job.trust_remote_code, tokenizer=job.cell.model.tokenizer,
+                                           model_args=model_args)
         except Exception as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             _unloadable[key] = f"{job.cell.model.model} could not be loaded: {first}"
@@ -156,7 +174,27 @@ def model_info(loaded, entry: PretrainedModel, dtype: str) -> dict:
     return {"kind": loaded.kind, "family": pretrained.family(loaded.kind),
             "params": int(sum(p.numel() for p in loaded.model.parameters())),
             "declared_length": declared, "train_length": train_length, "train_length_source": source,
-            "dtype": dtype}
+            "dtype": dtype, "model_args": entry.model_args, "gen_args": entry.gen_args}
+
+
+def _samples(job: TextJob, loaded) -> tuple[list, list[str], list[list[int]]]:
+    """The cell's fitted samples, the text of each prompt as tokenized and its token ids. The
+    prompt as the model reads it is what is counted towards the length (its chat template's own
+    tokens, the system prompt) whenever it is more than the task's text."""
+    cell, system = job.cell, job.system_prompt
+
+    def ids(body: str, prefix: str) -> list[int]:
+        return loaded.prompt(body, job.template, prefix, system)
+
+    counting = job.template  # names how prompts were counted, in the cache's key
+    if system:
+        counting += "+system-" + hashlib.sha256(system.encode()).hexdigest()[:16]
+    counted = job.template == "chat" or bool(system)
+    samples = text.generate(cell.task.name, cell.task, loaded.tokenizer, cell.length, n=job.samples, seed=job.seed,
+                            cache_dir=job.cache_dir, counting=counting, fit_mode=job.fit,
+                            fit_tolerance=job.fit_tolerance, prompt_tokens=(lambda body, prefix: len(ids(body, prefix))) if counted else None)
+    texts = [loaded.prompt_text(s.body, job.template, s.answer_prefix, system) for s in samples]
+    return samples, texts, [ids(s.body, s.answer_prefix) for s in samples]
 
 
 def text_job(job: TextJob) -> TextResult:
@@ -164,17 +202,13 @@ def text_job(job: TextJob) -> TextResult:
     cell = job.cell
     loaded = _load(job)
     info = model_info(loaded, cell.model, job.dtype)
-    chat = job.template == "chat"  # the template's own tokens count towards the length too
-    samples = text.generate(cell.task.name, cell.task, loaded.tokenizer, cell.length, n=job.samples, seed=job.seed,
-                            cache_dir=job.cache_dir, counting=job.template, fit_mode=job.fit,
-                            fit_tolerance=job.fit_tolerance,
-                            prompt_tokens=(lambda body, prefix: len(loaded.prompt(body, "chat", prefix))) if chat else None)
-    prompts = [loaded.prompt(s.body, job.template, s.answer_prefix) for s in samples]
+    samples, texts, prompts = _samples(job, loaded)
     budget = max(s.max_new_tokens for s in samples)
     outputs = loaded.generate(prompts, budget, chunk=job.chunk, batch_tokens=job.batch_tokens)
+    stops = cell.model.gen_args.get("until", [])
     scores, predictions = [], []
-    for index, (sample, ids, out) in enumerate(zip(samples, prompts, outputs)):
-        prediction = loaded.tokenizer.decode(out, skip_special_tokens=True)
+    for index, (sample, prompt, ids, out) in enumerate(zip(samples, texts, prompts, outputs)):
+        prediction = arguments.cut(loaded.tokenizer.decode(out, skip_special_tokens=True), stops)
         score = text.score(cell.task.name, [prediction], [sample.answers]) / 100
         scores.append(score)
         total = len(ids) + sample.max_new_tokens
@@ -182,7 +216,8 @@ def text_job(job: TextJob) -> TextResult:
             "index": index, "prediction": prediction, "answers": sample.answers, "score": score,
             "prompt_tokens": len(ids), "total_tokens": total, "length": cell.length,
             "beyond_training": info["train_length"] is not None and total > info["train_length"],
-            "metadata": sample.metadata})
+            "metadata": sample.metadata, "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+            **({"prompt": prompt} if job.log_prompts else {})})
     row = ResultRow(cell_id=cell.cell_id, model_id=cell.model_id, model=cell.model.label, task=cell.task.name,
                     label=cell.label, knobs=inputs.portable(cell.task.knobs, Pretrained.input_keys)[0],
                     length=cell.length, depth=cell.depth, seed=0, n=len(scores),
@@ -220,9 +255,10 @@ class Pretrained:
 
     kind = "pretrained"
     Config = PretrainedStudy
-    options = ("corpus", "squad", "hotpotqa", "trust_remote_code")  # the command-line options it takes
+    options = ("corpus", "squad", "hotpotqa", "trust_remote_code", "model_args", "gen_args", "system_prompt",
+               "log_prompts")  # the command-line options it takes
     input_keys = ("corpus", "squad", "hotpotqa", "path")  # where its configuration names a file (study/inputs.py)
-    presentation = ("description", "analysis", "reference")  # change how results are shown, never a result
+    presentation = ("description", "analysis", "reference", "log_prompts")  # change how results are shown or kept
     prepare = staticmethod(config.prepare)
     complete = staticmethod(config.complete)
     from_stored = staticmethod(config.from_stored)
@@ -249,17 +285,19 @@ class Pretrained:
 
     def job(self, cell: Cell, inputs: dict, runtime: Runtime):
         study, item = self.study, cell.item
-        return text_job, TextJob(item, study.eval.dtype, study.eval.device, study.trust_remote_code,
+        return text_job, TextJob(item, item.model.dtype(study.eval.dtype), study.eval.device, study.trust_remote_code,
                                  item.model.template or study.eval.template, study.eval.samples,
                                  eval_seed(study.eval.seed, item.length, item.depth), study.eval.chunk,
-                                 study.eval.batch_tokens, self.cache_dir, study.eval.fit, study.eval.fit_tolerance)
+                                 study.eval.batch_tokens, self.cache_dir, fit=study.eval.fit,
+                                 fit_tolerance=study.eval.fit_tolerance, system_prompt=study.system_prompt,
+                                 log_prompts=study.log_prompts)
 
     def commit(self, store: Store, cell: Cell, result: TextResult, runtime: Runtime):
         item = cell.item
         predictions.write(predictions_path(runtime.out, item), result.predictions)
         store.put_pretrained(item.model_id, item.model.label, item.model.model,
                              {**result.model_info, "template": item.model.template or self.study.eval.template,
-                              "tokenizer": item.model.tokenizer})
+                              "tokenizer": item.model.tokenizer, "system_prompt": self.study.system_prompt})
         store.put_result(result.row)
         score = 100 * result.row.accuracy
         return None, f"{cell.what}: {score:.1f}", f"{cell.what}: score {score:.2f}"
@@ -271,12 +309,17 @@ class Pretrained:
         return None
 
     sample_outputs = staticmethod(sample_outputs)  # (out, result row) -> each sample's prediction and answer
+    named_models = staticmethod(arguments.named_models)  # `longarch eval`'s --model and --model-args pretrained=
+    onto_models = staticmethod(arguments.onto_models)    # the command line's --model-args, --gen-args on each model
+    lm_eval = lazily("longarch.pretrained.lm_eval", "write")  # (out, dest) -> lm-eval results JSON files
     report = lazily("longarch.pretrained.report", "report")         # (out, dest=None) -> analysis.report.Report
     table = lazily("longarch.pretrained.report", "summary_table")   # (out) -> the terminal's table
 
     def disk_bytes(self, cells: list[Cell]) -> int:
-        """Each cell's raw predictions: a JSON line of at least PREDICTION_BYTES a sample."""
-        return PREDICTION_BYTES * self.study.eval.samples * len(cells)
+        """Each cell's raw predictions: a JSON line of at least PREDICTION_BYTES a sample, and
+        with log_prompts its prompt (a token is at least one byte of text)."""
+        prompts = sum(c.item.length for c in cells) if self.study.log_prompts else 0
+        return self.study.eval.samples * (PREDICTION_BYTES * len(cells) + prompts)
 
     def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
         """(what, its cells) for each task entry: its models, lengths and depths."""

@@ -25,7 +25,7 @@ from .store import StoreError, read_only
 WRITTEN = {"results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "results.sqlite-journal", "run.lock",
            "run.log", "report.md", "report.html", "summary.json", "figures", "checkpoints", "predictions",
            inputs.FOLDER}
-EXPORTED = {"export.csv", "export.jsonl", "export.parquet"}  # `longarch export` writes beside a store
+EXPORTED = {"export.csv", "export.jsonl", "export.parquet", "lm-eval"}  # `longarch export` writes beside a store
 STARTED = {"run.lock", "run.log"}  # what a run killed before it created its store leaves
 SHOWN_DIFFERENCES = 3
 
