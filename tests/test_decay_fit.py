@@ -27,7 +27,7 @@ from longarch.study import eval_seed
 from longarch.study.driver import Runtime
 from longarch.study.store import Store
 from test_bad_input import one_error_line
-from test_runner import TINY, quiet
+from test_runner import TINY, run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -280,11 +280,7 @@ SMALL = {**TINY, "train": {**TINY["train"], "steps": 4},
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("decay_fit")
-    path = directory / "study.yaml"
-    path.write_text(yaml.safe_dump(SMALL))
-    runner.run_study(load_study(str(path)), directory / "out", quiet())
-    return directory / "out"
+    return run_config(tmp_path_factory.mktemp("decay_fit"), SMALL)
 
 
 def _lines(path: Path) -> list[dict]:

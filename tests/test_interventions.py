@@ -25,7 +25,7 @@ from longarch.kinds import load_study
 from longarch.mixers.attention import AttentionConfig, CausalSelfAttention, LocalAttentionConfig
 from longarch.study.store import SCHEMA, Store
 from test_bad_input import one_error_line
-from test_runner import TINY, quiet
+from test_runner import TINY, run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -352,11 +352,7 @@ SMALL = {**TINY, "train": {**TINY["train"], "steps": 4},
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("interventions")
-    path = directory / "study.yaml"
-    path.write_text(yaml.safe_dump(SMALL))
-    runner.run_study(load_study(str(path)), directory / "out", quiet())
-    return directory / "out"
+    return run_config(tmp_path_factory.mktemp("interventions"), SMALL)
 
 
 def test_a_study_stores_each_row_with_its_intervention(ran):

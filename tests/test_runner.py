@@ -37,6 +37,14 @@ def quiet() -> Console:
     return Console(file=open(os.devnull, "w"))
 
 
+def run_config(directory: Path, config: dict) -> Path:
+    """Write `config` as a study file in `directory`, run it quietly into `directory`/out; that folder."""
+    path = directory / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    runner.run_study(load_study(str(path)), directory / "out", quiet())
+    return directory / "out"
+
+
 def summary_models(out: Path) -> list[dict]:
     return json.loads((out / "summary.json").read_text())["models"]
 

@@ -11,7 +11,7 @@ import pytest
 from longarch import tasks
 from longarch.tasks import text as T
 from longarch.tasks.text.fit import largest_fitting
-from test_text_support import bpe_tokenizer, n_tokens, write_hotpot, write_squad
+from test_text_support import n_tokens
 
 LENGTHS = [1024, 2048, 4096, 8192, 16384]
 SEEDS = [0, 1]
@@ -21,17 +21,6 @@ BUDGET = {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50, "qa": 32}  # RULER's tok
 # the first words of one more distractor unit, so 95% is reached there too. Only where a
 # HotpotQA question's own ten paragraphs (all golden in RULER) exceed the budget is there no fit.
 COARSE = {("qa_2", 1024)}
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return bpe_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def qa_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("qa")
-    return {"qa_1": write_squad(folder / "squad.json"), "qa_2": write_hotpot(folder / "hotpot.json")}
 
 
 def make(name, qa_files):

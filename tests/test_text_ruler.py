@@ -11,12 +11,7 @@ from longarch import tasks
 from longarch.tasks import text as T
 from longarch.tasks.text import haystack
 from longarch.tasks.text.aggregation import zeta
-from test_text_support import bpe_tokenizer, n_tokens
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return bpe_tokenizer()
+from test_text_support import n_tokens
 
 
 def test_configurations_match_synthetic_yaml():

@@ -16,22 +16,13 @@ from longarch import tasks
 from longarch.cli import app
 from longarch.tasks import text as T
 from test_bad_input import one_error_line
-from test_text_support import bpe_tokenizer, n_tokens, write_hotpot, write_squad
+from test_text_support import n_tokens
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return bpe_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def qa_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("qa")
-    return {"qa_1": str(write_squad(folder / "squad.json")), "qa_2": str(write_hotpot(folder / "hotpot.json"))}
 
 
 def _task(name, qa_files=None):
-    return tasks.get(name, path=qa_files[name]) if name.startswith("qa") else tasks.get(name)
+    return tasks.get(name, path=str(qa_files[name])) if name.startswith("qa") else tasks.get(name)
 
 
 # ------------------------------------------------------------------ vt: hops never adjacent

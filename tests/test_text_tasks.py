@@ -7,14 +7,9 @@ import pytest
 from longarch import tasks
 from longarch.tasks import text as T
 from longarch.tasks.text import fit as fitmod
-from test_text_support import bpe_tokenizer, write_hotpot, write_squad
+from test_text_support import write_hotpot, write_squad
 
 SYNTHETIC = [n for n in T.names() if not n.startswith("qa_")]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return bpe_tokenizer()
 
 
 def test_registry_and_knobs():
