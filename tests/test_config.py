@@ -615,6 +615,9 @@ def test_a_pretrained_study_takes_the_known_dtypes_and_devices(tmp_path, dtype, 
       [{"model": "hf:org/name", "train_length": 1024}]}, ["model 'name'", "infinity"]),
     ({"analysis": {"effective_length_bar_fraction": float("nan")}}, ["analysis.effective_length_bar_fraction",
                                                                      "finite"]),
+    ({"eval__fit_tolerance": float("nan")}, ["eval.fit_tolerance"]),
+    ({"eval__fit_tolerance": 1.5}, ["eval.fit_tolerance", "less than or equal to 1"]),
+    ({"eval__fit": "ruler", "eval__fit_tolerance": 0.9}, ["fit_tolerance applies to fit: exact only"]),
     ({"eval__samples": 10 ** 15}, ["one cell's prompts (1,000,000,000,000,000 samples x 1,024 tokens)",
                                    "needs at least", "this machine has"]),
     ({"eval__lengths": [1024, 10 ** 15]}, ["one cell's prompts (2 samples x 1,000,000,000,000,000 tokens)"]),
@@ -632,7 +635,8 @@ def test_a_bad_pretrained_value_is_a_one_line_config_error(tmp_path, changes, ex
 def test_every_float_of_the_pretrained_schema_is_covered_above():
     from longarch.pretrained.config import PretrainedStudy
 
-    assert _float_fields(PretrainedStudy) == {("TextTaskEntry", "depths"), ("TextTaskEntry", "length_factors")} | {
+    assert _float_fields(PretrainedStudy) == {("TextTaskEntry", "depths"), ("TextTaskEntry", "length_factors"),
+                                              ("PretrainedEval", "fit_tolerance")} | {
         key for key in NON_FINITE if key[0] == "AnalysisSettings"}
 
 

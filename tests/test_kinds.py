@@ -37,7 +37,8 @@ def test_every_kind_in_the_table_implements_the_protocol(kind):
     assert missing == []
     assert issubclass(kind.Config, Strict)
     assert typing.get_args(kind.Config.model_fields["kind"].annotation) == (kind.kind,)
-    assert set(kind.options) <= {"corpus", "scale", "squad", "hotpotqa", "trust_remote_code", "plugin"}
+    assert set(kind.options) <= {"corpus", "scale", "squad", "hotpotqa", "trust_remote_code", "plugin",
+                                 "model_args", "gen_args", "system_prompt", "log_prompts"}
 
 
 def test_the_kinds_have_distinct_names():

@@ -28,6 +28,7 @@ from test_hf_models import _config, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TRAINED = 32  # the tiny Llama's max_position_embeddings
+NAME = "argsllama"  # its folder's name, so its model id
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def llama(tmp_path_factory):
     tokenizer = word_tokenizer()
     torch.manual_seed(0)
     net = transformers.AutoModelForCausalLM.from_config(_config("llama", len(tokenizer)))
-    folder = tmp_path_factory.mktemp("llama")
+    folder = tmp_path_factory.mktemp("args", numbered=True) / NAME  # its id, whatever other modules' folders are called
     net.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     assert net.config.max_position_embeddings == TRAINED
@@ -210,10 +211,10 @@ def runs(llama, tmp_path_factory):
 
 def test_prediction_lines_hold_the_prompts_hash_and_with_log_prompts_its_text(runs, llama):
     plain, given = runs
-    for line in _lines(plain / "predictions" / "llama0" / "vt-1024.jsonl"):
+    for line in _lines(plain / "predictions" / NAME / "vt-1024.jsonl"):
         assert len(line["prompt_sha256"]) == 64 and "prompt" not in line and line["prompt_tokens"] > 0
     tokenizer = transformers.AutoTokenizer.from_pretrained(llama)
-    for line in _lines(given / "predictions" / "llama0" / "vt-1024.jsonl"):
+    for line in _lines(given / "predictions" / NAME / "vt-1024.jsonl"):
         assert hashlib.sha256(line["prompt"].encode()).hexdigest() == line["prompt_sha256"]
         # the system prompt before the task's text (base template), counted towards the length
         assert line["prompt"].startswith("Answer tersely.\n\n")
@@ -224,10 +225,10 @@ def test_prediction_lines_hold_the_prompts_hash_and_with_log_prompts_its_text(ru
     assert row.knobs["max_new_tokens"] == 5
     assert model["model_args"] == {"rope_scaling": {"rope_type": "linear", "factor": 4.0}}
     assert model["gen_args"] == {"max_new_tokens": 5} and model["system_prompt"] == "Answer tersely."
-    summary = json.loads((given / "summary.json").read_text())["models"]["llama0"]
+    summary = json.loads((given / "summary.json").read_text())["models"][NAME]
     assert summary["model_args"]["rope_scaling"]["factor"] == 4.0 and summary["gen_args"] == {"max_new_tokens": 5}
     report = (given / "report.md").read_text()
-    assert 'llama0: model arguments `rope_scaling={"factor": 4.0, "rope_type": "linear"}`; generation arguments ' \
+    assert NAME + ': model arguments `rope_scaling={"factor": 4.0, "rope_type": "linear"}`; generation arguments ' \
            '`max_new_tokens=5`; system prompt "Answer tersely.".' in report
     assert "Evaluated with arguments" not in (plain / "report.md").read_text()
 
@@ -269,7 +270,7 @@ def test_lm_eval_export_has_lm_evals_layout_and_the_stores_numbers(runs, tmp_pat
     _, given = runs
     result = _invoke("export", given, "--lm-eval", "--out", tmp_path / "lm")
     assert result.exit_code == 0, result.output
-    document = json.loads((tmp_path / "lm" / "llama0" / "results.json").read_text())
+    document = json.loads((tmp_path / "lm" / NAME / "results.json").read_text())
     with read_only(given / "results.sqlite") as store:
         [row] = store.results()
     assert document["results"]["ruler_vt"] == {"alias": "ruler_vt", "1024,none": row.accuracy,
