@@ -9,7 +9,9 @@ after a short causal depthwise convolution over (x, B, C), and gates the result 
 before a normalisation and the output projection.
 
 `ssd_chunked` evaluates the recurrence chunk by chunk: quadratic attention-like work inside a
-chunk, a linear recurrence across chunk boundaries. `ssd_reference` is the same recurrence one
+chunk (`WithinChunks`), and a loop over chunks that carries the state across their boundaries
+(`AcrossChunks`), linear in the number of chunks where a product over all pairs of chunks was
+quadratic (72% of the FLOPs at 64K). Both have hand-written backward passes. `ssd_reference` is the same recurrence one
 step at a time, written for clarity; the tests hold the two equal.
 
 State is (conv_tail, ssm_state): the last d_conv - 1 inputs of the convolution and S_t.
@@ -72,29 +74,66 @@ class WithinChunks(torch.autograd.Function):
 
     Forward: W[i, j] = exp(a_cum_i - a_cum_j) * scores[i, j] for j <= i (0 above the diagonal),
     y = W x. Differences of the cumulative sum are cheaper than `segment_sum` and precise enough
-    within one chunk. Autograd would spend about twice as many passes over the (b, H, c, Q, Q)
+    within one chunk. Autograd would spend about twice as many passes over the (..., H, Q, Q)
     weights in backward; here the gradient of the exponent is dW * W (W is zero above the
-    diagonal, so no mask is needed), and its two reductions replace a negation and a mask.
-    a_cum: (b, H, c, Q); scores: (b, 1, c, Q, Q) shared by the heads; x: (b, H, c, Q, P)."""
+    diagonal, so no mask is needed), and its two reductions replace a negation and a mask. The
+    (..., H, Q, Q) tensors are the largest of the scan, so each is allocated once and then
+    updated in place (a fresh large tensor costs its page faults, about a pass of its own).
+    a_cum: (..., H, Q); scores: (..., 1, Q, Q) shared by the heads; x: (..., H, Q, P)."""
 
     @staticmethod
     def forward(ctx, a_cum: Tensor, scores: Tensor, x: Tensor) -> Tensor:
         Q = a_cum.shape[-1]
         above = torch.ones(Q, Q, dtype=torch.bool, device=a_cum.device).triu(1)
         decay = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill_(above, float("-inf")).exp_()
-        weights = decay * scores  # (b, H, c, Q, Q)
+        if not any(ctx.needs_input_grad):  # no backward: the weights may overwrite the decays
+            return decay.mul_(scores) @ x  # (..., H, Q, P)
+        weights = decay * scores  # (..., H, Q, Q)
         ctx.save_for_backward(decay, scores, weights, x)
-        return weights @ x  # (b, H, c, Q, P)
+        return weights @ x  # (..., H, Q, P)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         decay, scores, weights, x = ctx.saved_tensors
-        grad_x = weights.transpose(-1, -2) @ grad_y  # (b, H, c, Q, P)
-        grad_w = grad_y @ x.transpose(-1, -2)  # (b, H, c, Q, Q)
-        grad_scores = (grad_w * decay).sum(dim=1, keepdim=True)  # (b, 1, c, Q, Q)
-        grad_exponent = grad_w.mul_(weights)  # d/d(a_i - a_j) of exp(.) * scores, in place
-        grad_a = grad_exponent.sum(dim=-1) - grad_exponent.sum(dim=-2)  # (b, H, c, Q)
+        grad_x = weights.transpose(-1, -2) @ grad_y  # (..., H, Q, P)
+        grad_w = grad_y @ x.transpose(-1, -2)  # (..., H, Q, Q)
+        grad_w.mul_(decay)  # d/d(scores) before the sum over heads, in place
+        grad_scores = grad_w.sum_to_size(scores.shape)  # (..., 1, Q, Q)
+        grad_exponent = grad_w.mul_(scores)  # d/d(a_i - a_j) of exp(.) * scores = dW * W, in place
+        grad_a = grad_exponent.sum(dim=-1) - grad_exponent.sum(dim=-2)  # (..., H, Q)
         return grad_a, grad_scores, grad_x
+
+
+class AcrossChunks(torch.autograd.Function):
+    """The state entering each chunk: a loop over the c chunks (not time steps), with the
+    reverse loop as its backward. S_0 = initial, S_{i+1} = decay_i * S_i + chunk_states_i.
+
+    chunk_states: (b, c, H, P, N), the state chunk i leaves behind from a zero start;
+    decay: (b, c, H), the chunk's whole decay; initial: (b, H, P, N).
+    Returns entering (b, c, H, P, N) = S_0 .. S_{c-1}, and the final state S_c (b, H, P, N)."""
+
+    @staticmethod
+    def forward(ctx, chunk_states: Tensor, decay: Tensor, initial: Tensor) -> tuple[Tensor, Tensor]:
+        entering = torch.empty_like(chunk_states)  # (b, c, H, P, N)
+        gate = decay[..., None, None]  # (b, c, H, 1, 1)
+        S = initial
+        for i in range(chunk_states.shape[1]):
+            entering[:, i] = S
+            S = torch.addcmul(chunk_states[:, i], gate[:, i], S)  # (b, H, P, N)
+        ctx.save_for_backward(gate, entering)
+        return entering, S
+
+    @staticmethod
+    def backward(ctx, grad_entering: Tensor, grad_final: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        gate, entering = ctx.saved_tensors
+        grad_states = torch.empty_like(entering)  # (b, c, H, P, N)
+        grad_decay = gate.new_empty(gate.shape[:3])  # (b, c, H)
+        grad_S = grad_final  # d/dS_{i+1}, from the last chunk back
+        for i in reversed(range(entering.shape[1])):
+            grad_states[:, i] = grad_S
+            torch.sum(grad_S * entering[:, i], dim=(-1, -2), out=grad_decay[:, i])
+            grad_S = torch.addcmul(grad_entering[:, i], gate[:, i], grad_S)  # (b, H, P, N)
+        return grad_states, grad_decay, grad_S
 
 
 def ssd_chunked(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
@@ -104,6 +143,10 @@ def ssd_chunked(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
     x: (b, L, H, P) inputs already scaled by dt; log_a: (b, L, H) = dt * A (<= 0);
     B, C: (b, L, N) shared by all heads; initial_state: (b, H, P, N) or None.
     Returns y (b, L, H, P) and the final state (b, H, P, N).
+
+    Layout: the inputs' own (b, c, Q, H, P), chunk by chunk. The work across chunks is then
+    matmuls over all heads at once ((Q, N) by (N, H*P)), with no copies; only the quadratic part
+    inside a chunk, a (Q, Q) matrix per head, takes a head-major copy of x.
     """
     b, L, H, P = x.shape
     N = B.shape[-1]
@@ -115,32 +158,31 @@ def ssd_chunked(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
         B = F.pad(B, (0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, pad))
     c, Q = (L + pad) // chunk_size, chunk_size
-    # Head-major layout, so every contraction below is one batched matmul.
-    x = x.reshape(b, c, Q, H, P).permute(0, 3, 1, 2, 4)  # (b, H, c, Q, P)
-    B = B.reshape(b, 1, c, Q, N)  # (b, 1, c, Q, N): shared by the heads
-    C = C.reshape(b, 1, c, Q, N)
-    a_cum = torch.cumsum(log_a.reshape(b, c, Q, H).permute(0, 3, 1, 2), dim=-1)  # (b, H, c, Q)
+    x = x.reshape(b, c, Q, H, P)  # (b, c, Q, H, P)
+    B = B.reshape(b, c, Q, N)  # (b, c, Q, N): shared by the heads
+    C = C.reshape(b, c, Q, N)
+    a_cum = torch.cumsum(log_a.reshape(b, c, Q, H), dim=2)  # (b, c, Q, H)
 
     # 1. Within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(a_{j+1..i}) x_j.
-    y = WithinChunks.apply(a_cum, C @ B.transpose(-1, -2), x)  # (b, H, c, Q, P)
+    scores = (C @ B.transpose(-1, -2))[:, :, None]  # (b, c, 1, Q, Q)
+    # Head-major copies of the small a_cum and of x: the (Q, Q) products are batched matmuls then.
+    y = WithinChunks.apply(a_cum.transpose(-1, -2).contiguous(), scores,
+                           x.transpose(2, 3).contiguous())  # (b, c, H, Q, P)
 
     # 2. The state each chunk would leave behind if it started from zero.
-    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, H, c, Q)
-    chunk_states = (x * decay_to_end[..., None]).transpose(-1, -2) @ B  # (b, H, c, P, N)
+    x_to_end = x * torch.exp(a_cum[:, :, -1:] - a_cum)[..., None]  # (b, c, Q, H, P)
+    chunk_states = x_to_end.flatten(3).transpose(-1, -2) @ B  # (b, c, H*P, N)
 
-    # 3. Carry states across chunk boundaries (a recurrence over c chunks, done as one product).
+    # 3. Carry states across chunk boundaries: a loop over chunks, not time steps.
     if initial_state is None:
         initial_state = x.new_zeros(b, H, P, N)
-    states = torch.cat([initial_state[:, :, None], chunk_states], dim=2)  # (b, H, c+1, P, N)
-    chunk_decay = torch.exp(segment_sum(F.pad(a_cum[..., -1], (1, 0))))  # (b, H, c+1, c+1)
-    states = (chunk_decay @ states.flatten(3)).unflatten(3, (P, N))  # (b, H, c+1, P, N)
-    entering, final_state = states[:, :, :-1], states[:, :, -1]  # (b, H, c, P, N), (b, H, P, N)
+    entering, final_state = AcrossChunks.apply(chunk_states.view(b, c, H, P, N), torch.exp(a_cum[:, :, -1]),
+                                               initial_state)  # (b, c, H, P, N), (b, H, P, N)
 
-    # 4. What the state entering each chunk contributes to its outputs.
-    y = y + (C @ entering.transpose(-1, -2)) * torch.exp(a_cum)[..., None]  # (b, H, c, Q, P)
-
-    y = y.permute(0, 2, 3, 1, 4).reshape(b, c * Q, H, P)[:, :L]
-    return y, final_state
+    # 4. What the state entering each chunk contributes to its outputs, in the inputs' layout.
+    y_inter = (C @ entering.flatten(2, 3).transpose(-1, -2)).view(b, c, Q, H, P)  # (b, c, Q, H, P)
+    y = torch.addcmul(y.transpose(2, 3), y_inter, torch.exp(a_cum)[..., None])  # (b, c, Q, H, P)
+    return y.reshape(b, c * Q, H, P)[:, :L], final_state
 
 
 def ssd_reference(x: Tensor, log_a: Tensor, B: Tensor, C: Tensor,
