@@ -62,3 +62,25 @@ def assert_split_sequence_continues(chunked, inputs: list, *, chunk: int = 8, sp
     torch.testing.assert_close(state2, state_all, rtol=0, atol=atol)
     out2_fresh, _ = chunked(*rest, chunk)
     assert (out2_fresh - out2).abs().max() > 1e-3
+
+
+def assert_backward_equals_reference(chunked, reference, inputs: list, chunk: int, backward_name: str, *,
+                                     atol: float = 1e-10, gradcheck: bool = True) -> None:
+    """The chunked op's hand-written backward (its grad_fn is `backward_name`) gives the same
+    gradient of every input, the initial state's included, as autograd through the step-by-step
+    reference, for random output and final-state gradients; and, if `gradcheck`, it passes
+    torch.autograd.gradcheck. `inputs` (float64) as in assert_chunked_equals_reference."""
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    *args, initial = inputs
+    out, state = chunked(*args, chunk, initial)
+    assert type(out.grad_fn).__name__ == backward_name
+    g = torch.Generator().manual_seed(7)
+    grad_out = torch.randn(out.shape, generator=g, dtype=out.dtype)
+    grad_state = torch.randn(state.shape, generator=g, dtype=state.dtype)
+    got = torch.autograd.grad((out * grad_out).sum() + (state * grad_state).sum(), inputs)
+    out_ref, state_ref = reference(*args, initial)
+    want = torch.autograd.grad((out_ref * grad_out).sum() + (state_ref * grad_state).sum(), inputs)
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, rtol=0, atol=atol, msg=lambda m: f"input {i}: {m}")
+    if gradcheck:
+        assert torch.autograd.gradcheck(lambda *t: chunked(*t[:-1], chunk, t[-1]), inputs)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mixer_checks import assert_chunked_equals_reference, assert_split_sequence_continues, chunked_cases
+from mixer_checks import (assert_backward_equals_reference, assert_chunked_equals_reference,
+                           assert_split_sequence_continues, chunked_cases)
 
 from longarch.mixers.rglru import RGLRUConfig, RGLRUMixer, rglru_chunked, rglru_reference
 
@@ -50,6 +51,15 @@ def test_scan_is_stable_with_extreme_decays_in_float32():
     assert torch.isfinite(h).all()
     torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(last, last_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("decay", [2.0, 0.02], ids=["fast-decay", "slow-decay"])
+@pytest.mark.parametrize("L,chunk", [(1, 4), (7, 8), (16, 8), (37, 8), (37, 64)])
+def test_backward_equals_autograd_through_the_reference(L, chunk, decay):
+    # RGLRUScan's reverse scan against autograd through the step loop: dx, d log_a and dh0.
+    inputs = _scan_inputs(L, torch.float64, decay)
+    assert_backward_equals_reference(rglru_chunked, rglru_reference, inputs, chunk, "RGLRUScanBackward",
+                                     gradcheck=L <= 16)
 
 
 def test_initial_state_continues_a_split_sequence():

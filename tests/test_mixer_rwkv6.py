@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mixer_checks import assert_chunked_equals_reference, assert_split_sequence_continues, chunked_cases
+from mixer_checks import (assert_backward_equals_reference, assert_chunked_equals_reference,
+                           assert_split_sequence_continues, chunked_cases)
 
+from longarch.mixers import rwkv6
 from longarch.mixers.rwkv6 import RWKV6Config, RWKV6Mixer, wkv6_chunked, wkv6_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,6 +58,25 @@ def test_initial_state_continues_a_split_sequence():
 
 
 # ---------------------------------------------------------------- the module's own
+
+
+@pytest.mark.parametrize("decay", [2.0, 0.02], ids=["fast-decay", "slow-decay"])
+@pytest.mark.parametrize("L,chunk", [(1, 4), (7, 8), (16, 8), (37, 8), (37, 64)])
+def test_backward_equals_autograd_through_the_reference(L, chunk, decay):
+    # WKV6Scan's hand-written backward against autograd through the step loop: dr, dk, dv,
+    # d log_w, du and dS0.
+    inputs = _wkv_inputs(L, torch.float64, decay)
+    assert_backward_equals_reference(wkv6_chunked, wkv6_reference, inputs, chunk, "WKV6ScanBackward",
+                                     gradcheck=L <= 16)
+
+
+def test_chunks_in_several_groups_give_the_same_values_and_gradients(monkeypatch):
+    # A budget of one chunk's (chunk, chunk, K) tensors: every group holds one chunk.
+    monkeypatch.setattr(rwkv6, "GROUP_ELEMENTS", 1)
+    inputs = _wkv_inputs(37, torch.float64, 0.3)
+    assert_chunked_equals_reference(wkv6_chunked, wkv6_reference, inputs, 8, with_state=True)
+    assert_backward_equals_reference(wkv6_chunked, wkv6_reference, inputs, 8, "WKV6ScanBackward",
+                                     gradcheck=False)
 
 
 @pytest.mark.parametrize("d_model", [4, 5, 16, 33, 128])

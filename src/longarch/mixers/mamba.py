@@ -86,13 +86,29 @@ def selective_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tenso
     """The selective scan, chunk by chunk, without a loop over time steps.
 
     x, dt: (b, L, D); A: (D, N) (< 0); B, C: (b, L, N); initial_state: (b, D, N) or None.
-    Returns y (b, L, D), without the D skip, and the final state (b, D, N)."""
+    Returns y (b, L, D), without the D skip, and the final state (b, D, N).
+    With gradients, `SelectiveScan` runs the same scan, keeping only its inputs and the state
+    entering each chunk, and recomputes each chunk's states in backward: autograd would keep
+    every level of every chunk's scan, several (b, L, D, N) tensors in all."""
+    inputs = (x, dt, A, B, C) if initial_state is None else (x, dt, A, B, C, initial_state)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        h0 = x.new_zeros(x.shape[0], x.shape[2], A.shape[-1]) if initial_state is None else initial_state
+        return SelectiveScan.apply(x, dt, A, B, C, h0, chunk_size)
+    return _scan_chunked(x, dt, A, B, C, chunk_size, initial_state)
+
+
+def _scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
+                  initial_state: Tensor | None = None, entering: list | None = None) -> tuple[Tensor, Tensor]:
+    """`selective_scan_chunked`'s scan, differentiated (if at all) by autograd through every
+    level. Appends the state entering each chunk to `entering` if given."""
     b, L, D = x.shape
     h = x.new_zeros(b, D, A.shape[-1]) if initial_state is None else initial_state
     x_dt = x * dt  # (b, L, D)
     ys = []
     for start in range(0, L, chunk_size):
         end = min(start + chunk_size, L)
+        if entering is not None:
+            entering.append(h)
         decay = torch.exp(dt[:, start:end, :, None] * A)  # (b, Q, D, N)
         u = x_dt[:, start:end, :, None] * B[:, start:end, None, :]  # (b, Q, D, N)
         u[:, 0] += decay[:, 0] * h  # the state entering the chunk, decayed by its first step
@@ -100,6 +116,70 @@ def selective_scan_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tenso
         ys.append(torch.einsum("bqdn,bqn->bqd", hs, C[:, start:end]))  # (b, Q, D)
         h = hs[:, -1]  # (b, D, N)
     return torch.cat(ys, dim=1), h
+
+
+class SelectiveScan(torch.autograd.Function):
+    """`_scan_chunked` with a hand-written backward, chunk by chunk from the last.
+
+    With a_t = exp(dt_t A) and G_t the gradient reaching h_t (G_t = C_t dy_t + a_{t+1} G_{t+1},
+    the final state's gradient entering the last step), and E_t = G_t a_t h_{t-1}:
+    dC_t = sum_d dy_t h_t, d(dt x)_t = sum_n G_t B_t, dB_t = sum_d G_t dt_t x_t,
+    d(dt_t A) = E_t, and dh0 = a_0 G_0. Each chunk's h is recomputed from the saved state entering
+    it, and G is the same scan run backwards in time, so backward holds a few (b, Q, D, N) tensors."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, h0, chunk_size):
+        entering = []
+        y, h_last = _scan_chunked(x, dt, A, B, C, chunk_size, h0, entering)  # (b, L, D), (b, D, N)
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(x, dt, A, B, C, torch.stack(entering, dim=1))  # entering: (b, c, D, N)
+        return y, h_last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor, grad_last: Tensor):
+        x, dt, A, B, C, entering = ctx.saved_tensors
+        L, Q = x.shape[1], ctx.chunk_size
+        grads = [torch.empty_like(t) for t in (x, dt, B, C)]  # dx, ddt, dB, dC: (b, L, .)
+        grad_A = torch.zeros_like(A)  # (D, N)
+        carry = grad_last  # (b, D, N): the gradient reaching the last step's h from later steps
+        for k, start in reversed(list(enumerate(range(0, L, Q)))):
+            part = slice(start, min(start + Q, L))
+            chunk_grads, carry = _chunk_backward(x[:, part], dt[:, part], A, B[:, part], C[:, part],
+                                                 entering[:, k], grad_y[:, part], carry)
+            for grad, chunk_grad in zip(grads, chunk_grads):
+                grad[:, part] = chunk_grad
+            grad_A += chunk_grads[-1]
+        grad_x, grad_dt, grad_B, grad_C = grads
+        return grad_x, grad_dt, grad_A, grad_B, grad_C, carry, None
+
+
+def _chunk_backward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, grad_y: Tensor,
+                    carry: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+    """One chunk of `SelectiveScan.backward`. x, dt, grad_y: (b, Q, D); B, C: (b, Q, N); h0 (the
+    state entering the chunk) and carry (the gradient of its last state from later steps): (b, D, N).
+    Returns (dx, ddt, dB, dC, dA) and the gradient of the state entering the chunk."""
+    decay = torch.exp(dt[..., None] * A)  # (b, Q, D, N)
+    x_dt = x * dt  # (b, Q, D)
+    u = x_dt[..., None] * B[:, :, None, :]  # (b, Q, D, N)
+    u[:, 0] += decay[:, 0] * h0
+    hs = parallel_scan(decay, u)  # (b, Q, D, N)
+    del u
+    # G backwards in time: step s = Q-1-t decays by a_{t+1}; the carry enters the last step whole.
+    dh = (grad_y[..., None] * C[:, :, None, :]).flip(1)  # (b, Q, D, N): C_t dy_t, reversed
+    dh[:, 0] += carry
+    G = parallel_scan(F.pad(decay.flip(1)[:, :-1], (0, 0, 0, 0, 1, 0)), dh).flip(1)  # (b, Q, D, N)
+    del dh
+    grad_C = torch.einsum("bqdn,bqd->bqn", hs, grad_y)  # (b, Q, N)
+    grad_x_dt = torch.einsum("bqdn,bqn->bqd", G, B)  # (b, Q, D)
+    grad_B = torch.einsum("bqdn,bqd->bqn", G, x_dt)  # (b, Q, N)
+    grad_h0 = decay[:, 0] * G[:, 0]  # (b, D, N)
+    h_prev = torch.cat([h0[:, None], hs[:, :-1]], dim=1)  # (b, Q, D, N): h_{t-1}
+    del hs
+    E = G.mul_(decay).mul_(h_prev)  # (b, Q, D, N): the gradient of dt_t A, in G's place
+    grad_A = torch.einsum("bqdn,bqd->dn", E, dt)  # (D, N)
+    grad_dt = torch.einsum("bqdn,dn->bqd", E, A) + grad_x_dt * x  # (b, Q, D)
+    return (grad_x_dt * dt, grad_dt, grad_B, grad_C, grad_A), grad_h0
 
 
 def selective_scan_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,

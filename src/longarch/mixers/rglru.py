@@ -76,7 +76,52 @@ def rglru_chunked(x: Tensor, log_a: Tensor, chunk_size: int, initial_state: Tens
     """h_t = exp(log_a_t) * h_{t-1} + x_t for every channel, chunk by chunk.
 
     x: (b, L, D) the already gated and normalised input; log_a: (b, L, D) <= 0;
-    initial_state: (b, D) or None. Returns h (b, L, D) and the final state (b, D)."""
+    initial_state: (b, D) or None. Returns h (b, L, D) and the final state (b, D).
+    With gradients, `RGLRUScan` runs the same scan and reverse-scans in backward, so that
+    autograd does not keep the scan's log2(chunk_size) levels of (b, L, D) intermediates."""
+    inputs = (x, log_a) if initial_state is None else (x, log_a, initial_state)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        h0 = x.new_zeros(x.shape[0], x.shape[2]) if initial_state is None else initial_state
+        return RGLRUScan.apply(x, log_a, h0, chunk_size)
+    return _scan_chunked(x, log_a, chunk_size, initial_state)
+
+
+class RGLRUScan(torch.autograd.Function):
+    """`_scan_chunked` with a hand-written backward that keeps only log_a, h and h0.
+
+    With G_t the gradient reaching h_t from every later step (G_t = dh_t + a_{t+1} G_{t+1},
+    started from the final state's gradient), dx_t = G_t, d log_a_t = G_t a_t h_{t-1} and
+    dh0 = a_0 G_0. G is the same recurrence run backwards in time, so backward is one more
+    chunked scan (over the time-reversed sequence) and elementwise work. h is the output and
+    the caller keeps it anyway (it multiplies the gate), so saving it costs nothing."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, log_a: Tensor, h0: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+        h, h_last = _scan_chunked(x, log_a, chunk_size, h0)  # (b, L, D), (b, D)
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(log_a, h, h0)
+        return h, h_last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h: Tensor, grad_last: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        log_a, h, h0 = ctx.saved_tensors
+        # Reversed in time, step s = L-1-t decays by a_{t+1}; the final state's gradient enters
+        # whole (as the initial state of the reversed scan), so step s = 0 has log-decay 0.
+        log_a_next = F.pad(log_a.flip(1)[:, :-1], (0, 0, 1, 0))  # (b, L, D): reversed log a_{t+1}
+        G, _ = _scan_chunked(grad_h.flip(1), log_a_next, ctx.chunk_size, grad_last)
+        del log_a_next
+        G = G.flip(1)  # (b, L, D): the gradient of h_t
+        grad_log_a = torch.exp(log_a).mul_(G)  # (b, L, D): a_t G_t, then times h_{t-1} in place
+        grad_h0 = grad_log_a[:, 0].clone()  # (b, D): a_0 G_0
+        grad_log_a[:, 0].mul_(h0)
+        grad_log_a[:, 1:].mul_(h[:, :-1])
+        return G, grad_log_a, grad_h0, None
+
+
+def _scan_chunked(x: Tensor, log_a: Tensor, chunk_size: int, initial_state: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """`rglru_chunked`'s scan, differentiated (if at all) by autograd through every level."""
     b, L, D = x.shape
     pad = (-L) % chunk_size
     if pad:

@@ -67,45 +67,167 @@ def wkv6_chunked(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, chun
     Stability: the decay is per key channel, so the usual factorisation (r exp(cum)) . (k exp(-cum))
     would need exp of a large positive number. Instead every decay that is applied is a
     difference of cumulative log decays over a stretch inside one chunk (always <= 0): the
-    intra-chunk scores use a (chunk, chunk, K) tensor of such differences, and the state enters
-    and leaves each chunk through decays measured from the chunk's start or to its end.
+    intra-chunk scores use a (chunk, chunk, K) tensor of such differences, built for a group of
+    chunks at a time so that it stays small, and the state enters and leaves each chunk through
+    decays measured from the chunk's start or to its end.
+
+    With gradients, `WKV6Scan` runs the same computation, keeps its inputs and the state entering
+    each chunk, and computes the gradients by hand (the state's by a reverse loop over chunks):
+    autograd would keep the (chunk, chunk, K) tensors of every chunk.
     """
     b, L, H, K = k.shape
-    V = v.shape[-1]
-    pad = (-L) % chunk_size
+    S0 = k.new_zeros(b, H, K, v.shape[-1]) if initial_state is None else initial_state
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, log_w, u, S0)):
+        return WKV6Scan.apply(r, k, v, log_w, u, S0, chunk_size)
+    o, S, _ = _wkv6_forward(r, k, v, log_w, u, S0, chunk_size)
+    return o, S
+
+
+def _to_chunks(t: Tensor, Q: int) -> Tensor:
+    """(b, L, H, K) -> (b, H, c, Q, K), zero-padded to whole chunks. Zero key, value, receptance
+    and log-decay leave the state untouched, so padding is exact."""
+    b, L, H, K = t.shape
+    pad = (-L) % Q
     if pad:
-        # Zero key, value, receptance and log-decay leave the state untouched: padding is exact.
-        r, k, v, log_w = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (r, k, v, log_w))
-    c, Q = (L + pad) // chunk_size, chunk_size
-    r, k, log_w = (t.reshape(b, c, Q, H, K).permute(0, 3, 1, 2, 4) for t in (r, k, log_w))  # (b, H, c, Q, K)
-    v = v.reshape(b, c, Q, H, V).permute(0, 3, 1, 2, 4)  # (b, H, c, Q, V)
+        t = F.pad(t, (0, 0, 0, 0, 0, pad))
+    return t.reshape(b, (L + pad) // Q, Q, H, K).permute(0, 3, 1, 2, 4)
+
+
+def _from_chunks(t: Tensor, L: int) -> Tensor:
+    """(b, H, c, Q, V) -> (b, L, H, V)."""
+    b, H, c, Q, V = t.shape
+    return t.permute(0, 2, 3, 1, 4).reshape(b, c * Q, H, V)[:, :L]
+
+
+GROUP_ELEMENTS = 2 ** 22  # of a group's (chunk, chunk, K) tensors: 16 MiB in float32
+
+
+def _chunk_groups(t: Tensor) -> list[slice]:
+    """Slices over the chunks of t (b, H, c, Q, K) whose (chunk, chunk, K) tensors hold about
+    GROUP_ELEMENTS elements in all."""
+    b, H, c, Q, K = t.shape
+    size = max(1, GROUP_ELEMENTS // (b * H * Q * Q * K))
+    return [slice(start, min(start + size, c)) for start in range(0, c, size)]
+
+
+def _intra_decay(w_before: Tensor, w_cum: Tensor) -> Tensor:
+    """exp(w_before_i - w_cum_j) for j < i, 0 elsewhere: (..., Q, K) -> (..., Q, Q, K)."""
+    Q = w_cum.shape[-2]
+    strictly_lower = torch.ones(Q, Q, dtype=torch.bool, device=w_cum.device).tril(-1)[..., None]  # (Q, Q, 1)
+    exponent = w_before[..., :, None, :] - w_cum[..., None, :, :]  # (..., Q, Q, K)
+    return exponent.masked_fill_(~strictly_lower, float("-inf")).exp_()
+
+
+def _wkv6_forward(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, S0: Tensor, Q: int
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """`wkv6_chunked`'s computation; also returns the state entering each chunk (b, H, c, K, V)."""
+    L = r.shape[1]
+    r, k, v, log_w = (_to_chunks(t, Q) for t in (r, k, v, log_w))  # (b, H, c, Q, K or V)
     w_cum = torch.cumsum(log_w, dim=-2)  # (b, H, c, Q, K): decay from chunk start through t
     w_before = w_cum - log_w  # (b, H, c, Q, K): decay from chunk start up to t, excluding t
 
-    # 1. Within a chunk: o_i = sum_{j<i} (r_i . k_j exp(w_before_i - w_cum_j)) v_j + (r_i . u k_i) v_i.
-    strictly_lower = torch.ones(Q, Q, dtype=torch.bool, device=k.device).tril(-1)[..., None]  # (Q, Q, 1)
-    exponent = (w_before[..., :, None, :] - w_cum[..., None, :, :]).masked_fill(~strictly_lower, float("-inf"))
-    scores = torch.einsum("bhcik,bhcjk,bhcijk->bhcij", r, k, torch.exp(exponent))  # (b, H, c, Q, Q)
-    bonus = torch.einsum("bhcik,hk,bhcik->bhci", r, u, k)  # (b, H, c, Q)
-    o = torch.einsum("bhcij,bhcjv->bhciv", scores, v) + bonus[..., None] * v  # (b, H, c, Q, V)
-
-    # 2. The state each chunk would leave behind from zero, and its decay over the whole chunk.
+    # 1. The state each chunk would leave behind from zero, and its decay over the whole chunk.
     k_to_end = k * torch.exp(w_cum[..., -1:, :] - w_cum)  # (b, H, c, Q, K)
     chunk_states = torch.einsum("bhcjk,bhcjv->bhckv", k_to_end, v)  # (b, H, c, K, V)
     chunk_decay = torch.exp(w_cum[..., -1, :])  # (b, H, c, K)
 
-    # 3. Carry the state across chunk boundaries (a loop over chunks, not time steps).
-    S = k.new_zeros(b, H, K, V) if initial_state is None else initial_state
-    entering = []
-    for i in range(c):
+    # 2. Carry the state across chunk boundaries (a loop over chunks, not time steps).
+    S, entering = S0, []
+    for i in range(chunk_states.shape[2]):
         entering.append(S)
         S = chunk_decay[:, :, i, :, None] * S + chunk_states[:, :, i]  # (b, H, K, V)
     entering = torch.stack(entering, dim=2)  # (b, H, c, K, V)
 
-    # 4. What the entering state contributes: r_i decayed from the chunk start up to i.
-    o = o + torch.einsum("bhcik,bhckv->bhciv", r * torch.exp(w_before), entering)  # (b, H, c, Q, V)
-    o = o.permute(0, 2, 3, 1, 4).reshape(b, c * Q, H, V)[:, :L]
-    return o, S
+    # 3. What the entering state contributes (r_i decayed from the chunk start up to i), and the
+    # bonus: o_i = r_i . (S_entering decayed + u k_i v_i).
+    bonus = torch.einsum("bhcik,hk,bhcik->bhci", r, u, k)  # (b, H, c, Q)
+    o = torch.einsum("bhcik,bhckv->bhciv", r * torch.exp(w_before), entering) + bonus[..., None] * v
+
+    # 4. Within a chunk: o_i += sum_{j<i} (r_i . k_j exp(w_before_i - w_cum_j)) v_j.
+    for part in _chunk_groups(r):
+        decay = _intra_decay(w_before[:, :, part], w_cum[:, :, part])  # (b, H, g, Q, Q, K)
+        scores = (decay.mul_(r[:, :, part, :, None]) * k[:, :, part, None]).sum(-1)  # (b, H, g, Q, Q)
+        o[:, :, part] += scores @ v[:, :, part]  # (b, H, g, Q, V)
+    return _from_chunks(o, L), S, entering
+
+
+class WKV6Scan(torch.autograd.Function):
+    """`_wkv6_forward` with a hand-written backward. Per chunk, with S0 the state entering it,
+    S1 the one leaving it, dO the outputs' gradient and dS1 the leaving state's (from later chunks):
+
+        dS0 = exp(w_last) dS1 + sum_i (r_i exp(w_before_i))^T dO_i      (a reverse loop over chunks)
+
+    and the gradients of r, k, v, u and the decays follow chunk by chunk, all chunks at once.
+    Every decay appears as exp(difference of cumulative log decays), so the gradient of a
+    cumulative log decay is the product of the decayed factor's value and its own gradient:
+    d w_before_i = r_i * (dr_i from the decayed terms), d w_cum_j = -k_j * (dk_j likewise)."""
+
+    @staticmethod
+    def forward(ctx, r, k, v, log_w, u, S0, chunk_size):
+        o, S, entering = _wkv6_forward(r, k, v, log_w, u, S0, chunk_size)  # (b, L, H, V), (b, H, K, V)
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(r, k, v, log_w, u, entering)
+        return o, S
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_o: Tensor, grad_last: Tensor):
+        r, k, v, log_w, u, entering = ctx.saved_tensors
+        L, Q = r.shape[1], ctx.chunk_size
+        r, k, v, log_w, grad_o = (_to_chunks(t, Q) for t in (r, k, v, log_w, grad_o))  # (b, H, c, Q, .)
+        w_cum = torch.cumsum(log_w, dim=-2)  # (b, H, c, Q, K)
+        w_before = w_cum - log_w
+        decay_from_start, decay_to_end = torch.exp(w_before), torch.exp(w_cum[..., -1:, :] - w_cum)
+        grad_leaving, grad_S0 = _leaving_state_grads(r * decay_from_start, grad_o, torch.exp(w_cum[..., -1, :]),
+                                                     grad_last)  # (b, H, c, K, V), (b, H, K, V)
+        # Through the entering state (r) and into the leaving one (k, v).
+        grad_r = decay_from_start * torch.einsum("bhckv,bhciv->bhcik", entering, grad_o)  # (b, H, c, Q, K)
+        grad_k = decay_to_end * torch.einsum("bhckv,bhcjv->bhcjk", grad_leaving, v)  # (b, H, c, Q, K)
+        grad_v = torch.einsum("bhcjk,bhckv->bhcjv", k * decay_to_end, grad_leaving)  # (b, H, c, Q, V)
+        grad_w_last = (k * grad_k).sum(-2) + torch.exp(w_cum[..., -1, :]) * (grad_leaving * entering).sum(-1)
+        _intra_backward(r, k, v, w_before, w_cum, grad_o, grad_r, grad_k, grad_v)
+        grad_w_before = r * grad_r  # (b, H, c, Q, K)
+        grad_w_cum = -k * grad_k
+        grad_w_cum[..., -1, :] += grad_w_last
+        # The bonus r_i . (u k_i) v_i.
+        grad_bonus = (grad_o * v).sum(-1, keepdim=True)  # (b, H, c, Q, 1)
+        grad_v += torch.einsum("bhcik,hk,bhcik->bhci", r, u, k)[..., None] * grad_o
+        grad_u = torch.einsum("bhciz,bhcik,bhcik->hk", grad_bonus, r, k)  # (H, K)
+        grad_r += grad_bonus * u[:, None, None] * k
+        grad_k += grad_bonus * u[:, None, None] * r
+        # w_before = w_cum - log_w and w_cum = cumsum(log_w): d log_w = reverse cumsum of d w_cum.
+        grad_w_cum += grad_w_before
+        grad_log_w = grad_w_cum.flip(-2).cumsum(-2).flip(-2) - grad_w_before
+        grads = (_from_chunks(t, L) for t in (grad_r, grad_k, grad_v, grad_log_w))
+        return *grads, grad_u, grad_S0, None
+
+
+def _leaving_state_grads(r_decayed: Tensor, grad_o: Tensor, chunk_decay: Tensor, grad_last: Tensor
+                         ) -> tuple[Tensor, Tensor]:
+    """The gradient of the state leaving each chunk (b, H, c, K, V), and of the initial state,
+    by the loop dS_entering = chunk_decay dS_leaving + sum_i (r_i exp(w_before_i))^T dO_i from the
+    last chunk. r_decayed, grad_o: (b, H, c, Q, K or V); chunk_decay: (b, H, c, K)."""
+    from_outputs = torch.einsum("bhcik,bhciv->bhckv", r_decayed, grad_o)  # (b, H, c, K, V)
+    grad_S, leaving = grad_last, []
+    for i in reversed(range(from_outputs.shape[2])):
+        leaving.append(grad_S)
+        grad_S = chunk_decay[:, :, i, :, None] * grad_S + from_outputs[:, :, i]  # (b, H, K, V)
+    return torch.stack(leaving[::-1], dim=2), grad_S
+
+
+def _intra_backward(r: Tensor, k: Tensor, v: Tensor, w_before: Tensor, w_cum: Tensor, grad_o: Tensor,
+                    grad_r: Tensor, grad_k: Tensor, grad_v: Tensor) -> None:
+    """Adds the gradients of o_i = sum_{j<i} (r_i . k_j exp(w_before_i - w_cum_j)) v_j to grad_r,
+    grad_k, grad_v, a group of chunks at a time. All (b, H, c, Q, K or V)."""
+    for part in _chunk_groups(r):
+        decay = _intra_decay(w_before[:, :, part], w_cum[:, :, part])  # (b, H, g, Q, Q, K)
+        r_i, k_j = r[:, :, part, :, None], k[:, :, part, None]  # (b, H, g, Q, 1, K), (b, H, g, 1, Q, K)
+        scores = (decay * r_i * k_j).sum(-1)  # (b, H, g, Q, Q)
+        grad_v[:, :, part] += scores.transpose(-1, -2) @ grad_o[:, :, part]
+        grad_scores = grad_o[:, :, part] @ v[:, :, part].transpose(-1, -2)  # (b, H, g, Q, Q)
+        decay.mul_(grad_scores[..., None])  # the gradient of r_i * k_j, in decay's place
+        grad_r[:, :, part] += (decay * k_j).sum(-2)
+        grad_k[:, :, part] += (decay.mul_(r_i)).sum(-3)
 
 
 def wkv6_reference(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor,
