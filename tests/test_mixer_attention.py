@@ -186,10 +186,15 @@ def test_sliding_window_scores_are_never_wider_than_two_windows(position, monkey
 def test_global_alibi_builds_its_bias_per_query_block(monkeypatch):
     import longarch.mixers.attention as attention
 
+    """No (H, L, L) bias: every mask built has at most QUERY_BLOCK rows, every call as many queries."""
     calls = _recorded_attention(monkeypatch)
     length = 3 * attention.QUERY_BLOCK + 5
     mixer = make_mixer("A", 16, {"n_heads": 2, "position": "alibi"})
+    built = []
+    mask = mixer._mask
+    monkeypatch.setattr(mixer, "_mask", lambda *args: built.append(mask(*args)) or built[-1])
     with torch.no_grad():
         mixer(torch.randn(1, length, 16))
     assert len(calls) == 4 and max(queries for queries, _, _ in calls) == attention.QUERY_BLOCK
     assert max(mask for _, _, mask in calls) <= 2 * attention.QUERY_BLOCK * length
+    assert built and all(m.shape[-2] <= attention.QUERY_BLOCK for m in built)

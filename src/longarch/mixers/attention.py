@@ -161,6 +161,13 @@ def alibi_slopes(n_heads: int) -> Tensor:
     return 2.0 ** (-8.0 * torch.arange(1, n_heads + 1, dtype=torch.float64) / n_heads)
 
 
+def four_d(mask: Tensor) -> Tensor:
+    """A mask of 2 or 3 dimensions as a view of 4, (1, H or 1, L, K): on a CPU, torch's fused
+    attention takes only a 4-dimensional mask and otherwise falls back to forming the scores
+    (a (H, 256, 8192) ALiBi bias ran 3x slower so)."""
+    return mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: AttentionConfig):
         super().__init__()
@@ -252,8 +259,8 @@ class CausalSelfAttention(nn.Module):
         if self.config.position != "alibi":
             return visible
         slopes = alibi_slopes(self.config.n_heads).to(dtype=dtype, device=positions.device)  # (H,)
-        bias = -slopes[:, None, None] * distance.to(dtype)  # (H, L, K)
-        return bias.masked_fill(~visible, float("-inf"))
+        bias = distance.to(dtype) * -slopes[:, None, None]  # (H, L, K)
+        return bias.masked_fill_(~visible, float("-inf"))
 
     def _local(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, key_positions: Tensor, w: int) -> Tensor:
         """Sliding-window attention block by block: q (B, H, L, Dh), k and v (B, H, P+L, Dh)
@@ -266,8 +273,8 @@ class CausalSelfAttention(nn.Module):
         P = k.shape[2] - L
         first = min(w, L)
         keys0 = slice(max(0, P - w + 1), P + first)  # the keys the first block's queries may see
-        y0 = F.scaled_dot_product_attention(q[:, :, :first], k[:, :, keys0], v[:, :, keys0], attn_mask=self._mask(
-            positions[:first], key_positions[keys0], q.dtype))  # (B, H, first, Dh)
+        y0 = F.scaled_dot_product_attention(q[:, :, :first], k[:, :, keys0], v[:, :, keys0], attn_mask=four_d(
+            self._mask(positions[:first], key_positions[keys0], q.dtype)))  # (B, H, first, Dh)
         if L <= w:
             return y0
         n = -(-(L - w) // w)  # later blocks
@@ -276,7 +283,7 @@ class CausalSelfAttention(nn.Module):
         q_blocks = F.pad(q[:, :, w:], (0, 0, 0, n * w - (L - w)))  # (B, H, n w, Dh): padded queries see zeros
         q_blocks = q_blocks.view(B, H, n, w, Dh).transpose(1, 2).reshape(B * n, H, w, Dh)  # (B n, H, w, Dh)
         k_blocks, v_blocks = (self._key_blocks(t[:, :, P:], n, w) for t in (k, v))  # (B n, H, 2w, Dh) each
-        y = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=band)  # (B n, H, w, Dh)
+        y = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=four_d(band))  # (B n, H, w, Dh)
         y = y.view(B, n, H, w, Dh).transpose(1, 2).reshape(B, H, n * w, Dh)[:, :, :L - w]  # (B, H, L-w, Dh)
         return torch.cat([y0, y], dim=2)  # (B, H, L, Dh)
 
@@ -291,15 +298,21 @@ class CausalSelfAttention(nn.Module):
 
     def _by_query_blocks(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, key_positions: Tensor) -> Tensor:
         """Global attention with an explicit mask (ALiBi, or queries after a cache), a block of
-        queries at a time against the keys up to its last: the mask (or ALiBi's bias) is built per
-        block, (H, Q, K) at most, never (H, L, L). q (B, H, L, Dh), k and v (B, H, P+L, Dh)."""
-        L, P = q.shape[2], k.shape[2] - q.shape[2]
+        at most QUERY_BLOCK queries at a time against the keys up to its last, so that no (L, K)
+        mask or (H, L, K) bias is formed: q (B, H, L, Dh), k and v (B, H, K, Dh), K = P + L.
+        Visibility and bias depend on the distance alone, so one table for the last Q queries
+        against all K keys, (H, Q, K), holds every block's mask as a view: a block of q' queries
+        ending at query `end` is its last q' rows and last P + end columns."""
+        L, K = q.shape[2], k.shape[2]
+        P, Q = K - L, min(L, QUERY_BLOCK)
+        table = four_d(self._mask(key_positions[K - Q:], key_positions, q.dtype))  # (1, H or 1, Q, K)
         outputs = []
-        for start in range(0, L, QUERY_BLOCK):
-            end = min(L, start + QUERY_BLOCK)
-            mask = self._mask(positions[start:end], key_positions[:P + end], q.dtype)  # (Q, K) or (H, Q, K)
-            outputs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :P + end], v[:, :, :P + end],
-                                                          attn_mask=mask))  # (B, H, Q, Dh)
+        for start in range(0, L, Q):
+            end = min(L, start + Q)
+            keys = slice(0, P + end)
+            mask = table[:, :, Q - (end - start):, K - (P + end):]  # (1, H or 1, end - start, P + end)
+            outputs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, keys], v[:, :, keys],
+                                                          attn_mask=mask))  # (B, H, end - start, Dh)
         return torch.cat(outputs, dim=2)  # (B, H, L, Dh)
 
     def _weights(self, q: Tensor, k: Tensor, positions: Tensor, key_positions: Tensor) -> Tensor:
