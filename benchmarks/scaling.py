@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # a log keeps the table unwrapped
     results = {"settings": {"lengths": args.lengths, "batch": args.batch, "d_model": args.d_model,
                             "threads": torch.get_num_threads(), "repeats": args.repeats, "mode": "fwd",
                             "ratio_lengths": args.ratio_lengths, "torch": torch.__version__},

@@ -8,9 +8,9 @@ all s <= t (global) or t - window < s <= t (sliding window). Positions enter as
 Computed with `torch.nn.functional.scaled_dot_product_attention`, locally where the mask is
 not plain causal: a sliding window of w keys block by block (w queries against the 2w keys of
 their block and the one before, one (w, 2w) band or ALiBi bias for all blocks), and global
-attention with ALiBi or a cache a block of QUERY_BLOCK queries at a time, its mask or bias
-built per block; so no (L, L) mask, or (H, L, L) bias, is ever formed. `reference=True` is
-the plain dense computation, for the tests.
+attention with ALiBi or a cache a block of QUERY_BLOCK queries at a time, each block's mask or
+bias a view of one (H, QUERY_BLOCK, K) table; so no (L, L) mask, or (H, L, L) bias, is ever
+formed. `reference=True` is the plain dense computation, for the tests.
 
 State is the key/value cache plus the number of tokens seen, so a sequence fed in pieces is
 rotated and masked exactly as the same sequence fed whole. A sliding window keeps only the
@@ -53,7 +53,8 @@ ROPE_SCALINGS = ("none", "pi", "ntk", "yarn")
 YARN_ALPHA, YARN_BETA = 1.0, 32.0  # YaRN's ramp ends, in turns over the original length
 ROPE_INTERVENTIONS = {"rope-pi": "pi", "rope-ntk": "ntk", "rope-yarn": "yarn"}  # intervention -> rope_scaling
 # Queries per block where global attention needs an explicit mask (ALiBi, or queries after a
-# cache): the mask or bias of one block, (H, QUERY_BLOCK, K), is all that is ever built.
+# cache): one table of (H, QUERY_BLOCK, K) masks or biases, which every block views, is all
+# that is built.
 QUERY_BLOCK = 256
 
 
