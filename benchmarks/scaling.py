@@ -33,6 +33,7 @@ from longarch.bench import bench_architecture, parse_lengths
 
 DEFAULT_LENGTHS = "1K,2K,4K,8K,16K,32K,64K"
 LINEAR_GROWTH = 1.1  # a growth exponent of the peak up to this is taken for linear
+EQUAL_WORK_LENGTH = 16384  # below this length a call is repeated more (timed_calls)
 MEMORY_MARGIN = 0.8  # of the memory available now: what a length may be estimated to need at most
 
 
@@ -65,6 +66,12 @@ def estimate_bytes(measured: list[tuple[int, int]], length: int, floor: int) -> 
     return max(floor, int(last_peak * (length / last_length) ** exponent))
 
 
+def timed_calls(repeats: int, length: int) -> int:
+    """`repeats` at EQUAL_WORK_LENGTH and beyond, more below it, so that every length times
+    about as many tokens: a best of two 20 ms calls at 1K swung a ratio by 30% on a shared machine."""
+    return max(repeats, repeats * EQUAL_WORK_LENGTH // length)
+
+
 def measure_architecture(name: str, lengths: list[int], batch: int, d_model: int, repeats: int) -> list[dict]:
     """One row per length: tokens/s and peak MiB, or why it was skipped or failed."""
     rows, measured = [], []
@@ -77,7 +84,7 @@ def measure_architecture(name: str, lengths: list[int], batch: int, d_model: int
             row["skipped"] = f"skipped: needs {need / 2 ** 30:.1f} GiB"
             rows.append(row)
             continue
-        m = bench_architecture(name, d_model, length, batch, "fwd", repeats)
+        m = bench_architecture(name, d_model, length, batch, "fwd", timed_calls(repeats, length))
         if m.error:
             row["error"] = m.error
         else:
@@ -126,7 +133,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--archs", default=None, help="comma-separated registry names (default: all)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls after the first (best is kept)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="timed calls after the first at 16K and beyond, more below (best is kept)")
     parser.add_argument("--ratio-lengths", default="16K,1K", help="LONG,SHORT: the ratio's lengths")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)

@@ -53,3 +53,8 @@ def test_memory_is_extrapolated_by_the_measured_growth(scaling):
     assert scaling.estimate_bytes([(1000, 10), (2000, 25)], 8000, floor=1) == 400  # faster: as L^2
     assert scaling.estimate_bytes([(1000, 10)], 2000, floor=1) == 40  # one length: assume quadratic
     assert scaling.estimate_bytes([], 2000, floor=7) == 7
+
+
+def test_short_lengths_are_timed_over_as_many_tokens(scaling):
+    assert scaling.timed_calls(2, 16384) == 2 and scaling.timed_calls(2, 65536) == 2
+    assert scaling.timed_calls(2, 1024) == 32
