@@ -33,7 +33,8 @@ from longarch.bench import bench_architecture, parse_lengths
 
 DEFAULT_LENGTHS = "1K,2K,4K,8K,16K,32K,64K"
 LINEAR_GROWTH = 1.1  # a growth exponent of the peak up to this is taken for linear
-EQUAL_WORK_LENGTH = 16384  # below this length a call is repeated more (timed_calls)
+EQUAL_WORK_LENGTH = 16384  # below this length a call is repeated more (timed_calls), up to MAX_CALLS
+MAX_CALLS = 32
 MEMORY_MARGIN = 0.8  # of the memory available now: what a length may be estimated to need at most
 
 
@@ -67,9 +68,9 @@ def estimate_bytes(measured: list[tuple[int, int]], length: int, floor: int) -> 
 
 
 def timed_calls(repeats: int, length: int) -> int:
-    """`repeats` at EQUAL_WORK_LENGTH and beyond, more below it, so that every length times
+    """`repeats` at EQUAL_WORK_LENGTH and beyond, more below it (at most MAX_CALLS), so that every length times
     about as many tokens: a best of two 20 ms calls at 1K swung a ratio by 30% on a shared machine."""
-    return max(repeats, repeats * EQUAL_WORK_LENGTH // length)
+    return max(repeats, min(MAX_CALLS, repeats * EQUAL_WORK_LENGTH // length))
 
 
 def measure_architecture(name: str, lengths: list[int], batch: int, d_model: int, repeats: int) -> list[dict]:

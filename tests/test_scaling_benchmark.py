@@ -57,4 +57,4 @@ def test_memory_is_extrapolated_by_the_measured_growth(scaling):
 
 def test_short_lengths_are_timed_over_as_many_tokens(scaling):
     assert scaling.timed_calls(2, 16384) == 2 and scaling.timed_calls(2, 65536) == 2
-    assert scaling.timed_calls(2, 1024) == 32
+    assert scaling.timed_calls(2, 1024) == 32 and scaling.timed_calls(2, 64) == scaling.MAX_CALLS
