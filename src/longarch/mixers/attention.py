@@ -5,7 +5,12 @@ all s <= t (global) or t - window < s <= t (sliding window). Positions enter as
 - `rope`: q and k rotated by their absolute positions (Su et al.);
 - `alibi`: bias(t, s) = -slope_h * (t - s), one geometric slope per head (Press et al.);
 - `nope`: nothing; order is only visible through causality.
-Computed with `torch.nn.functional.scaled_dot_product_attention`.
+Computed with `torch.nn.functional.scaled_dot_product_attention`, locally where the mask is
+not plain causal: a sliding window of w keys block by block (w queries against the 2w keys of
+their block and the one before, one (w, 2w) band or ALiBi bias for all blocks), and global
+attention with ALiBi or a cache a block of QUERY_BLOCK queries at a time, each block's mask or
+bias a view of one (H, QUERY_BLOCK, K) table; so no (L, L) mask, or (H, L, L) bias, is ever
+formed. `reference=True` is the plain dense computation, for the tests.
 
 State is the key/value cache plus the number of tokens seen, so a sequence fed in pieces is
 rotated and masked exactly as the same sequence fed whole. A sliding window keeps only the
@@ -47,6 +52,10 @@ POSITIONS = ("rope", "alibi", "nope")
 ROPE_SCALINGS = ("none", "pi", "ntk", "yarn")
 YARN_ALPHA, YARN_BETA = 1.0, 32.0  # YaRN's ramp ends, in turns over the original length
 ROPE_INTERVENTIONS = {"rope-pi": "pi", "rope-ntk": "ntk", "rope-yarn": "yarn"}  # intervention -> rope_scaling
+# Queries per block where global attention needs an explicit mask (ALiBi, or queries after a
+# cache): one table of (H, QUERY_BLOCK, K) masks or biases, which every block views, is all
+# that is built.
+QUERY_BLOCK = 256
 
 
 @dataclass
@@ -153,6 +162,13 @@ def alibi_slopes(n_heads: int) -> Tensor:
     return 2.0 ** (-8.0 * torch.arange(1, n_heads + 1, dtype=torch.float64) / n_heads)
 
 
+def four_d(mask: Tensor) -> Tensor:
+    """A mask of 2 or 3 dimensions as a view of 4, (1, H or 1, L, K): on a CPU, torch's fused
+    attention takes only a 4-dimensional mask and otherwise falls back to forming the scores
+    (a (H, 256, 8192) ALiBi bias ran 3x slower so)."""
+    return mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: AttentionConfig):
         super().__init__()
@@ -202,12 +218,14 @@ class CausalSelfAttention(nn.Module):
         q, k, v, positions, key_positions = self._project(x, state)
         if reference:
             y = self._reference(q, k, v, positions, key_positions)
-        elif cfg.position != "alibi" and self.span is None and k.shape[2] == L:
+        elif self.span is not None:
+            y = self._local(q, k, v, positions, key_positions, self.span)  # (B, H, L, Dh)
+        elif cfg.position != "alibi" and k.shape[2] == L:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, Dh)
         else:
-            # Queries in a later piece, windows and ALiBi need an explicit mask: is_causal
-            # aligns its triangle to the top-left corner and knows no bias.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(positions, key_positions, x.dtype))
+            # Queries in a later piece and ALiBi need an explicit mask: is_causal aligns its
+            # triangle to the top-left corner and knows no bias.
+            y = self._by_query_blocks(q, k, v, positions, key_positions)  # (B, H, L, Dh)
         y = y.transpose(1, 2).reshape(B, L, cfg.n_heads * cfg.head_dim)  # (B, L, H*Dh)
         if self.span is not None:  # a window only ever needs its last `span - 1` keys again
             start = max(0, k.shape[2] - (self.span - 1))
@@ -242,8 +260,61 @@ class CausalSelfAttention(nn.Module):
         if self.config.position != "alibi":
             return visible
         slopes = alibi_slopes(self.config.n_heads).to(dtype=dtype, device=positions.device)  # (H,)
-        bias = -slopes[:, None, None] * distance.to(dtype)  # (H, L, K)
-        return bias.masked_fill(~visible, float("-inf"))
+        bias = distance.to(dtype) * -slopes[:, None, None]  # (H, L, K)
+        return bias.masked_fill_(~visible, float("-inf"))
+
+    def _local(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, key_positions: Tensor, w: int) -> Tensor:
+        """Sliding-window attention block by block: q (B, H, L, Dh), k and v (B, H, P+L, Dh)
+        -> (B, H, L, Dh), in O(L w) memory. Queries go in blocks of w; a block sees the 2w keys
+        of its own block and the one before, which hold every key its queries see (t - w < s <= t).
+        The first block, whose earlier keys are the cache's (or none), is masked from its actual
+        positions; in every later block query r sees key c iff r < c <= r + w, the same band
+        (and, for ALiBi, the same bias) in all of them, so one (w, 2w) mask serves them all."""
+        B, H, L, Dh = q.shape
+        P = k.shape[2] - L
+        first = min(w, L)
+        keys0 = slice(max(0, P - w + 1), P + first)  # the keys the first block's queries may see
+        y0 = F.scaled_dot_product_attention(q[:, :, :first], k[:, :, keys0], v[:, :, keys0], attn_mask=four_d(
+            self._mask(positions[:first], key_positions[keys0], q.dtype)))  # (B, H, first, Dh)
+        if L <= w:
+            return y0
+        n = -(-(L - w) // w)  # later blocks
+        band = self._mask(torch.arange(w, 2 * w, device=q.device), torch.arange(2 * w, device=q.device), q.dtype)
+        # (w, 2w) bool, or (H, w, 2w) float for ALiBi: distance w + r - c
+        q_blocks = F.pad(q[:, :, w:], (0, 0, 0, n * w - (L - w)))  # (B, H, n w, Dh): padded queries see zeros
+        q_blocks = q_blocks.view(B, H, n, w, Dh).transpose(1, 2).reshape(B * n, H, w, Dh)  # (B n, H, w, Dh)
+        k_blocks, v_blocks = (self._key_blocks(t[:, :, P:], n, w) for t in (k, v))  # (B n, H, 2w, Dh) each
+        y = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=four_d(band))  # (B n, H, w, Dh)
+        y = y.view(B, n, H, w, Dh).transpose(1, 2).reshape(B, H, n * w, Dh)[:, :, :L - w]  # (B, H, L-w, Dh)
+        return torch.cat([y0, y], dim=2)  # (B, H, L, Dh)
+
+    @staticmethod
+    def _key_blocks(x: Tensor, n: int, w: int) -> Tensor:
+        """The 2w keys (or values) of blocks 1..n: x (B, H, L, Dh), from the first query on
+        -> (B n, H, 2w, Dh), block j holding x[(j-1) w : (j+1) w], zeros past the end."""
+        B, H, L, Dh = x.shape
+        x = F.pad(x, (0, 0, 0, (n + 1) * w - L))  # (B, H, (n+1) w, Dh)
+        blocks = x.unfold(2, 2 * w, w)  # (B, H, n, Dh, 2w): a view
+        return blocks.permute(0, 2, 1, 4, 3).reshape(B * n, H, 2 * w, Dh)  # (B n, H, 2w, Dh)
+
+    def _by_query_blocks(self, q: Tensor, k: Tensor, v: Tensor, positions: Tensor, key_positions: Tensor) -> Tensor:
+        """Global attention with an explicit mask (ALiBi, or queries after a cache), a block of
+        at most QUERY_BLOCK queries at a time against the keys up to its last, so that no (L, K)
+        mask or (H, L, K) bias is formed: q (B, H, L, Dh), k and v (B, H, K, Dh), K = P + L.
+        Visibility and bias depend on the distance alone, so one table for the last Q queries
+        against all K keys, (H, Q, K), holds every block's mask as a view: a block of q' queries
+        ending at query `end` is its last q' rows and last P + end columns."""
+        L, K = q.shape[2], k.shape[2]
+        P, Q = K - L, min(L, QUERY_BLOCK)
+        table = four_d(self._mask(key_positions[K - Q:], key_positions, q.dtype))  # (1, H or 1, Q, K)
+        outputs = []
+        for start in range(0, L, Q):
+            end = min(L, start + Q)
+            keys = slice(0, P + end)
+            mask = table[:, :, Q - (end - start):, K - (P + end):]  # (1, H or 1, end - start, P + end)
+            outputs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, keys], v[:, :, keys],
+                                                          attn_mask=mask))  # (B, H, end - start, Dh)
+        return torch.cat(outputs, dim=2)  # (B, H, L, Dh)
 
     def _weights(self, q: Tensor, k: Tensor, positions: Tensor, key_positions: Tensor) -> Tensor:
         """Plain softmax(q k^T / sqrt(Dh) + mask): (B, H, L, K)."""
