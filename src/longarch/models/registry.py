@@ -108,9 +108,9 @@ _UNSAVED = [False]
 
 
 def _counts_file() -> Path | None:
-    root = os.environ.get("LONGARCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "longarch")
-    if root in ("", "0", "off"):
+    """The cache file (LONGARCH_COUNT_CACHE: its folder, "off": none), as the text tasks' cache."""
+    root = os.environ.get("LONGARCH_COUNT_CACHE", str(Path.home() / ".cache" / "longarch" / "counts"))
+    if root in ("", "off"):
         return None
     digest = hashlib.sha256(torch.__version__.encode())
     here = Path(__file__).resolve().parent.parent
