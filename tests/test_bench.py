@@ -24,6 +24,7 @@ def test_flops_of_a_linear_layer_are_counted():
     m = bench.measure("linear", "fwd", 1, 8, lambda: layer(x), repeats=1)
     assert m.flops == 2 * 8 * 64 * 32
     assert m.seconds > 0 and m.tokens_per_s == 8 / m.seconds
+    assert m.times == [m.seconds]  # the best of the timed calls, all of them kept
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -119,7 +120,7 @@ def test_bench_against_hf_prints_ratios(tmp_path):
         assert layer in result.output
     # both modes by default; a speed-up with its min-max per layer and mode
     assert len(re.findall(r"\d\.\d\dx \(\d+\.\d\d-\d+\.\d\d\)", result.output)) == 2 * len(bench.HF_LAYERS)
-    assert "median of 2" in result.output
+    assert "median (min-max) of 2" in " ".join(result.output.split())
     saved = json.loads(out.read_text())["measurements"]
     assert {(m["name"].split(" ")[0], m["mode"]) for m in saved} == {
         (bench.ARCH_LAYERS[n], mode) for n in bench.ARCH_LAYERS for mode in bench.MODES}

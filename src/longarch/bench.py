@@ -14,8 +14,9 @@ Two measurements, both forward only (no gradients, eval mode) and forward + back
   load falls on both; the median of the repeats is printed with their min-max, and the speed-up
   is the median of the ratios of each alternated pair.
 
-Every timed call follows an untimed first call (which counts FLOPs and peak memory); a cell's
-time is the median of its timed calls, and `times` in the JSON lists them all.
+Every timed call follows an untimed first call (which counts FLOPs and peak memory); `times` in
+the JSON lists every timed call. An architecture's time is the best of its timed calls (as
+benchmarks/scaling.py reads it); a layer against `transformers`, the median.
 
 Peak memory is the rise of the process's peak resident set (Linux `VmHWM`, reset before each
 call after returning freed memory to the system), so it counts everything the call allocates,
@@ -48,7 +49,7 @@ class Measurement:
     mode: str
     length: int
     batch: int
-    seconds: float        # median of the timed calls
+    seconds: float        # best of the timed calls (median for --against hf's pairs)
     peak_bytes: int | None
     flops: int            # counted FLOPs of one call
     error: str | None = None  # why the call could not run (out of memory), else None
@@ -115,12 +116,12 @@ def _reset_peak() -> int | None:
 
 def measure(name: str, mode: str, length: int, batch: int, call: Callable[[], None], repeats: int,
             slow_after_s: float = 30.0) -> Measurement:
-    """Time `call` (median of `repeats` after a first call that also counts FLOPs and peak memory).
+    """Time `call` (best of `repeats` after a first call that also counts FLOPs and peak memory).
     A call slower than `slow_after_s` is timed once more only."""
     m = first_call(name, mode, length, batch, call)
     if m.error is None:
         m.times = time_alternately([call], 1 if m.seconds >= slow_after_s else repeats)[0]
-        m.seconds = statistics.median(m.times)
+        m.seconds = min(m.times)
     return m
 
 
@@ -374,6 +375,13 @@ def run_bench(names: list[str], lengths: list[int], batch: int | None, d_model: 
                             "n/a" if m.error else f"{m.flops_per_s / 1e9:,.1f}",
                             "n/a" if m.error else f"{100 * m.flops_per_s / peak:.1f}%"])
     return results, peak
+
+
+def timing(repeats: int, against: str | None) -> str:
+    """How the table's times were taken, for its title."""
+    if against == "hf":
+        return f"median (min-max) of {repeats} timed calls, the two sides alternately"
+    return f"best of {repeats} timed calls"
 
 
 def columns(against: str | None) -> list[str]:
