@@ -3,7 +3,10 @@
 The speed figures themselves are benchmarks, not tests; they are recorded in the README."""
 
 import json
+import re
+import statistics
 import sys
+import types
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ def test_flops_of_a_linear_layer_are_counted():
     m = bench.measure("linear", "fwd", 1, 8, lambda: layer(x), repeats=1)
     assert m.flops == 2 * 8 * 64 * 32
     assert m.seconds > 0 and m.tokens_per_s == 8 / m.seconds
+    assert m.times == [m.seconds]  # the best of the timed calls, all of them kept
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -108,12 +112,59 @@ def test_bench_command_prints_a_row_per_cell_and_writes_json(tmp_path):
 
 
 def test_bench_against_hf_prints_ratios(tmp_path):
+    out = tmp_path / "hf.json"
     result = runner.invoke(app, ["bench", "--against", "hf", "--lengths", "16", "--batch", "1",
-                                 "--d-model", "32", "--mode", "fwd", "--repeats", "1"])
+                                 "--d-model", "32", "--repeats", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     for layer in bench.HF_LAYERS:
         assert layer in result.output
-    assert result.output.count("x ") >= len(bench.HF_LAYERS)  # one speed-up per layer
+    # both modes by default; a speed-up with its min-max per layer and mode
+    assert len(re.findall(r"\d\.\d\dx \(\d+\.\d\d-\d+\.\d\d\)", result.output)) == 2 * len(bench.HF_LAYERS)
+    assert "median (min-max) of 2" in " ".join(result.output.split())
+    saved = json.loads(out.read_text())["measurements"]
+    assert {(m["name"].split(" ")[0], m["mode"]) for m in saved} == {
+        (bench.ARCH_LAYERS[n], mode) for n in bench.ARCH_LAYERS for mode in bench.MODES}
+    assert all(len(m["times"]) == 2 and m["seconds"] == statistics.median(m["times"]) for m in saved)
+
+
+def test_the_two_sides_are_timed_alternately(monkeypatch):
+    calls = []
+    ticks = iter(range(1000))
+
+    def fake_pair(layer, d_model, length):
+        module = torch.nn.Linear(4, 4)
+        return ((module, lambda x: calls.append("ours") or x),
+                (module, lambda x: calls.append("theirs") or x))
+
+    monkeypatch.setattr(bench, "layer_pair", fake_pair)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    ours, theirs = bench.bench_layer_pair("mamba", 4, 4, 1, "fwd", repeats=3)
+    # one first call each (FLOPs, memory), then ours and theirs taking turns
+    assert calls == ["ours", "theirs"] + ["ours", "theirs"] * 3
+    assert ours.times == theirs.times == [1.0, 1.0, 1.0] and ours.seconds == 1.0
+    assert bench.speedups(ours, theirs) == [1.0, 1.0, 1.0]
+
+
+def test_time_alternately_takes_turns_with_any_clock():
+    order, now = [], [0.0]
+
+    def clock():
+        now[0] += 1
+        return now[0]
+
+    times = bench.time_alternately([lambda: order.append("a"), lambda: order.append("b")], 2, clock=clock)
+    assert order == ["a", "b", "a", "b"]
+    assert times == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_a_pair_row_is_median_and_min_max():
+    ours = bench.Measurement("x (longarch)", "fwd", 100, 2, 2.0, None, 0, times=[1.0, 2.0, 4.0])
+    theirs = bench.Measurement("x (transformers)", "fwd", 100, 2, 4.0, None, 0, times=[3.0, 4.0, 4.0])
+    row = bench.pair_row("x", "fwd", 100, 2, ours, theirs)
+    assert row[:4] == ["x", "fwd", "100", "2"]
+    assert row[4] == "100 (50-200)" and row[5] == "50 (50-67)"  # 200 tokens per call
+    assert row[6] == "2.00x (1.00-3.00)"  # 3/1, 4/2, 4/4
+    assert len(row) == len(bench.columns("hf"))
 
 
 @pytest.mark.parametrize("args, message", [

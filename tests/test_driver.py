@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from longarch.study.store import ResultRow, Store
-from longarch.study import Cell, Plan, Skip, drive
+from longarch.study import Cell, Plan, Skip, drive, driver
 
 
 class Permanent(RuntimeError):
@@ -96,6 +96,18 @@ def test_a_rerun_does_only_what_is_not_stored(tmp_path):
     again = Squares(tmp_path)
     _run(again, tmp_path / "out")
     assert again.jobs == []
+
+
+def test_a_run_with_nothing_to_do_starts_no_backend(tmp_path, monkeypatch):
+    _run(Squares(tmp_path), tmp_path / "out")
+
+    def no_backend(*args, **kwargs):
+        raise AssertionError("a backend was started with every cell stored")
+
+    monkeypatch.setattr(driver, "make_backend", no_backend)
+    # a pool of workers (or Ray) asked for: still none, as there is nothing to hand it
+    assert drive(Squares(tmp_path), tmp_path / "out", Console(file=io.StringIO()), command="test", workers=2,
+                 backend="ray") == []
 
 
 def test_a_passing_glitch_is_retried_and_a_broken_cell_recorded_with_what_needs_it(tmp_path):

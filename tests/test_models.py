@@ -4,6 +4,7 @@ is causal, reports its state size truthfully, and sizes to a parameter budget.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import functools
 import itertools
 
@@ -343,3 +344,31 @@ def test_init_and_tie_head_are_checked_and_size_to_budget_keeps_them():
     assert sized["init"] == "torch" and sized["tie_head"] is False
     built = models.build("transformer", vocab_size=50, **sized)
     assert abs(built.num_params() - 100_000) <= 0.02 * 100_000
+
+
+def test_parameter_counts_are_kept_between_processes(tmp_path, monkeypatch):
+    from longarch.models import registry
+
+    def forget():  # as a new process starts
+        registry._count_params.cache_clear()
+        registry._stored_counts.cache_clear()
+        registry._COUNTS.clear()
+
+    monkeypatch.setenv("LONGARCH_COUNT_CACHE", str(tmp_path))
+    forget()
+    try:
+        config = models.config("mamba2", d_model=24, vocab_size=64)
+        counted = models.count_params(config)
+        registry.save_counts()
+        (saved,) = tmp_path.glob("param-counts-*.json")
+        assert list(json.loads(saved.read_text()).values()) == [counted]
+        forget()
+        with monkeypatch.context() as patched:  # read back, not built
+            patched.setattr(registry, "LanguageModel", None)
+            assert models.count_params(config) == counted
+        saved.write_text("{not json")  # a damaged file is counted anew
+        forget()
+        assert models.count_params(config) == counted
+    finally:
+        monkeypatch.undo()
+        forget()

@@ -9,7 +9,14 @@ Two measurements, both forward only (no gradients, eval mode) and forward + back
   `transformers`' pure-PyTorch path at the same sizes, side by side: Mamba against `MambaMixer`,
   Mamba-2 against `Mamba2Mixer`, RG-LRU against RecurrentGemma's recurrent block, and RoPE
   attention against `LlamaAttention` (SDPA). On a CPU, `transformers` runs Mamba and the RG-LRU
-  as Python loops over time steps; Mamba-2 is chunked there too.
+  as Python loops over time steps; Mamba-2 is chunked there too. The two sides are timed
+  alternately in one process (ours, theirs, ours, theirs, ...), so that a change in the machine's
+  load falls on both; the median of the repeats is printed with their min-max, and the speed-up
+  is the median of the ratios of each alternated pair.
+
+Every timed call follows an untimed first call (which counts FLOPs and peak memory); `times` in
+the JSON lists every timed call. An architecture's time is the best of its timed calls (as
+benchmarks/scaling.py reads it); a layer against `transformers`, the median.
 
 Peak memory is the rise of the process's peak resident set (Linux `VmHWM`, reset before each
 call after returning freed memory to the system), so it counts everything the call allocates,
@@ -23,8 +30,9 @@ from __future__ import annotations
 
 import ctypes
 import math
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -41,10 +49,15 @@ class Measurement:
     mode: str
     length: int
     batch: int
-    seconds: float        # best of the timed calls
+    seconds: float        # best of the timed calls (median for --against hf's pairs)
     peak_bytes: int | None
     flops: int            # counted FLOPs of one call
     error: str | None = None  # why the call could not run (out of memory), else None
+    times: list[float] = field(default_factory=list)  # every timed call, in seconds, in order
+
+    def rates(self) -> list[float]:
+        """Tokens/s of each timed call."""
+        return [self.batch * self.length / t for t in self.times]
 
     @property
     def tokens_per_s(self) -> float:
@@ -104,7 +117,17 @@ def _reset_peak() -> int | None:
 def measure(name: str, mode: str, length: int, batch: int, call: Callable[[], None], repeats: int,
             slow_after_s: float = 30.0) -> Measurement:
     """Time `call` (best of `repeats` after a first call that also counts FLOPs and peak memory).
-    A call slower than `slow_after_s` is timed once: its first call is the measurement."""
+    A call slower than `slow_after_s` is timed once more only."""
+    m = first_call(name, mode, length, batch, call)
+    if m.error is None:
+        m.times = time_alternately([call], 1 if m.seconds >= slow_after_s else repeats)[0]
+        m.seconds = min(m.times)
+    return m
+
+
+def first_call(name: str, mode: str, length: int, batch: int, call: Callable[[], None]) -> Measurement:
+    """The first, untimed-for-the-record call: FLOPs, peak memory and whether it runs at all.
+    Its `seconds` is that call's time (slowed by the FLOP counter), until timed calls replace it."""
     _register_cpu_attention_flops()
     base = _reset_peak()
     try:
@@ -118,9 +141,21 @@ def measure(name: str, mode: str, length: int, batch: int, call: Callable[[], No
         return Measurement(name, mode, length, batch, math.nan, None, 0, error="out of memory")
     peak = _vm_kib("VmHWM")
     peak_bytes = None if base is None or peak is None else max(0, peak - base) * 1024
-    # The counted first call is slower (the counter intercepts every op); keep it only if alone.
-    seconds = best_of(repeats, call) if first < slow_after_s else first
-    return Measurement(name, mode, length, batch, seconds, peak_bytes, counter.get_total_flops())
+    return Measurement(name, mode, length, batch, first, peak_bytes, counter.get_total_flops())
+
+
+def time_alternately(calls: list[Callable[[], object]], repeats: int,
+                     clock: Callable[[], float] | None = None) -> list[list[float]]:
+    """Seconds of each call, `repeats` times, the calls taking turns: a, b, a, b, ... So a slow
+    spell of a shared machine slows both sides, not the one that happened to run then."""
+    clock = clock or time.perf_counter
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, spent in zip(calls, times):
+            start = clock()
+            call()
+            spent.append(clock() - start)
+    return times
 
 
 def best_of(repeats: int, call: Callable[[], object], warmup: bool = False) -> float:
@@ -238,14 +273,26 @@ def layer_pair(layer: str, d_model: int, length: int) -> tuple[Callable, Callabl
     raise ValueError(f"unknown layer {layer!r}; choose from {', '.join(HF_LAYERS)}")
 
 
-def bench_layer_pair(layer: str, d_model: int, length: int, batch: int, mode: str, repeats: int
-                     ) -> tuple[Measurement, Measurement]:
+def bench_layer_pair(layer: str, d_model: int, length: int, batch: int, mode: str, repeats: int,
+                     slow_after_s: float = 30.0) -> tuple[Measurement, Measurement]:
+    """Ours and transformers' layer: each side's first call (FLOPs, memory), then `repeats`
+    timed calls of each, alternately (time_alternately); once each when a side is slow."""
     (ours, our_call), (theirs, their_call) = layer_pair(layer, d_model, length)
     x = torch.randn(batch, length, d_model)
-    results = []
-    for label, module, call in ((f"{layer} (longarch)", ours, our_call), (f"{layer} (transformers)", theirs, their_call)):
-        results.append(measure(label, mode, length, batch, _calls(lambda: call(x), module, mode), repeats))
+    sides = [(f"{layer} (longarch)", _calls(lambda: our_call(x), ours, mode)),
+             (f"{layer} (transformers)", _calls(lambda: their_call(x), theirs, mode))]
+    results = [first_call(label, mode, length, batch, call) for label, call in sides]
+    running = [i for i, m in enumerate(results) if m.error is None]
+    slow = any(results[i].seconds >= slow_after_s for i in running)
+    times = time_alternately([sides[i][1] for i in running], 1 if slow else repeats)
+    for i, spent in zip(running, times):
+        results[i].times, results[i].seconds = spent, statistics.median(spent)
     return results[0], results[1]
+
+
+def speedups(ours: Measurement, theirs: Measurement) -> list[float]:
+    """Their time over ours, per alternated pair of calls."""
+    return [t / o for o, t in zip(ours.times, theirs.times)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +339,20 @@ def _rate(measurement: Measurement) -> str:
     return "n/a" if measurement.error else f"{measurement.tokens_per_s:,.0f}"
 
 
+def _spread(values: list[float], form: str, unit: str = "") -> str:
+    """The median of `values` with their min-max: '12,345 (11,900-12,800)'."""
+    if not values:
+        return "n/a"
+    middle = format(statistics.median(values), form) + unit
+    return middle if len(values) == 1 else f"{middle} ({min(values):{form}}-{max(values):{form}})"
+
+
+def pair_row(layer: str, mode: str, length: int, batch: int, ours: Measurement, theirs: Measurement) -> list[str]:
+    """One --against hf row: tok/s and speed-up as median (min-max) over the repeats."""
+    return [layer, mode, str(length), str(batch), _spread(ours.rates(), ",.0f"), _spread(theirs.rates(), ",.0f"),
+            _spread(speedups(ours, theirs), ".2f", "x"), _mib(ours), _mib(theirs)]
+
+
 def run_bench(names: list[str], lengths: list[int], batch: int | None, d_model: int, modes: list[str],
               repeats: int, against: str | None, on_row: Callable[[list[str]], None], tokens: int = BATCH_TOKENS
               ) -> tuple[list[Measurement], float]:
@@ -305,9 +366,7 @@ def run_bench(names: list[str], lengths: list[int], batch: int | None, d_model: 
                 for name in names:
                     ours, theirs = bench_layer_pair(ARCH_LAYERS[name], d_model, length, b, mode, repeats)
                     results += [ours, theirs]
-                    speedup = "n/a" if ours.error or theirs.error else f"{theirs.seconds / ours.seconds:.1f}x"
-                    on_row([ARCH_LAYERS[name], mode, str(length), str(b), _rate(ours), _rate(theirs),
-                            speedup, _mib(ours), _mib(theirs)])
+                    on_row(pair_row(ARCH_LAYERS[name], mode, length, b, ours, theirs))
             else:
                 for name in names:
                     m = bench_architecture(name, d_model, length, b, mode, repeats)
@@ -318,8 +377,15 @@ def run_bench(names: list[str], lengths: list[int], batch: int | None, d_model: 
     return results, peak
 
 
+def timing(repeats: int, against: str | None) -> str:
+    """How the table's times were taken, for its title."""
+    if against == "hf":
+        return f"median (min-max) of {repeats} timed calls, the two sides alternately"
+    return f"best of {repeats} timed calls"
+
+
 def columns(against: str | None) -> list[str]:
     if against == "hf":
         return ["layer", "mode", "L", "B", "longarch tok/s", "transformers tok/s", "speed-up",
-                "longarch MiB", "transformers MiB"]
+                "longarch MiB", "transformers MiB"]  # tok/s and speed-up: median (min-max)
     return ["architecture", "mode", "L", "B", "tok/s", "peak MiB", "GFLOP/s", "of matmul peak"]

@@ -842,7 +842,7 @@ def bench(names: Annotated[Optional[list[str]], typer.Argument(help="architectur
           batch: Annotated[Optional[int], typer.Option(help="batch size [default: 32768 tokens / length]", min=1)] = None,
           d_model: Annotated[int, typer.Option(help="model width", min=1)] = 128,
           mode: Annotated[str, typer.Option(help="fwd, fwd+bwd or both")] = "both",
-          repeats: Annotated[int, typer.Option(help="timed calls per cell after the first (best is kept)", min=1)] = 2,
+          repeats: Annotated[Optional[int], typer.Option(help="timed calls per cell after the first: the best is kept; with --against hf the two sides take turns and the median is printed with min-max [default: 5 with --against hf, else 2]", min=1)] = None,
           against: Annotated[Optional[str], typer.Option(help="'hf': one layer of ours against the same layer in transformers")] = None,
           json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the measurements to this JSON file")] = None):
     """Tokens/s, peak memory and FLOP/s per architecture on this machine (CPU)."""
@@ -872,8 +872,10 @@ def bench(names: Annotated[Optional[list[str]], typer.Argument(help="architectur
     parsed = benchmark.parse_lengths(lengths)
     benchmark.check_memory(parsed, batch, d_model)
     torch.set_flush_denormal(True)
+    repeats = repeats or (5 if against == "hf" else 2)
 
-    table = Table(title=f"longarch bench: d_model {d_model}, {torch.get_num_threads()} threads")
+    table = Table(title=f"longarch bench: d_model {d_model}, {torch.get_num_threads()} threads, "
+                        f"{benchmark.timing(repeats, against)}")
     for column in benchmark.columns(against):
         table.add_column(column, justify="left" if column in ("architecture", "layer", "mode") else "right")
     if console.is_terminal:  # the table grows in place as cells finish

@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import torch
 
@@ -87,8 +90,63 @@ def count_params(model_config: ModelConfig, embeddings: bool = True) -> int:
 
 @functools.lru_cache(maxsize=1 << 14)
 def _count_params(config_json: str, sources: str) -> int:
-    with torch.device("meta"):  # shapes only, no memory
-        return LanguageModel(ModelConfig(**json.loads(config_json))).num_params()
+    key = config_json + sources
+    known = _stored_counts()
+    if key not in known:
+        with torch.device("meta"):  # shapes only, no memory
+            known[key] = LanguageModel(ModelConfig(**json.loads(config_json))).num_params()
+        _UNSAVED[0] = True
+    return known[key]
+
+
+# Counts kept between processes. A count on the meta device is cheap, but the first arithmetic on
+# meta tensors imports torch._dynamo (2-3 s on 2 cores), and sizing a study to its budget counts
+# ~90 shapes per architecture: most of a rerun's start-up. The file is named by a digest of the
+# code that decides the shapes (models/ and mixers/, torch's version), so an edit starts a new one.
+_COUNTS: dict[str, int] = {}
+_UNSAVED = [False]
+
+
+def _counts_file() -> Path | None:
+    """The cache file (LONGARCH_COUNT_CACHE: its folder, "off": none), as the text tasks' cache."""
+    root = os.environ.get("LONGARCH_COUNT_CACHE", str(Path.home() / ".cache" / "longarch" / "counts"))
+    if root in ("", "off"):
+        return None
+    digest = hashlib.sha256(torch.__version__.encode())
+    here = Path(__file__).resolve().parent.parent
+    for path in sorted([*(here / "models").glob("*.py"), *(here / "mixers").glob("*.py")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return Path(root) / f"param-counts-{digest.hexdigest()[:16]}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _stored_counts() -> dict[str, int]:
+    try:
+        path = _counts_file()
+        stored = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        stored = {}
+    _COUNTS.update({k: v for k, v in stored.items() if isinstance(k, str) and type(v) is int}
+                   if isinstance(stored, dict) else {})
+    return _COUNTS
+
+
+def save_counts() -> None:
+    """Write the counts this process made to the cache file (atomically; silently not at all
+    where it cannot be written)."""
+    if not _UNSAVED[0]:
+        return
+    _UNSAVED[0] = False
+    try:
+        path = _counts_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(_COUNTS))
+        os.replace(temporary, path)
+    except OSError:
+        pass
 
 
 def size_to_budget(name: str, params: int, vocab_size: int = 64, tolerance: float = 0.02, embeddings: bool = True,
@@ -111,6 +169,7 @@ def size_to_budget(name: str, params: int, vocab_size: int = 64, tolerance: floa
         if abs(best[1] - params) <= tolerance / 4 * params:  # close enough: keep the default shape
             break
     chosen, achieved = best
+    save_counts()
     if abs(achieved - params) > tolerance * params:
         raise ValueError(f"no size of {name} has {params:,} parameters within {tolerance:.0%} "
                          f"(closest: d_model={chosen['d_model']} with {achieved:,})")

@@ -275,7 +275,8 @@ def _run(kind: StudyKind, store: Store, plan: Plan, meta: dict, runtime: Runtime
         + f" -> {runtime.out}")
     log.info("run %s: %s, backend %s", kind.name,
              ", ".join(f"{left} {STAGES[s]['todo']}" for s, (_, left) in counts.items()), backend)
-    runner = make_backend(backend, workers, address, runtime.threads or 1, gpus=kind.gpus)
+    # nothing to run (every cell stored): no pool, no Ray, no workers importing torch
+    runner = make_backend(backend, workers, address, runtime.threads or 1, gpus=kind.gpus) if todo else InProcess()
     loop = _Loop(kind, store, runner, log, runtime, retries, outputs)
     try:
         with progress_display(console) as progress:
