@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_count_cache(tmp_path_factory):
+    """The parameter counts kept between processes (models/registry.py) go to a folder of the
+    session's own, read by every worker it starts: the suite neither reads a count an earlier
+    checkout wrote nor leaves one in the user's home."""
+    previous = os.environ.get("LONGARCH_COUNT_CACHE")
+    os.environ["LONGARCH_COUNT_CACHE"] = str(tmp_path_factory.mktemp("counts"))
+    yield
+    if previous is None:
+        os.environ.pop("LONGARCH_COUNT_CACHE", None)
+    else:
+        os.environ["LONGARCH_COUNT_CACHE"] = previous
 
 
 @pytest.fixture(scope="module")
