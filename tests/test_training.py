@@ -299,7 +299,8 @@ def test_ids_of_a_recipe_without_the_new_settings_are_unchanged(tmp_path):
 
     old_quick = yaml.safe_load(resources.files("longarch.presets").joinpath("quick.yaml").read_text())
     old_quick.pop("params_count")
-    old_quick["train"].pop("phases")
+    for setting in ("phases", "until", "check"):
+        old_quick["train"].pop(setting)
     old_quick["train"]["steps"] = 800
     old_quick["eval"]["tasks"][1]["knobs"]["n_filler"] = 16
     path = tmp_path / "old-quick.yaml"
