@@ -150,9 +150,10 @@ def test_a_stored_analysis_block_that_no_longer_validates_is_named(tmp_path):
 
 @pytest.mark.parametrize("sharp_drop, verdict", [(0.0, "supported"), (0.95, "not supported")])
 def test_the_report_judges_claims_with_the_studys_bars(tmp_path, sharp_drop, verdict):
-    # alpha drops from 0.79 at T to 0.375 at 64 (beta did not learn and is left out)
+    # alpha drops from 0.79 at T to 0.375 at 64 (beta, 11% at T, did not learn and is left out)
     write_study(tmp_path)
-    claim = _summary(tmp_path, {"sharp_drop_fraction": sharp_drop, "interval_level_fraction": 0.5})["findings"][0]
+    claim = _summary(tmp_path, {"sharp_drop_fraction": sharp_drop, "interval_level_fraction": 0.5,
+                                "learned_bar_fraction": 0.75})["findings"][0]
     assert claim["evidence"][0]["model"] == "alpha" and claim["evidence"][0]["verdict"] == verdict
     assert claim["verdict"] == {"supported": "inconclusive", "not supported": "not supported"}[verdict]  # beta's family
     assert f"above {100 * sharp_drop:g} points" in claim["rule"] and "50%" in claim["rule"]
@@ -184,7 +185,9 @@ def write_formats(out, missing=(), missing_seed=(), accuracies=FORMATS, analysis
     `missing` cells are stored for no seed, `missing_seed` ones for seed 0 only."""
     with Store(out / "results.sqlite") as store:
         store.set_meta("name", "formats")
-        store.set_meta("config", {"name": "formats", "seeds": [0, 1], "analysis": analysis or {},
+        # rec is at 86.7% on "a" at T (60% at depth 50): it learned its task at a bar of 80%
+        store.set_meta("config", {"name": "formats", "seeds": [0, 1],
+                                  "analysis": {"learned_bar_fraction": 0.8, **(analysis or {})},
                                   "train": {"length": 16}, "eval": {"samples": 10}})
         store.set_meta("planned_tasks", ["a", "b"])
         store.set_meta("planned_lengths", [16, 32, 64])

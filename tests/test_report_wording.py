@@ -55,18 +55,18 @@ def _learning_rates_left_out(md: str) -> str:
 # one unit: percent
 # --------------------------------------------------------------------------------------------
 def test_no_accuracy_bar_or_interval_is_a_fraction_in_the_report(tmp_path):
-    md, page, data = _report(tmp_path, {"learned_bar_fraction": 0.95, "claims": "paper"})
+    md, page, data = _report(tmp_path, {"learned_bar_fraction": 0.75, "claims": "paper"})
     text = _learning_rates_left_out(md)
     assert "## Findings" in text and "### Claim 1" in text
     assert not FRACTION_WITH_INTERVAL.search(text), FRACTION_WITH_INTERVAL.search(text)
     assert not FRACTION.search(text), FRACTION.search(text)
-    assert "training accuracy 81.0%, below the 95% bar" in text  # beta's exclusion, once 0.810 below 0.950
+    assert "11.1% on needle at T=16, below the 75% bar" in text  # beta's exclusion, once 0.111 below 0.750
     assert "an interval wholly above 20 points" in text and "The drop from T straddles 20 points at 32 (2T)" in text
     assert "| points [95% interval] |" in text
     # summary.json keeps fractions: the machine-readable numbers are as they were
     degradation = data["findings"][0]
     assert 0 < degradation["evidence"][0]["estimate"]["value"] < 1
-    assert data["analysis"]["sharp_drop_fraction"] == 0.2 and data["learned_bar_fraction"] == 0.95
+    assert data["analysis"]["sharp_drop_fraction"] == 0.2 and data["learned_bar_fraction"] == 0.75
 
 
 def test_the_setup_table_lists_the_seeds_and_their_count(tmp_path):

@@ -6,13 +6,15 @@ label its models' accuracy by length is put side by side, every model labelled w
 Columns are lengths in tokens, so studies trained at different lengths T line up by length; each
 row says its own T. The numbers are the ones each study's own report gives: the mean over seeds
 of each seed's accuracy, pooled over depths, with `stats.mean_ci`'s interval (Jeffreys, for
-these seeds). A trained model whose accuracy at its T on a label is below its study's learned
-bar (`analysis.learned_bar_fraction`) did not learn that task: it is marked, since what it does
-past T says nothing about extrapolation.
+these seeds). A trained model that did not learn its task at T by its study's own rule
+(analysis/learned.py, with the study's `analysis.gate`: its accuracy at T on every label, or on
+the row's label alone) is marked, since what it does past T says nothing about extrapolation;
+its study's report says the same.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +22,9 @@ from rich.table import Table
 
 from ..study.store import read_only
 from . import plots
+from .learned import at_t
+from .measures_report import read_settings
 from .report import Figures, Report
-from .settings import from_stored as settings_from_stored
 from .stats import LengthPoint, accuracy_by_length, collect_cells
 
 
@@ -47,19 +50,25 @@ def read(directory: Path) -> tuple[str, dict[str, list[Row]]]:
         meta, models, checkpoints, results = store.meta(), store.models(), store.pretrained(), store.results()
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     study = meta.get("name") or config.get("name") or Path(directory).name
-    settings, _ = settings_from_stored(config.get("analysis") if isinstance(config.get("analysis"), dict) else None)
+    settings, _ = read_settings(config)  # its gate resolved as its report resolves it
     family = {m.name: m.family for m in models} | {p["name"]: p.get("family") or "" for p in checkpoints}
     trained_at = {m.name: m.train_length for m in models}
     cells = collect_cells(results).values()
     labels: dict[str, list[Row]] = {}
     # in the study's own order: its models as stored (trained or loaded), then any other name with results
     named = [m.name for m in models] + [p["name"] for p in checkpoints] + [r.model for r in results]
+    bar, all_labels = settings.learned_bar_fraction, list(dict.fromkeys(c.task for c in cells))
     for model in [m for m in dict.fromkeys(named) if any(r.model == m for r in results)]:
+        t = trained_at.get(model)
+        judged = None if t is None else at_t(cells, model, t, settings.labels or all_labels)
         for label in dict.fromkeys(c.task for c in cells if c.model == model):
             points = accuracy_by_length(cells, model, settings.interval_level_fraction, task=label)
-            t = trained_at.get(model)
-            at_t = [p.accuracy for p in points if p.length == t]
-            learned = None if not at_t else at_t[0] >= settings.learned_bar_fraction
+            if judged is None or not judged.stored:  # nothing at T to judge by (or not a trained model)
+                learned = None
+            elif settings.gate == "model":
+                learned = judged.learned(bar)
+            else:
+                learned = None if math.isnan(judged.accuracy.get(label, math.nan)) else judged.label_learned(label, bar)
             labels.setdefault(label, []).append(Row(study, model, family.get(model, ""), t, points, learned))
     return study, labels
 

@@ -342,11 +342,11 @@ PLOTS = {"loss": plot_loss, "retention": plot_retention, "attention": plot_atten
 # the section
 # --------------------------------------------------------------------------------------------
 def diagnostics_section(rows: list, models: Sequence[str], accuracy_figures: Mapping[str, str], figures,
-                        unlearned: Mapping[str, float] | None = None) -> tuple[list[Block], dict]:
+                        unlearned: Mapping[str, str] | None = None) -> tuple[list[Block], dict]:
     """The Diagnostics section's blocks and its summary for summary.json ({} without rows).
     `accuracy_figures`: format label -> the accuracy figure (relative path) each diagnostic
     explains; `figures` (analysis.report.Figures) draws and keeps each figure; `unlearned`: the
-    models that did not learn the task at T, with their training accuracy (said once, first)."""
+    models that did not learn the task at T, with the accuracies that say so (said once, first)."""
     if not rows:
         return [], {}
     data = grouped(rows)
@@ -357,9 +357,9 @@ def diagnostics_section(rows: list, models: Sequence[str], accuracy_figures: Map
         "Why the accuracy curves fall past T: measured on the trained models (`diagnostics:`; "
         f"{', '.join(measures)}), on the needle formats {', '.join(labels)}, pooled over seeds. Each figure "
         "below explains the accuracy curve of its format, repeated here to be read beside it.")]
-    for model, accuracy in (unlearned or {}).items():
+    for model, why in (unlearned or {}).items():
         if model in models:
-            blocks.append(("warn", f"{model} did not learn the task at T ({_percent(accuracy)} training accuracy): its "
+            blocks.append(("warn", f"{model} did not learn the task at T ({why}): its "
                                    "diagnostics describe a model that never retrieved the needle, not why one that "
                                    "did loses it past T."))
     for label in labels:

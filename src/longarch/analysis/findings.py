@@ -12,9 +12,10 @@ where one statement reads several lengths or depths), and the verdicts are then 
 - "at least one model ..." claims (4): 'supported' when any model is, 'not supported' when all
   are not, 'inconclusive' otherwise.
 
-Only models that learned their task at T are read: a model whose training accuracy is below
-`learned_bar_fraction` (gate 'model'), or each model on the formats it learned at T (gate
-'label'). Each finding lists what it left out and why, and states its rule in one sentence.
+Only models that learned their task at T are read (`learned`: the evaluated accuracy at T, pooled
+over seeds and depths, reaches `learned_bar_fraction` on every label (gate 'model'), or each model
+on the labels it learned at T (gate 'label')). Each finding lists what it left out and why, and
+states its rule in one sentence.
 
 Every text here (rules, reasons, explanations) gives accuracies in percent and differences and
 bars in percentage points, in sentences that name each input of the rule (each length's side of
@@ -29,8 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .learned import at_t
 from .measures import (NO_ESTIMATE, CellKey, Coverage, Estimate, Plan, answer_length_groups, cell_list, difference,
-                       effective_length, format_spread, lengths_of, middle_index, pooled_estimate, pooled_mean, select,
+                       effective_length, format_spread, lengths_of, middle_index, pooled_estimate, select,
                        simultaneous_level)
 from .settings import AnalysisSettings
 from .stats import Cell, ModelSummary
@@ -175,33 +177,29 @@ def split_models(models: Sequence[ModelSummary], settings: AnalysisSettings, cel
                                                                     f"T={model.train_length}: {listed}"))
             if solved:
                 kept.append(Judged(model.name, model.family, model.train_length, tuple(solved)))
-        elif not np.isnan(model.train_accuracy) and model.train_accuracy < bar:
-            excluded.append(Exclusion(model.name, model.family, f"training accuracy {_accuracy(model.train_accuracy)}, "
-                                                                f"below the {100 * bar:g}% bar"))
+        elif not (judged := at_t(cells, model.name, model.train_length, _labels(cells, plan, settings),
+                                 model.train_accuracy)).learned(bar):
+            excluded.append(Exclusion(model.name, model.family, f"did not learn its task: {judged.describe(bar)} at "
+                                                                f"T={model.train_length}, below the {100 * bar:g}% bar"))
         else:
             kept.append(Judged(model.name, model.family, model.train_length,
                               None if settings.labels is None else tuple(settings.labels)))
     return kept, excluded
 
 
-def accuracy_at(cells: Iterable[Cell], model: str, label: str, length: int) -> float:
-    """Accuracy of one model on one label at one length, pooled over seeds and depths; nan if none."""
-    return pooled_mean(c for c in cells if c.model == model and c.task == label and c.length == length)
+def _labels(cells: Sequence[Cell], plan: Plan | None, settings: AnalysisSettings) -> list[str]:
+    """The labels the claims read: the settings', else the plan's, else every stored one."""
+    return list(settings.labels or (plan.labels if plan is not None else sorted({c.task for c in cells})))
 
 
 def solved_labels(cells: list[Cell], model: ModelSummary, plan: Plan | None,
                   settings: AnalysisSettings) -> tuple[list[str], list[tuple[str, float]]]:
     """The labels (of `settings.labels`, else all) whose accuracy at T, pooled over seeds and depths,
     reaches learned_bar_fraction, and the others with their accuracy (nan: nothing stored at T)."""
-    labels = settings.labels or (plan.labels if plan is not None else sorted({c.task for c in cells}))
-    solved, failed = [], []
-    for label in labels:
-        accuracy = accuracy_at(cells, model.name, label, model.train_length)
-        if accuracy >= settings.learned_bar_fraction:
-            solved.append(label)
-        else:
-            failed.append((label, accuracy))
-    return solved, failed
+    judged = at_t(cells, model.name, model.train_length, _labels(cells, plan, settings))
+    bar = settings.learned_bar_fraction
+    solved = [label for label in judged.accuracy if judged.label_learned(label, bar)]
+    return solved, [(label, a) for label, a in judged.accuracy.items() if label not in solved]
 
 
 def _gate(verdict: str, coverage: Coverage, settings: AnalysisSettings) -> tuple[str, str]:

@@ -80,9 +80,10 @@ def findings_blocks(result: list[Finding], level: float = 0.95) -> list[Block]:
         "interval built from the two; where one statement reads several lengths or depths at once, its intervals "
         "are widened (Bonferroni) so that the statement holds at the stated level. A bootstrap over 3 seeds "
         "covered the truth far less often than stated in simulation (tests/test_intervals.py) and is not used. "
-        "A model that did not learn its training task is left out; for a "
-        "study trained on a mixture, a model enters each claim only with the formats it solved at T (accuracy pooled "
-        "over seeds and depths at or above the training bar), and the formats and models left out are named.")]
+        "Only what was learned at T is read, judged on this evaluation's cells at T (accuracy pooled over seeds and "
+        "depths at or above the learned bar, `analysis.learned_bar_fraction`), not on the training run's own check: "
+        "a model below it on any format is left out, or, for a study trained on a mixture, a model enters each "
+        "claim only with the formats it learned; the formats and models left out are named.")]
     for finding in result:
         blocks.append(("h3", f"Claim {finding.number}: {finding.claim}"))
         blocks.append(("p", f"**Verdict: {VERDICT.get(finding.verdict, finding.verdict)}.** Rule: {finding.rule}"))

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from .findings_report import check_claims, findings_blocks, plan_of
+from .learned import at_t as judged_at_t
 from .measures import (Coverage, Estimate, MiddleIndex, Plan, effective_length, format_sensitivity, lengths_of,
                        middle_index)
 from .render import MISSING, Block
@@ -167,8 +168,8 @@ def measures(models: list[ModelSummary], cells: Mapping, plan: Plan | None, labe
     rows, lim_rows, spread_rows, summary = [], [], [], {}
     for model in models:
         T = model.train_length
-        name = model.name + (" (did not learn)" if settings.gate == "model" and not math.isnan(model.train_accuracy)
-                             and not model.solved(learned) else "")
+        name = model.name + (" (did not learn)" if settings.gate == "model" and not judged_at_t(
+            cell_values, model.name, T, settings.labels or labels, model.train_accuracy).learned(learned) else "")
         mine = summary.setdefault(model.name, {"effective_length": {}, "middle_index": {}, "format_spread": []})
         for label in labels:
             found = effective_length(cell_values, model.name, T, plan, [label], bar=bar, level=level)

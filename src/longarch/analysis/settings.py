@@ -50,9 +50,10 @@ class AnalysisSettings(BaseModel):
         0.95, ge=0, le=1, description="a model (or, with gate 'label', a format) counts as learned when its accuracy "
                                       "at T, pooled over seeds and depths, reaches this; nothing else is read")
     gate: Literal["model", "label"] | None = Field(
-        None, description="'model': leave out a model whose training accuracy is below learned_bar_fraction; "
-                          "'label': judge each model only on the formats it learned at T [default: 'label' for a "
-                          "study trained on a mixture, else 'model']")
+        None, description="'model': leave out a model whose accuracy at T (pooled over seeds and depths) is "
+                          "below learned_bar_fraction on any evaluated format; 'label': judge each model only on "
+                          "the formats it learned at T [default: 'label' for a study trained on a mixture, else "
+                          "'model']; see analysis/learned.py")
     labels: list[str] | None = Field(
         None, min_length=1, description="the evaluated formats (task labels) the claims read [default: all]")
     allow_incomplete: bool = Field(False, description="decide a model even when planned cells are missing")

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from ..analysis import plots
+from ..analysis.learned import AtT, at_t
 from ..analysis.measures import Estimate, difference, effective_length, pooled_estimate
 from ..analysis.render import MISSING, Block
 from ..analysis.stats import Cell, LengthPoint, accuracy_by_length
@@ -84,26 +85,31 @@ def _effective(data, cells: list[Cell], name: str, train_length: int) -> dict:
     return {"length": found.length} if found.points else {}
 
 
-def training_accuracy(data, model, column: str) -> float | None:
-    """The training accuracy at T of `model` under `column` (a training intervention's own model,
-    else the baseline's checkpoint), mean over seeds; nan when unknown, None when diverged."""
+def judged_at_t(data, model, column: str) -> AtT | None:
+    """What the learned rule (analysis/learned.py) reads of `model` under `column`: its accuracy at T
+    on each label, from the baseline's cells for the baseline and an inference intervention, from
+    the model trained under it for a training intervention (with that model's training check,
+    mean over seeds, nan when unknown); None when that training diverged."""
     if column == BASELINE or registry.get(column).stage == registry.EVAL:
-        return model.train_accuracy
-    rows = [r for r in data.intervention_models if r.name == _name(model.name, column)]
-    if not rows or any(r.diverged is not None for r in rows):
-        return None if rows else math.nan
-    return sum(r.train_accuracy for r in rows) / len(rows)
+        return data.at_t(model)
+    name = _name(model.name, column)
+    rows = [r for r in data.intervention_models if r.name == name]
+    if any(r.diverged is not None for r in rows):
+        return None
+    training = sum(r.train_accuracy for r in rows) / len(rows) if rows else math.nan
+    return at_t(data.intervention_cells.values(), name, model.train_length, data.settings.labels or data.tasks,
+                training)
 
 
 def learned(data, model, column: str) -> bool:
-    """Whether `model` under `column` learned the task at T (the report's learned bar): only then
-    is its accuracy past T read. The baseline's and an inference intervention's are the baseline
-    model's (as the other sections judge it); a training intervention's is its own model's."""
+    """Whether `model` under `column` learned the task at T (the report's rule, analysis/learned.py):
+    only then is its accuracy past T read. The baseline's and an inference intervention's are the
+    baseline model's, judged on every task; a training intervention's is its own model's."""
     if column == BASELINE or registry.get(column).stage == registry.EVAL:
         return model.name not in {m.name for m in data.unsolved()} and \
             not any(model.name in {m.name for m in data.unsolved(task)} for task in data.tasks)
-    accuracy = training_accuracy(data, model, column)
-    return accuracy is not None and (math.isnan(accuracy) or accuracy >= data.learned_bar_fraction)
+    judged = judged_at_t(data, model, column)
+    return judged is not None and judged.learned(data.learned_bar_fraction)
 
 
 def measured(data) -> dict:
@@ -125,17 +131,18 @@ def measured(data) -> dict:
                            if compared else None)
                   for length in shown_lengths(data.lengths, T)}
             row[column] = {"effective": _effective(data, cells, name, T), "at": at,
-                           "learned": learned(data, model, column), "training": training_accuracy(data, model, column)}
+                           "learned": learned(data, model, column), "judged": judged_at_t(data, model, column),
+                           "bar": data.learned_bar_fraction}
         out[model.name] = row
     return out
 
 
 def _not_learned(entry: dict) -> str:
     """What a table shows for a model that did not learn the task at T under a column."""
-    accuracy = entry["training"]
-    if accuracy is None:
+    judged = entry["judged"]
+    if judged is None:
         return "diverged"
-    return "did not learn" + ("" if math.isnan(accuracy) else f" ({_percent(accuracy)}% at T)")
+    return f"did not learn ({judged.worst(entry['bar'])} at T)"
 
 
 def _shown(entry: dict | None, text) -> str:
@@ -208,9 +215,10 @@ def intervention_blocks(data, figures: dict[str, str]) -> list[Block]:
     blocks.append(("p", f"Accuracy in percent with its {100 * data.level:g}% interval, pooled over the evaluated "
                         "tasks, depths and seeds; under an intervention, then its change from the baseline in "
                         "points, with the interval of that difference (only where the baseline learned the task). "
-                        "\"did not learn\" marks a model below the learned bar "
-                        f"({100 * data.learned_bar_fraction:g}% training accuracy at T): its accuracy past T is not "
-                        "read. Under an inference intervention that is the baseline's model; under a training "
+                        "\"did not learn\" marks a model below the learned bar at T "
+                        f"({100 * data.learned_bar_fraction:g}% on every evaluated task, pooled over depths and "
+                        "seeds; its final training check when nothing is evaluated at T), with its lowest task's "
+                        "accuracy at T: its accuracy past T is not read. Under an inference intervention that is the baseline's model; under a training "
                         "intervention, the model trained under it."))
     blocks += _decay_exponents(data, shown)
     if "interventions" in figures:

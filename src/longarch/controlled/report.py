@@ -19,7 +19,7 @@ from ..study.ids import slug
 from ..study.store import for_reading
 from ..analysis import plots
 from ..analysis.diagnostics_report import diagnostics_section
-from ..analysis.findings import accuracy_at
+from ..analysis.learned import AtT, accuracy_at, at_t
 from ..analysis.measures import cell_estimate
 from ..analysis.measures_report import INTERVAL, PARTIAL, analysis_sections, partial_seed_cells, settings_of
 from ..analysis.render import MISSING, Block, reproducibility
@@ -89,12 +89,23 @@ class StudyData:
         mixture, whose training accuracy averages its tasks), not by the training accuracy."""
         return self.settings.gate == "label"
 
+    def at_t(self, model: ModelSummary) -> AtT:
+        """`model`'s accuracy at T on each label read (`analysis.labels`, else every task), the
+        cells the learned rule judges (analysis/learned.py)."""
+        return at_t(self.cells.values(), model.name, model.train_length, self.settings.labels or self.tasks,
+                    model.train_accuracy)
+
+    def learned(self, model: ModelSummary) -> bool:
+        """Whether `model` learned its task at T by the one rule (analysis/learned.py): every label
+        read reaches the bar at T, and it did not diverge on every seed."""
+        return not model.all_diverged and self.at_t(model).learned(self.learned_bar_fraction)
+
     def unsolved(self, task: str | None = None) -> list[ModelSummary]:
-        """Models below the learned bar: by mean training accuracy (unknown counts as fine), or, when
-        judged by task, by accuracy at T on `task` pooled over seeds and depths (none for task None)."""
+        """Models below the learned bar at T (analysis/learned.py): on any label read, or, when judged
+        by task, on `task` (none for task None; nothing stored at T on it: not below)."""
         bar = self.learned_bar_fraction
         if not self.by_task:
-            return [m for m in self.models if not math.isnan(m.train_accuracy) and not m.solved(bar)]
+            return [m for m in self.models if not self.learned(m)]
         if task is None:
             return []
         return [m for m in self.models
@@ -201,7 +212,7 @@ def build_summary(data: StudyData) -> dict:
         models.append({
             "name": model.name, "family": model.family, "params": model.params, "train_length": model.train_length,
             "train_accuracy": rounded(model.train_accuracy),
-            "solved_at_train_length": model.solved(data.learned_bar_fraction),
+            "solved_at_train_length": data.learned(model),
             "seeds": model.seeds, "state_floats": model.state_floats, "state_growth": model.state_growth,
             "by_length": [{"length": p.length, "accuracy": rounded(p.accuracy), "interval": [rounded(p.low),
                                                                                               rounded(p.high)],
@@ -273,11 +284,16 @@ def _marker(model: ModelSummary, unsolved: set[str], by_task: bool, bar: float) 
     return ""
 
 
-def _warning(model: ModelSummary, learned_bar: float) -> str:
-    seeds = f" (mean over {len(model.seeds)} seeds)" if len(model.seeds) > 1 else ""
-    return (f"**{model.name} did not learn the task**: {100 * model.train_accuracy:.1f}% at its training length "
-            f"{model.train_length}{seeds} (learned means at least {100 * learned_bar:g}%: "
-            "`analysis.learned_bar_fraction`). Its accuracy past the training length says nothing about "
+def _warning(model: ModelSummary, data: StudyData) -> str:
+    """The warning naming a model below the learned bar at T, with the accuracies that put it there."""
+    bar, judged = data.learned_bar_fraction, data.at_t(model)
+    seeds = f", pooled over its {len(model.seeds)} seeds and the depths" if len(model.seeds) > 1 else \
+        ", pooled over the depths"
+    check = "" if not judged.stored or math.isnan(model.train_accuracy) else \
+        f" (its final training check at T read {100 * model.train_accuracy:.1f}%)"
+    return (f"**{model.name} did not learn the task**: {judged.describe(bar)} at T={model.train_length}{seeds}{check}; "
+            f"learned means at least {100 * bar:g}% at T on every format evaluated "
+            "(`analysis.learned_bar_fraction`). Its accuracy past the training length says nothing about "
             "extrapolation and is not interpreted.")
 
 
@@ -401,7 +417,7 @@ def _blocks(data: StudyData, figures: dict[str, str], analysis_blocks: list[Bloc
             blocks.append(("warn", _diverged_warning(model, data)))
     for model in data.unsolved():
         if not model.all_diverged:  # its warning above says why
-            blocks.append(("warn", _warning(model, data.learned_bar_fraction)))
+            blocks.append(("warn", _warning(model, data)))
     if data.by_task:
         blocks.append(("p", f"Trained on a mixture: the training accuracy is the mean over its tasks, so models are "
                             f"judged task by task. In each task's table, \"(below {100 * data.learned_bar_fraction:g}% at T)\" marks "
@@ -538,7 +554,7 @@ def report(out_dir: Path, dest: Path | None = None) -> Report:
                                                           data.partial)
     diagnostic_blocks, diagnostic_summary = diagnostics_section(
         _diagnostic_rows(out_dir, data), order, _accuracy_figure_keys(data, figures.keys), figures,
-        {m.name: m.train_accuracy for m in data.unsolved()})
+        {m.name: f"{data.at_t(m).describe(data.learned_bar_fraction)} at T={m.train_length}" for m in data.unsolved()})
     summary = {**build_summary(data), **analysis_summary, "training": training_summary, **diagnostic_summary}
     if data.interventions:  # only then: a study without any summarises as before
         summary["interventions"] = intervention_summary(data)
