@@ -12,8 +12,13 @@ small lengths fixed costs hide a quadratic term (ALiBi's dense bias grew 152 -> 
 MiB over 1K -> 4K -> 16K, an exponent of 1.3 and then 1.9). Machines here are shared and
 noisy: read the ratios from one run, not the absolute figures.
 
+With `--chunk N` the same tokens are fed N at a time through the model's state, as the evaluation
+feeds a prompt (`eval.chunk`, 1024 by default): the path a long evaluation takes. A model whose
+state is bounded (recurrent mixers, sliding windows) then keeps both speed and memory flat in
+length; in one call its activations grow with the length and fall out of the caches.
+
     .venv/bin/python benchmarks/scaling.py [--lengths 1K,4K,16K] [--archs sliding-window,griffin]
-        [--batch 1] [--d-model 128] [--repeats 2] [--json scaling.json]
+        [--batch 1] [--d-model 128] [--repeats 2] [--chunk 1K] [--json scaling.json]
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ def timed_calls(repeats: int, length: int) -> int:
     return max(repeats, min(MAX_CALLS, repeats * EQUAL_WORK_LENGTH // length))
 
 
-def measure_architecture(name: str, lengths: list[int], batch: int, d_model: int, repeats: int) -> list[dict]:
+def measure_architecture(name: str, lengths: list[int], batch: int, d_model: int, repeats: int,
+                         chunk: int | None = None) -> list[dict]:
     """One row per length: tokens/s and peak MiB, or why it was skipped or failed."""
     rows, measured = [], []
     for length in sorted(lengths):
@@ -85,7 +91,7 @@ def measure_architecture(name: str, lengths: list[int], batch: int, d_model: int
             row["skipped"] = f"skipped: needs {need / 2 ** 30:.1f} GiB"
             rows.append(row)
             continue
-        m = bench_architecture(name, d_model, length, batch, "fwd", timed_calls(repeats, length))
+        m = bench_architecture(name, d_model, length, batch, "fwd", timed_calls(repeats, length), chunk=chunk)
         if m.error:
             row["error"] = m.error
         else:
@@ -108,7 +114,8 @@ def ratio(rows: list[dict], long: int, short: int) -> float | None:
 def show(results: dict, console: Console) -> None:
     settings = results["settings"]
     long, short = settings["ratio_lengths"]
-    table = Table(title=f"forward tok/s (peak MiB), batch {settings['batch']}, d_model {settings['d_model']}, "
+    fed = "in one call" if settings.get("chunk") is None else f"fed {settings['chunk']:,} tokens at a time"
+    table = Table(title=f"forward tok/s (peak MiB), {fed}, batch {settings['batch']}, d_model {settings['d_model']}, "
                         f"{settings['threads']} thread(s)")
     table.add_column("architecture")
     for length in settings["lengths"]:
@@ -137,10 +144,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed calls after the first at 16K and beyond, more below (best is kept)")
     parser.add_argument("--ratio-lengths", default="16K,1K", help="LONG,SHORT: the ratio's lengths")
+    parser.add_argument("--chunk", default=None,
+                        help="feed each length this many tokens at a time through the state, as the evaluation "
+                             "does (default: one call)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     args.lengths = sorted(set(parse_lengths(args.lengths)))
     args.ratio_lengths = parse_lengths(args.ratio_lengths)
+    if args.chunk is not None:
+        chunk = parse_lengths(args.chunk)
+        if len(chunk) != 1:
+            parser.error("--chunk takes one length, e.g. 1K")
+        args.chunk = chunk[0]
     if len(args.ratio_lengths) != 2:
         parser.error("--ratio-lengths takes two lengths, LONG,SHORT")
     args.archs = models.names() if args.archs is None else [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -157,13 +172,13 @@ def main(argv: list[str] | None = None) -> dict:
     console = Console(width=None if sys.stdout.isatty() else 160)  # a log keeps the table unwrapped
     results = {"settings": {"lengths": args.lengths, "batch": args.batch, "d_model": args.d_model,
                             "threads": torch.get_num_threads(), "repeats": args.repeats, "mode": "fwd",
-                            "ratio_lengths": args.ratio_lengths, "torch": torch.__version__},
+                            "ratio_lengths": args.ratio_lengths, "chunk": args.chunk, "torch": torch.__version__},
                "architectures": {}, "ratios": {}}
     # The process's first forward pays one-off costs (lazy initialisation, the allocator's first
     # pools: about 80 MiB more peak here); pay them before anything is measured.
-    bench_architecture(args.archs[0], args.d_model, args.lengths[0], args.batch, "fwd", 1)
+    bench_architecture(args.archs[0], args.d_model, args.lengths[0], args.batch, "fwd", 1, chunk=args.chunk)
     for name in args.archs:
-        rows = measure_architecture(name, args.lengths, args.batch, args.d_model, args.repeats)
+        rows = measure_architecture(name, args.lengths, args.batch, args.d_model, args.repeats, args.chunk)
         results["architectures"][name] = rows
         results["ratios"][name] = ratio(rows, *args.ratio_lengths)
         console.print(f"{name}: " + ", ".join(f"{row['length']}: " + (f"{row['tokens_per_s']:,.0f} tok/s"

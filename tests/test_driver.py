@@ -110,6 +110,59 @@ def test_a_run_with_nothing_to_do_starts_no_backend(tmp_path, monkeypatch):
                  backend="ray") == []
 
 
+class Estimated(Squares):
+    """Squares whose kind estimates its work: `flops` per cell."""
+
+    def __init__(self, tmp: Path, flops: float):
+        super().__init__(tmp)
+        self.flops, self.estimated = flops, []
+
+    def work_flops(self, cells: list[Cell]) -> float:
+        self.estimated.append(len(cells))
+        return self.flops * len(cells)
+
+
+def test_too_little_work_runs_in_the_drivers_process_unless_workers_are_asked_for(tmp_path, monkeypatch):
+    """--workers not given (None) and the work left below POOL_MIN_FLOPS: no pool is started (its
+    workers' start-up would cost more than the work); given, or above the bar, the pool is asked for."""
+    started = []
+
+    def backend(kind, workers, address, threads, gpus=0):
+        started.append((kind, workers, threads))
+        return driver.InProcess()  # runs the jobs all the same
+
+    monkeypatch.setattr(driver, "make_backend", backend)
+    quiet = Console(file=io.StringIO())
+    small = Estimated(tmp_path, flops=driver.POOL_MIN_FLOPS / 100)
+    assert drive(small, tmp_path / "small", quiet, command="test", workers=None) == []
+    assert started == [("local", 0, 1)] and small.estimated == [6]  # in this process: workers 0
+    assert _accuracies(tmp_path / "small") == {"a1": 25.0, "a2": 36.0, "b1": 100.0, "b2": 121.0}
+
+    started.clear()
+    drive(Estimated(tmp_path, flops=driver.POOL_MIN_FLOPS / 100), tmp_path / "asked", quiet, command="test", workers=2)
+    assert started == [("local", 2, max(1, driver.cores() // 2))]  # asked for: a pool, however small the work
+    started.clear()
+    (tmp_path / "models.json").unlink()
+    drive(Estimated(tmp_path, flops=driver.POOL_MIN_FLOPS), tmp_path / "big", quiet, command="test", workers=None)
+    assert started == [("local", None, max(1, driver.cores() // driver.cores()))]  # enough work: one per core
+    started.clear()
+    (tmp_path / "models.json").unlink()
+    drive(Squares(tmp_path), tmp_path / "unknown", quiet, command="test", workers=None)  # no estimate: as before
+    assert started == [("local", None, 1)]
+
+
+def test_the_controlled_kind_estimates_its_work():
+    """smoke is a few GFLOP (run in one process), quick thousands (a pool)."""
+    from longarch.controlled.runner import Controlled
+    from longarch.kinds import load_study
+
+    smoke, quick = (Controlled(load_study(name)) for name in ("smoke", "quick"))
+    tiny, real = smoke.work_flops(smoke.plan().cells), quick.work_flops(quick.plan().cells)
+    assert 0 < tiny < driver.POOL_MIN_FLOPS < 1000 * driver.POOL_MIN_FLOPS < real
+    train = [c for c in smoke.plan().cells if c.stage == "train"]
+    assert smoke.work_flops(train) < tiny and smoke.work_flops([]) == 0
+
+
 def test_a_passing_glitch_is_retried_and_a_broken_cell_recorded_with_what_needs_it(tmp_path):
     kind = Squares(tmp_path, fail={"a1": "once", "b": "always"})
     failures = _run(kind, tmp_path / "out")

@@ -58,3 +58,30 @@ def test_memory_is_extrapolated_by_the_measured_growth(scaling):
 def test_short_lengths_are_timed_over_as_many_tokens(scaling):
     assert scaling.timed_calls(2, 16384) == 2 and scaling.timed_calls(2, 65536) == 2
     assert scaling.timed_calls(2, 1024) == 32 and scaling.timed_calls(2, 64) == scaling.MAX_CALLS
+
+
+def test_a_chunked_feed_goes_through_the_state_as_the_evaluation_does(scaling, tmp_path, monkeypatch):
+    """--chunk N feeds each length N tokens at a time through models.forward_in_chunks (the
+    evaluation's path), records N, and is refused for a backward pass."""
+    from longarch import bench, models
+
+    fed = []
+    real = models.forward_in_chunks
+
+    def spy(model, tokens, chunk, state=None):
+        fed.append((tokens.shape[1], chunk))
+        return real(model, tokens, chunk, state)
+
+    monkeypatch.setattr(models, "forward_in_chunks", spy)
+    threads = torch.get_num_threads()
+    out = tmp_path / "chunked.json"
+    try:
+        scaling.main(["--lengths", "64", "--archs", "sliding-window", "--d-model", "16", "--repeats", "1",
+                      "--ratio-lengths", "64,64", "--chunk", "16", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads(out.read_text())
+    assert results["settings"]["chunk"] == 16 and fed and set(fed) == {(64, 16)}
+    assert results["architectures"]["sliding-window"][0]["tokens_per_s"] > 0
+    with pytest.raises(ValueError, match="forward only"):
+        bench.bench_architecture("sliding-window", 16, 64, 1, "fwd+bwd", 1, chunk=16)

@@ -202,13 +202,21 @@ def _calls(module_call: Callable[[], torch.Tensor], module: torch.nn.Module, mod
 
 
 def bench_architecture(name: str, d_model: int, length: int, batch: int, mode: str, repeats: int,
-                       vocab_size: int = 256) -> Measurement:
+                       vocab_size: int = 256, chunk: int | None = None) -> Measurement:
+    """One architecture at one length. `chunk` (forward only): feed the tokens `chunk` at a time
+    through the model's state, as the evaluation feeds a prompt (`models.forward_in_chunks`),
+    instead of in one call."""
     from . import models
 
     torch.manual_seed(0)
     model = models.build(name, d_model=d_model, vocab_size=vocab_size)
     tokens = torch.randint(0, vocab_size, (batch, length))
-    call = _calls(lambda: model(tokens)[0], model, mode)
+    if chunk is not None:
+        if mode != "fwd":
+            raise ValueError("a chunked feed is timed forward only")
+        call = _calls(lambda: models.forward_in_chunks(model, tokens, chunk)[0], model, mode)
+    else:
+        call = _calls(lambda: model(tokens)[0], model, mode)
     return measure(name, mode, length, batch, call, repeats)
 
 

@@ -3,6 +3,7 @@ and what the remaining work costs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..study.grid import GridState, eval_rate, seconds_per_token
@@ -66,6 +67,24 @@ def _eval_tokens(study: Study, cell) -> int:
     if cell.intervention == "decay-scale-fit" and cell.length > study.train.length:
         tokens += len(interventions.DECAY_EXPONENTS) * cell.knobs["samples"] * cell.length
     return tokens
+
+
+def work_flops(study: Study, cells: list, params: Callable[[object], int]) -> float:
+    """About the floating-point work of `cells` (plan cells): 6 x parameters x the tokens each
+    model may train on (to its max_steps, every rate of a sweep), 2 x parameters x the tokens each
+    evaluation or diagnostic feeds. Attention's term quadratic in length is left out: the estimate
+    only has to tell a few seconds of work from more (driver.POOL_MIN_FLOPS). `params(config)`:
+    a model's parameter count."""
+    total = 0.0
+    for cell in cells:
+        item = cell.item
+        if cell.stage == "train":
+            spec = item.train_spec
+            total += 6.0 * params(item.config) * spec.tokens(spec.max_steps) * len(spec.lr_sweep or (1,))
+        else:
+            tokens = item.tokens if _diagnostic(cell) else _eval_tokens(study, item)
+            total += 2.0 * params(item.model.config) * tokens
+    return total
 
 
 def cost(study: Study, state: GridState, out: Path) -> dict:

@@ -662,6 +662,22 @@ class Controlled:
         evaluated = sum(isinstance(c.item, EvalCell) for c in cells)  # a diagnostic's row is smaller than this
         return weights + (4 + SAMPLE_LINE_BYTES) * self.study.eval.samples * evaluated
 
+    def work_flops(self, cells: list[Cell]) -> float:
+        """About the floating-point work of `cells` (grid.work_flops), parameters counted on the
+        meta device, once per model configuration."""
+        from .grid import work_flops
+
+        counted: dict[str, int] = {}
+
+        def params(config) -> int:
+            key = repr(config)
+            if key not in counted:
+                with torch.device("meta"):
+                    counted[key] = models.LanguageModel(config).num_params()
+            return counted[key]
+
+        return work_flops(self.study, cells, params)
+
     def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
         from .grid import rows
 

@@ -321,6 +321,11 @@ class Pretrained:
         prompts = sum(c.item.length for c in cells) if self.study.log_prompts else 0
         return self.study.eval.samples * (PREDICTION_BYTES * len(cells) + prompts)
 
+    def work_flops(self, cells: list[Cell]) -> None:
+        """Not estimated: a checkpoint's size is known only once it is loaded, so a pretrained run
+        without --workers keeps its default (driver.POOL_MIN_FLOPS)."""
+        return None
+
     def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
         """(what, its cells) for each task entry: its models, lengths and depths."""
         rows = []

@@ -130,6 +130,11 @@ class StudyKind(Protocol):
         """The remaining work: train_tokens, train_tokens_max, eval_tokens, and seconds at the
         rates stored in `out` (None: unknown)."""
 
+    def work_flops(self, cells: list[Cell]) -> float | None:
+        """Optional: an estimate of the floating-point work of `cells` (None: unknown). A run
+        whose remaining work is below POOL_MIN_FLOPS, with --workers not given, runs in the
+        driver's process: a pool's start-up would cost more than it saves."""
+
     def plan(self) -> Plan:
         """The cells in the order to run them; `meta["config"]` is the validated study as plain
         data (its identity, directory.py)."""
@@ -220,9 +225,12 @@ def drive(kind: StudyKind, out: Path, console: Console, command: str | None = No
     # stored with the inputs named inside `out`, so that the directory is the same study anywhere
     config, copies = inputs.portable(plan.meta.get("config"), getattr(kind, "input_keys", ()))
     claim(out, kind, config, force)
-    _check_room(out, kind, plan)
+    left = _left(out, plan)
+    _check_room(out, kind, left)
     for note in plan.notes:
         console.print(f"[yellow]{note}[/yellow]")  # the rest runs
+    if workers is None and backend == "local" and _too_small_for_a_pool(kind, left):
+        workers = 0  # each spawned worker imports torch (seconds) for work a single process ends sooner
     pool_size = cores() if workers is None else workers
     threads = None if backend == "local" and pool_size == 0 else max(1, cores() // max(1, pool_size))
     # jobs on this machine may keep files under `out` (a remote Ray worker's disk is its own)
@@ -245,14 +253,32 @@ def drive(kind: StudyKind, out: Path, console: Console, command: str | None = No
     return failed
 
 
-def _check_room(out: Path, kind: StudyKind, plan: Plan) -> None:
-    """The disk the cells not yet stored will certainly write (the kind's lower bound), against
-    what `out`'s file system has free: refused before anything is written, with the estimate."""
+# Below this much estimated work (`StudyKind.work_flops`), a run without --workers stays in the
+# driver's process. Measured on 2 cores: a fresh `smoke` (about 1 GFLOP) took 11.1 s with a pool
+# of two spawned workers and 7.4 s in one process; a pool pays for its start-up (each worker
+# imports torch and longarch, about 3-4 s here) only once the work is several seconds per core.
+POOL_MIN_FLOPS = 5e9
+
+
+def _left(out: Path, plan: Plan) -> list[Cell]:
+    """The planned cells not yet stored in `out` (the store only read)."""
     stored: set[str] = set()
     if (out / "results.sqlite").is_file():
         with read_only(out / "results.sqlite", untouched=True) as store:
             stored = store.cell_ids() | store.model_ids()
-    left = [cell for cell in plan.cells if cell.id not in stored]
+    return [cell for cell in plan.cells if cell.id not in stored]
+
+
+def _too_small_for_a_pool(kind: StudyKind, left: list[Cell]) -> bool:
+    """Whether the work left is known and too little to pay for a pool (POOL_MIN_FLOPS)."""
+    flops = kind.work_flops(left) if hasattr(kind, "work_flops") else None
+    return flops is not None and flops < POOL_MIN_FLOPS
+
+
+def _check_room(out: Path, kind: StudyKind, left: list[Cell]) -> None:
+    """The disk the cells not yet stored (`left`) will certainly write (the kind's lower bound),
+    against what `out`'s file system has free: refused before anything is written, with the
+    estimate."""
     need = kind.disk_bytes(left) if hasattr(kind, "disk_bytes") else 0
     if need:
         check_disk(f"{out}: the {len(left):,} cells left", need, out)
