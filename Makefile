@@ -1,5 +1,5 @@
 # The README's commands. Each creates its venv with the project's own files only, and installs
-# the exact versions of requirements/*.txt, the lock of the tested dependency set.
+# the exact versions of requirements*.txt, the lock of the tested dependency set.
 SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
@@ -19,16 +19,16 @@ $(PY):
 # Installing for a GPU). The build backend comes from the lock too, so the package builds without
 # an isolated environment that would fetch the newest setuptools.
 define install_locked
-	$(1) $(PIP) -c requirements/$(2).txt setuptools
-	$(1) $(PIP) -c requirements/$(2).txt --no-build-isolation -e "$(3)"
+	$(1) $(PIP) -c $(2) setuptools
+	$(1) $(PIP) -c $(2) --no-build-isolation -e "$(3)"
 endef
 
-$(VENV)/.installed: pyproject.toml requirements/runtime.txt | $(PY)
-	$(call install_locked,$(PY),runtime,.)
+$(VENV)/.installed: pyproject.toml requirements.txt | $(PY)
+	$(call install_locked,$(PY),requirements.txt,.)
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml requirements/test.txt | $(PY)
-	$(call install_locked,$(PY),test,.[test])
+$(VENV)/.installed-test: pyproject.toml requirements-test.txt | $(PY)
+	$(call install_locked,$(PY),requirements-test.txt,.[test])
 	touch $@ $(VENV)/.installed
 
 setup: $(VENV)/.installed
@@ -54,14 +54,15 @@ test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python $(PIP) --upgrade --upgrade-strategy eager -e ".[test]"
-	@echo "Installed versions that differ from requirements/test.txt:"
-	@diff <(grep -E '^[A-Za-z0-9]' requirements/test.txt | tr 'A-Z_' 'a-z-' | grep -v '^setuptools==\|^torch==' | sort) \
+	@echo "Installed versions that differ from requirements-test.txt:"
+	@diff <(grep -E '^[A-Za-z0-9]' requirements-test.txt | tr 'A-Z_' 'a-z-' | grep -v '^setuptools==\|^torch==' | sort) \
 	      <($(LATEST)/bin/python -m pip freeze --exclude-editable | tr 'A-Z_' 'a-z-' | grep -v '^torch==' | sort) \
 	  | sed -n 's/^</  lock:     /p; s/^>/  installed:/p' || true
 	LONGARCH_UNLOCKED=1 $(LATEST)/bin/python -m pytest
 
 # Regenerate the lock from pyproject.toml at the newest allowed versions (pip-tools, in a venv
-# of its own). test.txt is resolved first; runtime.txt and ray.txt take its versions. pip-compile
+# of its own). requirements-test.txt is resolved first; requirements.txt (runtime) and
+# requirements-ray.txt take its versions. pip-compile
 # leaves torch out (its wheels on PyPI would drag CUDA packages into the lock); its exact pin from
 # pyproject.toml is appended to each file, so that the lock names every package installed.
 LOCK_TOOL := .venv-lock
@@ -70,11 +71,11 @@ COMPILE   := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOL)/bin/pip-compile --q
              --no-emit-index-url --unsafe-package torch
 lock:
 	test -x $(LOCK_TOOL)/bin/pip-compile || ($(PYTHON) -m venv $(LOCK_TOOL) && $(LOCK_TOOL)/bin/python $(PIP) pip-tools==7.7.0)
-	$(COMPILE) --extra test -o requirements/test.txt pyproject.toml
-	$(COMPILE) -c requirements/test.txt -o requirements/runtime.txt pyproject.toml
-	$(COMPILE) -c requirements/test.txt --extra ray -o requirements/ray.txt pyproject.toml
-	for lock in test runtime ray; do printf '%s\n    # pinned by pyproject.toml (a CUDA build of the same release satisfies it)\n' \
-	  "$(TORCH_PIN)" >> requirements/$$lock.txt; done
+	$(COMPILE) --extra test -o requirements-test.txt pyproject.toml
+	$(COMPILE) -c requirements-test.txt -o requirements.txt pyproject.toml
+	$(COMPILE) -c requirements-test.txt --extra ray -o requirements-ray.txt pyproject.toml
+	for lock in requirements-test requirements requirements-ray; do printf '%s\n    # pinned by pyproject.toml (a CUDA build of the same release satisfies it)\n' \
+	  "$(TORCH_PIN)" >> $$lock.txt; done
 
 clean:
 	rm -rf $(VENV) $(LATEST) $(LOCK_TOOL) runs build src/*.egg-info
