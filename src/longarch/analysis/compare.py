@@ -14,7 +14,6 @@ its study's report says the same.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +67,7 @@ def read(directory: Path) -> tuple[str, dict[str, list[Row]]]:
             elif settings.gate == "model":
                 learned = judged.learned(bar)
             else:
-                learned = None if math.isnan(judged.accuracy.get(label, math.nan)) else judged.label_learned(label, bar)
+                learned = judged.label_learned(label, bar) if label in judged.stored else None
             labels.setdefault(label, []).append(Row(study, model, family.get(model, ""), t, points, learned))
     return study, labels
 

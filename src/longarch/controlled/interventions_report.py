@@ -90,7 +90,7 @@ def judged_at_t(data, model, column: str) -> AtT | None:
     on each label, from the baseline's cells for the baseline and an inference intervention, from
     the model trained under it for a training intervention (with that model's training check,
     mean over seeds, nan when unknown); None when that training diverged."""
-    if column == BASELINE or registry.get(column).stage == registry.EVAL:
+    if _on_the_baseline(column):
         return data.at_t(model)
     name = _name(model.name, column)
     rows = [r for r in data.intervention_models if r.name == name]
@@ -101,15 +101,16 @@ def judged_at_t(data, model, column: str) -> AtT | None:
                 training)
 
 
-def learned(data, model, column: str) -> bool:
-    """Whether `model` under `column` learned the task at T (the report's rule, analysis/learned.py):
-    only then is its accuracy past T read. The baseline's and an inference intervention's are the
-    baseline model's, judged on every task; a training intervention's is its own model's."""
-    if column == BASELINE or registry.get(column).stage == registry.EVAL:
-        return model.name not in {m.name for m in data.unsolved()} and \
-            not any(model.name in {m.name for m in data.unsolved(task)} for task in data.tasks)
-    judged = judged_at_t(data, model, column)
-    return judged is not None and judged.learned(data.learned_bar_fraction)
+def _on_the_baseline(column: str) -> bool:
+    """The baseline's column or an inference intervention's: read from the baseline's checkpoint."""
+    return column == BASELINE or registry.get(column).stage == registry.EVAL
+
+
+def _baseline_learned(data, model) -> bool:
+    """Whether the baseline model learned the task at T (the report's rule, analysis/learned.py),
+    on every task: only then is its accuracy past T read, or a change from it."""
+    return model.name not in {m.name for m in data.unsolved()} and \
+        not any(model.name in {m.name for m in data.unsolved(task)} for task in data.tasks)
 
 
 def measured(data) -> dict:
@@ -119,20 +120,25 @@ def measured(data) -> dict:
     for model in data.models:
         T = model.train_length
         row = {}
+        baseline_learned = _baseline_learned(data, model)
         for column in columns(data):
             if not _applies(data, model.name, column):
                 row[column] = None
                 continue
             name = _name(model.name, column)
+            judged = judged_at_t(data, model, column)
+            # only then is its accuracy past T read: the baseline model's under the baseline and an
+            # inference intervention, the model trained under it for a training intervention
+            learned = baseline_learned if _on_the_baseline(column) else \
+                judged is not None and judged.learned(data.learned_bar_fraction)
             # a change from the baseline only where both learned the task at T
-            compared = column != BASELINE and learned(data, model, BASELINE)
+            compared = column != BASELINE and baseline_learned
             at = {length: (pooled_estimate(_at(cells, name, length), data.level),
                            difference(_at(cells, name, length), _at(cells, model.name, length), data.level)
                            if compared else None)
                   for length in shown_lengths(data.lengths, T)}
             row[column] = {"effective": _effective(data, cells, name, T), "at": at,
-                           "learned": learned(data, model, column), "judged": judged_at_t(data, model, column),
-                           "bar": data.learned_bar_fraction}
+                           "learned": learned, "judged": judged, "bar": data.learned_bar_fraction}
         out[model.name] = row
     return out
 
@@ -218,8 +224,8 @@ def intervention_blocks(data, figures: dict[str, str]) -> list[Block]:
                         "\"did not learn\" marks a model below the learned bar at T "
                         f"({100 * data.learned_bar_fraction:g}% on every evaluated task, pooled over depths and "
                         "seeds; its final training check when nothing is evaluated at T), with its lowest task's "
-                        "accuracy at T: its accuracy past T is not read. Under an inference intervention that is the baseline's model; under a training "
-                        "intervention, the model trained under it."))
+                        "accuracy at T: its accuracy past T is not read. Under an inference intervention that is "
+                        "the baseline's model; under a training intervention, the model trained under it."))
     blocks += _decay_exponents(data, shown)
     if "interventions" in figures:
         blocks.append(("figure", figures["interventions"],

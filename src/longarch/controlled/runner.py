@@ -654,29 +654,16 @@ class Controlled:
     def disk_bytes(self, cells: list[Cell]) -> int:
         """Each model's checkpoint (float32 weights) and each cell's scores and raw outputs (a few
         bytes a sample in the store, and a JSON line of at least SAMPLE_LINE_BYTES)."""
-        weights = 0
-        for cell in cells:
-            if cell.stage == "train":
-                with torch.device("meta"):  # counts parameters without allocating them
-                    weights += 4 * models.LanguageModel(cell.item.config).num_params()
+        weights = sum(4 * models.count_params(c.item.config) for c in cells if c.stage == "train")
         evaluated = sum(isinstance(c.item, EvalCell) for c in cells)  # a diagnostic's row is smaller than this
         return weights + (4 + SAMPLE_LINE_BYTES) * self.study.eval.samples * evaluated
 
     def work_flops(self, cells: list[Cell]) -> float:
-        """About the floating-point work of `cells` (grid.work_flops), parameters counted on the
-        meta device, once per model configuration."""
+        """About the floating-point work of `cells` (grid.work_flops), with the parameter counts
+        sizing already made (`models.count_params`, kept between processes)."""
         from .grid import work_flops
 
-        counted: dict[str, int] = {}
-
-        def params(config) -> int:
-            key = repr(config)
-            if key not in counted:
-                with torch.device("meta"):
-                    counted[key] = models.LanguageModel(config).num_params()
-            return counted[key]
-
-        return work_flops(self.study, cells, params)
+        return work_flops(self.study, cells, models.count_params)
 
     def grid_rows(self, state) -> list[tuple[str, list[Cell]]]:
         from .grid import rows

@@ -254,7 +254,7 @@ def drive(kind: StudyKind, out: Path, console: Console, command: str | None = No
 
 
 # Below this much estimated work (`StudyKind.work_flops`), a run without --workers stays in the
-# driver's process. Measured on 2 cores: a fresh `smoke` (about 1 GFLOP) took 11.1 s with a pool
+# driver's process. Measured on 2 cores: a fresh `smoke` (1.5 GFLOP) took 11.1 s with a pool
 # of two spawned workers and 7.4 s in one process; a pool pays for its start-up (each worker
 # imports torch and longarch, about 3-4 s here) only once the work is several seconds per core.
 POOL_MIN_FLOPS = 5e9
